@@ -1,0 +1,1048 @@
+/**
+ * PostHog → Intercom: sends chosen PostHog events to Intercom as data events on the right contact.
+ *
+ * Loaded by PostHog as ONE file (Babel, then a sandbox): only @posthog/plugin-scaffold, node-fetch,
+ * crypto and url may be imported, and there are no timers, no `process`, no AbortController.
+ * Read top to bottom, this file follows an event: config → filter → email → contact → payload → send.
+ */
+import {
+    CacheExtension,
+    ConsoleExtension,
+    Properties,
+    ProcessedPluginEvent,
+    RetryError,
+} from '@posthog/plugin-scaffold'
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'crypto'
+import fetch from 'node-fetch'
+
+// ---------------------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------------------
+
+export type Region = 'US' | 'EU' | 'AU'
+
+/** Intercom's documented regional hosts: the API key is only ever sent to one of these. */
+export const REGION_HOSTS: Record<Region, string> = {
+    US: 'https://api.intercom.io',
+    EU: 'https://api.eu.intercom.io',
+    AU: 'https://api.au.intercom.io',
+}
+/** How GET /me names each region in `app.region`. */
+const INTERCOM_REGION_NAMES: Record<string, Region> = { US: 'US', Europe: 'EU', AU: 'AU' }
+
+const API_VERSION = '2.11'
+const REQUEST_TIMEOUT_MS = 10_000
+/** Intercom tracks only the first 10 metadata keys and strings up to 255 characters. */
+const MAX_METADATA_KEYS = 10
+const MAX_STRING_LENGTH = 255
+const CONTACT_TTL_SECONDS = 24 * 3600
+/** Short, so that a contact created in Intercom shortly after is found soon. */
+const NOT_FOUND_TTL_SECONDS = 60
+/** Intercom's search lags newly created contacts by minutes: recent events wait for it. */
+const SEARCH_LAG_SECONDS = 15 * 60
+/** Used when a 429 carries no usable X-RateLimit-Reset: Intercom's windows are 10 s long. */
+const DEFAULT_BACKOFF_MS = 10_000
+const MAX_BACKOFF_MS = 60_000
+const LOCAL_CACHE_MAX_ENTRIES = 10_000
+const QUEUE_MAX_LENGTH = 10_000
+const QUEUE_MAX_AGE_SECONDS = 24 * 3600
+const QUEUE_MAX_ATTEMPTS = 10
+const QUEUE_BATCH = 100
+const QUEUE_CONCURRENCY = 10
+/** runEveryMinute stops draining after this, well inside PostHog's per-call limits. */
+const QUEUE_DRAIN_BUDGET_MS = 20_000
+const ECHO_PREFIX = '[Intercom]'
+const CACHE_KEYS = { backoff: 'intercom:backoff-until', queue: 'intercom:retry-queue' }
+
+// ---------------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------------
+
+/** Values as PostHog stores them: every field is a string, or missing. */
+export interface PluginConfig {
+    intercomApiKey?: string
+    region?: string
+    /** Kept from PostHog's original Intercom app: `Yes` means the EU region. */
+    useEuropeanDataStorage?: string
+    triggeringEvents?: string
+    emailProperty?: string
+    ignoredEmailDomains?: string
+    metadataProperties?: string
+    eventNameMapping?: string
+}
+
+export interface Rename {
+    from: string
+    to: string
+}
+
+export interface Settings {
+    token: string
+    region: Region
+    baseUrl: string
+    triggeringEvents: Set<string>
+    eventNames: Map<string, string>
+    emailProperty: string
+    ignoredDomains: string[]
+    /** `all`: every non-`$` property, in the event's order; otherwise the listed ones, in that order. */
+    metadata: { all: boolean; fields: Rename[] }
+}
+
+/** The two shapes a response comes in: a fetch Response, or the CDP executor's plain object. */
+export interface HttpResponse {
+    status: number
+    headers: { get(name: string): string | null } | Record<string, string | string[] | undefined>
+    json(): Promise<unknown>
+    text(): Promise<string>
+}
+export interface HttpRequest {
+    method: string
+    headers: Record<string, string>
+    body?: string
+    timeout: number
+    timeoutMs: number
+}
+export type FetchFn = (url: string, init: HttpRequest) => Promise<HttpResponse>
+
+type Logger = Partial<ConsoleExtension> & Pick<ConsoleExtension, 'log'>
+
+export interface Global {
+    settings: Settings
+    localCache: LocalCache
+    backoffUntil: number
+    inflight: Map<string, Promise<string | null>>
+}
+
+/** What the runtimes pass: plugin-server has `cache`, PostHog's current executor has `fetch`/`person`. */
+export interface PluginMeta {
+    config: PluginConfig
+    global: Global
+    cache?: CacheExtension
+    fetch?: FetchFn
+    logger?: Logger
+    person?: { properties?: Properties } | null
+}
+
+export type MetadataValue = string | number | { amount: number; currency: string }
+export type Metadata = Record<string, MetadataValue>
+
+export interface EventDraft {
+    event_name: string
+    created_at: number
+    metadata: Metadata
+}
+/** POST /events with the contact `id`: the one identifier that works for users and leads alike. */
+export type EventPayload = EventDraft & { id: string }
+
+/** What onEvent resolves to. PostHog ignores it; the local tools count it. */
+export interface Outcome {
+    status: 'delivered' | 'skipped' | 'queued'
+    reason?: string
+}
+
+export interface DrainResult {
+    delivered: number
+    retried: number
+    dropped: number
+    remaining: number
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Config: parsed and validated once, in setupPlugin
+// ---------------------------------------------------------------------------------------------------
+
+export class ConfigError extends Error {}
+
+export function splitList(value: string | undefined): string[] {
+    return (value ?? '')
+        .split(',')
+        .map((item) => item.trim())
+        .filter((item) => item.length > 0)
+}
+
+/** `a:b` pairs; a bare `a` maps to itself when `allowBare`. */
+export function parsePairs(value: string | undefined, field: string, allowBare: boolean): Rename[] {
+    return splitList(value).map((item) => {
+        const colon = item.lastIndexOf(':')
+        if (colon === -1 && allowBare) {
+            return { from: item, to: item }
+        }
+        const from = item.slice(0, colon).trim()
+        const to = item.slice(colon + 1).trim()
+        if (colon === -1 || !from || !to) {
+            throw new ConfigError(
+                `${field}: "${item}" is not of the form from:to (e.g. $identify:identified).`
+            )
+        }
+        return { from, to }
+    })
+}
+
+export function parseRegion(region: string | undefined, legacyEurope: string | undefined): Region {
+    const chosen = (region ?? '').trim().toUpperCase()
+    if (chosen && !(chosen in REGION_HOSTS)) {
+        throw new ConfigError(`Region must be US, EU or AU, not "${region}".`)
+    }
+    // Installs of the original app only had this Yes/No switch; Region defaults to US in the form.
+    const legacyEu = ['yes', 'true'].includes((legacyEurope ?? '').trim().toLowerCase())
+    if (legacyEu && (chosen === '' || chosen === 'US')) {
+        return 'EU'
+    }
+    return (chosen || 'US') as Region
+}
+
+export function parseConfig(config: PluginConfig): Settings {
+    const token = (config.intercomApiKey ?? '').trim()
+    if (!token) {
+        throw new ConfigError(
+            'Intercom API key is missing. Create an access token in Intercom (Settings → Integrations → Developer Hub → your app → Authentication) and paste it into "Intercom API key".'
+        )
+    }
+    if (/\s/.test(token)) {
+        throw new ConfigError(
+            'Intercom API key contains spaces: paste the access token alone, without "Bearer".'
+        )
+    }
+    const triggeringEvents = new Set(splitList(config.triggeringEvents))
+    if (triggeringEvents.size === 0) {
+        throw new ConfigError(
+            'Triggering events is empty: list the PostHog events to send, e.g. "$identify,signed_up".'
+        )
+    }
+    const region = parseRegion(config.region, config.useEuropeanDataStorage)
+    const metadataList = (config.metadataProperties ?? '').trim()
+    return {
+        token,
+        region,
+        baseUrl: REGION_HOSTS[region],
+        triggeringEvents,
+        eventNames: new Map(
+            parsePairs(config.eventNameMapping, 'Event name mapping', false).map((r) => [r.from, r.to])
+        ),
+        emailProperty: (config.emailProperty ?? '').trim() || 'email',
+        ignoredDomains: splitList(config.ignoredEmailDomains).map((d) =>
+            d.toLowerCase().replace(/^[@.]+/, '')
+        ),
+        metadata:
+            metadataList === '*'
+                ? { all: true, fields: [] }
+                : { all: false, fields: parsePairs(metadataList, 'Event properties to send', true) },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Filtering and email
+// ---------------------------------------------------------------------------------------------------
+
+/** Local part without spaces or `@`; a domain of letters/digits/hyphens with a 2+ letter TLD. */
+const EMAIL_PATTERN =
+    /^[^\s@<>()[\]\\,;:"]{1,64}@(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+\p{L}{2,}$/u
+
+export function normalizeEmail(value: unknown): string | null {
+    if (typeof value !== 'string' || value.length > 320) {
+        return null
+    }
+    const email = value.trim().toLowerCase()
+    return email.length <= 254 && EMAIL_PATTERN.test(email) ? email : null
+}
+
+function propertyOf(source: unknown, key: string): unknown {
+    return source !== null && typeof source === 'object' ? (source as Properties)[key] : undefined
+}
+
+/** Looks in the places an email can be, in order; an invalid value in one does not stop the search. */
+export function findEmail(
+    event: ProcessedPluginEvent,
+    person: PluginMeta['person'],
+    key: string
+): string | null {
+    const props = event.properties ?? {}
+    const candidates = [
+        props[key],
+        propertyOf(event.$set, key),
+        propertyOf(props.$set, key),
+        propertyOf(event.$set_once, key),
+        propertyOf(props.$set_once, key),
+        propertyOf(person?.properties, key),
+        event.distinct_id,
+    ]
+    for (const candidate of candidates) {
+        const email = normalizeEmail(candidate)
+        if (email) {
+            return email
+        }
+    }
+    return null
+}
+
+/** `example.com` also ignores `mail.example.com`; emails arrive lower-cased. */
+export function isIgnoredDomain(email: string, ignoredDomains: string[]): boolean {
+    const domain = email.slice(email.lastIndexOf('@') + 1)
+    return ignoredDomains.some((ignored) => domain === ignored || domain.endsWith(`.${ignored}`))
+}
+
+/** Returns why the event is not sent, or null when it should be. */
+export function skipReason(event: ProcessedPluginEvent, settings: Settings): string | null {
+    if (typeof event.event !== 'string' || event.event.startsWith(ECHO_PREFIX)) {
+        return 'Intercom echo event'
+    }
+    if (!settings.triggeringEvents.has(event.event)) {
+        return 'not a triggering event'
+    }
+    return null
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Payload: pure functions from a PostHog event to Intercom's POST /events body
+// ---------------------------------------------------------------------------------------------------
+
+/** Integer Unix seconds, or null. Numbers (and digit strings) above 1e11 are taken as milliseconds. */
+export function toUnixSeconds(value: unknown): number | null {
+    let ms: number
+    if (typeof value === 'number') {
+        ms = value > 1e11 ? value : value * 1000
+    } else if (typeof value === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(value)) {
+        return toUnixSeconds(Number(value))
+    } else if (typeof value === 'string') {
+        ms = Date.parse(value)
+    } else if (value instanceof Date) {
+        ms = value.getTime()
+    } else {
+        return null
+    }
+    return Number.isFinite(ms) && ms >= 0 ? Math.floor(ms / 1000) : null
+}
+
+function truncate(text: string): string {
+    if (text.length <= MAX_STRING_LENGTH) {
+        return text
+    }
+    const cut = text.slice(0, MAX_STRING_LENGTH)
+    // Do not leave half of a surrogate pair at the end.
+    return /[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut
+}
+
+/** Intercom keys may not contain `.` or `$`. */
+export function cleanKey(key: string): string {
+    return key.replace(/\$/g, '').replace(/\./g, '_').trim()
+}
+
+/** Minor units per major unit where it is not 100 (ISO 4217). */
+const CURRENCY_EXPONENTS: Record<string, number> = {
+    bif: 0, clp: 0, djf: 0, gnf: 0, isk: 0, jpy: 0, kmf: 0, krw: 0, pyg: 0, rwf: 0, ugx: 0, vnd: 0, vuv: 0,
+    xaf: 0, xof: 0, xpf: 0, bhd: 3, iqd: 3, jod: 3, kwd: 3, lyd: 3, omr: 3, tnd: 3,
+} // prettier-ignore
+
+/** `revenue`/`price` with a `currency` → Intercom's monetary amount, in minor units, rounded. */
+export function monetaryAmount(value: unknown, currency: unknown): MetadataValue | undefined {
+    const amount = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+    if (typeof amount !== 'number' || !Number.isFinite(amount) || typeof currency !== 'string') {
+        return undefined
+    }
+    const code = currency.trim().toLowerCase()
+    if (!/^[a-z]{3}$/.test(code)) {
+        return undefined
+    }
+    const exponent = CURRENCY_EXPONENTS[code] ?? 2
+    return { amount: Math.round(amount * 10 ** exponent), currency: code }
+}
+
+function compactJson(value: object): string | undefined {
+    try {
+        const json = JSON.stringify(value)
+        // A cut JSON document is useless: longer ones are dropped.
+        return json !== undefined && json.length <= MAX_STRING_LENGTH ? json : undefined
+    } catch {
+        return undefined // too deep to serialise
+    }
+}
+
+/** One metadata value in a type Intercom accepts, or undefined to drop it. */
+export function metadataValue(key: string, value: unknown): MetadataValue | undefined {
+    if (key.endsWith('_date')) {
+        return toUnixSeconds(value) ?? undefined
+    }
+    switch (typeof value) {
+        case 'string':
+            return truncate(value)
+        case 'number':
+            return Number.isFinite(value) ? value : undefined
+        case 'boolean':
+            return String(value)
+        case 'object':
+            return value === null ? undefined : compactJson(value)
+        default:
+            return undefined
+    }
+}
+
+const MONEY_KEYS = new Set(['revenue', 'price'])
+
+function* metadataSources(properties: Properties, spec: Settings['metadata']): Generator<Rename> {
+    if (!spec.all) {
+        yield* spec.fields
+        return
+    }
+    for (const key of Object.keys(properties)) {
+        if (!key.startsWith('$')) {
+            yield { from: key, to: key }
+        }
+    }
+}
+
+/** Flat metadata, at most 10 keys in the configured order; a new object, inputs untouched. */
+export function buildMetadata(properties: Properties, spec: Settings['metadata']): Metadata {
+    const entries: [string, MetadataValue][] = []
+    const seen = new Set<string>()
+    const money = monetaryAmount(properties.revenue ?? properties.price, properties.currency)
+    for (const { from, to } of metadataSources(properties, spec)) {
+        const key = cleanKey(to)
+        if (!key || seen.has(key) || !Object.prototype.hasOwnProperty.call(properties, from)) {
+            continue
+        }
+        if (spec.all && from === 'currency' && money) {
+            continue // carried by the monetary amount, and a key slot is precious
+        }
+        const value =
+            MONEY_KEYS.has(from) && money ? monetaryAmount(properties[from], properties.currency) : undefined
+        const converted = value ?? metadataValue(key, properties[from])
+        if (converted === undefined) {
+            continue
+        }
+        seen.add(key)
+        entries.push([key, converted])
+        if (entries.length === MAX_METADATA_KEYS) {
+            break
+        }
+    }
+    // fromEntries defines own properties, so a `__proto__` key cannot reach the prototype.
+    return Object.fromEntries(entries)
+}
+
+/** Everything of POST /events but the contact id, which is resolved (and may be re-resolved) later. */
+export function buildEventDraft(
+    event: ProcessedPluginEvent,
+    createdAt: number,
+    settings: Settings
+): EventDraft {
+    return {
+        event_name: settings.eventNames.get(event.event) ?? event.event,
+        created_at: createdAt,
+        metadata: buildMetadata(event.properties ?? {}, settings.metadata),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Caches: meta.cache (Redis, shared by workers) when present, else a bounded in-process LRU
+// ---------------------------------------------------------------------------------------------------
+
+export class LocalCache {
+    private entries = new Map<string, { value: unknown; expiresAt: number }>()
+    constructor(private maxEntries: number) {}
+
+    get(key: string): unknown {
+        const entry = this.entries.get(key)
+        if (!entry || entry.expiresAt <= Date.now()) {
+            this.entries.delete(key)
+            return null
+        }
+        this.entries.delete(key) // re-insert: Map order is the LRU order
+        this.entries.set(key, entry)
+        return entry.value
+    }
+
+    set(key: string, value: unknown, ttlSeconds: number): void {
+        this.entries.delete(key)
+        this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 })
+        if (this.entries.size > this.maxEntries) {
+            this.entries.delete(this.entries.keys().next().value as string)
+        }
+    }
+
+    get size(): number {
+        return this.entries.size
+    }
+}
+
+interface Store {
+    get(key: string): Promise<unknown>
+    set(key: string, value: unknown, ttlSeconds: number): Promise<void>
+}
+
+/** Redis may be down: a failed read is a miss and a failed write is skipped, never a lost event. */
+function sharedStore(cache: CacheExtension): Store {
+    return {
+        get: (key) => cache.get(key, null).catch(() => null),
+        set: (key, value, ttl) => cache.set(key, value, ttl).catch(() => undefined),
+    }
+}
+
+function localStore(cache: LocalCache): Store {
+    return {
+        get: async (key) => cache.get(key),
+        set: async (key, value, ttl) => cache.set(key, value, ttl),
+    }
+}
+
+/** Cache keys hold a hash of the email, never the email itself. */
+function contactKey(email: string): string {
+    return `intercom:contact:${createHash('sha256').update(email).digest('hex').slice(0, 32)}`
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Transport: every Intercom call goes through callIntercom, and its status policy is written once
+// ---------------------------------------------------------------------------------------------------
+
+export type FailureKind = 'transient' | 'rate_limited' | 'auth' | 'not_found' | 'invalid' | 'permanent'
+
+export class IntercomError extends Error {
+    constructor(
+        readonly kind: FailureKind,
+        message: string,
+        readonly status?: number
+    ) {
+        super(message)
+        this.name = 'IntercomError'
+    }
+}
+
+/**
+ * Status policy (https://developers.intercom.com/docs/references/rest-api/errors/http-responses):
+ * 2xx ok · 429 rate limited (back off until X-RateLimit-Reset) · 408, 423, 5xx but 501, network
+ * errors and timeouts transient · 401/403 the API key · 404 not found · 422 invalid · other 4xx permanent.
+ */
+export function classifyStatus(status: number): FailureKind | 'ok' {
+    if (status >= 200 && status < 300) return 'ok'
+    if (status === 429) return 'rate_limited'
+    if (status === 408 || status === 423 || (status >= 500 && status !== 501)) return 'transient'
+    if (status === 401 || status === 403) return 'auth'
+    if (status === 404) return 'not_found'
+    if (status === 422) return 'invalid'
+    return 'permanent'
+}
+
+export function readHeader(headers: HttpResponse['headers'] | undefined, name: string): string | null {
+    if (!headers) return null
+    if (typeof headers.get === 'function') {
+        return (headers as { get(name: string): string | null }).get(name)
+    }
+    const value = (headers as Record<string, string | string[] | undefined>)[name.toLowerCase()]
+    return Array.isArray(value) ? (value[0] ?? null) : (value ?? null)
+}
+
+/** Intercom's own words, with anything that looks like an email masked. */
+function intercomMessage(body: unknown): string {
+    const errors = propertyOf(body, 'errors')
+    const first = Array.isArray(errors) ? errors[0] : undefined
+    const message = propertyOf(first, 'message') ?? propertyOf(body, 'message')
+    return typeof message === 'string' ? message.replace(/\S+@\S+/g, '<email>').slice(0, 300) : 'no message'
+}
+
+async function readBody(response: HttpResponse): Promise<unknown> {
+    try {
+        const text = await response.text()
+        return text ? JSON.parse(text) : null
+    } catch {
+        return null
+    }
+}
+
+function isTimeout(error: unknown): boolean {
+    const name = String(propertyOf(error, 'name') ?? '')
+    const type = String(propertyOf(error, 'type') ?? '')
+    return name === 'TimeoutError' || name === 'AbortError' || type === 'request-timeout'
+}
+
+/** When X-RateLimit-Reset is missing or odd, wait one window; never more than a minute. */
+export function backoffUntil(resetHeader: string | null, now: number): number {
+    const reset = Number(resetHeader) * 1000
+    const until = Number.isFinite(reset) && reset > now ? reset : now + DEFAULT_BACKOFF_MS
+    return Math.min(until, now + MAX_BACKOFF_MS)
+}
+
+interface Context {
+    settings: Settings
+    global: Global
+    store: Store
+    cache?: CacheExtension
+    http: FetchFn
+    log: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void
+}
+
+async function rateLimitedUntil(ctx: Context): Promise<number> {
+    const shared = Number(await ctx.store.get(CACHE_KEYS.backoff)) || 0
+    return Math.max(ctx.global.backoffUntil, shared)
+}
+
+async function rememberBackoff(ctx: Context, until: number): Promise<void> {
+    if (until > ctx.global.backoffUntil) {
+        ctx.global.backoffUntil = until
+        await ctx.store.set(CACHE_KEYS.backoff, until, Math.ceil((until - Date.now()) / 1000) + 1)
+    }
+}
+
+async function send(ctx: Context, method: string, path: string, body: unknown): Promise<HttpResponse> {
+    const init: HttpRequest = {
+        method,
+        headers: {
+            Authorization: `Bearer ${ctx.settings.token}`,
+            Accept: 'application/json',
+            'Content-Type': 'application/json',
+            'Intercom-Version': API_VERSION,
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        // node-fetch 2 reads `timeout`, PostHog's current executor reads `timeoutMs`.
+        timeout: REQUEST_TIMEOUT_MS,
+        timeoutMs: REQUEST_TIMEOUT_MS,
+    }
+    const url = ctx.settings.baseUrl + path
+    try {
+        return await ctx.http(url, init)
+    } catch (error) {
+        if (isTimeout(error)) {
+            throw new IntercomError(
+                'transient',
+                `Intercom did not answer ${method} ${path} within ${REQUEST_TIMEOUT_MS} ms`
+            )
+        }
+        // One immediate retry for a dropped connection: harmless, since every call here is idempotent.
+        try {
+            return await ctx.http(url, init)
+        } catch {
+            throw new IntercomError(
+                'transient',
+                `network error on ${method} ${path}: ${propertyOf(error, 'code') ?? 'connection failed'}`
+            )
+        }
+    }
+}
+
+/** The one function that talks to Intercom. Resolves with the parsed body of a 2xx, or throws IntercomError. */
+export async function callIntercom(
+    ctx: Context,
+    method: string,
+    path: string,
+    body?: unknown
+): Promise<unknown> {
+    const until = await rateLimitedUntil(ctx)
+    if (until > Date.now()) {
+        throw new IntercomError(
+            'rate_limited',
+            `backing off until Intercom's rate limit resets (${new Date(until).toISOString()})`
+        )
+    }
+    const response = await send(ctx, method, path, body)
+    const data = await readBody(response)
+    const kind = classifyStatus(response.status)
+    const reset = readHeader(response.headers, 'x-ratelimit-reset')
+    if (kind === 'ok') {
+        // The window is spent: wait for its reset instead of collecting certain 429s.
+        if (readHeader(response.headers, 'x-ratelimit-remaining') === '0') {
+            await rememberBackoff(ctx, backoffUntil(reset, Date.now()))
+        }
+        return data
+    }
+    if (kind === 'rate_limited') {
+        await rememberBackoff(ctx, backoffUntil(reset, Date.now()))
+    }
+    throw new IntercomError(
+        kind,
+        `Intercom answered ${response.status} to ${method} ${path}: ${intercomMessage(data)}`,
+        response.status
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Contact resolution: email → Intercom contact id, cached
+// ---------------------------------------------------------------------------------------------------
+
+interface ContactSummary {
+    id: string
+    role?: string
+    updated_at?: number
+}
+
+/** Emails are not unique in Intercom: prefer a user over a lead, then the most recently updated. */
+export function pickContact(contacts: unknown): string | null {
+    const list = (Array.isArray(contacts) ? contacts : []).filter(
+        (c): c is ContactSummary => typeof propertyOf(c, 'id') === 'string'
+    )
+    const rank = (c: ContactSummary) => (c.role === 'user' ? 1 : 0)
+    list.sort((a, b) => rank(b) - rank(a) || (Number(b.updated_at) || 0) - (Number(a.updated_at) || 0))
+    return list[0]?.id ?? null
+}
+
+async function searchContact(ctx: Context, email: string): Promise<string | null> {
+    const data = await callIntercom(ctx, 'POST', '/contacts/search', {
+        query: { field: 'email', operator: '=', value: email },
+        pagination: { per_page: 50 },
+    })
+    return pickContact(propertyOf(data, 'data'))
+}
+
+/** Cached lookup; concurrent lookups of one email in this worker share one search. */
+async function resolveContact(ctx: Context, email: string, fresh = false): Promise<string | null> {
+    const key = contactKey(email)
+    if (!fresh) {
+        const cached = await ctx.store.get(key)
+        if (typeof cached === 'string') {
+            return cached || null // '' remembers "not found"
+        }
+    }
+    const pending = ctx.global.inflight.get(key)
+    if (pending) {
+        return pending
+    }
+    const lookup = searchContact(ctx, email).then(async (id) => {
+        await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
+        return id
+    })
+    ctx.global.inflight.set(key, lookup)
+    try {
+        return await lookup
+    } finally {
+        ctx.global.inflight.delete(key)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Delivery: one path for first attempts and for retries from the queue
+// ---------------------------------------------------------------------------------------------------
+
+/** Posts the event to the contact; a 404 means a stale cached id: look the email up once more. */
+async function deliver(ctx: Context, email: string, draft: EventDraft): Promise<Outcome> {
+    const cachedId = await resolveContact(ctx, email)
+    if (!cachedId) {
+        return noContact(draft.created_at)
+    }
+    try {
+        await callIntercom(ctx, 'POST', '/events', { ...draft, id: cachedId })
+        return { status: 'delivered' }
+    } catch (error) {
+        if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
+    }
+    const freshId = await resolveContact(ctx, email, true)
+    if (!freshId || freshId === cachedId) {
+        return noContact(draft.created_at)
+    }
+    await callIntercom(ctx, 'POST', '/events', { ...draft, id: freshId })
+    return { status: 'delivered' }
+}
+
+function noContact(createdAt: number): Outcome {
+    if (Date.now() / 1000 - createdAt < SEARCH_LAG_SECONDS) {
+        // Intercom's search lags new contacts by minutes: a recent event is worth another try.
+        throw new IntercomError(
+            'transient',
+            'no Intercom contact for this email yet (Intercom search lags new contacts)'
+        )
+    }
+    return { status: 'skipped', reason: 'no Intercom contact' }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Retry queue: where meta.cache exists, transient failures are parked and runEveryMinute drains them,
+// so no runtime depends on PostHog retrying a RetryError. Intercom deduplicates on
+// contact + event_name + created_at, so a retry that lands twice is counted once.
+// ---------------------------------------------------------------------------------------------------
+
+export interface QueuedDelivery {
+    draft: EventDraft
+    /** The email, AES-GCM sealed with a key derived from the API key: never in clear in the cache. */
+    sealedEmail: string
+    uuid: string
+    attempts: number
+    queuedAt: number
+}
+
+function emailKey(token: string): Buffer {
+    return createHash('sha256').update(`posthog-intercom queue:${token}`).digest()
+}
+
+export function sealEmail(email: string, token: string): string {
+    const iv = randomBytes(12)
+    const cipher = createCipheriv('aes-256-gcm', emailKey(token), iv)
+    const data = Buffer.concat([cipher.update(email, 'utf8'), cipher.final()])
+    return Buffer.concat([iv, cipher.getAuthTag(), data]).toString('base64')
+}
+
+/** Null when the item was sealed with another API key (the key was changed meanwhile). */
+export function openEmail(sealed: string, token: string): string | null {
+    try {
+        const raw = Buffer.from(sealed, 'base64')
+        const decipher = createDecipheriv('aes-256-gcm', emailKey(token), raw.subarray(0, 12))
+        decipher.setAuthTag(raw.subarray(12, 28))
+        return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8')
+    } catch {
+        return null
+    }
+}
+
+function parseQueued(raw: unknown): QueuedDelivery | null {
+    try {
+        // Some cache implementations JSON-encode list items themselves: unwrap up to twice.
+        let value = raw
+        for (let i = 0; i < 2 && typeof value === 'string'; i++) {
+            value = JSON.parse(value)
+        }
+        const draft = propertyOf(value, 'draft')
+        const valid =
+            typeof propertyOf(value, 'sealedEmail') === 'string' &&
+            typeof propertyOf(draft, 'event_name') === 'string'
+        return valid ? (value as QueuedDelivery) : null
+    } catch {
+        return null
+    }
+}
+
+/** False when the queue is full or the cache is down: the caller then reports the event as not delivered. */
+async function enqueue(cache: CacheExtension, items: QueuedDelivery[]): Promise<boolean> {
+    if (items.length === 0) return true
+    try {
+        if ((await cache.llen(CACHE_KEYS.queue)) + items.length > QUEUE_MAX_LENGTH) {
+            return false
+        }
+        await cache.lpush(
+            CACHE_KEYS.queue,
+            items.map((item) => JSON.stringify(item))
+        )
+        return true
+    } catch {
+        return false
+    }
+}
+
+type Verdict = 'delivered' | 'retry' | 'backoff' | 'drop'
+
+/** One queued event, through the same delivery path as a new one. */
+async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<Verdict> {
+    const email = item ? openEmail(item.sealedEmail, ctx.settings.token) : null
+    if (!item || !email) {
+        ctx.log(
+            'error',
+            `Dropped queued event ${item?.uuid ?? '(unreadable)'}: it cannot be read (was the API key changed?).`
+        )
+        return 'drop'
+    }
+    try {
+        const outcome = await deliver(ctx, email, item.draft)
+        if (outcome.status === 'delivered') return 'delivered'
+        ctx.log('info', `Dropped queued event ${item.uuid}: ${outcome.reason}.`)
+        return 'drop'
+    } catch (error) {
+        if (!(error instanceof IntercomError)) throw error
+        if (error.kind === 'rate_limited') return 'backoff'
+        if (error.kind === 'transient') return 'retry'
+        ctx.log('error', `Dropped queued event ${item.uuid}: ${error.message}`)
+        return 'drop'
+    }
+}
+
+function isExpired(item: QueuedDelivery): boolean {
+    return item.attempts >= QUEUE_MAX_ATTEMPTS || Date.now() - item.queuedAt > QUEUE_MAX_AGE_SECONDS * 1000
+}
+
+async function drainBatch(
+    ctx: Context,
+    items: (QueuedDelivery | null)[],
+    result: DrainResult
+): Promise<QueuedDelivery[]> {
+    const requeue: QueuedDelivery[] = []
+    for (let i = 0; i < items.length; i += QUEUE_CONCURRENCY) {
+        const chunk = items.slice(i, i + QUEUE_CONCURRENCY)
+        const verdicts = await Promise.all(chunk.map((item) => retryQueued(ctx, item)))
+        chunk.forEach((item, j) => {
+            const verdict = verdicts[j]
+            if (verdict === 'delivered') {
+                result.delivered++
+            } else if (verdict === 'backoff' && item) {
+                requeue.push(item) // not counted as an attempt: Intercom asked us to wait
+            } else if (verdict === 'retry' && item && !isExpired(item)) {
+                requeue.push({ ...item, attempts: item.attempts + 1 })
+                result.retried++
+            } else {
+                result.dropped++
+                if (verdict === 'retry') {
+                    ctx.log(
+                        'error',
+                        `Dropped queued event ${item?.uuid}: still failing after ${item?.attempts} attempts.`
+                    )
+                }
+            }
+        })
+    }
+    return requeue
+}
+
+// ---------------------------------------------------------------------------------------------------
+// PostHog hooks
+// ---------------------------------------------------------------------------------------------------
+
+function makeLog(meta: PluginMeta): Context['log'] {
+    const logger: Logger = meta.logger ?? console
+    return (level, message) => {
+        const write = (level === 'info' ? (logger.info ?? logger.log) : logger[level]) ?? logger.log
+        write.call(logger, message)
+    }
+}
+
+function context(meta: PluginMeta): Context {
+    const global = meta.global
+    return {
+        settings: global.settings,
+        global,
+        store: meta.cache ? sharedStore(meta.cache) : localStore(global.localCache),
+        cache: meta.cache,
+        // node-fetch is the plugin-server's client; PostHog's current executor passes its own fetch.
+        http: meta.fetch ?? (fetch as unknown as FetchFn),
+        log: makeLog(meta),
+    }
+}
+
+/** GET /me: a rejected key or a workspace in another region stops setup; a hiccup does not. */
+async function checkToken(ctx: Context): Promise<void> {
+    let me: unknown
+    try {
+        me = await callIntercom(ctx, 'GET', '/me')
+    } catch (error) {
+        if (error instanceof IntercomError && error.kind === 'auth') {
+            throw new ConfigError(
+                `Intercom rejected the API key (${error.status}). Check that "Intercom API key" is the access token of your Intercom app and that the app is installed on your workspace.`
+            )
+        }
+        ctx.log(
+            'warn',
+            `Could not check the Intercom API key now (${(error as Error).message}); events will still be sent.`
+        )
+        return
+    }
+    const actual = INTERCOM_REGION_NAMES[String(propertyOf(propertyOf(me, 'app'), 'region'))]
+    if (actual && actual !== ctx.settings.region) {
+        throw new ConfigError(
+            `Your Intercom workspace is hosted in the ${actual} region but the plugin is set to ${ctx.settings.region}: set "Region" to ${actual}.`
+        )
+    }
+}
+
+export async function setupPlugin(meta: PluginMeta): Promise<void> {
+    meta.global.settings = parseConfig(meta.config)
+    meta.global.localCache = new LocalCache(LOCAL_CACHE_MAX_ENTRIES)
+    meta.global.backoffUntil = 0
+    meta.global.inflight = new Map()
+    await checkToken(context(meta))
+}
+
+function eventLabel(event: ProcessedPluginEvent): string {
+    return typeof event.uuid === 'string' && event.uuid ? event.uuid.slice(0, 64) : '(no uuid)'
+}
+
+/** A missing timestamp means "now"; a present but unreadable one is bad input. */
+function eventTime(event: ProcessedPluginEvent): number | null {
+    const timestamp: unknown = event.timestamp
+    return timestamp === undefined || timestamp === null || timestamp === ''
+        ? Math.floor(Date.now() / 1000)
+        : toUnixSeconds(timestamp)
+}
+
+/** Sends one event. Resolves with what happened; throws RetryError (transient) or Error (permanent). */
+export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
+    const ctx = context(meta)
+    const skip = (reason: string): Outcome => {
+        // Non-triggering events are the bulk of traffic: log them only at debug level.
+        ctx.log(
+            reason === 'not a triggering event' ? 'debug' : 'info',
+            `Skipped event ${eventLabel(event)}: ${reason}.`
+        )
+        return { status: 'skipped', reason }
+    }
+    const reason = skipReason(event, ctx.settings)
+    if (reason) return skip(reason)
+    const email = findEmail(event, meta.person, ctx.settings.emailProperty)
+    if (!email) return skip('no valid email')
+    if (isIgnoredDomain(email, ctx.settings.ignoredDomains)) return skip('ignored email domain')
+    const createdAt = eventTime(event)
+    if (createdAt === null) return skip('invalid timestamp')
+
+    const draft = buildEventDraft(event, createdAt, ctx.settings)
+    try {
+        const outcome = await deliver(ctx, email, draft)
+        return outcome.status === 'skipped' ? skip(outcome.reason ?? 'not sent') : outcome
+    } catch (error) {
+        return await handleFailure(ctx, { draft, email, uuid: eventLabel(event) }, error)
+    }
+}
+
+/** Permanent failures are raised for the user; transient ones are queued, else handed to PostHog's retries. */
+async function handleFailure(
+    ctx: Context,
+    failed: { draft: EventDraft; email: string; uuid: string },
+    error: unknown
+): Promise<Outcome> {
+    if (!(error instanceof IntercomError)) {
+        throw error
+    }
+    if (error.kind !== 'transient' && error.kind !== 'rate_limited') {
+        ctx.log('error', `Failed event ${failed.uuid}: ${error.message}`)
+        throw userFacingError(error, failed.draft.event_name)
+    }
+    const item: QueuedDelivery = {
+        draft: failed.draft,
+        sealedEmail: sealEmail(failed.email, ctx.settings.token),
+        uuid: failed.uuid,
+        attempts: 1,
+        queuedAt: Date.now(),
+    }
+    if (ctx.cache && (await enqueue(ctx.cache, [item]))) {
+        ctx.log('info', `Queued event ${failed.uuid} for retry: ${error.message}`)
+        return { status: 'queued', reason: error.kind }
+    }
+    ctx.log('warn', `Event ${failed.uuid} not delivered yet: ${error.message}`)
+    throw new RetryError(`Intercom: ${error.message}`)
+}
+
+function userFacingError(error: IntercomError, eventName: string): Error {
+    if (error.kind === 'auth') {
+        return new Error(
+            `Intercom rejected the API key (${error.status}): check "Intercom API key" in the plugin settings. ${error.message}`
+        )
+    }
+    return new Error(`Intercom refused event "${eventName}" and it will not be retried. ${error.message}`)
+}
+
+/** Drains the retry queue. Plugin-server runtimes only: PostHog's current executor has no cache. */
+export async function runEveryMinute(meta: PluginMeta): Promise<DrainResult> {
+    const result: DrainResult = { delivered: 0, retried: 0, dropped: 0, remaining: 0 }
+    const cache = meta.cache
+    if (!cache || !meta.global.settings) {
+        return result
+    }
+    const ctx = context(meta)
+    const started = Date.now()
+    // Only what was waiting when this run began: retries go back once, at the end, for the next minute.
+    let left = await cache.llen(CACHE_KEYS.queue).catch(() => 0)
+    const requeue: QueuedDelivery[] = []
+    while (
+        left > 0 &&
+        Date.now() - started < QUEUE_DRAIN_BUDGET_MS &&
+        (await rateLimitedUntil(ctx)) <= Date.now()
+    ) {
+        const batch = await cache
+            .lpop(CACHE_KEYS.queue, Math.min(QUEUE_BATCH, left))
+            .catch(() => [] as string[])
+        if (!batch || batch.length === 0) break
+        left -= batch.length
+        requeue.push(...(await drainBatch(ctx, batch.map(parseQueued), result)))
+    }
+    if (!(await enqueue(cache, requeue))) {
+        result.dropped += requeue.length
+        ctx.log('error', `Retry queue is full or unavailable: dropped ${requeue.length} events.`)
+    }
+    result.remaining = await cache.llen(CACHE_KEYS.queue).catch(() => 0)
+    if (result.delivered + result.retried + result.dropped > 0) {
+        ctx.log(
+            'info',
+            `Retry queue: ${result.delivered} delivered, ${result.retried} to retry, ${result.dropped} dropped, ${result.remaining} waiting.`
+        )
+    }
+    return result
+}
