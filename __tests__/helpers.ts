@@ -1,0 +1,90 @@
+/** One factory for metas, events and Intercom replies, shared by the plugin's test files. */
+import type { ProcessedPluginEvent } from '@posthog/plugin-scaffold'
+import nock from 'nock'
+import { isDeepStrictEqual } from 'util'
+import { FetchFn, Global, PluginConfig, PluginMeta, setupPlugin } from '../index'
+import { MemoryCache } from '../tools/memory-cache'
+
+export const TOKEN = 'tok_SECRET_123'
+export const US = 'https://api.intercom.io'
+export const EU = 'https://api.eu.intercom.io'
+export const AU = 'https://api.au.intercom.io'
+export const OLD_TIMESTAMP = '2024-05-01T12:00:00.000Z'
+export const OLD_UNIX = 1714564800
+
+/** Every log line written by any plugin instance in this test file, for the leak assertions. */
+export const allLogs: string[] = []
+
+export interface TestMeta {
+    meta: PluginMeta
+    logs: string[]
+}
+
+export function makeMeta(
+    config: PluginConfig = {},
+    options: { cache?: MemoryCache; fetch?: FetchFn; person?: PluginMeta['person'] } = {}
+): TestMeta {
+    const logs: string[] = []
+    const write = (level: string) => (message: unknown) => {
+        logs.push(`${level}: ${String(message)}`)
+        allLogs.push(String(message))
+    }
+    const meta: PluginMeta = {
+        config: { intercomApiKey: TOKEN, triggeringEvents: 'signed_up,$identify', ...config },
+        global: {} as Global,
+        cache: options.cache,
+        fetch: options.fetch,
+        person: options.person,
+        logger: { log: write('log'), info: write('info'), debug: write('debug'), warn: write('warn'), error: write('error') },
+    }
+    return { meta, logs }
+}
+
+/** A set-up plugin instance (GET /me answered for the config's region). */
+export async function setup(
+    config: PluginConfig = {},
+    options: Parameters<typeof makeMeta>[1] = {},
+    host = US
+): Promise<TestMeta> {
+    const region = { [US]: 'US', [EU]: 'Europe', [AU]: 'AU' }[host]
+    nock(host).get('/me').reply(200, { type: 'admin', id: '1', app: { type: 'app', region } })
+    const made = makeMeta(config, options)
+    await setupPlugin(made.meta)
+    return made
+}
+
+export function makeEvent(overrides: Partial<ProcessedPluginEvent> = {}): ProcessedPluginEvent {
+    return {
+        event: 'signed_up',
+        distinct_id: 'user-1',
+        uuid: '0190c0de-0000-7000-8000-000000000001',
+        team_id: 1,
+        ip: null,
+        timestamp: OLD_TIMESTAMP,
+        properties: { email: 'Ada@Example.com' },
+        ...overrides,
+    }
+}
+
+export function contact(id: string, role: 'user' | 'lead' = 'user', updated_at = 1): object {
+    return { type: 'contact', id, role, email: 'ada@example.com', updated_at }
+}
+
+export const searchBody = (email: string) => ({
+    query: { field: 'email', operator: '=', value: email },
+    pagination: { per_page: 50 },
+})
+
+/** Expects one search for `email` answered with `contacts`. */
+export function expectSearch(email: string, contacts: object[], host = US): nock.Scope {
+    return nock(host)
+        .post('/contacts/search', searchBody(email))
+        .reply(200, { type: 'list', data: contacts, total_count: contacts.length })
+}
+
+/** Expects one POST /events whose body is exactly `body`. */
+export function expectEvent(body: object, status = 202, host = US, headers: Record<string, string> = {}): nock.Scope {
+    return nock(host)
+        .post('/events', (received) => isDeepStrictEqual(received, body))
+        .reply(status, status === 202 ? '' : { type: 'error.list', errors: [{ code: 'x', message: 'refused' }] }, headers)
+}
