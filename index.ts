@@ -84,8 +84,8 @@ export interface Settings {
     eventNames: Map<string, string>
     emailProperty: string
     ignoredDomains: string[]
-    /** `all`: every non-`$` property, in the event's order; otherwise the listed ones, in that order. */
-    metadata: { all: boolean; fields: Rename[] }
+    /** `all`: every non-`$` property but the email, in the event's order; else the listed ones, in that order. */
+    metadata: { all: boolean; fields: Rename[]; exclude?: string }
 }
 
 /** The two shapes a response comes in: a fetch Response, or the CDP executor's plain object. */
@@ -211,6 +211,7 @@ export function parseConfig(config: PluginConfig): Settings {
     }
     const region = parseRegion(config.region, config.useEuropeanDataStorage)
     const metadataList = (config.metadataProperties ?? '').trim()
+    const emailProperty = (config.emailProperty ?? '').trim() || 'email'
     return {
         token,
         region,
@@ -219,13 +220,13 @@ export function parseConfig(config: PluginConfig): Settings {
         eventNames: new Map(
             parsePairs(config.eventNameMapping, 'Event name mapping', false).map((r) => [r.from, r.to])
         ),
-        emailProperty: (config.emailProperty ?? '').trim() || 'email',
+        emailProperty,
         ignoredDomains: splitList(config.ignoredEmailDomains).map((d) =>
             d.toLowerCase().replace(/^[@.]+/, '')
         ),
         metadata:
             metadataList === '*'
-                ? { all: true, fields: [] }
+                ? { all: true, fields: [], exclude: emailProperty } // Intercom has the email already
                 : { all: false, fields: parsePairs(metadataList, 'Event properties to send', true) },
     }
 }
@@ -384,7 +385,7 @@ function* metadataSources(properties: Properties, spec: Settings['metadata']): G
         return
     }
     for (const key of Object.keys(properties)) {
-        if (!key.startsWith('$')) {
+        if (!key.startsWith('$') && key !== spec.exclude) {
             yield { from: key, to: key }
         }
     }
@@ -838,8 +839,9 @@ async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<V
     }
 }
 
-function isExpired(item: QueuedDelivery): boolean {
-    return item.attempts >= QUEUE_MAX_ATTEMPTS || Date.now() - item.queuedAt > QUEUE_MAX_AGE_SECONDS * 1000
+/** `attempts` counts the tries made so far, the first one in onEvent included. */
+function mayRetry(item: QueuedDelivery): boolean {
+    return item.attempts + 1 < QUEUE_MAX_ATTEMPTS && Date.now() - item.queuedAt < QUEUE_MAX_AGE_SECONDS * 1000
 }
 
 async function drainBatch(
@@ -857,7 +859,7 @@ async function drainBatch(
                 result.delivered++
             } else if (verdict === 'backoff' && item) {
                 requeue.push(item) // not counted as an attempt: Intercom asked us to wait
-            } else if (verdict === 'retry' && item && !isExpired(item)) {
+            } else if (verdict === 'retry' && item && mayRetry(item)) {
                 requeue.push({ ...item, attempts: item.attempts + 1 })
                 result.retried++
             } else {
@@ -865,7 +867,7 @@ async function drainBatch(
                 if (verdict === 'retry') {
                     ctx.log(
                         'error',
-                        `Dropped queued event ${item?.uuid}: still failing after ${item?.attempts} attempts.`
+                        `Dropped queued event ${item?.uuid}: still failing after ${(item?.attempts ?? 0) + 1} attempts.`
                     )
                 }
             }

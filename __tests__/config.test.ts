@@ -20,9 +20,21 @@ describe('parseConfig rejects what cannot work, with a message that says what to
         ['no triggering events', { ...base, triggeringEvents: '' }, /Triggering events is empty/],
         ['only commas', { ...base, triggeringEvents: ' , ,, ' }, /Triggering events is empty/],
         ['unknown region', { ...base, region: 'ASIA' }, /Region must be US, EU or AU, not "ASIA"/],
-        ['mapping without target', { ...base, eventNameMapping: '$identify:' }, /"\$identify:" is not of the form/],
-        ['mapping without source', { ...base, eventNameMapping: ':identified' }, /is not of the form from:to/],
-        ['mapping without colon', { ...base, eventNameMapping: 'signed_up' }, /Event name mapping: "signed_up"/],
+        [
+            'mapping without target',
+            { ...base, eventNameMapping: '$identify:' },
+            /"\$identify:" is not of the form/,
+        ],
+        [
+            'mapping without source',
+            { ...base, eventNameMapping: ':identified' },
+            /is not of the form from:to/,
+        ],
+        [
+            'mapping without colon',
+            { ...base, eventNameMapping: 'signed_up' },
+            /Event name mapping: "signed_up"/,
+        ],
         ['metadata rename without key', { ...base, metadataProperties: 'plan:' }, /Event properties to send/],
     ])('%s', (_name, config, message) => {
         expect(() => parseConfig(config)).toThrow(ConfigError)
@@ -48,12 +60,19 @@ describe('parseConfig reads lists leniently', () => {
                 { from: '$current_url', to: 'url' },
             ],
         })
-        expect(Object.fromEntries(settings.eventNames)).toEqual({ $identify: 'identified', signed_up: 'Signed up' })
+        expect(Object.fromEntries(settings.eventNames)).toEqual({
+            $identify: 'identified',
+            signed_up: 'Signed up',
+        })
         expect(settings.emailProperty).toBe('email')
     })
 
     test('`*` sends all properties', () => {
-        expect(parseConfig({ ...base, metadataProperties: ' * ' }).metadata).toEqual({ all: true, fields: [] })
+        expect(parseConfig({ ...base, metadataProperties: ' * ' }).metadata).toEqual({
+            all: true,
+            fields: [],
+            exclude: 'email',
+        })
     })
 })
 
@@ -65,7 +84,11 @@ describe('region', () => {
         ['AU', { region: 'AU' }, AU],
         ['lower case', { region: 'eu' }, EU],
         ['original app: European storage Yes', { useEuropeanDataStorage: 'Yes' }, EU],
-        ['original app: Yes while the form shows the default US', { region: 'US', useEuropeanDataStorage: 'Yes' }, EU],
+        [
+            'original app: Yes while the form shows the default US',
+            { region: 'US', useEuropeanDataStorage: 'Yes' },
+            EU,
+        ],
         ['original app: No', { useEuropeanDataStorage: 'No' }, US],
         ['explicit AU wins over the legacy switch', { region: 'AU', useEuropeanDataStorage: 'Yes' }, AU],
     ])('%s', (_name, config, host) => {
@@ -90,15 +113,24 @@ describe('setupPlugin checks the API key once with GET /me', () => {
     })
 
     test('401: the plugin does not start, and says the key was rejected', async () => {
-        nock(US).get('/me').reply(401, { type: 'error.list', errors: [{ code: 'unauthorized', message: 'Access Token Invalid' }] })
-        await expect(setupPlugin(makeMeta(base).meta)).rejects.toThrow(/Intercom rejected the API key \(401\)/)
+        nock(US)
+            .get('/me')
+            .reply(401, {
+                type: 'error.list',
+                errors: [{ code: 'unauthorized', message: 'Access Token Invalid' }],
+            })
+        await expect(setupPlugin(makeMeta(base).meta)).rejects.toThrow(
+            /Intercom rejected the API key \(401\)/
+        )
     })
 
     test.each([
         ['Europe', 'EU'],
         ['AU', 'AU'],
     ])('workspace in %s while set to US: names the right region', async (intercomRegion, region) => {
-        nock(US).get('/me').reply(200, { type: 'admin', app: { region: intercomRegion } })
+        nock(US)
+            .get('/me')
+            .reply(200, { type: 'admin', app: { region: intercomRegion } })
         await expect(setupPlugin(makeMeta(base).meta)).rejects.toThrow(`set "Region" to ${region}`)
     })
 

@@ -35,7 +35,13 @@ export function makeMeta(
         cache: options.cache,
         fetch: options.fetch,
         person: options.person,
-        logger: { log: write('log'), info: write('info'), debug: write('debug'), warn: write('warn'), error: write('error') },
+        logger: {
+            log: write('log'),
+            info: write('info'),
+            debug: write('debug'),
+            warn: write('warn'),
+            error: write('error'),
+        },
     }
     return { meta, logs }
 }
@@ -47,7 +53,9 @@ export async function setup(
     host = US
 ): Promise<TestMeta> {
     const region = { [US]: 'US', [EU]: 'Europe', [AU]: 'AU' }[host]
-    nock(host).get('/me').reply(200, { type: 'admin', id: '1', app: { type: 'app', region } })
+    nock(host)
+        .get('/me')
+        .reply(200, { type: 'admin', id: '1', app: { type: 'app', region } })
     const made = makeMeta(config, options)
     await setupPlugin(made.meta)
     return made
@@ -83,8 +91,17 @@ export function expectSearch(email: string, contacts: object[], host = US): nock
 }
 
 /** Expects one POST /events whose body is exactly `body`. */
-export function expectEvent(body: object, status = 202, host = US, headers: Record<string, string> = {}): nock.Scope {
+export function expectEvent(
+    body: object,
+    status = 202,
+    host = US,
+    headers: Record<string, string> = {}
+): nock.Scope {
     return nock(host)
         .post('/events', (received) => isDeepStrictEqual(received, body))
-        .reply(status, status === 202 ? '' : { type: 'error.list', errors: [{ code: 'x', message: 'refused' }] }, headers)
+        .reply(
+            status,
+            status === 202 ? '' : { type: 'error.list', errors: [{ code: 'x', message: 'refused' }] },
+            headers
+        )
 }

@@ -1,0 +1,459 @@
+/** onEvent and runEveryMinute on the wire: exact requests to Intercom, error classes, caching, the retry queue. */
+import { RetryError } from '@posthog/plugin-scaffold'
+import { createHash } from 'crypto'
+import nock from 'nock'
+import { FetchFn, HttpResponse, onEvent, runEveryMinute } from '../index'
+import { MemoryCache } from '../tools/memory-cache'
+import {
+    allLogs,
+    AU,
+    contact,
+    EU,
+    expectEvent,
+    expectSearch,
+    makeEvent,
+    OLD_UNIX,
+    setup,
+    TOKEN,
+    US,
+} from './helpers'
+
+const EMAIL = 'ada@example.com'
+const event = (extra = {}) => ({
+    event_name: 'signed_up',
+    created_at: OLD_UNIX,
+    id: 'c1',
+    metadata: {},
+    ...extra,
+})
+const errorBody = (code: string, message: string) => ({ type: 'error.list', errors: [{ code, message }] })
+const recent = () => new Date(Date.now() - 1000).toISOString()
+const recentUnix = (iso: string) => Math.floor(Date.parse(iso) / 1000)
+
+beforeAll(() => nock.disableNetConnect())
+afterEach(() => {
+    const pending = nock.pendingMocks()
+    nock.cleanAll()
+    expect(pending).toEqual([])
+})
+
+describe('skips, with a reason and no call to Intercom', () => {
+    test.each<[string, object, object, string]>([
+        ['not a triggering event', {}, { event: '$pageview' }, 'not a triggering event'],
+        [
+            'Intercom echo',
+            { triggeringEvents: '[Intercom] event.created' },
+            { event: '[Intercom] event.created' },
+            'Intercom echo event',
+        ],
+        ['no email', {}, { properties: {}, distinct_id: 'anon' }, 'no valid email'],
+        ['malformed email', {}, { properties: { email: 'ada@' }, distinct_id: 'anon' }, 'no valid email'],
+        [
+            'ignored domain, any case, subdomain',
+            { ignoredEmailDomains: 'example.com' },
+            { properties: { email: 'a@Mail.Example.com' } },
+            'ignored email domain',
+        ],
+        ['unreadable timestamp', {}, { timestamp: 'yesterday-ish' }, 'invalid timestamp'],
+    ])('%s', async (_name, config, overrides, reason) => {
+        const { meta, logs } = await setup(config)
+        await expect(onEvent(makeEvent(overrides), meta)).resolves.toEqual({ status: 'skipped', reason })
+        expect(
+            logs.some((line) =>
+                line.includes(`Skipped event 0190c0de-0000-7000-8000-000000000001: ${reason}.`)
+            )
+        ).toBe(true)
+    })
+})
+
+describe('delivery', () => {
+    test('search by lower-cased email, then POST /events with the contact id and exact headers', async () => {
+        const { meta } = await setup({ metadataProperties: 'plan' })
+        const headers = {
+            authorization: `Bearer ${TOKEN}`,
+            accept: 'application/json',
+            'intercom-version': '2.11',
+            'content-type': 'application/json',
+        }
+        nock(US, { reqheaders: headers })
+            .post('/contacts/search', {
+                query: { field: 'email', operator: '=', value: EMAIL },
+                pagination: { per_page: 50 },
+            })
+            .reply(200, { type: 'list', data: [contact('c1')], total_count: 1 })
+        nock(US, { reqheaders: headers })
+            .post('/events', event({ metadata: { plan: 'pro' } }))
+            .reply(202, '')
+
+        const result = await onEvent(
+            makeEvent({ properties: { email: ' Ada@Example.COM ', plan: 'pro' } }),
+            meta
+        )
+        expect(result).toEqual({ status: 'delivered' })
+    })
+
+    test.each([
+        ['US', US],
+        ['EU', EU],
+        ['AU', AU],
+    ])('region %s calls only %s', async (region, host) => {
+        const { meta } = await setup({ region }, {}, host)
+        expectSearch(EMAIL, [contact('c1')], host)
+        expectEvent(event(), 202, host)
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test('a lead is addressed by its contact id; a user sharing the email wins over it', async () => {
+        const { meta } = await setup({}, { cache: new MemoryCache() })
+        expectSearch(EMAIL, [contact('lead1', 'lead', 10)])
+        expectEvent(event({ id: 'lead1' }))
+        await onEvent(makeEvent(), meta)
+
+        const other = await setup({}, { cache: new MemoryCache() })
+        expectSearch(EMAIL, [contact('lead1', 'lead', 10), contact('user1', 'user', 1)])
+        expectEvent(event({ id: 'user1' }))
+        await onEvent(makeEvent(), other.meta)
+    })
+
+    test('revenue arrives as a monetary amount and the event name is mapped', async () => {
+        const { meta } = await setup({
+            triggeringEvents: 'purchase',
+            eventNameMapping: 'purchase:purchased',
+            metadataProperties: '*',
+        })
+        expectSearch(EMAIL, [contact('c1')])
+        expectEvent(
+            event({
+                event_name: 'purchased',
+                metadata: { revenue: { amount: 1999, currency: 'eur' }, sku: 'A-1' },
+            })
+        )
+        const purchase = makeEvent({
+            event: 'purchase',
+            properties: { email: EMAIL, revenue: 19.99, currency: 'EUR', sku: 'A-1', $lib: 'web' },
+        })
+        await expect(onEvent(purchase, meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test('the email can come from the person (PostHog current executor)', async () => {
+        const { meta } = await setup({}, { person: { properties: { email: EMAIL } } })
+        expectSearch(EMAIL, [contact('c1')])
+        expectEvent(event())
+        await expect(onEvent(makeEvent({ properties: {} }), meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test('a missing timestamp means now', async () => {
+        const { meta } = await setup()
+        const before = Math.floor(Date.now() / 1000)
+        expectSearch(EMAIL, [contact('c1')])
+        let createdAt = 0
+        nock(US)
+            .post('/events', (body) => ((createdAt = body.created_at), true))
+            .reply(202, '')
+        await onEvent(makeEvent({ timestamp: undefined }), meta)
+        expect(createdAt).toBeGreaterThanOrEqual(before)
+        expect(Number.isInteger(createdAt)).toBe(true)
+    })
+})
+
+describe('contact cache', () => {
+    test('in-process (no meta.cache): one search for many events of one email', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').times(3).reply(202, '')
+        for (let i = 0; i < 3; i++) await onEvent(makeEvent(), meta)
+    })
+
+    test('concurrent events of one email share one search', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').times(5).reply(202, '')
+        await Promise.all([...Array(5)].map(() => onEvent(makeEvent(), meta)))
+    })
+
+    test('meta.cache is shared by workers, and holds a hash of the email, not the email', async () => {
+        const cache = new MemoryCache()
+        const first = await setup({}, { cache })
+        const second = await setup({}, { cache })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').twice().reply(202, '')
+        await onEvent(makeEvent(), first.meta)
+        await onEvent(makeEvent(), second.meta)
+        expect(cache.dump().join(' ')).not.toContain(EMAIL)
+    })
+
+    test('an old event for an unknown email is skipped, and "not found" is remembered', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [])
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({
+            status: 'skipped',
+            reason: 'no Intercom contact',
+        })
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({
+            status: 'skipped',
+            reason: 'no Intercom contact',
+        })
+    })
+
+    test('a 404 on a cached id: look the email up again and deliver to the new id', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('old')])
+        expectEvent(event({ id: 'old' }))
+        await onEvent(makeEvent(), meta)
+
+        nock(US)
+            .post('/events', event({ id: 'old' }))
+            .reply(404, errorBody('not_found', 'User Not Found'))
+        expectSearch(EMAIL, [contact('new')])
+        expectEvent(event({ id: 'new' }))
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+    })
+})
+
+describe('failures without a cache (PostHog current executor): RetryError or a clear error', () => {
+    test.each([408, 423, 500, 502, 503, 504])('%i → RetryError', async (status) => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').reply(status, errorBody('server_error', 'boom'))
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
+    })
+
+    test.each<[number, RegExp]>([
+        [401, /Intercom rejected the API key \(401\)/],
+        [403, /Intercom rejected the API key \(403\)/],
+        [
+            422,
+            /Intercom refused event "signed_up" and it will not be retried.*Cannot have more than 120 active event names/,
+        ],
+        [400, /Intercom refused event "signed_up".*bad <email> value/],
+        [501, /Intercom refused event "signed_up"/],
+    ])('%i → permanent error, not retried', async (status, message) => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        const text = status === 422 ? 'Cannot have more than 120 active event names' : `bad ${EMAIL} value`
+        nock(US).post('/events').reply(status, errorBody('x', text))
+        const failure = onEvent(makeEvent(), meta)
+        await expect(failure).rejects.toThrow(message)
+        await expect(failure).rejects.not.toBeInstanceOf(RetryError)
+    })
+
+    test('a dropped connection is retried once at once, then succeeds', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').replyWithError({ code: 'ECONNRESET', message: 'socket hang up' })
+        expectEvent(event())
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test('two dropped connections → RetryError', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').twice().replyWithError({ code: 'ECONNRESET', message: 'socket hang up' })
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/RetryError|network error/)
+    })
+
+    test('a timeout is not retried at once (it already took 10 s) → RetryError', async () => {
+        const timeout: FetchFn = async () => {
+            throw Object.assign(new Error('network timeout'), { type: 'request-timeout', name: 'FetchError' })
+        }
+        let calls = 0
+        const counting: FetchFn = (url, init) => ((calls += 1), timeout(url, init))
+        const { meta } = await setup()
+        meta.fetch = counting
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
+        expect(calls).toBe(1)
+    })
+
+    test('a recent event of an unknown email → RetryError (Intercom search lags new contacts)', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [])
+        await expect(onEvent(makeEvent({ timestamp: recent() }), meta)).rejects.toThrow(
+            /search lags new contacts/
+        )
+    })
+
+    test('429: back off until X-RateLimit-Reset without calling Intercom, then resume', async () => {
+        const { meta } = await setup()
+        const reset = Math.floor(Date.now() / 1000) + 5
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US)
+            .post('/events')
+            .reply(429, errorBody('rate_limit_exceeded', 'Exceeded rate limit'), {
+                'X-RateLimit-Reset': String(reset),
+            })
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
+        // Within the window: no call at all (disableNetConnect would fail it).
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/backing off/)
+        expect(meta.global.backoffUntil).toBe(reset * 1000)
+
+        jest.spyOn(Date, 'now').mockReturnValue(reset * 1000 + 1) // the window has passed
+        expectEvent(event({ created_at: OLD_UNIX }))
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+        jest.restoreAllMocks()
+    })
+
+    test('a spent window (X-RateLimit-Remaining: 0) backs off before a 429 comes', async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US)
+            .post('/events')
+            .reply(202, '', {
+                'X-RateLimit-Remaining': '0',
+                'X-RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 8),
+            })
+        await onEvent(makeEvent(), meta)
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/backing off/)
+    })
+
+    test('plain response objects (PostHog current executor) are read the same way', async () => {
+        const reset = Math.floor(Date.now() / 1000) + 7
+        const replies: HttpResponse[] = [
+            plain(200, { type: 'list', data: [contact('c1')] }),
+            plain(429, errorBody('rate_limit_exceeded', 'slow down'), { 'x-ratelimit-reset': String(reset) }),
+        ]
+        const { meta } = await setup()
+        meta.fetch = async () => replies.shift()!
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
+        expect(meta.global.backoffUntil).toBe(reset * 1000)
+    })
+})
+
+function plain(status: number, body: unknown, headers: Record<string, string> = {}): HttpResponse {
+    const text = JSON.stringify(body)
+    return { status, headers, json: async () => body, text: async () => text }
+}
+
+describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
+    test('a 503 is queued, not thrown, and runEveryMinute delivers it with the same created_at', async () => {
+        const cache = new MemoryCache()
+        const { meta } = await setup({}, { cache })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').reply(503, errorBody('service_unavailable', 'down'))
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'queued', reason: 'transient' })
+        expect(cache.dump().join(' ')).not.toContain(EMAIL)
+
+        expectEvent(event())
+        await expect(runEveryMinute(meta)).resolves.toEqual({
+            delivered: 1,
+            retried: 0,
+            dropped: 0,
+            remaining: 0,
+        })
+        await expect(runEveryMinute(meta)).resolves.toEqual({
+            delivered: 0,
+            retried: 0,
+            dropped: 0,
+            remaining: 0,
+        })
+    })
+
+    test('a 429 is queued; the queue waits for the reset, then drains', async () => {
+        const cache = new MemoryCache()
+        const { meta } = await setup({}, { cache })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US)
+            .post('/events')
+            .reply(429, errorBody('rate_limit_exceeded', 'slow'), {
+                'X-RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 30),
+            })
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({
+            status: 'queued',
+            reason: 'rate_limited',
+        })
+        await expect(runEveryMinute(meta)).resolves.toEqual({
+            delivered: 0,
+            retried: 0,
+            dropped: 0,
+            remaining: 1,
+        })
+
+        meta.global.backoffUntil = 0
+        await cache.set('intercom:backoff-until', 0)
+        expectEvent(event())
+        await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, remaining: 0 })
+    })
+
+    test('an event of a new email during backoff is queued too, and resolved when drained', async () => {
+        const cache = new MemoryCache()
+        const { meta } = await setup({}, { cache })
+        meta.global.backoffUntil = Date.now() + 60_000
+        await expect(
+            onEvent(makeEvent({ properties: { email: 'new@example.com' } }), meta)
+        ).resolves.toMatchObject({ status: 'queued' })
+
+        meta.global.backoffUntil = 0
+        expectSearch('new@example.com', [contact('n1')])
+        expectEvent(event({ id: 'n1' }))
+        await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1 })
+    })
+
+    test('a recent event of a contact not yet searchable waits in the queue until Intercom finds it', async () => {
+        const cache = new MemoryCache()
+        const { meta } = await setup({}, { cache })
+        const timestamp = recent()
+        expectSearch(EMAIL, [])
+        await expect(onEvent(makeEvent({ timestamp }), meta)).resolves.toMatchObject({ status: 'queued' })
+
+        await cache.set(
+            `intercom:contact:${createHash('sha256').update(EMAIL).digest('hex').slice(0, 32)}`,
+            null
+        )
+        expectSearch(EMAIL, [contact('c9')])
+        expectEvent(event({ id: 'c9', created_at: recentUnix(timestamp) }))
+        await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, remaining: 0 })
+    })
+
+    test('failing items are retried a bounded number of times, then dropped with a reason', async () => {
+        const cache = new MemoryCache()
+        const { meta, logs } = await setup({}, { cache })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').times(10).reply(500, errorBody('server_error', 'boom'))
+        await onEvent(makeEvent(), meta)
+        const runs = []
+        for (let i = 0; i < 10; i++) runs.push(await runEveryMinute(meta))
+        expect(runs.map((r) => r.retried).reduce((a, b) => a + b)).toBe(8)
+        expect(runs[8]).toEqual({ delivered: 0, retried: 0, dropped: 1, remaining: 0 })
+        expect(logs.some((l) => /Dropped queued event .* still failing after 10 attempts/.test(l))).toBe(true)
+    })
+
+    test('a permanent failure on retry is dropped at once', async () => {
+        const cache = new MemoryCache()
+        const { meta } = await setup({}, { cache })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').reply(502, '').post('/events').reply(422, errorBody('x', 'invalid'))
+        await onEvent(makeEvent(), meta)
+        await expect(runEveryMinute(meta)).resolves.toEqual({
+            delivered: 0,
+            retried: 0,
+            dropped: 1,
+            remaining: 0,
+        })
+    })
+
+    test('an item sealed with another API key is dropped, not sent to the wrong workspace', async () => {
+        const cache = new MemoryCache()
+        const { meta } = await setup({}, { cache })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').reply(503, '')
+        await onEvent(makeEvent(), meta)
+        const rotated = await setup({ intercomApiKey: 'another_token' }, { cache })
+        await expect(runEveryMinute(rotated.meta)).resolves.toMatchObject({ dropped: 1 })
+    })
+
+    test('without a cache, runEveryMinute has nothing to do', async () => {
+        const { meta } = await setup()
+        await expect(runEveryMinute(meta)).resolves.toEqual({
+            delivered: 0,
+            retried: 0,
+            dropped: 0,
+            remaining: 0,
+        })
+    })
+})
+
+test('no log line of this suite holds the token or an email', () => {
+    const text = allLogs.join('\n')
+    expect(allLogs.length).toBeGreaterThan(20)
+    expect(text).not.toContain(TOKEN)
+    expect(text).not.toMatch(/[a-z0-9.+-]+@[a-z0-9-]+\.[a-z]/i)
+})

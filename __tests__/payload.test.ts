@@ -1,0 +1,296 @@
+/** Pure functions: filtering, email lookup and the POST /events body. No network. */
+import type { ProcessedPluginEvent } from '@posthog/plugin-scaffold'
+import {
+    buildEventDraft,
+    buildMetadata,
+    findEmail,
+    isIgnoredDomain,
+    normalizeEmail,
+    parseConfig,
+    pickContact,
+    skipReason,
+    toUnixSeconds,
+} from '../index'
+import { makeEvent, OLD_UNIX, TOKEN } from './helpers'
+
+const settings = (extra = {}) =>
+    parseConfig({ intercomApiKey: TOKEN, triggeringEvents: 'signed_up', ...extra })
+const listed = (fields: string) => settings({ metadataProperties: fields }).metadata
+const ALL = { all: true, fields: [] }
+
+describe('skipReason', () => {
+    test.each<[string, Partial<ProcessedPluginEvent>, string | null]>([
+        ['a triggering event', {}, null],
+        ['another event', { event: '$pageview' }, 'not a triggering event'],
+        ['Intercom echo', { event: '[Intercom] event.created' }, 'Intercom echo event'],
+        ['event name not a string', { event: 42 as unknown as string }, 'Intercom echo event'],
+    ])('%s', (_name, overrides, reason) => {
+        expect(skipReason(makeEvent(overrides), settings())).toBe(reason)
+    })
+
+    test('an echo event is skipped even when listed', () => {
+        const echo = settings({ triggeringEvents: '[Intercom] event.created' })
+        expect(skipReason(makeEvent({ event: '[Intercom] event.created' }), echo)).toBe('Intercom echo event')
+    })
+})
+
+describe('normalizeEmail', () => {
+    test.each<[unknown, string | null]>([
+        ['  Ada@Example.COM ', 'ada@example.com'],
+        ['first.last+tag@mail.example.co.uk', 'first.last+tag@mail.example.co.uk'],
+        ['josé@exämple.de', 'josé@exämple.de'],
+        ['', null],
+        ['   ', null],
+        ['ada', null],
+        ['ada@', null],
+        ['@example.com', null],
+        ['ada@example', null],
+        ['ada@@example.com', null],
+        ['ada lovelace@example.com', null],
+        ['ada@exa mple.com', null],
+        ['<ada@example.com>', null],
+        [`${'a'.repeat(65)}@example.com`, null],
+        [`a@${'b'.repeat(300)}.com`, null],
+        [42, null],
+        [null, null],
+        [{ email: 'a@b.co' }, null],
+        [['a@b.co'], null],
+    ])('%p → %p', (input, expected) => {
+        expect(normalizeEmail(input)).toBe(expected)
+    })
+})
+
+describe('findEmail looks in order and goes on past invalid values', () => {
+    const email = 'ada@example.com'
+    test.each<
+        [
+            string,
+            Partial<ProcessedPluginEvent>,
+            { properties?: Record<string, unknown> } | undefined,
+            string | null,
+        ]
+    >([
+        ['event property', { properties: { email } }, undefined, email],
+        ['top-level $set', { properties: {}, $set: { email } }, undefined, email],
+        ['properties.$set', { properties: { $set: { email } } }, undefined, email],
+        ['$set_once', { properties: {}, $set_once: { email } }, undefined, email],
+        ['properties.$set_once', { properties: { $set_once: { email } } }, undefined, email],
+        ['person properties', { properties: {} }, { properties: { email } }, email],
+        [
+            'distinct_id that is an email',
+            { properties: {}, distinct_id: 'Ada@Example.com' },
+            undefined,
+            email,
+        ],
+        [
+            'invalid property, valid $set',
+            { properties: { email: 'nope' }, $set: { email } },
+            undefined,
+            email,
+        ],
+        ['non-string property, valid person', { properties: { email: 7 } }, { properties: { email } }, email],
+        [
+            'property wins over $set',
+            { properties: { email }, $set: { email: 'b@example.com' } },
+            undefined,
+            email,
+        ],
+        ['nowhere', { properties: {}, distinct_id: 'anon-123' }, undefined, null],
+        ['properties missing', { properties: undefined, distinct_id: 'x' }, undefined, null],
+        [
+            '$set not an object',
+            { properties: { $set: 'x' }, $set: null as unknown as undefined },
+            undefined,
+            null,
+        ],
+    ])('%s', (_name, overrides, person, expected) => {
+        expect(findEmail(makeEvent({ distinct_id: 'user-1', ...overrides }), person, 'email')).toBe(expected)
+    })
+
+    test('a custom email property', () => {
+        const event = makeEvent({ properties: { email: 'wrong@example.com', work_email: 'ada@example.com' } })
+        expect(findEmail(event, undefined, 'work_email')).toBe('ada@example.com')
+    })
+})
+
+describe('isIgnoredDomain', () => {
+    test.each<[string, boolean]>([
+        ['a@example.com', true],
+        ['a@mail.example.com', true],
+        ['a@notexample.com', false],
+        ['a@example.com.evil.io', false],
+        ['a@other.org', false],
+    ])('%s', (email, ignored) => {
+        expect(isIgnoredDomain(email, settings({ ignoredEmailDomains: 'Example.COM' }).ignoredDomains)).toBe(
+            ignored
+        )
+    })
+
+    test('mixed-case email against the list, as onEvent sees it (lower-cased)', () => {
+        const email = normalizeEmail('a@Mail.Example.com')!
+        expect(isIgnoredDomain(email, settings({ ignoredEmailDomains: 'example.com' }).ignoredDomains)).toBe(
+            true
+        )
+    })
+})
+
+describe('toUnixSeconds', () => {
+    test.each<[unknown, number | null]>([
+        ['2024-05-01T12:00:00.000Z', OLD_UNIX],
+        ['2024-05-01T12:00:00.999Z', OLD_UNIX],
+        ['2024-05-01T14:00:00+02:00', OLD_UNIX],
+        [OLD_UNIX, OLD_UNIX],
+        [OLD_UNIX * 1000 + 123, OLD_UNIX],
+        [String(OLD_UNIX), OLD_UNIX],
+        [new Date(OLD_UNIX * 1000), OLD_UNIX],
+        ['not a date', null],
+        ['', null],
+        [-5, null],
+        [NaN, null],
+        [Infinity, null],
+        [null, null],
+        [{}, null],
+    ])('%p → %p', (input, expected) => {
+        expect(toUnixSeconds(input)).toBe(expected)
+    })
+})
+
+describe('buildMetadata', () => {
+    test('listed properties in the configured order, renamed, flat, typed for Intercom', () => {
+        const metadata = buildMetadata(
+            { plan: 'pro', seats: 12, trial: true, $current_url: 'https://app.example.com/a', ignored: 'x' },
+            listed('$current_url:url,plan,seats,trial,missing')
+        )
+        expect(metadata).toEqual({ url: 'https://app.example.com/a', plan: 'pro', seats: 12, trial: 'true' })
+        expect(Object.keys(metadata)).toEqual(['url', 'plan', 'seats', 'trial'])
+    })
+
+    test('`*`: every non-$ property, at most 10 keys, in the event order', () => {
+        const properties: Record<string, unknown> = { $lib: 'web', $set: { a: 1 } }
+        for (let i = 0; i < 10_000; i++) properties[`p${i}`] = i
+        expect(buildMetadata(properties, ALL)).toEqual(
+            Object.fromEntries([...Array(10)].map((_, i) => [`p${i}`, i]))
+        )
+    })
+
+    test.each<[string, unknown, unknown]>([
+        ['long string cut to 255', 'x'.repeat(1000), 'x'.repeat(255)],
+        ['surrogate pair not split', 'x'.repeat(254) + '😀', 'x'.repeat(254)],
+        ['number', 3.5, 3.5],
+        ['NaN dropped', NaN, undefined],
+        ['Infinity dropped', Infinity, undefined],
+        ['boolean as string', false, 'false'],
+        ['null dropped', null, undefined],
+        ['small object as compact JSON', { a: 1, b: [1, 2] }, '{"a":1,"b":[1,2]}'],
+        ['array as compact JSON', ['a', 'b'], '["a","b"]'],
+        ['big object dropped, not cut', { text: 'y'.repeat(300) }, undefined],
+    ])('value: %s', (_name, value, expected) => {
+        expect(buildMetadata({ v: value }, listed('v'))).toEqual(
+            expected === undefined ? {} : { v: expected }
+        )
+    })
+
+    test('deeply nested values do not crash', () => {
+        let deep: Record<string, unknown> = {}
+        const root = deep
+        for (let i = 0; i < 100_000; i++) deep = deep.next = {}
+        expect(buildMetadata({ deep: root, ok: 1 }, ALL)).toEqual({ ok: 1 })
+    })
+
+    test('keys ending in _date become Unix seconds; unreadable dates are dropped', () => {
+        expect(
+            buildMetadata(
+                { trial_end_date: '2024-05-01T12:00:00Z', renewal_date: OLD_UNIX * 1000, bad_date: 'soon' },
+                ALL
+            )
+        ).toEqual({ trial_end_date: OLD_UNIX, renewal_date: OLD_UNIX })
+    })
+
+    test('keys lose `$` and `.`; a key that becomes empty or repeats is dropped', () => {
+        expect(buildMetadata({ 'a.b': 1, c$d: 2, $: 3, a_b: 4 }, listed('a.b,c$d,$,a_b'))).toEqual({
+            a_b: 1,
+            cd: 2,
+        })
+    })
+
+    test('__proto__ and constructor keys stay plain data', () => {
+        const properties = JSON.parse('{"__proto__": {"polluted": 1}, "constructor": "x"}')
+        const metadata = buildMetadata(properties, ALL)
+        expect(Object.getPrototypeOf(metadata)).toBe(Object.prototype)
+        expect(JSON.parse(JSON.stringify(metadata))).toEqual({
+            ['__proto__']: '{"polluted":1}',
+            constructor: 'x',
+        })
+        expect(({} as Record<string, unknown>).polluted).toBeUndefined()
+    })
+
+    test.each<[string, Record<string, unknown>, unknown]>([
+        [
+            '19.99 usd, rounded not truncated',
+            { revenue: 19.99, currency: 'USD' },
+            { amount: 1999, currency: 'usd' },
+        ],
+        ['numeric string', { revenue: '0.29', currency: 'eur' }, { amount: 29, currency: 'eur' }],
+        ['price', { price: 5, currency: 'gbp' }, { amount: 500, currency: 'gbp' }],
+        ['zero-decimal currency', { revenue: 1200, currency: 'JPY' }, { amount: 1200, currency: 'jpy' }],
+        ['three-decimal currency', { revenue: 1.234, currency: 'KWD' }, { amount: 1234, currency: 'kwd' }],
+    ])('monetary amount: %s', (_name, properties, expected) => {
+        const key = 'revenue' in properties ? 'revenue' : 'price'
+        expect(buildMetadata(properties, ALL)).toEqual({ [key]: expected })
+    })
+
+    test('revenue without a valid currency stays a number, and a listed currency is kept', () => {
+        expect(buildMetadata({ revenue: 19.99, currency: 'dollars' }, ALL)).toEqual({
+            revenue: 19.99,
+            currency: 'dollars',
+        })
+        expect(buildMetadata({ revenue: 2, currency: 'usd' }, listed('revenue,currency'))).toEqual({
+            revenue: { amount: 200, currency: 'usd' },
+            currency: 'usd',
+        })
+    })
+
+    test('the input is not modified', () => {
+        const properties = { revenue: 1, currency: 'usd', 'a.b': { c: 1 } }
+        const copy = JSON.parse(JSON.stringify(properties))
+        buildMetadata(properties, ALL)
+        expect(properties).toEqual(copy)
+    })
+})
+
+describe('buildEventDraft', () => {
+    test('maps the event name and keeps created_at', () => {
+        const draft = buildEventDraft(
+            makeEvent({ event: '$identify', properties: { plan: 'pro' } }),
+            OLD_UNIX,
+            settings({ eventNameMapping: '$identify:identified', metadataProperties: 'plan' })
+        )
+        expect(draft).toEqual({ event_name: 'identified', created_at: OLD_UNIX, metadata: { plan: 'pro' } })
+    })
+})
+
+describe('pickContact', () => {
+    test.each<[string, object[], string | null]>([
+        ['none', [], null],
+        ['a lead only', [{ id: 'l1', role: 'lead' }], 'l1'],
+        [
+            'user over a newer lead',
+            [
+                { id: 'l1', role: 'lead', updated_at: 9 },
+                { id: 'u1', role: 'user', updated_at: 1 },
+            ],
+            'u1',
+        ],
+        [
+            'most recently updated user',
+            [
+                { id: 'u1', role: 'user', updated_at: 1 },
+                { id: 'u2', role: 'user', updated_at: 5 },
+            ],
+            'u2',
+        ],
+        ['entries without id ignored', [{ role: 'user' }, { id: 'l1', role: 'lead' }], 'l1'],
+    ])('%s', (_name, contacts, expected) => {
+        expect(pickContact(contacts)).toBe(expected)
+    })
+})
