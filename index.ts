@@ -69,6 +69,14 @@ export interface PluginConfig {
     ignoredEmailDomains?: string
     metadataProperties?: string
     eventNameMapping?: string
+    contactSync?: string
+    personProperties?: string
+    externalId?: string
+    externalIdProperty?: string
+    createAttributes?: string
+    createContacts?: string
+    companyGroupType?: string
+    companyProperties?: string
 }
 
 export interface Rename {
@@ -86,6 +94,18 @@ export interface Settings {
     ignoredDomains: string[]
     /** `all`: every non-`$` property but the email, in the event's order; else the listed ones, in that order. */
     metadata: { all: boolean; fields: Rename[]; exclude?: string }
+    sync: SyncSettings
+}
+
+export interface SyncSettings {
+    contacts: 'off' | 'update' | 'create'
+    /** `$set` properties sent as custom attributes, renamed `from:to`. */
+    attributes: Rename[]
+    externalId: { source: 'none' | 'distinct_id' | 'property'; property: string }
+    createAttributes: boolean
+    /** Create a contact when an event's email is unknown to Intercom. */
+    createContacts: 'off' | 'lead' | 'user'
+    company: { groupType: string; attributes: Rename[] } | null
 }
 
 /** The two shapes a response comes in: a fetch Response, or the CDP executor's plain object. */
@@ -136,8 +156,12 @@ export type EventPayload = EventDraft & { id: string }
 
 /** What onEvent resolves to. PostHog ignores it; the local tools count it. */
 export interface Outcome {
-    status: 'delivered' | 'skipped' | 'queued'
+    /** `synced`: not a triggering event, but its person or company was synced. */
+    status: 'delivered' | 'skipped' | 'queued' | 'synced'
     reason?: string
+    contact?: SyncResult
+    company?: SyncResult
+    attached?: boolean
 }
 
 export interface DrainResult {
@@ -191,6 +215,68 @@ export function parseRegion(region: string | undefined, legacyEurope: string | u
     return (chosen || 'US') as Region
 }
 
+/** Choice fields: the label shown in PostHog → the value used here. Unknown labels are a config error. */
+function parseChoice<T>(
+    value: string | undefined,
+    field: string,
+    choices: Record<string, T>,
+    fallback: T
+): T {
+    const label = (value ?? '').trim().toLowerCase()
+    if (!label) return fallback
+    if (!(label in choices)) {
+        throw new ConfigError(`${field} must be one of ${Object.keys(choices).join(', ')}, not "${value}".`)
+    }
+    return choices[label]
+}
+
+const YES_NO = { yes: true, no: false, true: true, false: false } as const
+
+export function parseSync(config: PluginConfig): SyncSettings {
+    const contacts = parseChoice(
+        config.contactSync,
+        'Contact sync',
+        { off: 'off', 'update existing contacts': 'update', 'create or update contacts': 'create' } as const,
+        'off'
+    )
+    const source = parseChoice(
+        config.externalId,
+        'External ID',
+        { none: 'none', distinct_id: 'distinct_id', property: 'property' } as const,
+        'none'
+    )
+    const property = (config.externalIdProperty ?? '').trim()
+    if (source === 'property' && !property) {
+        throw new ConfigError(
+            'External ID is set to "property": name the person property in "External ID property".'
+        )
+    }
+    const groupType = (config.companyGroupType ?? '').trim()
+    return {
+        contacts,
+        attributes: parsePairs(config.personProperties, 'Person properties to sync', true),
+        externalId: { source, property },
+        createAttributes: parseChoice(
+            config.createAttributes,
+            'Create missing custom attributes',
+            YES_NO,
+            false
+        ),
+        createContacts: parseChoice(
+            config.createContacts,
+            'Create contacts for unknown emails',
+            { off: 'off', 'as lead': 'lead', 'as user': 'user' } as const,
+            'off'
+        ),
+        company: groupType
+            ? {
+                  groupType,
+                  attributes: parsePairs(config.companyProperties, 'Company properties to sync', true),
+              }
+            : null,
+    }
+}
+
 export function parseConfig(config: PluginConfig): Settings {
     const token = (config.intercomApiKey ?? '').trim()
     if (!token) {
@@ -204,7 +290,11 @@ export function parseConfig(config: PluginConfig): Settings {
         )
     }
     const triggeringEvents = new Set(splitList(config.triggeringEvents))
-    if (triggeringEvents.size === 0) {
+    // With contact or company sync on, an empty list is fine: only people and companies are synced.
+    const syncing =
+        (config.contactSync ?? 'off').trim().toLowerCase() !== 'off' ||
+        Boolean(config.companyGroupType?.trim())
+    if (triggeringEvents.size === 0 && !syncing) {
         throw new ConfigError(
             'Triggering events is empty: list the PostHog events to send, e.g. "$identify,signed_up".'
         )
@@ -228,6 +318,7 @@ export function parseConfig(config: PluginConfig): Settings {
             metadataList === '*'
                 ? { all: true, fields: [], exclude: emailProperty } // Intercom has the email already
                 : { all: false, fields: parsePairs(metadataList, 'Event properties to send', true) },
+        sync: parseSync(config),
     }
 }
 
@@ -280,17 +371,6 @@ export function findEmail(
 export function isIgnoredDomain(email: string, ignoredDomains: string[]): boolean {
     const domain = email.slice(email.lastIndexOf('@') + 1)
     return ignoredDomains.some((ignored) => domain === ignored || domain.endsWith(`.${ignored}`))
-}
-
-/** Returns why the event is not sent, or null when it should be. */
-export function skipReason(event: ProcessedPluginEvent, settings: Settings): string | null {
-    if (typeof event.event !== 'string' || event.event.startsWith(ECHO_PREFIX)) {
-        return 'Intercom echo event'
-    }
-    if (!settings.triggeringEvents.has(event.event)) {
-        return 'not a triggering event'
-    }
-    return null
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -707,12 +787,308 @@ async function resolveContact(ctx: Context, email: string, fresh = false): Promi
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Contact and company sync: person and group properties → Intercom contacts and companies
+// ---------------------------------------------------------------------------------------------------
+
+export type AttributeValue = string | number | boolean
+export interface ContactAttributes {
+    name?: string
+    phone?: string
+    external_id?: string
+    custom_attributes?: Record<string, AttributeValue>
+}
+export interface CompanyAttributes {
+    company_id: string
+    name?: string
+    custom_attributes?: Record<string, AttributeValue>
+}
+export type DataType = 'string' | 'integer' | 'float' | 'boolean' | 'date'
+
+/** Keys ending in these hold dates: Intercom wants them as Unix seconds. */
+const DATE_KEY = /(_at|_date)$/i
+const ATTRIBUTE_TTL_SECONDS = 30 * 24 * 3600
+
+/** True when the event carries person updates worth syncing. */
+export function hasPersonUpdates(event: ProcessedPluginEvent): boolean {
+    const props = event.properties ?? {}
+    const nonEmpty = (value: unknown) =>
+        value !== null && typeof value === 'object' && Object.keys(value).length > 0
+    return (
+        event.event === '$identify' ||
+        [event.$set, event.$set_once, props.$set, props.$set_once].some(nonEmpty)
+    )
+}
+
+/** The person as this event leaves it: stored properties, then `$set_once` where unset, then `$set`. */
+export function personProperties(event: ProcessedPluginEvent, person: PluginMeta['person']): Properties {
+    const props = event.properties ?? {}
+    const merged: Properties = { ...(person?.properties ?? {}) }
+    for (const once of [props.$set_once, event.$set_once]) {
+        for (const [key, value] of Object.entries(once ?? {})) {
+            if (!(key in merged)) merged[key] = value
+        }
+    }
+    return Object.assign(merged, props.$set ?? {}, event.$set ?? {})
+}
+
+/** An attribute value Intercom accepts; undefined drops it (nested values, null, NaN). */
+export function attributeValue(key: string, value: unknown): AttributeValue | undefined {
+    if (DATE_KEY.test(key)) {
+        return toUnixSeconds(value) ?? undefined
+    }
+    if (typeof value === 'string') return truncate(value)
+    if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
+    if (typeof value === 'boolean') return value
+    return undefined
+}
+
+export function dataType(key: string, value: AttributeValue): DataType {
+    if (DATE_KEY.test(key)) return 'date'
+    if (typeof value === 'number') return Number.isInteger(value) ? 'integer' : 'float'
+    return typeof value === 'boolean' ? 'boolean' : 'string'
+}
+
+/** Mapped custom attributes, and the names of mapped properties that had to be dropped. */
+export function customAttributes(
+    source: Properties,
+    mapping: Rename[]
+): { values: Record<string, AttributeValue>; dropped: string[] } {
+    const values: [string, AttributeValue][] = []
+    const dropped: string[] = []
+    for (const { from, to } of mapping) {
+        if (!Object.prototype.hasOwnProperty.call(source, from) || source[from] === null) continue
+        const value = attributeValue(to, source[from])
+        if (value === undefined) dropped.push(from)
+        else values.push([to, value])
+    }
+    return { values: Object.fromEntries(values), dropped }
+}
+
+/** PostHog's anonymous ids are device ids: they must not become Intercom external ids. */
+function isAnonymousId(event: ProcessedPluginEvent): boolean {
+    const props = event.properties ?? {}
+    if (event.event === '$identify') return false
+    return (
+        props.$is_identified === false ||
+        props.$device_id === event.distinct_id ||
+        props.$anon_distinct_id === event.distinct_id
+    )
+}
+
+function externalId(event: ProcessedPluginEvent, source: Properties, sync: SyncSettings): string | undefined {
+    const raw =
+        sync.externalId.source === 'distinct_id'
+            ? isAnonymousId(event)
+                ? undefined
+                : event.distinct_id
+            : source[sync.externalId.property]
+    return (typeof raw === 'string' && raw.trim()) || typeof raw === 'number'
+        ? truncate(String(raw).trim())
+        : undefined
+}
+
+/** Standard attributes (name, phone, external_id) and the mapped custom ones. */
+export function contactAttributes(
+    event: ProcessedPluginEvent,
+    source: Properties,
+    sync: SyncSettings
+): { attributes: ContactAttributes; dropped: string[] } {
+    const text = (value: unknown) =>
+        typeof value === 'string' && value.trim() ? truncate(value.trim()) : undefined
+    const fullName = [text(source.first_name), text(source.last_name)].filter(Boolean).join(' ')
+    const custom = customAttributes(source, sync.attributes)
+    const attributes: ContactAttributes = {
+        name: text(source.name) ?? (fullName || undefined),
+        phone: text(source.phone),
+        external_id: sync.externalId.source === 'none' ? undefined : externalId(event, source, sync),
+        custom_attributes: Object.keys(custom.values).length > 0 ? custom.values : undefined,
+    }
+    return { attributes: JSON.parse(JSON.stringify(attributes)), dropped: custom.dropped }
+}
+
+export function companyAttributes(
+    event: ProcessedPluginEvent,
+    company: NonNullable<SyncSettings['company']>
+): { attributes: CompanyAttributes | null; dropped: string[] } {
+    const props = event.properties ?? {}
+    const key = props.$group_key
+    if (
+        props.$group_type !== company.groupType ||
+        (typeof key !== 'string' && typeof key !== 'number') ||
+        String(key).trim() === ''
+    ) {
+        return { attributes: null, dropped: [] }
+    }
+    const set: Properties =
+        props.$group_set !== null && typeof props.$group_set === 'object' ? props.$group_set : {}
+    const custom = customAttributes(set, company.attributes)
+    const attributes: CompanyAttributes = { company_id: truncate(String(key).trim()) }
+    if (typeof set.name === 'string' && set.name.trim()) attributes.name = truncate(set.name.trim())
+    if (Object.keys(custom.values).length > 0) attributes.custom_attributes = custom.values
+    return { attributes, dropped: custom.dropped }
+}
+
+function digest(value: unknown): string {
+    return createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 32)
+}
+
+/** Creates the custom attributes Intercom does not have yet, once each (remembered in the cache). */
+async function ensureAttributes(
+    ctx: Context,
+    model: 'contact' | 'company',
+    values: Record<string, AttributeValue> | undefined
+): Promise<void> {
+    if (!values || !ctx.settings.sync.createAttributes) return
+    for (const [name, value] of Object.entries(values)) {
+        const key = `intercom:attribute:${model}:${digest(name)}`
+        if ((await ctx.store.get(key)) === 1) continue
+        try {
+            await callIntercom(ctx, 'POST', '/data_attributes', {
+                name,
+                model,
+                data_type: dataType(name, value),
+            })
+        } catch (error) {
+            // "You already have 'x' in your … data": someone created it first, which is what we wanted.
+            if (!(error instanceof IntercomError && /already (have|exists)/i.test(error.message))) throw error
+        }
+        await ctx.store.set(key, 1, ATTRIBUTE_TTL_SECONDS)
+    }
+}
+
+/** "A contact matching those details already exists with id=…": the id of the winner of a race. */
+export function conflictId(error: unknown): string | null {
+    const match =
+        error instanceof IntercomError && error.status === 409
+            ? /id=([A-Za-z0-9_-]+)/.exec(error.message)
+            : null
+    return match ? match[1] : null
+}
+
+/** POST /contacts; a 409 (a race, or search lag) gives the existing id, which is then updated. */
+async function createContact(
+    ctx: Context,
+    email: string,
+    role: 'user' | 'lead',
+    attributes: ContactAttributes
+): Promise<string> {
+    try {
+        const created = await callIntercom(ctx, 'POST', '/contacts', { role, email, ...attributes })
+        const id = propertyOf(created, 'id')
+        if (typeof id !== 'string')
+            throw new IntercomError('transient', 'Intercom created a contact but returned no id')
+        return id
+    } catch (error) {
+        const existing = conflictId(error)
+        if (!existing) throw error
+        if (Object.keys(attributes).length > 0)
+            await callIntercom(ctx, 'PUT', `/contacts/${existing}`, attributes)
+        return existing
+    }
+}
+
+/** Caches a contact id at once, so the events right after do not wait for Intercom's search. */
+async function rememberContact(ctx: Context, email: string, id: string): Promise<void> {
+    await ctx.store.set(contactKey(email), id, CONTACT_TTL_SECONDS)
+}
+
+export type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
+
+/** Creates or updates the contact; no call at all when nothing mapped changed since the last sync. */
+async function syncContact(
+    ctx: Context,
+    event: ProcessedPluginEvent,
+    email: string,
+    person: PluginMeta['person']
+): Promise<SyncResult> {
+    const sync = ctx.settings.sync
+    const { attributes, dropped } = contactAttributes(event, personProperties(event, person), sync)
+    if (dropped.length > 0) {
+        ctx.log(
+            'info',
+            `Event ${eventLabel(event)}: not synced (nested or empty values): ${dropped.join(', ')}.`
+        )
+    }
+    const hashKey = `intercom:contact-sync:${contactKey(email).slice(-32)}`
+    const hash = digest(attributes)
+    if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
+    await ensureAttributes(ctx, 'contact', attributes.custom_attributes)
+    const id = await resolveContact(ctx, email)
+    let result: SyncResult
+    if (id) {
+        if (Object.keys(attributes).length > 0) await callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes)
+        result = 'updated'
+    } else if (sync.contacts === 'create') {
+        await rememberContact(ctx, email, await createContact(ctx, email, 'user', attributes))
+        result = 'created'
+    } else {
+        return 'no contact'
+    }
+    await ctx.store.set(hashKey, hash, CONTACT_TTL_SECONDS)
+    return result
+}
+
+/** The Intercom id of a company; POST /companies creates or updates by company_id. */
+async function upsertCompany(ctx: Context, attributes: CompanyAttributes): Promise<string> {
+    const company = await callIntercom(ctx, 'POST', '/companies', attributes)
+    const id = propertyOf(company, 'id')
+    if (typeof id !== 'string') throw new IntercomError('transient', 'Intercom returned a company without id')
+    await ctx.store.set(`intercom:company:${digest(attributes.company_id)}`, id, CONTACT_TTL_SECONDS)
+    return id
+}
+
+/** `$groupidentify` of the mapped group type → create or update the Intercom company. */
+async function syncCompany(ctx: Context, event: ProcessedPluginEvent): Promise<SyncResult> {
+    const company = ctx.settings.sync.company
+    const { attributes, dropped } = company
+        ? companyAttributes(event, company)
+        : { attributes: null, dropped: [] }
+    if (!attributes) return 'unchanged'
+    if (dropped.length > 0) {
+        ctx.log(
+            'info',
+            `Event ${eventLabel(event)}: company values not synced (nested or empty): ${dropped.join(', ')}.`
+        )
+    }
+    const hashKey = `intercom:company-sync:${digest(attributes.company_id)}`
+    const hash = digest(attributes)
+    if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
+    await ensureAttributes(ctx, 'company', attributes.custom_attributes)
+    await upsertCompany(ctx, attributes)
+    await ctx.store.set(hashKey, hash, CONTACT_TTL_SECONDS)
+    return 'updated'
+}
+
+/** The company key of an event's `$groups` for the mapped group type. */
+function companyKeyOf(event: ProcessedPluginEvent, settings: Settings): string | null {
+    const groupType = settings.sync.company?.groupType
+    const key = groupType ? propertyOf(event.properties?.$groups, groupType) : undefined
+    return (typeof key === 'string' && key.trim()) || typeof key === 'number'
+        ? truncate(String(key).trim())
+        : null
+}
+
+/** Attaches the contact to the company of its `$groups`, once (remembered in the cache). */
+async function attachCompany(ctx: Context, email: string, companyKey: string): Promise<boolean> {
+    const doneKey = `intercom:attached:${digest([email, companyKey])}`
+    if ((await ctx.store.get(doneKey)) === 1) return false
+    const contactId = await resolveContact(ctx, email)
+    if (!contactId) return false
+    const cached = await ctx.store.get(`intercom:company:${digest(companyKey)}`)
+    const companyId =
+        typeof cached === 'string' && cached ? cached : await upsertCompany(ctx, { company_id: companyKey })
+    await callIntercom(ctx, 'POST', `/contacts/${contactId}/companies`, { id: companyId })
+    await ctx.store.set(doneKey, 1, ATTRIBUTE_TTL_SECONDS)
+    return true
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Delivery: one path for first attempts and for retries from the queue
 // ---------------------------------------------------------------------------------------------------
 
 /** Posts the event to the contact; a 404 means a stale cached id: look the email up once more. */
 async function deliver(ctx: Context, email: string, draft: EventDraft): Promise<Outcome> {
-    const cachedId = await resolveContact(ctx, email)
+    const cachedId = (await resolveContact(ctx, email)) ?? (await createMissingContact(ctx, email))
     if (!cachedId) {
         return noContact(draft.created_at)
     }
@@ -728,6 +1104,15 @@ async function deliver(ctx: Context, email: string, draft: EventDraft): Promise<
     }
     await callIntercom(ctx, 'POST', '/events', { ...draft, id: freshId })
     return { status: 'delivered' }
+}
+
+/** With "Create contacts for unknown emails" on, the event of a new person lands on the first try. */
+async function createMissingContact(ctx: Context, email: string): Promise<string | null> {
+    const role = ctx.settings.sync.createContacts
+    if (role === 'off') return null
+    const id = await createContact(ctx, email, role, {})
+    await rememberContact(ctx, email, id)
+    return id
 }
 
 function noContact(createdAt: number): Outcome {
@@ -946,32 +1331,103 @@ function eventTime(event: ProcessedPluginEvent): number | null {
         : toUnixSeconds(timestamp)
 }
 
+/** What an event asks for: delivery as a data event, and/or syncing its person or company. */
+interface Work {
+    deliver: boolean
+    syncPerson: boolean
+    syncCompany: boolean
+    companyKey: string | null
+}
+
+export function planWork(event: ProcessedPluginEvent, settings: Settings): Work {
+    const { contacts, company } = settings.sync
+    return {
+        deliver: settings.triggeringEvents.has(event.event),
+        syncPerson: contacts !== 'off' && hasPersonUpdates(event),
+        syncCompany: company !== null && event.event === '$groupidentify',
+        companyKey: company ? companyKeyOf(event, settings) : null,
+    }
+}
+
 /** Sends one event. Resolves with what happened; throws RetryError (transient) or Error (permanent). */
 export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
     const ctx = context(meta)
+    const work =
+        typeof event.event === 'string' && !event.event.startsWith(ECHO_PREFIX)
+            ? planWork(event, ctx.settings)
+            : null
+    const needsEmail = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
     const skip = (reason: string): Outcome => {
-        // Non-triggering events are the bulk of traffic: log them only at debug level.
-        ctx.log(
-            reason === 'not a triggering event' ? 'debug' : 'info',
-            `Skipped event ${eventLabel(event)}: ${reason}.`
-        )
+        // Events that are neither sent nor synced are the bulk of traffic: log them at debug level.
+        const level = reason === 'Intercom echo event' || work?.deliver ? 'info' : 'debug'
+        ctx.log(level, `Skipped event ${eventLabel(event)}: ${reason}.`)
         return { status: 'skipped', reason }
     }
-    const reason = skipReason(event, ctx.settings)
-    if (reason) return skip(reason)
-    const email = findEmail(event, meta.person, ctx.settings.emailProperty)
-    if (!email) return skip('no valid email')
-    if (isIgnoredDomain(email, ctx.settings.ignoredDomains)) return skip('ignored email domain')
-    const createdAt = eventTime(event)
-    if (createdAt === null) return skip('invalid timestamp')
+    if (!work) return skip('Intercom echo event')
+    if (!needsEmail && !work.syncCompany) return skip('not a triggering event')
 
+    const failures: unknown[] = []
+    const attempt = async <T>(task: () => Promise<T>): Promise<T | undefined> => {
+        try {
+            return await task()
+        } catch (error) {
+            failures.push(error) // raised after the event itself had its chance
+            return undefined
+        }
+    }
+    const outcome: Outcome = { status: 'synced' }
+    if (work.syncCompany) outcome.company = await attempt(() => syncCompany(ctx, event))
+
+    const email = needsEmail ? findEmail(event, meta.person, ctx.settings.emailProperty) : null
+    const unusable = !needsEmail
+        ? null
+        : !email
+          ? 'no valid email'
+          : isIgnoredDomain(email, ctx.settings.ignoredDomains)
+            ? 'ignored email domain'
+            : null
+    if (email && !unusable) {
+        if (work.syncPerson)
+            outcome.contact = await attempt(() => syncContact(ctx, event, email, meta.person))
+        if (work.companyKey)
+            outcome.attached = await attempt(() => attachCompany(ctx, email, work.companyKey!))
+    }
+    if (work.deliver || (unusable && !work.syncCompany)) {
+        const delivery = unusable ? skip(unusable) : await deliverEvent(ctx, event, email!)
+        Object.assign(outcome, delivery)
+    }
+    if (failures.length > 0) {
+        await raiseFailure(ctx, eventLabel(event), failures[0])
+    }
+    return outcome
+}
+
+async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, email: string): Promise<Outcome> {
+    const createdAt = eventTime(event)
+    if (createdAt === null) {
+        ctx.log('info', `Skipped event ${eventLabel(event)}: invalid timestamp.`)
+        return { status: 'skipped', reason: 'invalid timestamp' }
+    }
     const draft = buildEventDraft(event, createdAt, ctx.settings)
     try {
         const outcome = await deliver(ctx, email, draft)
-        return outcome.status === 'skipped' ? skip(outcome.reason ?? 'not sent') : outcome
+        if (outcome.status === 'skipped')
+            ctx.log('info', `Skipped event ${eventLabel(event)}: ${outcome.reason}.`)
+        return outcome
     } catch (error) {
         return await handleFailure(ctx, { draft, email, uuid: eventLabel(event) }, error)
     }
+}
+
+/** A sync failure: transient ones are left to PostHog's retries (the sync is idempotent), others are raised. */
+async function raiseFailure(ctx: Context, uuid: string, error: unknown): Promise<never> {
+    if (!(error instanceof IntercomError)) throw error
+    if (error.kind === 'transient' || error.kind === 'rate_limited') {
+        ctx.log('warn', `Sync of event ${uuid} not done yet: ${error.message}`)
+        throw new RetryError(`Intercom: ${error.message}`)
+    }
+    ctx.log('error', `Sync of event ${uuid} failed: ${error.message}`)
+    throw userFacingError(error, 'the contact or company sync')
 }
 
 /** Permanent failures are raised for the user; transient ones are queued, else handed to PostHog's retries. */
@@ -985,7 +1441,7 @@ async function handleFailure(
     }
     if (error.kind !== 'transient' && error.kind !== 'rate_limited') {
         ctx.log('error', `Failed event ${failed.uuid}: ${error.message}`)
-        throw userFacingError(error, failed.draft.event_name)
+        throw userFacingError(error, `event "${failed.draft.event_name}"`)
     }
     const item: QueuedDelivery = {
         draft: failed.draft,
@@ -1002,13 +1458,17 @@ async function handleFailure(
     throw new RetryError(`Intercom: ${error.message}`)
 }
 
-function userFacingError(error: IntercomError, eventName: string): Error {
+/** The message PostHog shows the user: what was refused and what to do about it. */
+function userFacingError(error: IntercomError, subject: string): Error {
     if (error.kind === 'auth') {
         return new Error(
             `Intercom rejected the API key (${error.status}): check "Intercom API key" in the plugin settings. ${error.message}`
         )
     }
-    return new Error(`Intercom refused event "${eventName}" and it will not be retried. ${error.message}`)
+    const hint = /attribute/i.test(error.message)
+        ? ' Create the custom attribute in Intercom (Settings → Data → People or Companies) or set "Create missing custom attributes" to Yes.'
+        : ''
+    return new Error(`Intercom refused ${subject} and it will not be retried. ${error.message}${hint}`)
 }
 
 /** Drains the retry queue. Plugin-server runtimes only: PostHog's current executor has no cache. */

@@ -8,7 +8,7 @@ import {
     normalizeEmail,
     parseConfig,
     pickContact,
-    skipReason,
+    planWork,
     toUnixSeconds,
 } from '../index'
 import { makeEvent, OLD_UNIX, TOKEN } from './helpers'
@@ -18,19 +18,45 @@ const settings = (extra = {}) =>
 const listed = (fields: string) => settings({ metadataProperties: fields }).metadata
 const ALL = { all: true, fields: [] }
 
-describe('skipReason', () => {
-    test.each<[string, Partial<ProcessedPluginEvent>, string | null]>([
-        ['a triggering event', {}, null],
-        ['another event', { event: '$pageview' }, 'not a triggering event'],
-        ['Intercom echo', { event: '[Intercom] event.created' }, 'Intercom echo event'],
-        ['event name not a string', { event: 42 as unknown as string }, 'Intercom echo event'],
-    ])('%s', (_name, overrides, reason) => {
-        expect(skipReason(makeEvent(overrides), settings())).toBe(reason)
+describe('planWork: what an event asks for', () => {
+    const sync = settings({ contactSync: 'update existing contacts', companyGroupType: 'company' })
+    test.each<[string, Partial<ProcessedPluginEvent>, object]>([
+        [
+            'a triggering event',
+            {},
+            { deliver: true, syncPerson: false, syncCompany: false, companyKey: null },
+        ],
+        ['another event', { event: '$pageview' }, { deliver: false, syncPerson: false }],
+        ['$identify syncs the person', { event: '$identify' }, { deliver: false, syncPerson: true }],
+        [
+            '$set in properties',
+            { event: '$pageview', properties: { $set: { plan: 'pro' } } },
+            { syncPerson: true },
+        ],
+        ['top-level $set_once', { event: '$pageview', $set_once: { plan: 'pro' } }, { syncPerson: true }],
+        ['empty $set', { event: '$pageview', $set: {} }, { syncPerson: false }],
+        ['$groupidentify', { event: '$groupidentify' }, { syncCompany: true }],
+        [
+            '$groups names a company',
+            { event: '$pageview', properties: { $groups: { company: 'acme' } } },
+            { companyKey: 'acme' },
+        ],
+        [
+            '$groups of another type',
+            { event: '$pageview', properties: { $groups: { team: 'x' } } },
+            { companyKey: null },
+        ],
+    ])('%s', (_name, overrides, expected) => {
+        expect(planWork(makeEvent(overrides), sync)).toMatchObject(expected)
     })
 
-    test('an echo event is skipped even when listed', () => {
-        const echo = settings({ triggeringEvents: '[Intercom] event.created' })
-        expect(skipReason(makeEvent({ event: '[Intercom] event.created' }), echo)).toBe('Intercom echo event')
+    test('with sync off, only triggering events matter', () => {
+        expect(planWork(makeEvent({ event: '$identify', $set: { plan: 'pro' } }), settings())).toEqual({
+            deliver: false,
+            syncPerson: false,
+            syncCompany: false,
+            companyKey: null,
+        })
     })
 })
 
