@@ -152,3 +152,54 @@ describe('setupPlugin checks the API key once with GET /me', () => {
         expect(allLogs.join('\n')).not.toContain(TOKEN)
     })
 })
+
+describe('plugin.json and the parser agree', () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const manifest = require('../plugin.json') as {
+        main: string
+        posthogVersion: string
+        config: {
+            key?: string
+            type?: string
+            choices?: string[]
+            default?: string
+            secret?: boolean
+            required?: boolean
+        }[]
+    }
+    const fields = manifest.config.filter((field) => field.key)
+
+    test('the entry point, version floor and the keys of the original Intercom app', () => {
+        expect(manifest.main).toBe('index.ts')
+        expect(manifest.posthogVersion).toBe('>= 1.30.0')
+        const keys = fields.map((field) => field.key)
+        expect(keys).toEqual(
+            expect.arrayContaining([
+                'intercomApiKey',
+                'triggeringEvents',
+                'ignoredEmailDomains',
+                'useEuropeanDataStorage',
+            ])
+        )
+        expect(fields.find((field) => field.key === 'intercomApiKey')).toMatchObject({
+            secret: true,
+            required: true,
+        })
+    })
+
+    test('the form defaults make a valid config', () => {
+        const defaults = Object.fromEntries(fields.map((field) => [field.key, field.default ?? '']))
+        expect(parseConfig({ ...defaults, intercomApiKey: TOKEN })).toMatchObject({
+            region: 'US',
+            emailProperty: 'email',
+        })
+    })
+
+    test.each(
+        fields
+            .filter((field) => field.type === 'choice')
+            .flatMap((field) => field.choices!.map((choice) => [field.key!, choice]))
+    )('%s: "%s" is understood', (key, choice) => {
+        expect(() => parseConfig({ ...base, externalIdProperty: 'account_id', [key]: choice })).not.toThrow()
+    })
+})

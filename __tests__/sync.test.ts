@@ -1,0 +1,282 @@
+/** Contact and company sync on the wire: creates, updates, conflicts, attribute creation, companies, call counts. */
+import { RetryError } from '@posthog/plugin-scaffold'
+import nock from 'nock'
+import { isDeepStrictEqual } from 'util'
+import { onEvent, PluginConfig } from '../index'
+import { MemoryCache } from '../tools/memory-cache'
+import { allLogs, contact, expectEvent, expectSearch, makeEvent, OLD_UNIX, setup, TOKEN, US } from './helpers'
+
+const EMAIL = 'ada@example.com'
+const CREATE: PluginConfig = {
+    contactSync: 'create or update contacts',
+    personProperties: 'plan:Plan name,seats',
+    triggeringEvents: 'signed_up',
+}
+const identify = (set: Record<string, unknown>, extra = {}) =>
+    makeEvent({
+        event: '$identify',
+        distinct_id: 'user-42',
+        properties: { $set: { email: EMAIL, ...set } },
+        ...extra,
+    })
+const errorBody = (code: string, message: string) => ({ type: 'error.list', errors: [{ code, message }] })
+
+/** Expects one request whose JSON body is exactly `body`. */
+function expectCall(
+    method: 'post' | 'put',
+    path: string,
+    body: object,
+    reply: object = {},
+    status = 200
+): nock.Scope {
+    const scope = nock(US)
+    const matches = (received: nock.Body) => isDeepStrictEqual(received, body)
+    return (method === 'post' ? scope.post(path, matches) : scope.put(path, matches)).reply(status, reply)
+}
+
+beforeAll(() => nock.disableNetConnect())
+afterEach(() => {
+    const pending = nock.pendingMocks()
+    nock.cleanAll()
+    expect(pending).toEqual([])
+})
+
+describe('contact sync', () => {
+    test('$identify of a new person creates exactly one contact, and the next event uses its id without a search', async () => {
+        const { meta } = await setup(CREATE, { cache: new MemoryCache() })
+        expectSearch(EMAIL, [])
+        expectCall(
+            'post',
+            '/contacts',
+            { role: 'user', email: EMAIL, name: 'Ada Lovelace', custom_attributes: { 'Plan name': 'pro' } },
+            contact('new1')
+        )
+        await expect(onEvent(identify({ name: 'Ada Lovelace', plan: 'pro' }), meta)).resolves.toEqual({
+            status: 'synced',
+            contact: 'created',
+        })
+
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, id: 'new1', metadata: {} })
+        await expect(onEvent(makeEvent(), meta)).resolves.toMatchObject({ status: 'delivered' })
+    })
+
+    test('an existing contact is updated; the same values again make no call', async () => {
+        const { meta } = await setup(CREATE)
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall(
+            'put',
+            '/contacts/c1',
+            { name: 'Ada', custom_attributes: { 'Plan name': 'pro', seats: 3 } },
+            contact('c1')
+        )
+        await expect(onEvent(identify({ name: 'Ada', plan: 'pro', seats: 3 }), meta)).resolves.toMatchObject({
+            contact: 'updated',
+        })
+        await expect(onEvent(identify({ name: 'Ada', plan: 'pro', seats: 3 }), meta)).resolves.toMatchObject({
+            contact: 'unchanged',
+        })
+
+        expectCall(
+            'put',
+            '/contacts/c1',
+            { name: 'Ada', custom_attributes: { 'Plan name': 'team', seats: 3 } },
+            contact('c1')
+        )
+        await expect(onEvent(identify({ name: 'Ada', plan: 'team', seats: 3 }), meta)).resolves.toMatchObject(
+            { contact: 'updated' }
+        )
+    })
+
+    test('409 on create (a race or search lag) → the existing id is updated', async () => {
+        const { meta } = await setup(CREATE)
+        expectSearch(EMAIL, [])
+        nock(US)
+            .post('/contacts')
+            .reply(
+                409,
+                errorBody('conflict', 'A contact matching those details already exists with id=abc123')
+            )
+        expectCall(
+            'put',
+            '/contacts/abc123',
+            { custom_attributes: { 'Plan name': 'pro' } },
+            contact('abc123')
+        )
+        await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({ contact: 'created' })
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, id: 'abc123', metadata: {} })
+        await onEvent(makeEvent(), meta)
+    })
+
+    test('"update existing contacts" never creates one', async () => {
+        const { meta } = await setup({ ...CREATE, contactSync: 'update existing contacts' })
+        expectSearch(EMAIL, [])
+        await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({
+            contact: 'no contact',
+        })
+    })
+
+    test('standard attributes: first + last name, phone, external_id from a non-anonymous distinct_id, dates as seconds', async () => {
+        const { meta } = await setup({
+            ...CREATE,
+            personProperties: 'trial_ends_at',
+            externalId: 'distinct_id',
+        })
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', {
+            name: 'Ada Lovelace',
+            phone: '+44 20 0000 0000',
+            external_id: 'user-42',
+            custom_attributes: { trial_ends_at: OLD_UNIX },
+        })
+        const set = {
+            first_name: 'Ada',
+            last_name: 'Lovelace',
+            phone: '+44 20 0000 0000',
+            trial_ends_at: '2024-05-01T12:00:00Z',
+        }
+        await onEvent(identify(set), meta)
+    })
+
+    test('an anonymous distinct_id never becomes the external_id', async () => {
+        const { meta } = await setup({ ...CREATE, externalId: 'distinct_id' })
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', { custom_attributes: { 'Plan name': 'pro' } })
+        const anonymous = makeEvent({
+            event: '$pageview',
+            distinct_id: 'dev-1',
+            properties: { $device_id: 'dev-1', $set: { email: EMAIL, plan: 'pro' } },
+        })
+        await onEvent(anonymous, meta)
+    })
+
+    test('external_id from a property', async () => {
+        const { meta } = await setup({
+            ...CREATE,
+            externalId: 'property',
+            externalIdProperty: 'account_id',
+            personProperties: '',
+        })
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', { external_id: '991' })
+        await onEvent(identify({ account_id: 991 }), meta)
+    })
+
+    test('nested values are dropped with a logged reason naming the property, not its value', async () => {
+        const { meta, logs } = await setup(CREATE)
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', { custom_attributes: { seats: 2 } })
+        await onEvent(identify({ plan: { tier: 'secret-value' }, seats: 2 }), meta)
+        expect(logs.join('\n')).toMatch(/not synced \(nested or empty values\): plan\./)
+        expect(logs.join('\n')).not.toContain('secret-value')
+    })
+
+    test('missing custom attributes are created once, then remembered', async () => {
+        const { meta } = await setup({ ...CREATE, createAttributes: 'Yes' }, { cache: new MemoryCache() })
+        expectCall('post', '/data_attributes', { name: 'Plan name', model: 'contact', data_type: 'string' })
+        nock(US)
+            .post('/data_attributes', { name: 'seats', model: 'contact', data_type: 'integer' })
+            .reply(400, errorBody('parameter_invalid', "You already have 'seats' in your people data."))
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).put('/contacts/c1').twice().reply(200, contact('c1'))
+        await onEvent(identify({ plan: 'pro', seats: 2 }), meta)
+        await onEvent(identify({ plan: 'team', seats: 5 }), meta)
+    })
+
+    test('an unknown attribute without auto-create: a clear error naming it, not retried', async () => {
+        const { meta } = await setup(CREATE)
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US)
+            .put('/contacts/c1')
+            .reply(400, errorBody('parameter_invalid', "Custom attribute 'Plan name' does not exist"))
+        const failure = onEvent(identify({ plan: 'pro' }), meta)
+        await expect(failure).rejects.toThrow(
+            /Intercom refused the contact or company sync.*'Plan name' does not exist.*Create missing custom attributes/
+        )
+        await expect(failure).rejects.not.toBeInstanceOf(RetryError)
+    })
+
+    test('a transient sync failure does not hold back the event, then asks for a retry', async () => {
+        const { meta } = await setup({ ...CREATE, triggeringEvents: '$identify' })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).put('/contacts/c1').reply(503, '')
+        expectEvent({ event_name: '$identify', created_at: OLD_UNIX, id: 'c1', metadata: {} })
+        await expect(onEvent(identify({ plan: 'pro' }), meta)).rejects.toThrow(RetryError)
+    })
+})
+
+describe('contacts for unknown emails', () => {
+    test.each([
+        ['as lead', 'lead'],
+        ['as user', 'user'],
+    ])('%s: created, then the event posted by its id on the first try', async (choice, role) => {
+        const { meta } = await setup({ createContacts: choice }, { cache: new MemoryCache() })
+        expectSearch(EMAIL, [])
+        expectCall('post', '/contacts', { role, email: EMAIL }, contact('n1', role as 'user'))
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, id: 'n1', metadata: {} })
+        await expect(onEvent(makeEvent(), meta).then((o) => o.status)).resolves.toBe('delivered')
+    })
+})
+
+describe('company sync', () => {
+    const COMPANY: PluginConfig = {
+        companyGroupType: 'company',
+        companyProperties: 'plan,employees:Employees',
+        triggeringEvents: 'signed_up',
+    }
+    const groupIdentify = (set: Record<string, unknown>) =>
+        makeEvent({
+            event: '$groupidentify',
+            properties: { $group_type: 'company', $group_key: 'acme', $group_set: set },
+        })
+
+    test('$groupidentify creates the company; the same values make no call; a person event attaches once', async () => {
+        const { meta } = await setup(COMPANY, { cache: new MemoryCache() })
+        expectCall(
+            'post',
+            '/companies',
+            { company_id: 'acme', name: 'Acme', custom_attributes: { plan: 'pro', Employees: 40 } },
+            { type: 'company', id: 'co1', company_id: 'acme' }
+        )
+        await expect(
+            onEvent(groupIdentify({ name: 'Acme', plan: 'pro', employees: 40 }), meta)
+        ).resolves.toEqual({ status: 'synced', company: 'updated' })
+        await expect(
+            onEvent(groupIdentify({ name: 'Acme', plan: 'pro', employees: 40 }), meta)
+        ).resolves.toEqual({ status: 'synced', company: 'unchanged' })
+
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('post', '/contacts/c1/companies', { id: 'co1' }, { type: 'company', id: 'co1' })
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, id: 'c1', metadata: {} })
+        const withGroup = makeEvent({ properties: { email: EMAIL, $groups: { company: 'acme' } } })
+        await expect(onEvent(withGroup, meta)).resolves.toEqual({ status: 'delivered', attached: true })
+
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, id: 'c1', metadata: {} })
+        await expect(onEvent(withGroup, meta)).resolves.toEqual({ status: 'delivered', attached: false })
+    })
+
+    test('a company never identified is created by its key when a person is attached', async () => {
+        const { meta } = await setup(COMPANY)
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('post', '/companies', { company_id: 'globex' }, { type: 'company', id: 'co9' })
+        expectCall('post', '/contacts/c1/companies', { id: 'co9' })
+        const pageview = makeEvent({
+            event: '$pageview',
+            properties: { email: EMAIL, $groups: { company: 'globex' } },
+        })
+        await expect(onEvent(pageview, meta)).resolves.toEqual({ status: 'synced', attached: true })
+    })
+
+    test('another group type is not a company', async () => {
+        const { meta } = await setup(COMPANY)
+        const other = makeEvent({
+            event: '$groupidentify',
+            properties: { $group_type: 'team', $group_key: 't1', $group_set: {} },
+        })
+        await expect(onEvent(other, meta)).resolves.toEqual({ status: 'synced', company: 'unchanged' })
+    })
+})
+
+test('no log line of this suite holds the token or an email', () => {
+    expect(allLogs.join('\n')).not.toContain(TOKEN)
+    expect(allLogs.join('\n')).not.toMatch(/[a-z0-9.+-]+@[a-z0-9-]+\.[a-z]/i)
+})
