@@ -1,0 +1,468 @@
+/**
+ * Loads a plugin file the way PostHog's plugin server does, so tests and tools exercise the
+ * plugin inside the same walls it meets in production:
+ *
+ * - Babel with `@babel/preset-typescript` and `@babel/preset-env` targeting the running Node,
+ *   filename `index.ts`, no babelrc/config file (PostHog's `transformCode`).
+ * - Imports other than `@posthog/plugin-scaffold`, `node-fetch`, `crypto` and `url` fail at load
+ *   time with the message PostHog shows ("Cannot import 'x'! This package is not provided by
+ *   PostHog in plugins.").
+ * - The code runs in a fresh `node:vm` context whose only host globals are `console`, `URL`,
+ *   `Buffer` and `RetryError` (vm2 froze the same set into its sandbox): no timers, no `process`,
+ *   no `AbortController`, `TextEncoder`, `URLSearchParams` or `fetch`.
+ * - `node-fetch` resolves to a fetch function given by the caller, so no test ever reaches the
+ *   network by accident: `redirectingFetch` points the three Intercom hosts at an emulator and
+ *   refuses every other host.
+ *
+ * Known difference: PostHog rewrites imports into lookups on a host object, while this loader
+ * keeps Babel's CommonJS output and gates `require`. Both resolve named imports and the default
+ * import of `node-fetch` the same way; `legacyImportHazards` reports the import forms that the
+ * 2021-2023 plugin server resolved to `undefined`.
+ */
+import * as babel from '@babel/core'
+import * as scaffold from '@posthog/plugin-scaffold'
+import { RetryError } from '@posthog/plugin-scaffold'
+import * as crypto from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import * as path from 'node:path'
+import * as url from 'node:url'
+import * as vm from 'node:vm'
+import nodeFetch from 'node-fetch'
+
+/** The only modules a PostHog plugin may import. */
+export const ALLOWED_IMPORTS = ['@posthog/plugin-scaffold', 'node-fetch', 'crypto', 'url'] as const
+export type AllowedImport = (typeof ALLOWED_IMPORTS)[number]
+
+/** Intercom's documented API hosts (US, EU, AU). */
+export const INTERCOM_HOSTS = ['api.intercom.io', 'api.eu.intercom.io', 'api.au.intercom.io'] as const
+export type IntercomHost = (typeof INTERCOM_HOSTS)[number]
+
+/** The plugin under test: the repository's index.ts. */
+export const DEFAULT_PLUGIN_FILE = path.resolve(__dirname, '..', 'index.ts')
+
+// ---------------------------------------------------------------------------------------------
+// Fetch shapes
+// ---------------------------------------------------------------------------------------------
+
+export type HeadersInit = Record<string, string> | Array<[string, string]> | HeadersLike
+
+/** Request options a plugin may pass to node-fetch (or to the later undici-based fetch). */
+export interface FetchInit {
+    method?: string
+    headers?: HeadersInit
+    body?: string
+    /** node-fetch 2 only; the undici-based fetch ignores it. */
+    timeout?: number
+    /** PostHog's cdp fetch only; node-fetch ignores it. */
+    timeoutMs?: number
+    redirect?: 'follow' | 'manual' | 'error'
+    signal?: AbortSignal
+}
+
+export interface HeadersLike {
+    get(name: string): string | null
+    forEach(callback: (value: string, name: string) => void): void
+}
+
+/** What node-fetch 2 and the standard fetch both return, as far as a plugin may rely on it. */
+export interface FetchResponse {
+    status: number
+    ok: boolean
+    headers: HeadersLike
+    json(): Promise<unknown>
+    text(): Promise<string>
+}
+
+export type FetchFn = (input: string | URL, init?: FetchInit) => Promise<FetchResponse>
+
+/**
+ * node-fetch 2 as a FetchFn. The cast is needed because its typings accept fewer header forms
+ * than FetchInit names; the adapters here only ever hand it plain header records.
+ */
+export const hostNodeFetch = nodeFetch as unknown as FetchFn
+
+/** Options of PostHog's cdp `meta.fetch`. */
+export interface CdpFetchOptions {
+    method?: string
+    headers?: Record<string, string>
+    body?: string
+    timeoutMs?: number
+}
+
+/** The plain response of PostHog's cdp `meta.fetch`: no `ok`, no `headers.get`. */
+export interface CdpResponse {
+    status: number
+    headers: Record<string, string>
+    json(): Promise<unknown>
+    text(): Promise<string>
+}
+
+export type CdpFetchFn = (input: string, options?: CdpFetchOptions) => Promise<CdpResponse>
+
+// ---------------------------------------------------------------------------------------------
+// The plugin's exports
+// ---------------------------------------------------------------------------------------------
+
+export type PluginMeta = Record<string, unknown>
+export type PluginEventArg = Record<string, unknown>
+
+/** The hooks a plugin exports; PostHog appends `meta` as the last argument of each. */
+export interface PluginExports {
+    setupPlugin?: (meta: PluginMeta) => unknown
+    teardownPlugin?: (meta: PluginMeta) => unknown
+    onEvent?: (event: PluginEventArg, meta: PluginMeta) => unknown
+    runEveryMinute?: (meta: PluginMeta) => unknown
+    [name: string]: unknown
+}
+
+/** The console the sandbox sees; PostHog routed it to the plugin's log. */
+export interface ConsoleLike {
+    log(...args: unknown[]): void
+    info(...args: unknown[]): void
+    warn(...args: unknown[]): void
+    error(...args: unknown[]): void
+    debug(...args: unknown[]): void
+}
+
+export interface LoadPluginOptions {
+    /** Plugin file to load; defaults to the repository's index.ts. Ignored when `source` is given. */
+    file?: string
+    /** Plugin source text, instead of reading `file`. */
+    source?: string
+    /** What `import fetch from 'node-fetch'` resolves to; by default every request is refused. */
+    fetch?: FetchFn
+    /** The sandbox's `console`; defaults to the host console. */
+    console?: ConsoleLike
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transpiling
+// ---------------------------------------------------------------------------------------------
+
+export type ImportForm = 'default' | 'namespace' | 'named' | 'require' | 'dynamic'
+
+/** One import the plugin makes, as written in its source. */
+export interface ImportUse {
+    source: string
+    forms: ImportForm[]
+}
+
+export interface TranspiledPlugin {
+    code: string
+    imports: ImportUse[]
+}
+
+export function isAllowedImport(name: string): name is AllowedImport {
+    return (ALLOWED_IMPORTS as readonly string[]).includes(name)
+}
+
+function importRefusal(source: string): Error {
+    return new Error(`Cannot import '${source}'! This package is not provided by PostHog in plugins.`)
+}
+
+function importFormsOf(node: babel.types.ImportDeclaration): ImportForm[] {
+    return node.specifiers.map((specifier) => {
+        if (specifier.type === 'ImportDefaultSpecifier') return 'default'
+        if (specifier.type === 'ImportNamespaceSpecifier') return 'namespace'
+        return 'named'
+    })
+}
+
+function stringArgument(node: babel.types.CallExpression): string | undefined {
+    const [first] = node.arguments
+    return node.arguments.length === 1 && first.type === 'StringLiteral' ? first.value : undefined
+}
+
+/**
+ * A Babel plugin that records every import and refuses the ones PostHog does not provide, at
+ * transpile time, as PostHog's own import rewriting did. `require()` and `import()` written by
+ * hand are gated too; the `require` calls Babel itself generates only ever name allowed modules
+ * because their import declarations passed this gate first.
+ */
+function importGate(recorded: ImportUse[]): babel.PluginObj {
+    const record = (source: string, forms: ImportForm[]): void => {
+        if (!isAllowedImport(source)) throw importRefusal(source)
+        recorded.push({ source, forms })
+    }
+    return {
+        name: 'posthog-import-gate',
+        visitor: {
+            ImportDeclaration(nodePath) {
+                record(nodePath.node.source.value, importFormsOf(nodePath.node))
+            },
+            ExportAllDeclaration(nodePath) {
+                record(nodePath.node.source.value, ['namespace'])
+            },
+            ExportNamedDeclaration(nodePath) {
+                if (nodePath.node.source) record(nodePath.node.source.value, ['named'])
+            },
+            CallExpression(nodePath) {
+                const { node } = nodePath
+                // Calls Babel generated have no source location: they come from gated imports.
+                if (!node.loc) return
+                const isRequire = node.callee.type === 'Identifier' && node.callee.name === 'require'
+                const isDynamicImport = node.callee.type === 'Import'
+                if (!isRequire && !isDynamicImport) return
+                const source = stringArgument(node)
+                if (source === undefined)
+                    throw new Error('Cannot import a module whose name is computed at run time')
+                record(source, [isRequire ? 'require' : 'dynamic'])
+            },
+        },
+    }
+}
+
+const transpileCache = new Map<string, TranspiledPlugin>()
+
+/** Transpiles plugin source exactly as PostHog's plugin server configures Babel. */
+export function transpilePlugin(source: string): TranspiledPlugin {
+    const cached = transpileCache.get(source)
+    if (cached) return cached
+    const imports: ImportUse[] = []
+    const result = babel.transformSync(source, {
+        envName: 'production',
+        code: true,
+        babelrc: false,
+        configFile: false,
+        filename: 'index.ts',
+        presets: [
+            require.resolve('@babel/preset-typescript'),
+            [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }],
+        ],
+        plugins: [() => importGate(imports)],
+    })
+    if (!result?.code) throw new Error('Babel produced no code for the plugin')
+    const transpiled = { code: result.code, imports }
+    transpileCache.set(source, transpiled)
+    return transpiled
+}
+
+/**
+ * Import forms that PostHog's plugin server of 2021-2023 resolved to `undefined`: it turned a
+ * default or namespace import into `module.default`, which `crypto` and the scaffold lack.
+ * Named imports (`import { createHash } from 'crypto'`) work in every runtime.
+ */
+export function legacyImportHazards(imports: readonly ImportUse[]): string[] {
+    const withoutDefault = new Set(['crypto', '@posthog/plugin-scaffold'])
+    return imports
+        .filter((use) => withoutDefault.has(use.source))
+        .flatMap((use) =>
+            use.forms
+                .filter((form) => form === 'default' || form === 'namespace')
+                .map(
+                    (form) => `${form} import of '${use.source}' is undefined in the 2021-2023 plugin server`
+                )
+        )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluating in the sandbox
+// ---------------------------------------------------------------------------------------------
+
+function refusingFetch(): Promise<FetchResponse> {
+    return Promise.reject(
+        new Error('Network access is disabled in the plugin sandbox: pass `fetch` to loadPlugin')
+    )
+}
+
+/** The `node-fetch` module as the sandbox sees it: just the callable, like PostHog's tracked fetch. */
+function nodeFetchModule(fetch: FetchFn): FetchFn {
+    return (input, init) => fetch(input, init)
+}
+
+function createSandboxRequire(fetch: FetchFn): (name: string) => unknown {
+    const modules: Record<AllowedImport, unknown> = {
+        '@posthog/plugin-scaffold': scaffold,
+        'node-fetch': nodeFetchModule(fetch),
+        crypto,
+        url,
+    }
+    return (name: string) => {
+        if (!isAllowedImport(name)) throw importRefusal(name)
+        return modules[name]
+    }
+}
+
+/**
+ * A context with the host globals vm2 gave plugins and nothing else. V8's own builtins (Date,
+ * JSON, Promise, Map, Intl, ...) exist in every context; Node's additions (timers, process,
+ * fetch, TextEncoder, URLSearchParams, AbortController, structuredClone) do not.
+ */
+function createSandbox(options: LoadPluginOptions): vm.Context {
+    const context = vm.createContext(
+        {
+            console: options.console ?? console,
+            URL,
+            Buffer,
+            RetryError,
+            require: createSandboxRequire(options.fetch ?? refusingFetch),
+        },
+        { name: 'posthog-plugin', codeGeneration: { strings: true, wasm: false } }
+    )
+    // vm2 exposed the sandbox's global object as `global`, as Node does.
+    context.global = vm.runInContext('globalThis', context)
+    return context
+}
+
+interface ExportSources {
+    exports: unknown
+    module: { exports: unknown }
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+    return typeof value === 'object' && value !== null
+}
+
+/**
+ * PostHog looks for hooks on `exports`, `exports.default` and `module.exports`, in that order,
+ * and on the global object only when none of them holds anything.
+ */
+function collectExports(context: vm.Context): PluginExports {
+    const sources = vm.runInContext('({ exports, module })', context) as ExportSources
+    const destinations = [
+        sources.exports,
+        isRecord(sources.exports) ? sources.exports.default : undefined,
+        sources.module.exports,
+    ].filter(isRecord)
+    if (!destinations.some((destination) => Object.keys(destination).length > 0)) destinations.push(context)
+    const collected: PluginExports = {}
+    for (const destination of [...destinations].reverse()) {
+        for (const [name, value] of Object.entries(destination)) {
+            if (value) collected[name] = value
+        }
+    }
+    return collected
+}
+
+/** Transpiles and evaluates a plugin in the sandbox; returns its exported hooks. */
+export function loadPlugin(options: LoadPluginOptions = {}): PluginExports {
+    const source = options.source ?? readFileSync(options.file ?? DEFAULT_PLUGIN_FILE, 'utf8')
+    const { code } = transpilePlugin(source)
+    const context = createSandbox(options)
+    // Same preamble as PostHog's VM: the plugin's CommonJS output writes into these two.
+    vm.runInContext(`const module = { exports: {} };\nlet exports = {};\n${code}`, context, {
+        filename: 'index.ts',
+    })
+    return collectExports(context)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fetch adapters
+// ---------------------------------------------------------------------------------------------
+
+/** Where the three Intercom hosts go: one emulator for all, or one URL per host. */
+export type EmulatorTarget = string | Partial<Record<IntercomHost, string>>
+
+/** One request that the redirecting fetch let through. */
+export interface RedirectedCall {
+    /** The Intercom host the plugin asked for: this is how tests assert the region. */
+    host: IntercomHost
+    method: string
+    /** Path and query as the plugin wrote them. */
+    path: string
+    forwardedTo: string
+}
+
+export interface RedirectingFetch extends FetchFn {
+    readonly calls: RedirectedCall[]
+}
+
+export function isIntercomHost(host: string): host is IntercomHost {
+    return (INTERCOM_HOSTS as readonly string[]).includes(host)
+}
+
+function emulatorBaseFor(target: EmulatorTarget, host: IntercomHost): string | undefined {
+    return typeof target === 'string' ? target : target[host]
+}
+
+function joinUrl(base: string, pathAndQuery: string): string {
+    return base.replace(/\/+$/, '') + pathAndQuery
+}
+
+/** Copies any accepted header form into a plain object (names kept as given). */
+export function toHeaderRecord(headers: HeadersInit | undefined): Record<string, string> {
+    const record: Record<string, string> = {}
+    if (!headers) return record
+    if (Array.isArray(headers)) {
+        for (const [name, value] of headers) record[name] = value
+    } else if (typeof headers.forEach === 'function' && typeof headers.get === 'function') {
+        ;(headers as HeadersLike).forEach((value, name) => {
+            record[name] = value
+        })
+    } else {
+        Object.assign(record, headers)
+    }
+    return record
+}
+
+/**
+ * Sends requests for the Intercom hosts to the emulator instead (path and query kept, plus an
+ * `X-Forwarded-Host` header naming the host asked for) and refuses everything else, so a plugin
+ * under test can neither reach the internet nor silently talk to the wrong region.
+ */
+export function redirectingFetch(emulator: EmulatorTarget, realFetch: FetchFn): RedirectingFetch {
+    const calls: RedirectedCall[] = []
+    const redirect = async (input: string | URL, init: FetchInit = {}): Promise<FetchResponse> => {
+        const requested = new URL(String(input))
+        const host = requested.hostname
+        if (!isIntercomHost(host))
+            throw new Error(`Refused request to ${host}: only Intercom's API hosts are reachable`)
+        if (requested.protocol !== 'https:')
+            throw new Error(`Refused ${requested.protocol} request to ${host}: Intercom needs https`)
+        const base = emulatorBaseFor(emulator, host)
+        if (!base) throw new Error(`Refused request to ${host}: no emulator serves this region`)
+        const pathAndQuery = requested.pathname + requested.search
+        const forwardedTo = joinUrl(base, pathAndQuery)
+        calls.push({ host, method: (init.method ?? 'GET').toUpperCase(), path: pathAndQuery, forwardedTo })
+        const headers = { ...toHeaderRecord(init.headers), 'X-Forwarded-Host': host }
+        return realFetch(forwardedTo, { ...init, headers })
+    }
+    return Object.assign(redirect, { calls })
+}
+
+/** Lower-case header names: the header object of PostHog's cdp fetch. */
+function plainHeaders(headers: HeadersLike): Record<string, string> {
+    const plain: Record<string, string> = {}
+    headers.forEach((value, name) => {
+        plain[name.toLowerCase()] = value
+    })
+    return plain
+}
+
+/** Like undici's body: readable once, whichever of text() and json() reads it. */
+function onceReadableBody(response: FetchResponse): Pick<CdpResponse, 'json' | 'text'> {
+    let consumed = false
+    const text = async (): Promise<string> => {
+        if (consumed) throw new TypeError('Body is unusable: Body has already been read')
+        consumed = true
+        return response.text()
+    }
+    return { text, json: async () => JSON.parse(await text()) as unknown }
+}
+
+/** PostHog's cdp runtime used a 10 s default for requests without `timeoutMs`. */
+export const CDP_DEFAULT_TIMEOUT_MS = 10_000
+
+/**
+ * Adapts a node-fetch style fetch to the shape of PostHog's cdp `meta.fetch`: a plain response
+ * object, redirects not followed, `timeoutMs` honoured (through both node-fetch's `timeout` and
+ * an abort signal, so either kind of fetch stops in time).
+ */
+export function cdpFetch(realFetch: FetchFn): CdpFetchFn {
+    return async (input, options = {}) => {
+        const timeoutMs = options.timeoutMs ?? CDP_DEFAULT_TIMEOUT_MS
+        const response = await realFetch(input, {
+            method: options.method ?? 'GET',
+            headers: options.headers,
+            body: options.body,
+            redirect: 'manual',
+            timeout: timeoutMs,
+            signal: AbortSignal.timeout(timeoutMs),
+        })
+        return {
+            status: response.status,
+            headers: plainHeaders(response.headers),
+            ...onceReadableBody(response),
+        }
+    }
+}
