@@ -1181,17 +1181,21 @@ function parseQueued(raw: unknown): QueuedDelivery | null {
     }
 }
 
+/** PostHog's cache refuses more than 1,000 elements in one lpush. */
+const LPUSH_MAX = 1000
+
 /** False when the queue is full or the cache is down: the caller then reports the event as not delivered. */
 async function enqueue(cache: CacheExtension, items: QueuedDelivery[]): Promise<boolean> {
-    if (items.length === 0) return true
     try {
-        if ((await cache.llen(CACHE_KEYS.queue)) + items.length > QUEUE_MAX_LENGTH) {
+        if (items.length > 0 && (await cache.llen(CACHE_KEYS.queue)) + items.length > QUEUE_MAX_LENGTH) {
             return false
         }
-        await cache.lpush(
-            CACHE_KEYS.queue,
-            items.map((item) => JSON.stringify(item))
-        )
+        for (let i = 0; i < items.length; i += LPUSH_MAX) {
+            await cache.lpush(
+                CACHE_KEYS.queue,
+                items.slice(i, i + LPUSH_MAX).map((item) => JSON.stringify(item))
+            )
+        }
         return true
     } catch {
         return false

@@ -2,8 +2,7 @@
 import { RetryError } from '@posthog/plugin-scaffold'
 import { createHash } from 'crypto'
 import nock from 'nock'
-import { FetchFn, HttpResponse, onEvent, runEveryMinute } from '../index'
-import { MemoryCache } from '../tools/memory-cache'
+import { FetchFn, HttpResponse, onEvent, runEveryMinute, sealEmail } from '../index'
 import {
     allLogs,
     AU,
@@ -12,6 +11,7 @@ import {
     expectEvent,
     expectSearch,
     makeEvent,
+    memoryCache,
     OLD_UNIX,
     setup,
     TOKEN,
@@ -104,12 +104,12 @@ describe('delivery', () => {
     })
 
     test('a lead is addressed by its contact id; a user sharing the email wins over it', async () => {
-        const { meta } = await setup({}, { cache: new MemoryCache() })
+        const { meta } = await setup({}, { cache: memoryCache() })
         expectSearch(EMAIL, [contact('lead1', 'lead', 10)])
         expectEvent(event({ id: 'lead1' }))
         await onEvent(makeEvent(), meta)
 
-        const other = await setup({}, { cache: new MemoryCache() })
+        const other = await setup({}, { cache: memoryCache() })
         expectSearch(EMAIL, [contact('lead1', 'lead', 10), contact('user1', 'user', 1)])
         expectEvent(event({ id: 'user1' }))
         await onEvent(makeEvent(), other.meta)
@@ -172,14 +172,14 @@ describe('contact cache', () => {
     })
 
     test('meta.cache is shared by workers, and holds a hash of the email, not the email', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const first = await setup({}, { cache })
         const second = await setup({}, { cache })
         expectSearch(EMAIL, [contact('c1')])
         nock(US).post('/events').twice().reply(202, '')
         await onEvent(makeEvent(), first.meta)
         await onEvent(makeEvent(), second.meta)
-        expect(cache.dump().join(' ')).not.toContain(EMAIL)
+        expect(cache.written.join(' ')).not.toContain(EMAIL)
     })
 
     test('an old event for an unknown email is skipped, and "not found" is remembered', async () => {
@@ -325,12 +325,12 @@ function plain(status: number, body: unknown, headers: Record<string, string> = 
 
 describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     test('a 503 is queued, not thrown, and runEveryMinute delivers it with the same created_at', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const { meta } = await setup({}, { cache })
         expectSearch(EMAIL, [contact('c1')])
         nock(US).post('/events').reply(503, errorBody('service_unavailable', 'down'))
         await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'queued', reason: 'transient' })
-        expect(cache.dump().join(' ')).not.toContain(EMAIL)
+        expect(cache.written.join(' ')).not.toContain(EMAIL)
 
         expectEvent(event())
         await expect(runEveryMinute(meta)).resolves.toEqual({
@@ -348,7 +348,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     })
 
     test('a 429 is queued; the queue waits for the reset, then drains', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const { meta } = await setup({}, { cache })
         expectSearch(EMAIL, [contact('c1')])
         nock(US)
@@ -374,7 +374,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     })
 
     test('an event of a new email during backoff is queued too, and resolved when drained', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const { meta } = await setup({}, { cache })
         meta.global.backoffUntil = Date.now() + 60_000
         await expect(
@@ -388,7 +388,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     })
 
     test('a recent event of a contact not yet searchable waits in the queue until Intercom finds it', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const { meta } = await setup({}, { cache })
         const timestamp = recent()
         expectSearch(EMAIL, [])
@@ -404,7 +404,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     })
 
     test('failing items are retried a bounded number of times, then dropped with a reason', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const { meta, logs } = await setup({}, { cache })
         expectSearch(EMAIL, [contact('c1')])
         nock(US).post('/events').times(10).reply(500, errorBody('server_error', 'boom'))
@@ -417,7 +417,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     })
 
     test('a permanent failure on retry is dropped at once', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const { meta } = await setup({}, { cache })
         expectSearch(EMAIL, [contact('c1')])
         nock(US).post('/events').reply(502, '').post('/events').reply(422, errorBody('x', 'invalid'))
@@ -431,13 +431,41 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     })
 
     test('an item sealed with another API key is dropped, not sent to the wrong workspace', async () => {
-        const cache = new MemoryCache()
+        const cache = memoryCache()
         const { meta } = await setup({}, { cache })
         expectSearch(EMAIL, [contact('c1')])
         nock(US).post('/events').reply(503, '')
         await onEvent(makeEvent(), meta)
         const rotated = await setup({ intercomApiKey: 'another_token' }, { cache })
         await expect(runEveryMinute(rotated.meta)).resolves.toMatchObject({ dropped: 1 })
+    })
+
+    test('more than 1,000 items to requeue are pushed back in chunks PostHog accepts, none dropped', async () => {
+        const cache = memoryCache()
+        const { meta } = await setup({}, { cache })
+        const items = [...Array(1500)].map((_, i) =>
+            JSON.stringify({
+                draft: { event_name: 'signed_up', created_at: OLD_UNIX + i, metadata: {} },
+                sealedEmail: sealEmail(EMAIL, TOKEN),
+                uuid: `u${i}`,
+                attempts: 1,
+                queuedAt: Date.now(),
+            })
+        )
+        for (let i = 0; i < items.length; i += 500)
+            await cache.lpush('intercom:retry-queue', items.slice(i, i + 500))
+        await cache.set(
+            `intercom:contact:${createHash('sha256').update(EMAIL).digest('hex').slice(0, 32)}`,
+            'c1',
+            60
+        )
+        meta.fetch = async () => plain(503, {})
+        await expect(runEveryMinute(meta)).resolves.toEqual({
+            delivered: 0,
+            retried: 1500,
+            dropped: 0,
+            remaining: 1500,
+        })
     })
 
     test('without a cache, runEveryMinute has nothing to do', async () => {

@@ -1,9 +1,9 @@
 /** One factory for metas, events and Intercom replies, shared by the plugin's test files. */
-import type { ProcessedPluginEvent } from '@posthog/plugin-scaffold'
+import type { CacheExtension, ProcessedPluginEvent } from '@posthog/plugin-scaffold'
 import nock from 'nock'
 import { isDeepStrictEqual } from 'util'
 import { FetchFn, Global, PluginConfig, PluginMeta, setupPlugin } from '../index'
-import { MemoryCache } from '../tools/memory-cache'
+import { createMemoryStore, createPluginCache } from '../tools/harness'
 
 export const TOKEN = 'tok_SECRET_123'
 export const US = 'https://api.intercom.io'
@@ -22,7 +22,7 @@ export interface TestMeta {
 
 export function makeMeta(
     config: PluginConfig = {},
-    options: { cache?: MemoryCache; fetch?: FetchFn; person?: PluginMeta['person'] } = {}
+    options: { cache?: CacheExtension; fetch?: FetchFn; person?: PluginMeta['person'] } = {}
 ): TestMeta {
     const logs: string[] = []
     const write = (level: string) => (message: unknown) => {
@@ -104,4 +104,19 @@ export function expectEvent(
             status === 202 ? '' : { type: 'error.list', errors: [{ code: 'x', message: 'refused' }] },
             headers
         )
+}
+
+/** PostHog's meta.cache as the harness reproduces it (missing keys read null), recording every key and value written. */
+export function memoryCache(): CacheExtension & { written: string[] } {
+    const store = createMemoryStore()
+    const written: string[] = []
+    const recording = {
+        ...store,
+        set: (key: string, value: string, ttl?: number) => (
+            written.push(key, value),
+            store.set(key, value, ttl)
+        ),
+        lpush: (key: string, values: string[]) => (written.push(key, ...values), store.lpush(key, values)),
+    }
+    return Object.assign(createPluginCache(recording, 'plugin:') as unknown as CacheExtension, { written })
 }

@@ -3,8 +3,18 @@ import { RetryError } from '@posthog/plugin-scaffold'
 import nock from 'nock'
 import { isDeepStrictEqual } from 'util'
 import { onEvent, PluginConfig } from '../index'
-import { MemoryCache } from '../tools/memory-cache'
-import { allLogs, contact, expectEvent, expectSearch, makeEvent, OLD_UNIX, setup, TOKEN, US } from './helpers'
+import {
+    allLogs,
+    contact,
+    expectEvent,
+    expectSearch,
+    makeEvent,
+    memoryCache,
+    OLD_UNIX,
+    setup,
+    TOKEN,
+    US,
+} from './helpers'
 
 const EMAIL = 'ada@example.com'
 const CREATE: PluginConfig = {
@@ -43,7 +53,7 @@ afterEach(() => {
 
 describe('contact sync', () => {
     test('$identify of a new person creates exactly one contact, and the next event uses its id without a search', async () => {
-        const { meta } = await setup(CREATE, { cache: new MemoryCache() })
+        const { meta } = await setup(CREATE, { cache: memoryCache() })
         expectSearch(EMAIL, [])
         expectCall(
             'post',
@@ -171,7 +181,7 @@ describe('contact sync', () => {
     })
 
     test('missing custom attributes are created once, then remembered', async () => {
-        const { meta } = await setup({ ...CREATE, createAttributes: 'Yes' }, { cache: new MemoryCache() })
+        const { meta } = await setup({ ...CREATE, createAttributes: 'Yes' }, { cache: memoryCache() })
         expectCall('post', '/data_attributes', { name: 'Plan name', model: 'contact', data_type: 'string' })
         nock(US)
             .post('/data_attributes', { name: 'seats', model: 'contact', data_type: 'integer' })
@@ -209,7 +219,7 @@ describe('contacts for unknown emails', () => {
         ['as lead', 'lead'],
         ['as user', 'user'],
     ])('%s: created, then the event posted by its id on the first try', async (choice, role) => {
-        const { meta } = await setup({ createContacts: choice }, { cache: new MemoryCache() })
+        const { meta } = await setup({ createContacts: choice }, { cache: memoryCache() })
         expectSearch(EMAIL, [])
         expectCall('post', '/contacts', { role, email: EMAIL }, contact('n1', role as 'user'))
         expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, id: 'n1', metadata: {} })
@@ -230,7 +240,7 @@ describe('company sync', () => {
         })
 
     test('$groupidentify creates the company; the same values make no call; a person event attaches once', async () => {
-        const { meta } = await setup(COMPANY, { cache: new MemoryCache() })
+        const { meta } = await setup(COMPANY, { cache: memoryCache() })
         expectCall(
             'post',
             '/companies',
