@@ -641,6 +641,16 @@ export function backoffUntil(resetHeader: string | null, now: number): number {
     return Math.min(until, now + MAX_BACKOFF_MS)
 }
 
+/**
+ * True when the rate-limit window is (nearly) spent: waiting for its reset beats collecting 429s.
+ * The 1% margin covers the requests other workers already have in flight.
+ */
+export function windowNearlySpent(headers: HttpResponse['headers']): boolean {
+    const remaining = Number(readHeader(headers, 'x-ratelimit-remaining') ?? NaN)
+    const limit = Number(readHeader(headers, 'x-ratelimit-limit') ?? NaN)
+    return Number.isFinite(remaining) && remaining <= (Number.isFinite(limit) ? Math.floor(limit / 100) : 0)
+}
+
 interface Context {
     settings: Settings
     global: Global
@@ -717,8 +727,7 @@ export async function callIntercom(
     const kind = classifyStatus(response.status)
     const reset = readHeader(response.headers, 'x-ratelimit-reset')
     if (kind === 'ok') {
-        // The window is spent: wait for its reset instead of collecting certain 429s.
-        if (readHeader(response.headers, 'x-ratelimit-remaining') === '0') {
+        if (windowNearlySpent(response.headers)) {
             await rememberBackoff(ctx, backoffUntil(reset, Date.now()))
         }
         return data

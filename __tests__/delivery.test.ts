@@ -2,7 +2,7 @@
 import { RetryError } from '@posthog/plugin-scaffold'
 import { createHash } from 'crypto'
 import nock from 'nock'
-import { FetchFn, HttpResponse, onEvent, runEveryMinute, sealEmail } from '../index'
+import { FetchFn, HttpResponse, onEvent, runEveryMinute, sealEmail, windowNearlySpent } from '../index'
 import {
     allLogs,
     AU,
@@ -303,6 +303,16 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
             })
         await onEvent(makeEvent(), meta)
         await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/backing off/)
+    })
+
+    test.each<[Record<string, string>, boolean]>([
+        [{ 'x-ratelimit-remaining': '0' }, true],
+        [{ 'x-ratelimit-remaining': '16', 'x-ratelimit-limit': '1666' }, true],
+        [{ 'x-ratelimit-remaining': '17', 'x-ratelimit-limit': '1666' }, false],
+        [{ 'x-ratelimit-remaining': '3' }, false],
+        [{}, false],
+    ])('rate-limit window nearly spent: %p → %p', (headers, spent) => {
+        expect(windowNearlySpent(headers)).toBe(spent)
     })
 
     test('plain response objects (PostHog current executor) are read the same way', async () => {
