@@ -131,6 +131,8 @@ export interface Global {
     localCache: LocalCache
     backoffUntil: number
     inflight: Map<string, Promise<string | null>>
+    /** Skip reasons already logged for an event name (bounded), so routine skips do not flood the logs. */
+    logged: Set<string>
 }
 
 /** What the runtimes pass: plugin-server has `cache`, PostHog's current executor has `fetch`/`person`. */
@@ -1001,6 +1003,22 @@ async function rememberContact(ctx: Context, email: string, id: string): Promise
     await ctx.store.set(contactKey(email), id, CONTACT_TTL_SECONDS)
 }
 
+/** PUT to the cached contact; a 404 means it was deleted or merged: look the email up once more. */
+async function updateContact(ctx: Context, email: string, attributes: ContactAttributes): Promise<boolean> {
+    const cachedId = await resolveContact(ctx, email)
+    if (!cachedId || Object.keys(attributes).length === 0) return cachedId !== null
+    try {
+        await callIntercom(ctx, 'PUT', `/contacts/${cachedId}`, attributes)
+        return true
+    } catch (error) {
+        if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
+    }
+    const freshId = await resolveContact(ctx, email, true)
+    if (!freshId || freshId === cachedId) return false
+    await callIntercom(ctx, 'PUT', `/contacts/${freshId}`, attributes)
+    return true
+}
+
 export type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
 
 /** Creates or updates the contact; no call at all when nothing mapped changed since the last sync. */
@@ -1018,14 +1036,14 @@ async function syncContact(
             `Event ${eventLabel(event)}: not synced (nested or empty values): ${dropped.join(', ')}.`
         )
     }
+    // Nothing mapped has a value: an update has nothing to send (a create still makes the contact).
+    if (Object.keys(attributes).length === 0 && sync.contacts === 'update') return 'unchanged'
     const hashKey = `intercom:contact-sync:${contactKey(email).slice(-32)}`
     const hash = digest(attributes)
     if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
     await ensureAttributes(ctx, 'contact', attributes.custom_attributes)
-    const id = await resolveContact(ctx, email)
     let result: SyncResult
-    if (id) {
-        if (Object.keys(attributes).length > 0) await callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes)
+    if (await updateContact(ctx, email, attributes)) {
         result = 'updated'
     } else if (sync.contacts === 'create') {
         await rememberContact(ctx, email, await createContact(ctx, email, 'user', attributes))
@@ -1329,7 +1347,16 @@ export async function setupPlugin(meta: PluginMeta): Promise<void> {
     meta.global.localCache = new LocalCache(LOCAL_CACHE_MAX_ENTRIES)
     meta.global.backoffUntil = 0
     meta.global.inflight = new Map()
+    meta.global.logged = new Set()
     await checkToken(context(meta))
+}
+
+const LOGGED_ONCE_MAX = 1000
+
+function firstTime(global: Global, key: string): boolean {
+    if (global.logged.has(key) || global.logged.size >= LOGGED_ONCE_MAX) return false
+    global.logged.add(key)
+    return true
 }
 
 function eventLabel(event: ProcessedPluginEvent): string {
@@ -1371,9 +1398,12 @@ export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Pr
             : null
     const needsEmail = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
     const skip = (reason: string): Outcome => {
-        // Events that are neither sent nor synced are the bulk of traffic: log them at debug level.
-        const level = reason === 'Intercom echo event' || work?.deliver ? 'info' : 'debug'
-        ctx.log(level, `Skipped event ${eventLabel(event)}: ${reason}.`)
+        if (reason === 'Intercom echo event' || work?.deliver) {
+            ctx.log('info', `Skipped event ${eventLabel(event)}: ${reason}.`)
+        } else if (firstTime(ctx.global, `${reason}:${event.event}`)) {
+            // Events neither sent nor synced are most of the traffic, and PostHog stores every log line.
+            ctx.log('debug', `Skipped "${event.event}" events: ${reason} (logged once per event name).`)
+        }
         return { status: 'skipped', reason }
     }
     if (!work) return skip('Intercom echo event')

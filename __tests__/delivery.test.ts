@@ -58,11 +58,26 @@ describe('skips, with a reason and no call to Intercom', () => {
     ])('%s', async (_name, config, overrides, reason) => {
         const { meta, logs } = await setup(config)
         await expect(onEvent(makeEvent(overrides), meta)).resolves.toEqual({ status: 'skipped', reason })
-        expect(
-            logs.some((line) =>
-                line.includes(`Skipped event 0190c0de-0000-7000-8000-000000000001: ${reason}.`)
-            )
-        ).toBe(true)
+        expect(logs.filter((line) => line.includes(reason))).toHaveLength(1)
+    })
+
+    test('routine skips (events not sent nor synced) are logged once per event name, not once per event', async () => {
+        const { meta, logs } = await setup()
+        for (let i = 0; i < 5; i++) await onEvent(makeEvent({ event: '$pageview' }), meta)
+        await onEvent(makeEvent({ event: '$autocapture' }), meta)
+        expect(logs).toEqual([
+            'debug: Skipped "$pageview" events: not a triggering event (logged once per event name).',
+            'debug: Skipped "$autocapture" events: not a triggering event (logged once per event name).',
+        ])
+    })
+
+    test('a triggering event without email is logged every time, with its uuid', async () => {
+        const { meta, logs } = await setup()
+        for (let i = 0; i < 2; i++) await onEvent(makeEvent({ properties: {}, distinct_id: 'anon' }), meta)
+        expect(logs).toEqual([
+            'info: Skipped event 0190c0de-0000-7000-8000-000000000001: no valid email.',
+            'info: Skipped event 0190c0de-0000-7000-8000-000000000001: no valid email.',
+        ])
     })
 })
 

@@ -117,11 +117,31 @@ describe('contact sync', () => {
         await onEvent(makeEvent(), meta)
     })
 
+    test('a stale cached id (contact deleted or merged in Intercom): looked up again, then updated', async () => {
+        const { meta } = await setup(CREATE)
+        expectSearch(EMAIL, [contact('old')])
+        expectCall('put', '/contacts/old', { custom_attributes: { 'Plan name': 'pro' } })
+        await onEvent(identify({ plan: 'pro' }), meta)
+
+        nock(US).put('/contacts/old').reply(404, errorBody('not_found', 'User Not Found'))
+        expectSearch(EMAIL, [contact('merged')])
+        expectCall('put', '/contacts/merged', { custom_attributes: { 'Plan name': 'team' } })
+        await expect(onEvent(identify({ plan: 'team' }), meta)).resolves.toMatchObject({ contact: 'updated' })
+    })
+
     test('"update existing contacts" never creates one', async () => {
         const { meta } = await setup({ ...CREATE, contactSync: 'update existing contacts' })
         expectSearch(EMAIL, [])
         await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({
             contact: 'no contact',
+        })
+    })
+
+    test('"update existing contacts" with nothing mapped in the event: no call at all', async () => {
+        const { meta } = await setup({ ...CREATE, contactSync: 'update existing contacts' })
+        await expect(onEvent(identify({ unmapped: 'x' }), meta)).resolves.toEqual({
+            status: 'synced',
+            contact: 'unchanged',
         })
     })
 
