@@ -754,6 +754,11 @@ describe('companies', () => {
     test.each([
         ['no company_id', { name: 'Acme' }, 'parameter_not_found'],
         ['an unknown parameter', { company_id: 'acme', test: 'invalid' }, 'bad_request'],
+        [
+            'a standard attribute as custom',
+            { company_id: 'acme', custom_attributes: { industry: 'x' } },
+            'parameter_invalid',
+        ],
     ])('POST /companies with %s → 400', async (_case, body, code) => {
         const emulator = await start()
         expectError(await call(emulator, 'POST', '/companies', body), 400, code)

@@ -1,0 +1,176 @@
+/**
+ * Runs the Intercom emulator by hand, to point the plugin or a tool at it:
+ *
+ *   npx tsx tools/emulator-cli.ts --port 4010 --rate-limit 1666 --error-rate 0.2 --seed-file contacts.json
+ *
+ * Prints the URL and the token, logs one line per request (method, path, status; never bodies), and prints
+ * the stats when stopped with Ctrl-C.
+ */
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import {
+    Emulator,
+    EmulatorOptions,
+    LongStringPolicy,
+    Region,
+    REGIONS,
+    SeedContact,
+    startEmulator,
+} from './emulator'
+
+export const USAGE = `Usage: npx tsx tools/emulator-cli.ts [options]
+
+  --host <addr>            loopback address to listen on (default 127.0.0.1)
+  --port <n>               port (default 0: a free one)
+  --token <t>              accepted Bearer token; repeat for several (default test-token)
+  --region <r>             US | Europe | AU, as GET /me reports it (default US)
+  --rate-limit <n>         calls per window (default 1666)
+  --window-seconds <s>     rate-limit window (default 10)
+  --error-rate <0..1>      share of requests answered 500/502/503 (default 0)
+  --drop-rate <0..1>       share of requests whose connection is dropped (default 0)
+  --latency-ms <ms>        delay added to each response (default 0)
+  --search-lag-ms <ms>     delay before a created contact is searchable (default 0)
+  --max-event-names <n>    active event names allowed (default 120)
+  --long-strings <policy>  reject | truncate metadata strings over 255 characters (default reject)
+  --seed <n>               seed of the fault PRNG (default 1)
+  --seed-file <path>       JSON file: a list of contacts, or {"contacts": [...]}
+  --quiet                  do not log requests
+  --help                   show this help`
+
+export interface CliSettings {
+    options: EmulatorOptions
+    quiet: boolean
+    help: boolean
+}
+
+function numberFlag(name: string, value: string | undefined): number | undefined {
+    if (value === undefined) return undefined
+    const parsed = Number(value)
+    if (value.trim() === '' || !Number.isFinite(parsed)) {
+        throw new Error(`--${name} needs a number, got '${value}'`)
+    }
+    return parsed
+}
+
+function oneOf<T extends string>(
+    name: string,
+    value: string | undefined,
+    allowed: readonly T[]
+): T | undefined {
+    if (value === undefined) return undefined
+    if (!(allowed as readonly string[]).includes(value)) {
+        throw new Error(`--${name} must be one of ${allowed.join(', ')}, got '${value}'`)
+    }
+    return value as T
+}
+
+function isSeedContact(value: unknown): value is SeedContact {
+    if (typeof value !== 'object' || value === null) return false
+    const { email, role } = value as Record<string, unknown>
+    return typeof email === 'string' && (role === 'user' || role === 'lead')
+}
+
+/** Accepts `[contact, …]` or `{ "contacts": [contact, …] }`; each needs an email and a role. */
+export function parseSeedFile(text: string, path: string): SeedContact[] {
+    const parsed: unknown = JSON.parse(text)
+    const list = Array.isArray(parsed) ? parsed : (parsed as { contacts?: unknown } | null)?.contacts
+    if (!Array.isArray(list)) throw new Error(`${path}: expected a list of contacts or {"contacts": [...]}`)
+    const bad = list.findIndex((item) => !isSeedContact(item))
+    if (bad !== -1)
+        throw new Error(`${path}: contact #${bad + 1} needs an "email" and a "role" of user or lead`)
+    return list as SeedContact[]
+}
+
+/** Flags to emulator options; throws with a message naming the flag on bad input. */
+export function parseCliArgs(
+    argv: string[],
+    readFile = (path: string) => readFileSync(path, 'utf8')
+): CliSettings {
+    const { values } = parseArgs({
+        args: argv,
+        strict: true,
+        options: {
+            host: { type: 'string' },
+            port: { type: 'string' },
+            token: { type: 'string', multiple: true },
+            region: { type: 'string' },
+            'rate-limit': { type: 'string' },
+            'window-seconds': { type: 'string' },
+            'error-rate': { type: 'string' },
+            'drop-rate': { type: 'string' },
+            'latency-ms': { type: 'string' },
+            'search-lag-ms': { type: 'string' },
+            'max-event-names': { type: 'string' },
+            'long-strings': { type: 'string' },
+            seed: { type: 'string' },
+            'seed-file': { type: 'string' },
+            quiet: { type: 'boolean', default: false },
+            help: { type: 'boolean', default: false },
+        },
+    })
+    const seedFile = values['seed-file']
+    const options: EmulatorOptions = {
+        host: values.host,
+        port: numberFlag('port', values.port),
+        tokens: values.token,
+        region: oneOf<Region>('region', values.region, REGIONS),
+        rateLimit: numberFlag('rate-limit', values['rate-limit']),
+        windowSeconds: numberFlag('window-seconds', values['window-seconds']),
+        errorRate: numberFlag('error-rate', values['error-rate']),
+        dropRate: numberFlag('drop-rate', values['drop-rate']),
+        latencyMs: numberFlag('latency-ms', values['latency-ms']),
+        searchLagMs: numberFlag('search-lag-ms', values['search-lag-ms']),
+        maxEventNames: numberFlag('max-event-names', values['max-event-names']),
+        longStrings: oneOf<LongStringPolicy>('long-strings', values['long-strings'], ['reject', 'truncate']),
+        seed: numberFlag('seed', values.seed),
+        contacts: seedFile === undefined ? undefined : parseSeedFile(readFile(seedFile), seedFile),
+    }
+    return { options, quiet: values.quiet, help: values.help }
+}
+
+function printBanner(emulator: Emulator): void {
+    const token = emulator.options.tokens[0]
+    console.log(`Intercom emulator listening on ${emulator.url}`)
+    console.log(
+        `token: ${token}   region: ${emulator.options.region}   contacts: ${emulator.contacts().length}`
+    )
+    console.log(
+        `try:   curl -H 'Authorization: Bearer ${token}' -H 'Accept: application/json' ${emulator.url}/me`
+    )
+    console.log('Ctrl-C to stop')
+}
+
+async function main(): Promise<void> {
+    let settings: CliSettings
+    try {
+        settings = parseCliArgs(process.argv.slice(2))
+    } catch (error) {
+        console.error(`${error instanceof Error ? error.message : String(error)}\n\n${USAGE}`)
+        process.exit(2)
+    }
+    if (settings.help) {
+        console.log(USAGE)
+        return
+    }
+    const emulator = await startEmulator(settings.options)
+    printBanner(emulator)
+    if (!settings.quiet) {
+        emulator.onRequest((r) =>
+            console.log(`${new Date(r.at).toISOString()} ${r.method} ${r.path} ${r.status || 'dropped'}`)
+        )
+    }
+    const stop = async () => {
+        console.log(`\nstats: ${JSON.stringify(emulator.stats(), null, 2)}`)
+        await emulator.close()
+        process.exit(0)
+    }
+    process.once('SIGINT', () => void stop())
+    process.once('SIGTERM', () => void stop())
+}
+
+if (require.main === module) {
+    main().catch((error: unknown) => {
+        console.error(error instanceof Error ? error.message : error)
+        process.exit(1)
+    })
+}
