@@ -807,11 +807,15 @@ export interface ContactAttributes {
     phone?: string
     external_id?: string
     custom_attributes?: Record<string, AttributeValue>
+    /** Other own fields of Intercom's contacts (signed_up_at, …), when mapped. */
+    [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
 }
 export interface CompanyAttributes {
     company_id: string
     name?: string
     custom_attributes?: Record<string, AttributeValue>
+    /** Other own fields of Intercom's companies (plan, industry, size, …), when mapped. */
+    [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
 }
 export type DataType = 'string' | 'integer' | 'float' | 'boolean' | 'date'
 
@@ -859,20 +863,64 @@ export function dataType(key: string, value: AttributeValue): DataType {
     return typeof value === 'boolean' ? 'boolean' : 'string'
 }
 
-/** Mapped custom attributes, and the names of mapped properties that had to be dropped. */
-export function customAttributes(
+/**
+ * Intercom's own contact and company fields (POST /contacts, POST /companies): a mapped property
+ * named like one of them goes to that field, not to a custom attribute.
+ */
+const CONTACT_FIELDS: Record<string, DataType> = {
+    name: 'string', phone: 'string', avatar: 'string', signed_up_at: 'date', last_seen_at: 'date',
+    owner_id: 'integer', unsubscribed_from_emails: 'boolean',
+} // prettier-ignore
+const COMPANY_FIELDS: Record<string, DataType> = {
+    name: 'string', plan: 'string', size: 'integer', website: 'string', industry: 'string',
+    remote_created_at: 'date', monthly_spend: 'integer',
+} // prettier-ignore
+
+/** A value for one of Intercom's own fields, coerced to the field's type. */
+function fieldValue(type: DataType, value: unknown): AttributeValue | undefined {
+    const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+    if (type === 'date') return toUnixSeconds(value) ?? undefined
+    if (type === 'integer')
+        return typeof number === 'number' && Number.isFinite(number) ? Math.round(number) : undefined
+    if (type === 'boolean')
+        return typeof value === 'boolean'
+            ? value
+            : value === 'true'
+              ? true
+              : value === 'false'
+                ? false
+                : undefined
+    return typeof value === 'string' || typeof value === 'number' ? truncate(String(value)) : undefined
+}
+
+export interface MappedAttributes {
+    fields: Record<string, AttributeValue>
+    custom: Record<string, AttributeValue>
+    /** Mapped properties that had to be dropped (nested or unusable values). */
+    dropped: string[]
+}
+
+/** Splits mapped properties into Intercom's own fields and custom attributes. */
+export function mapAttributes(
     source: Properties,
-    mapping: Rename[]
-): { values: Record<string, AttributeValue>; dropped: string[] } {
-    const values: [string, AttributeValue][] = []
+    mapping: Rename[],
+    ownFields: Record<string, DataType>
+): MappedAttributes {
+    const fields: [string, AttributeValue][] = []
+    const custom: [string, AttributeValue][] = []
     const dropped: string[] = []
     for (const { from, to } of mapping) {
         if (!Object.prototype.hasOwnProperty.call(source, from) || source[from] === null) continue
-        const value = attributeValue(to, source[from])
+        const own = Object.prototype.hasOwnProperty.call(ownFields, to)
+        const value = own ? fieldValue(ownFields[to], source[from]) : attributeValue(to, source[from])
         if (value === undefined) dropped.push(from)
-        else values.push([to, value])
+        else (own ? fields : custom).push([to, value])
     }
-    return { values: Object.fromEntries(values), dropped }
+    return { fields: Object.fromEntries(fields), custom: Object.fromEntries(custom), dropped }
+}
+
+function withoutEmpty<T extends object>(value: T): T {
+    return JSON.parse(JSON.stringify(value)) // drops undefined members
 }
 
 /** PostHog's anonymous ids are device ids: they must not become Intercom external ids. */
@@ -907,14 +955,15 @@ export function contactAttributes(
     const text = (value: unknown) =>
         typeof value === 'string' && value.trim() ? truncate(value.trim()) : undefined
     const fullName = [text(source.first_name), text(source.last_name)].filter(Boolean).join(' ')
-    const custom = customAttributes(source, sync.attributes)
+    const mapped = mapAttributes(source, sync.attributes, CONTACT_FIELDS)
     const attributes: ContactAttributes = {
         name: text(source.name) ?? (fullName || undefined),
         phone: text(source.phone),
         external_id: sync.externalId.source === 'none' ? undefined : externalId(event, source, sync),
-        custom_attributes: Object.keys(custom.values).length > 0 ? custom.values : undefined,
+        ...mapped.fields,
+        custom_attributes: Object.keys(mapped.custom).length > 0 ? mapped.custom : undefined,
     }
-    return { attributes: JSON.parse(JSON.stringify(attributes)), dropped: custom.dropped }
+    return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
 }
 
 export function companyAttributes(
@@ -932,11 +981,14 @@ export function companyAttributes(
     }
     const set: Properties =
         props.$group_set !== null && typeof props.$group_set === 'object' ? props.$group_set : {}
-    const custom = customAttributes(set, company.attributes)
-    const attributes: CompanyAttributes = { company_id: truncate(String(key).trim()) }
-    if (typeof set.name === 'string' && set.name.trim()) attributes.name = truncate(set.name.trim())
-    if (Object.keys(custom.values).length > 0) attributes.custom_attributes = custom.values
-    return { attributes, dropped: custom.dropped }
+    const mapped = mapAttributes(set, company.attributes, COMPANY_FIELDS)
+    const attributes: CompanyAttributes = {
+        company_id: truncate(String(key).trim()),
+        name: typeof set.name === 'string' && set.name.trim() ? truncate(set.name.trim()) : undefined,
+        ...mapped.fields,
+        custom_attributes: Object.keys(mapped.custom).length > 0 ? mapped.custom : undefined,
+    }
+    return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
 }
 
 function digest(value: unknown): string {

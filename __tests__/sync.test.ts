@@ -179,6 +179,23 @@ describe('contact sync', () => {
         await onEvent(anonymous, meta)
     })
 
+    test("Intercom's own contact fields (signed_up_at, …) go top level, typed", async () => {
+        const { meta } = await setup({
+            ...CREATE,
+            personProperties: 'signed_up_at,unsubscribed:unsubscribed_from_emails,plan:Plan name',
+        })
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', {
+            signed_up_at: OLD_UNIX,
+            unsubscribed_from_emails: true,
+            custom_attributes: { 'Plan name': 'pro' },
+        })
+        await onEvent(
+            identify({ signed_up_at: '2024-05-01T12:00:00Z', unsubscribed: 'true', plan: 'pro' }),
+            meta
+        )
+    })
+
     test('external_id from a property', async () => {
         const { meta } = await setup({
             ...CREATE,
@@ -264,7 +281,7 @@ describe('company sync', () => {
         expectCall(
             'post',
             '/companies',
-            { company_id: 'acme', name: 'Acme', custom_attributes: { plan: 'pro', Employees: 40 } },
+            { company_id: 'acme', name: 'Acme', plan: 'pro', custom_attributes: { Employees: 40 } },
             { type: 'company', id: 'co1', company_id: 'acme' }
         )
         await expect(
@@ -282,6 +299,29 @@ describe('company sync', () => {
 
         expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, id: 'c1', metadata: {} })
         await expect(onEvent(withGroup, meta)).resolves.toEqual({ status: 'delivered', attached: false })
+    })
+
+    test("Intercom's own company fields (industry, size, …) go top level, not into custom attributes", async () => {
+        const { meta } = await setup({
+            ...COMPANY,
+            companyProperties: 'industry,headcount:size,monthly_spend,tier',
+        })
+        expectCall(
+            'post',
+            '/companies',
+            {
+                company_id: 'acme',
+                industry: 'Retail',
+                size: 40,
+                monthly_spend: 99,
+                custom_attributes: { tier: 'gold' },
+            },
+            { type: 'company', id: 'co1' }
+        )
+        await onEvent(
+            groupIdentify({ industry: 'Retail', headcount: '40', monthly_spend: 99.4, tier: 'gold' }),
+            meta
+        )
     })
 
     test('a company never identified is created by its key when a person is attached', async () => {
