@@ -1,14 +1,9 @@
 /** Config parsing and setupPlugin's API-key check: what the user sees in PostHog's Apps page. */
 import nock from 'nock'
 import { ConfigError, parseConfig, PluginConfig, setupPlugin } from '../index'
-import { allLogs, AU, EU, makeMeta, TOKEN, US } from './helpers'
+import { allLogs, AU, EU, makeMeta, TOKEN, US, useNock } from './helpers'
 
-beforeAll(() => nock.disableNetConnect())
-afterEach(() => {
-    const pending = nock.pendingMocks()
-    nock.cleanAll()
-    expect(pending).toEqual([])
-})
+useNock()
 
 const base: PluginConfig = { intercomApiKey: TOKEN, triggeringEvents: 'signed_up' }
 

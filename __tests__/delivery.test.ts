@@ -16,6 +16,7 @@ import {
     setup,
     TOKEN,
     US,
+    useNock,
 } from './helpers'
 
 const EMAIL = 'ada@example.com'
@@ -30,12 +31,7 @@ const errorBody = (code: string, message: string) => ({ type: 'error.list', erro
 const recent = () => new Date(Date.now() - 1000).toISOString()
 const recentUnix = (iso: string) => Math.floor(Date.parse(iso) / 1000)
 
-beforeAll(() => nock.disableNetConnect())
-afterEach(() => {
-    const pending = nock.pendingMocks()
-    nock.cleanAll()
-    expect(pending).toEqual([])
-})
+useNock()
 
 describe('skips, with a reason and no call to Intercom', () => {
     test.each<[string, object, object, string]>([

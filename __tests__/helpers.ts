@@ -120,3 +120,17 @@ export function memoryCache(): CacheExtension & { written: string[] } {
     }
     return Object.assign(createPluginCache(recording, 'plugin:') as unknown as CacheExtension, { written })
 }
+
+/**
+ * No real network in a test file, and every expected request made. nock patches Node's shared `http`
+ * module, so the network is given back after the file, for the loopback suites that run next.
+ */
+export function useNock(): void {
+    beforeAll(() => nock.disableNetConnect())
+    afterEach(() => {
+        const pending = nock.pendingMocks()
+        nock.cleanAll()
+        expect(pending).toEqual([])
+    })
+    afterAll(() => nock.enableNetConnect())
+}

@@ -14,6 +14,7 @@ import {
     setup,
     TOKEN,
     US,
+    useNock,
 } from './helpers'
 
 const EMAIL = 'ada@example.com'
@@ -44,12 +45,7 @@ function expectCall(
     return (method === 'post' ? scope.post(path, matches) : scope.put(path, matches)).reply(status, reply)
 }
 
-beforeAll(() => nock.disableNetConnect())
-afterEach(() => {
-    const pending = nock.pendingMocks()
-    nock.cleanAll()
-    expect(pending).toEqual([])
-})
+useNock()
 
 describe('contact sync', () => {
     test('$identify of a new person creates exactly one contact, and the next event uses its id without a search', async () => {
