@@ -14,7 +14,14 @@ export default tseslint.config(
         // The plugin runs in PostHog's sandbox: no timers, no process, no relative imports.
         files: ['index.ts'],
         rules: {
-            'no-restricted-globals': ['error', 'setTimeout', 'setInterval', 'process', 'AbortController', 'TextEncoder'],
+            'no-restricted-globals': [
+                'error',
+                'setTimeout',
+                'setInterval',
+                'process',
+                'AbortController',
+                'TextEncoder',
+            ],
             'no-restricted-imports': ['error', { patterns: ['./*', '../*'] }],
         },
     }
