@@ -1,0 +1,128 @@
+/**
+ * End to end: the real index.ts, loaded as PostHog loads it (harness), against the local Intercom
+ * emulator on loopback. The three cases the core issue names: a lead, revenue, and a retry after 429.
+ */
+import { createHarness, Harness, HarnessEvent, HarnessMode } from '../tools/harness'
+import { Emulator, startEmulator } from '../tools/emulator'
+
+const TOKEN = 'test-token'
+const CREATED_AT = 1714564800
+const config = {
+    intercomApiKey: TOKEN,
+    region: 'US',
+    triggeringEvents: 'signed_up,purchase',
+    eventNameMapping: 'purchase:purchased',
+    metadataProperties: 'plan,revenue,currency',
+}
+
+function event(uuid: string, name: string, properties: Record<string, unknown>): HarnessEvent {
+    return {
+        uuid,
+        event: name,
+        distinct_id: uuid,
+        timestamp: new Date(CREATED_AT * 1000).toISOString(),
+        properties,
+    }
+}
+
+let emulator: Emulator
+let harness: Harness | undefined
+/** The emulator's clock, when a test needs to move between rate-limit windows. */
+let clockMs: number | null = null
+
+beforeEach(async () => {
+    clockMs = null
+    emulator = await startEmulator({
+        clock: () => clockMs ?? Date.now(),
+        tokens: [TOKEN],
+        contacts: [
+            { id: 'lead-1', email: 'lead@example.com', role: 'lead' },
+            { id: 'user-1', email: 'buyer@example.com', role: 'user' },
+        ],
+    })
+})
+afterEach(async () => {
+    await harness?.close()
+    harness = undefined
+    await emulator.close()
+})
+
+const modes: HarnessMode[] = ['plugin-server', 'cdp']
+
+describe.each(modes)('%s runtime', (mode) => {
+    test('an event of a lead lands on the lead, by contact id', async () => {
+        harness = await createHarness({ mode, config, emulatorUrl: emulator.url, minuteMs: 0 })
+        const summary = await harness.run([
+            event('e1', 'signed_up', { email: 'Lead@Example.com', plan: 'pro' }),
+        ])
+        expect(summary.delivered).toBe(1)
+        expect(emulator.events()).toEqual([
+            {
+                event_name: 'signed_up',
+                created_at: CREATED_AT,
+                contact_id: 'lead-1',
+                metadata: { plan: 'pro' },
+                received: 1,
+            },
+        ])
+    })
+
+    test('revenue arrives as a monetary amount in minor units, under the mapped name', async () => {
+        harness = await createHarness({ mode, config, emulatorUrl: emulator.url, minuteMs: 0 })
+        await harness.run([
+            event('e2', 'purchase', { email: 'buyer@example.com', revenue: 19.99, currency: 'EUR' }),
+        ])
+        expect(emulator.events()).toEqual([
+            {
+                event_name: 'purchased',
+                created_at: CREATED_AT,
+                contact_id: 'user-1',
+                metadata: { revenue: { amount: 1999, currency: 'eur' }, currency: 'EUR' },
+                received: 1,
+            },
+        ])
+    })
+})
+
+test('plugin-server: an event answered 429 is queued and delivered once after the window resets', async () => {
+    harness = await createHarness({
+        mode: 'plugin-server',
+        config,
+        emulatorUrl: emulator.url,
+        minuteMs: 0,
+        retries: false,
+    })
+    // Window 1: the contact lookup is cached by a first event.
+    clockMs = Math.floor(Date.now() / 1000) * 1000
+    await harness.run([event('warm', 'signed_up', { email: 'buyer@example.com' })])
+    // Window 2: someone else spends the whole window, so the plugin's next call gets a 429.
+    clockMs += 1000
+    emulator.configure({ rateLimit: 1, windowSeconds: 1 })
+    await fetch(`${emulator.url}/me`, {
+        headers: { Authorization: `Bearer ${TOKEN}`, Accept: 'application/json' },
+    })
+    const later = {
+        ...event('e3', 'signed_up', { email: 'buyer@example.com' }),
+        timestamp: new Date((CREATED_AT + 1) * 1000).toISOString(),
+    }
+    const summary = await harness.run([later])
+    expect(summary.queuedByReason).toEqual({ rate_limited: 1 })
+    expect(emulator.stats().rateLimited).toBe(1)
+    // Window 3: the queue waits for X-RateLimit-Reset, then delivers.
+    clockMs += 1000
+    const drained = await harness.drain({ maxRounds: 40, intervalMs: 250 })
+    expect(drained.empty).toBe(true)
+    expect(emulator.events().map((e) => [e.event_name, e.created_at, e.contact_id, e.received])).toEqual([
+        ['signed_up', CREATED_AT, 'user-1', 1],
+        ['signed_up', CREATED_AT + 1, 'user-1', 1],
+    ])
+})
+
+test('cdp: an event held back by the rate limit fails with a RetryError naming why, never silently', async () => {
+    emulator.configure({ rateLimit: 2, windowSeconds: 10 })
+    harness = await createHarness({ mode: 'cdp', config, emulatorUrl: emulator.url, minuteMs: 0 })
+    const summary = await harness.run([event('e4', 'signed_up', { email: 'buyer@example.com' })])
+    expect(summary.delivered).toBe(0)
+    expect(Object.keys(summary.failed).join()).toMatch(/RetryError: Intercom: .*429|backing off/)
+    expect(emulator.events()).toEqual([])
+})
