@@ -126,3 +126,79 @@ test('cdp: an event held back by the rate limit fails with a RetryError naming w
     expect(Object.keys(summary.failed).join()).toMatch(/RetryError: Intercom: .*429|backing off/)
     expect(emulator.events()).toEqual([])
 })
+
+describe('contact and company sync, end to end (plugin-server runtime, shared cache)', () => {
+    const syncConfig = {
+        ...config,
+        triggeringEvents: 'signed_up',
+        contactSync: 'create or update contacts',
+        personProperties: 'plan',
+        createAttributes: 'Yes',
+        createContacts: 'as lead',
+        companyGroupType: 'company',
+        companyProperties: 'tier',
+    }
+    const identify = (uuid: string): HarnessEvent => ({
+        ...event(uuid, '$identify', {
+            $set: { email: 'new@example.com', name: 'Ada Lovelace', plan: 'pro' },
+        }),
+    })
+
+    test('$identify creates one contact; a repeat makes no call; $groupidentify + the next event attach the company', async () => {
+        harness = await createHarness({
+            mode: 'plugin-server',
+            config: syncConfig,
+            emulatorUrl: emulator.url,
+            minuteMs: 0,
+        })
+        await harness.run([identify('i1')])
+        const created = emulator.contacts().filter((c) => c.email === 'new@example.com')
+        expect(created).toHaveLength(1)
+        expect(created[0]).toMatchObject({
+            role: 'user',
+            name: 'Ada Lovelace',
+            custom_attributes: { plan: 'pro' },
+        })
+
+        const callsBefore = emulator.stats().calls
+        await harness.run([identify('i2')])
+        expect(emulator.stats().calls).toBe(callsBefore)
+
+        const group = event('g1', '$groupidentify', {
+            $group_type: 'company',
+            $group_key: 'acme',
+            $group_set: { name: 'Acme', tier: 'gold' },
+        })
+        const next = event('s1', 'signed_up', { email: 'new@example.com', $groups: { company: 'acme' } })
+        await harness.run([group])
+        await harness.run([next])
+        expect(emulator.companies()).toEqual([
+            expect.objectContaining({
+                company_id: 'acme',
+                name: 'Acme',
+                custom_attributes: { tier: 'gold' },
+            }),
+        ])
+        const contact = emulator.contacts().find((c) => c.email === 'new@example.com')!
+        expect(contact.companies.data.map((c) => c.id)).toEqual([emulator.companies()[0].id])
+        expect(emulator.events()).toEqual([
+            expect.objectContaining({ event_name: 'signed_up', contact_id: contact.id, received: 1 }),
+        ])
+    })
+
+    test('an event of a brand-new email, with creation on, reaches Intercom on the first try', async () => {
+        emulator.configure({ searchLagMs: 60_000 }) // new contacts are not searchable for a minute
+        harness = await createHarness({
+            mode: 'cdp',
+            config: syncConfig,
+            emulatorUrl: emulator.url,
+            minuteMs: 0,
+        })
+        const summary = await harness.run([event('n1', 'signed_up', { email: 'brand-new@example.com' })])
+        expect(summary.delivered).toBe(1)
+        expect(summary.retried).toBe(0)
+        const lead = emulator.contacts().find((c) => c.email === 'brand-new@example.com')!
+        expect(lead.role).toBe('lead')
+        expect(emulator.events()).toEqual([expect.objectContaining({ contact_id: lead.id, received: 1 })])
+    })
+})
