@@ -8,6 +8,7 @@ import {
     AU,
     contact,
     EU,
+    errorBody,
     expectEvent,
     expectSearch,
     makeEvent,
@@ -27,7 +28,6 @@ const event = (extra = {}) => ({
     metadata: {},
     ...extra,
 })
-const errorBody = (code: string, message: string) => ({ type: 'error.list', errors: [{ code, message }] })
 const recent = () => new Date(Date.now() - 1000).toISOString()
 const recentUnix = (iso: string) => Math.floor(Date.parse(iso) / 1000)
 

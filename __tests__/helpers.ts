@@ -90,6 +90,12 @@ export function expectSearch(email: string, contacts: object[], host = US): nock
         .reply(200, { type: 'list', data: contacts, total_count: contacts.length })
 }
 
+/** Intercom's error body. */
+export const errorBody = (code: string, message: string) => ({
+    type: 'error.list',
+    errors: [{ code, message }],
+})
+
 /** Expects one POST /events whose body is exactly `body`. */
 export function expectEvent(
     body: object,

@@ -6,6 +6,7 @@ import { onEvent, PluginConfig } from '../index'
 import {
     allLogs,
     contact,
+    errorBody,
     expectEvent,
     expectSearch,
     makeEvent,
@@ -30,7 +31,6 @@ const identify = (set: Record<string, unknown>, extra = {}) =>
         properties: { $set: { email: EMAIL, ...set } },
         ...extra,
     })
-const errorBody = (code: string, message: string) => ({ type: 'error.list', errors: [{ code, message }] })
 
 /** Expects one request whose JSON body is exactly `body`. */
 function expectCall(
