@@ -170,6 +170,7 @@ export interface DrainResult {
     delivered: number
     retried: number
     dropped: number
+    droppedByReason: Record<string, number>
     remaining: number
 }
 
@@ -387,7 +388,12 @@ export function toUnixSeconds(value: unknown): number | null {
     } else if (typeof value === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(value)) {
         return toUnixSeconds(Number(value))
     } else if (typeof value === 'string') {
-        ms = Date.parse(value)
+        // A date-time without a zone (as ClickHouse writes it) is UTC, never the machine's local time.
+        ms = Date.parse(
+            /^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(value.trim())
+                ? `${value.trim()}Z`
+                : value
+        )
     } else if (value instanceof Date) {
         ms = value.getTime()
     } else {
@@ -1281,35 +1287,44 @@ async function enqueue(cache: CacheExtension, items: QueuedDelivery[]): Promise<
     }
 }
 
-type Verdict = 'delivered' | 'retry' | 'backoff' | 'drop'
+type Verdict = { kind: 'delivered' | 'retry' | 'backoff' } | { kind: 'drop'; reason: string }
+
+/** Why Intercom's answer ends a queued event's retries. */
+function dropReason(error: IntercomError): string {
+    return error.kind === 'auth'
+        ? `API key rejected (${error.status})`
+        : `refused by Intercom (${error.status ?? 'no status'})`
+}
 
 /** One queued event, through the same delivery path as a new one. */
 async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<Verdict> {
     const email = item ? openEmail(item.sealedEmail, ctx.settings.token) : null
     if (!item || !email) {
-        ctx.log(
-            'error',
-            `Dropped queued event ${item?.uuid ?? '(unreadable)'}: it cannot be read (was the API key changed?).`
-        )
-        return 'drop'
+        return { kind: 'drop', reason: 'unreadable (was the API key changed?)' }
     }
     try {
         const outcome = await deliver(ctx, email, item.draft)
-        if (outcome.status === 'delivered') return 'delivered'
-        ctx.log('info', `Dropped queued event ${item.uuid}: ${outcome.reason}.`)
-        return 'drop'
+        return outcome.status === 'delivered'
+            ? { kind: 'delivered' }
+            : { kind: 'drop', reason: outcome.reason ?? 'not sent' }
     } catch (error) {
         if (!(error instanceof IntercomError)) throw error
-        if (error.kind === 'rate_limited') return 'backoff'
-        if (error.kind === 'transient') return 'retry'
-        ctx.log('error', `Dropped queued event ${item.uuid}: ${error.message}`)
-        return 'drop'
+        if (error.kind === 'rate_limited') return { kind: 'backoff' }
+        if (error.kind === 'transient') return { kind: 'retry' }
+        ctx.log('error', `Queued event ${item.uuid}: ${error.message}`)
+        return { kind: 'drop', reason: dropReason(error) }
     }
 }
 
 /** `attempts` counts the tries made so far, the first one in onEvent included. */
 function mayRetry(item: QueuedDelivery): boolean {
     return item.attempts + 1 < QUEUE_MAX_ATTEMPTS && Date.now() - item.queuedAt < QUEUE_MAX_AGE_SECONDS * 1000
+}
+
+function countDrop(ctx: Context, result: DrainResult, uuid: string | undefined, reason: string): void {
+    result.dropped++
+    result.droppedByReason[reason] = (result.droppedByReason[reason] ?? 0) + 1
+    ctx.log('error', `Dropped queued event ${uuid ?? '(unreadable)'}: ${reason}.`)
 }
 
 async function drainBatch(
@@ -1323,21 +1338,17 @@ async function drainBatch(
         const verdicts = await Promise.all(chunk.map((item) => retryQueued(ctx, item)))
         chunk.forEach((item, j) => {
             const verdict = verdicts[j]
-            if (verdict === 'delivered') {
+            if (verdict.kind === 'delivered') {
                 result.delivered++
-            } else if (verdict === 'backoff' && item) {
-                requeue.push(item) // not counted as an attempt: Intercom asked us to wait
-            } else if (verdict === 'retry' && item && mayRetry(item)) {
-                requeue.push({ ...item, attempts: item.attempts + 1 })
+            } else if (verdict.kind === 'drop') {
+                countDrop(ctx, result, item?.uuid, verdict.reason)
+            } else if (verdict.kind === 'backoff') {
+                requeue.push(item!) // not counted as an attempt: Intercom asked us to wait
+            } else if (mayRetry(item!)) {
+                requeue.push({ ...item!, attempts: item!.attempts + 1 })
                 result.retried++
             } else {
-                result.dropped++
-                if (verdict === 'retry') {
-                    ctx.log(
-                        'error',
-                        `Dropped queued event ${item?.uuid}: still failing after ${(item?.attempts ?? 0) + 1} attempts.`
-                    )
-                }
+                countDrop(ctx, result, item?.uuid, `still failing after ${item!.attempts + 1} attempts`)
             }
         })
     }
@@ -1473,7 +1484,9 @@ export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Pr
     const outcome: Outcome = { status: 'synced' }
     if (work.syncCompany) outcome.company = await attempt(() => syncCompany(ctx, event))
 
-    const email = needsEmail ? findEmail(event, meta.person, ctx.settings.emailProperty) : null
+    // PostHog's current executor puts the person on the event; meta.person is accepted too.
+    const person = event.person ?? meta.person
+    const email = needsEmail ? findEmail(event, person, ctx.settings.emailProperty) : null
     const unusable = !needsEmail
         ? null
         : !email
@@ -1482,8 +1495,7 @@ export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Pr
             ? 'ignored email domain'
             : null
     if (email && !unusable) {
-        if (work.syncPerson)
-            outcome.contact = await attempt(() => syncContact(ctx, event, email, meta.person))
+        if (work.syncPerson) outcome.contact = await attempt(() => syncContact(ctx, event, email, person))
         if (work.companyKey)
             outcome.attached = await attempt(() => attachCompany(ctx, email, work.companyKey!))
     }
@@ -1568,7 +1580,7 @@ function userFacingError(error: IntercomError, subject: string): Error {
 
 /** Drains the retry queue. Plugin-server runtimes only: PostHog's current executor has no cache. */
 export async function runEveryMinute(meta: PluginMeta): Promise<DrainResult> {
-    const result: DrainResult = { delivered: 0, retried: 0, dropped: 0, remaining: 0 }
+    const result: DrainResult = { delivered: 0, retried: 0, dropped: 0, droppedByReason: {}, remaining: 0 }
     const cache = meta.cache
     if (!cache || !meta.global.settings) {
         return result
@@ -1592,6 +1604,7 @@ export async function runEveryMinute(meta: PluginMeta): Promise<DrainResult> {
     }
     if (!(await enqueue(cache, requeue))) {
         result.dropped += requeue.length
+        result.droppedByReason['retry queue full or unavailable'] = requeue.length
         ctx.log('error', `Retry queue is full or unavailable: dropped ${requeue.length} events.`)
     }
     result.remaining = await cache.llen(CACHE_KEYS.queue).catch(() => 0)

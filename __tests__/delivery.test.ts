@@ -153,6 +153,17 @@ describe('delivery', () => {
         await expect(onEvent(makeEvent({ properties: {} }), meta)).resolves.toEqual({ status: 'delivered' })
     })
 
+    test("the email can come from event.person, where PostHog's current executor puts it", async () => {
+        const { meta } = await setup()
+        expectSearch(EMAIL, [contact('c1')])
+        expectEvent(event())
+        const withPerson = makeEvent({
+            properties: {},
+            person: { uuid: 'p1', team_id: 1, created_at: '', properties: { email: EMAIL } },
+        })
+        await expect(onEvent(withPerson, meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
     test('a missing timestamp means now', async () => {
         const { meta } = await setup()
         const before = Math.floor(Date.now() / 1000)
@@ -358,12 +369,14 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             delivered: 1,
             retried: 0,
             dropped: 0,
+            droppedByReason: {},
             remaining: 0,
         })
         await expect(runEveryMinute(meta)).resolves.toEqual({
             delivered: 0,
             retried: 0,
             dropped: 0,
+            droppedByReason: {},
             remaining: 0,
         })
     })
@@ -385,6 +398,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             delivered: 0,
             retried: 0,
             dropped: 0,
+            droppedByReason: {},
             remaining: 1,
         })
 
@@ -433,7 +447,13 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
         const runs = []
         for (let i = 0; i < 10; i++) runs.push(await runEveryMinute(meta))
         expect(runs.map((r) => r.retried).reduce((a, b) => a + b)).toBe(8)
-        expect(runs[8]).toEqual({ delivered: 0, retried: 0, dropped: 1, remaining: 0 })
+        expect(runs[8]).toEqual({
+            delivered: 0,
+            retried: 0,
+            dropped: 1,
+            droppedByReason: { 'still failing after 10 attempts': 1 },
+            remaining: 0,
+        })
         expect(logs.some((l) => /Dropped queued event .* still failing after 10 attempts/.test(l))).toBe(true)
     })
 
@@ -447,6 +467,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             delivered: 0,
             retried: 0,
             dropped: 1,
+            droppedByReason: { 'refused by Intercom (422)': 1 },
             remaining: 0,
         })
     })
@@ -458,7 +479,10 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
         nock(US).post('/events').reply(503, '')
         await onEvent(makeEvent(), meta)
         const rotated = await setup({ intercomApiKey: 'another_token' }, { cache })
-        await expect(runEveryMinute(rotated.meta)).resolves.toMatchObject({ dropped: 1 })
+        await expect(runEveryMinute(rotated.meta)).resolves.toMatchObject({
+            dropped: 1,
+            droppedByReason: { 'unreadable (was the API key changed?)': 1 },
+        })
     })
 
     test('more than 1,000 items to requeue are pushed back in chunks PostHog accepts, none dropped', async () => {
@@ -485,6 +509,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             delivered: 0,
             retried: 1500,
             dropped: 0,
+            droppedByReason: {},
             remaining: 1500,
         })
     })
@@ -495,6 +520,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             delivered: 0,
             retried: 0,
             dropped: 0,
+            droppedByReason: {},
             remaining: 0,
         })
     })

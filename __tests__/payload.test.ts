@@ -165,6 +165,8 @@ describe('toUnixSeconds', () => {
         ['2024-05-01T12:00:00.000Z', OLD_UNIX],
         ['2024-05-01T12:00:00.999Z', OLD_UNIX],
         ['2024-05-01T14:00:00+02:00', OLD_UNIX],
+        ['2024-05-01 12:00:00', OLD_UNIX],
+        ['2024-05-01 12:00:00.000', OLD_UNIX],
         [OLD_UNIX, OLD_UNIX],
         [OLD_UNIX * 1000 + 123, OLD_UNIX],
         [String(OLD_UNIX), OLD_UNIX],
