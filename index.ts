@@ -1289,11 +1289,9 @@ async function enqueue(cache: CacheExtension, items: QueuedDelivery[]): Promise<
 
 type Verdict = { kind: 'delivered' | 'retry' | 'backoff' } | { kind: 'drop'; reason: string }
 
-/** Why Intercom's answer ends a queued event's retries. */
+/** Why Intercom's answer ends a queued event's retries: its own words (emails masked). */
 function dropReason(error: IntercomError): string {
-    return error.kind === 'auth'
-        ? `API key rejected (${error.status})`
-        : `refused by Intercom (${error.status ?? 'no status'})`
+    return error.kind === 'auth' ? `API key rejected (${error.status})` : error.message
 }
 
 /** One queued event, through the same delivery path as a new one. */
@@ -1311,7 +1309,6 @@ async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<V
         if (!(error instanceof IntercomError)) throw error
         if (error.kind === 'rate_limited') return { kind: 'backoff' }
         if (error.kind === 'transient') return { kind: 'retry' }
-        ctx.log('error', `Queued event ${item.uuid}: ${error.message}`)
         return { kind: 'drop', reason: dropReason(error) }
     }
 }

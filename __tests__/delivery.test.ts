@@ -467,7 +467,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             delivered: 0,
             retried: 0,
             dropped: 1,
-            droppedByReason: { 'refused by Intercom (422)': 1 },
+            droppedByReason: { 'Intercom answered 422 to POST /events: invalid': 1 },
             remaining: 0,
         })
     })
