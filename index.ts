@@ -730,7 +730,13 @@ export async function callIntercom(
             `backing off until Intercom's rate limit resets (${new Date(until).toISOString()})`
         )
     }
-    const response = await send(ctx, method, path, body)
+    let response = await send(ctx, method, path, body)
+    if (!ctx.cache && classifyStatus(response.status) === 'transient') {
+        // No retry queue in this runtime (PostHog's current executor), and PostHog does not retry:
+        // one immediate retry is the only second chance the event gets.
+        await readBody(response)
+        response = await send(ctx, method, path, body)
+    }
     const data = await readBody(response)
     const kind = classifyStatus(response.status)
     const reset = readHeader(response.headers, 'x-ratelimit-reset')

@@ -135,7 +135,7 @@ describe('setupPlugin checks the API key once with GET /me', () => {
         await expect(setupPlugin(meta)).resolves.toBeUndefined()
         expect(logs).toEqual([expect.stringMatching(/^warn: Could not check the Intercom API key now/)])
 
-        nock(US).get('/me').reply(503, {})
+        nock(US).get('/me').twice().reply(503, {})
         await expect(setupPlugin(makeMeta(base).meta)).resolves.toBeUndefined()
     })
 

@@ -233,11 +233,22 @@ describe('contact cache', () => {
 })
 
 describe('failures without a cache (PostHog current executor): RetryError or a clear error', () => {
-    test.each([408, 423, 500, 502, 503, 504])('%i → RetryError', async (status) => {
+    test.each([408, 423, 500, 502, 503, 504])(
+        '%i twice → one immediate retry, then RetryError',
+        async (status) => {
+            const { meta } = await setup()
+            expectSearch(EMAIL, [contact('c1')])
+            nock(US).post('/events').twice().reply(status, errorBody('server_error', 'boom'))
+            await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
+        }
+    )
+
+    test('a single 503 is retried at once and delivered', async () => {
         const { meta } = await setup()
         expectSearch(EMAIL, [contact('c1')])
-        nock(US).post('/events').reply(status, errorBody('server_error', 'boom'))
-        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
+        nock(US).post('/events').reply(503, errorBody('service_unavailable', 'down'))
+        expectEvent(event())
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
     })
 
     test.each<[number, RegExp]>([

@@ -241,7 +241,7 @@ describe('contact sync', () => {
     test('a transient sync failure does not hold back the event, then asks for a retry', async () => {
         const { meta } = await setup({ ...CREATE, triggeringEvents: '$identify' })
         expectSearch(EMAIL, [contact('c1')])
-        nock(US).put('/contacts/c1').reply(503, '')
+        nock(US).put('/contacts/c1').twice().reply(503, '')
         expectEvent({ event_name: '$identify', created_at: OLD_UNIX, id: 'c1', metadata: {} })
         await expect(onEvent(identify({ plan: 'pro' }), meta)).rejects.toThrow(RetryError)
     })
