@@ -380,6 +380,8 @@ export function isIgnoredDomain(email: string, ignoredDomains: string[]): boolea
 // Payload: pure functions from a PostHog event to Intercom's POST /events body
 // ---------------------------------------------------------------------------------------------------
 
+const MAX_UNIX_SECONDS = 9_999_999_999
+
 /** Integer Unix seconds, or null. Numbers (and digit strings) above 1e11 are taken as milliseconds. */
 export function toUnixSeconds(value: unknown): number | null {
     let ms: number
@@ -399,7 +401,9 @@ export function toUnixSeconds(value: unknown): number | null {
     } else {
         return null
     }
-    return Number.isFinite(ms) && ms >= 0 ? Math.floor(ms / 1000) : null
+    const seconds = Math.floor(ms / 1000)
+    // Before 1970 or past 2286 (ten digits) is no real event time, and Intercom refuses it.
+    return Number.isFinite(seconds) && seconds >= 0 && seconds <= MAX_UNIX_SECONDS ? seconds : null
 }
 
 function truncate(text: string): string {
@@ -432,8 +436,8 @@ export function monetaryAmount(value: unknown, currency: unknown): MetadataValue
     if (!/^[a-z]{3}$/.test(code)) {
         return undefined
     }
-    const exponent = CURRENCY_EXPONENTS[code] ?? 2
-    return { amount: Math.round(amount * 10 ** exponent), currency: code }
+    const minor = Math.round(amount * 10 ** (CURRENCY_EXPONENTS[code] ?? 2))
+    return Number.isSafeInteger(minor) ? { amount: minor, currency: code } : undefined
 }
 
 function compactJson(value: object): string | undefined {
@@ -642,11 +646,12 @@ function isTimeout(error: unknown): boolean {
     return name === 'TimeoutError' || name === 'AbortError' || type === 'request-timeout'
 }
 
-/** When X-RateLimit-Reset is missing or odd, wait one window; never more than a minute. */
+/** Until X-RateLimit-Reset; one window when the header is missing or odd; never more than a minute. */
 export function backoffUntil(resetHeader: string | null, now: number): number {
-    const reset = Number(resetHeader) * 1000
-    const until = Number.isFinite(reset) && reset > now ? reset : now + DEFAULT_BACKOFF_MS
-    return Math.min(until, now + MAX_BACKOFF_MS)
+    const reset = resetHeader === null || resetHeader.trim() === '' ? NaN : Number(resetHeader) * 1000
+    if (!Number.isFinite(reset)) return now + DEFAULT_BACKOFF_MS
+    // A reset that has just passed (the header has whole seconds): the new window is open, pause briefly.
+    return Math.min(Math.max(reset, now + 1000), now + MAX_BACKOFF_MS)
 }
 
 /**
@@ -893,7 +898,9 @@ function fieldValue(type: DataType, value: unknown): AttributeValue | undefined 
     const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
     if (type === 'date') return toUnixSeconds(value) ?? undefined
     if (type === 'integer')
-        return typeof number === 'number' && Number.isFinite(number) ? Math.round(number) : undefined
+        return typeof number === 'number' && Number.isSafeInteger(Math.round(number))
+            ? Math.round(number)
+            : undefined
     if (type === 'boolean')
         return typeof value === 'boolean'
             ? value
@@ -1425,6 +1432,11 @@ function firstTime(global: Global, key: string): boolean {
     return true
 }
 
+/** An event name fit for a log line (names are not personal data, but may be huge or not strings). */
+function eventName(event: ProcessedPluginEvent): string {
+    return String(event.event).slice(0, 100)
+}
+
 function eventLabel(event: ProcessedPluginEvent): string {
     return typeof event.uuid === 'string' && event.uuid ? event.uuid.slice(0, 64) : '(no uuid)'
 }
@@ -1458,17 +1470,15 @@ export function planWork(event: ProcessedPluginEvent, settings: Settings): Work 
 /** Sends one event. Resolves with what happened; throws RetryError (transient) or Error (permanent). */
 export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
     const ctx = context(meta)
-    const work =
-        typeof event.event === 'string' && !event.event.startsWith(ECHO_PREFIX)
-            ? planWork(event, ctx.settings)
-            : null
+    const echo = typeof event.event === 'string' && event.event.startsWith(ECHO_PREFIX)
+    const work = echo ? null : planWork(event, ctx.settings)
     const needsEmail = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
     const skip = (reason: string): Outcome => {
         if (reason === 'Intercom echo event' || work?.deliver) {
             ctx.log('info', `Skipped event ${eventLabel(event)}: ${reason}.`)
-        } else if (firstTime(ctx.global, `${reason}:${event.event}`)) {
+        } else if (firstTime(ctx.global, `${reason}:${eventName(event)}`)) {
             // Events neither sent nor synced are most of the traffic, and PostHog stores every log line.
-            ctx.log('debug', `Skipped "${event.event}" events: ${reason} (logged once per event name).`)
+            ctx.log('debug', `Skipped "${eventName(event)}" events: ${reason} (logged once per event name).`)
         }
         return { status: 'skipped', reason }
     }

@@ -2,7 +2,15 @@
 import { RetryError } from '@posthog/plugin-scaffold'
 import { createHash } from 'crypto'
 import nock from 'nock'
-import { FetchFn, HttpResponse, onEvent, runEveryMinute, sealEmail, windowNearlySpent } from '../index'
+import {
+    FetchFn,
+    HttpResponse,
+    backoffUntil,
+    onEvent,
+    runEveryMinute,
+    sealEmail,
+    windowNearlySpent,
+} from '../index'
 import {
     allLogs,
     AU,
@@ -28,6 +36,7 @@ const event = (extra = {}) => ({
     metadata: {},
     ...extra,
 })
+const NOW = 1_714_564_800_500
 const recent = () => new Date(Date.now() - 1000).toISOString()
 const recentUnix = (iso: string) => Math.floor(Date.parse(iso) / 1000)
 
@@ -346,6 +355,17 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         [{}, false],
     ])('rate-limit window nearly spent: %p → %p', (headers, spent) => {
         expect(windowNearlySpent(headers)).toBe(spent)
+    })
+
+    test.each<[string | null, number]>([
+        [null, 10_000],
+        ['', 10_000],
+        ['soon', 10_000],
+        [String(Math.floor(NOW / 1000)), 1000],
+        [String(Math.floor(NOW / 1000) + 5), Math.floor(NOW / 1000) * 1000 + 5000 - NOW],
+        [String(Math.floor(NOW / 1000) + 3600), 60_000],
+    ])('back off until X-RateLimit-Reset %p: %i ms', (header, waitMs) => {
+        expect(backoffUntil(header, NOW) - NOW).toBe(waitMs)
     })
 
     test('plain response objects (PostHog current executor) are read the same way', async () => {

@@ -171,6 +171,9 @@ describe('toUnixSeconds', () => {
         [OLD_UNIX * 1000 + 123, OLD_UNIX],
         [String(OLD_UNIX), OLD_UNIX],
         [new Date(OLD_UNIX * 1000), OLD_UNIX],
+        ['3000-01-01T00:00:00Z', null],
+        [99_000_000_000, null],
+        [1e300, null],
         ['not a date', null],
         ['', null],
         [-5, null],
@@ -268,6 +271,10 @@ describe('buildMetadata', () => {
     })
 
     test('revenue without a valid currency stays a number, and a listed currency is kept', () => {
+        expect(buildMetadata({ revenue: 1e20, currency: 'usd' }, ALL)).toEqual({
+            revenue: 1e20,
+            currency: 'usd',
+        })
         expect(buildMetadata({ revenue: 19.99, currency: 'dollars' }, ALL)).toEqual({
             revenue: 19.99,
             currency: 'dollars',
