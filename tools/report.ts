@@ -1,0 +1,64 @@
+/**
+ * Plain-text tables for the local tools (`npm start`, `npm run bench`): aligned columns, no colours, so the
+ * output reads the same in a terminal, a CI log and the README it is pasted into.
+ */
+
+export type Align = 'left' | 'right'
+
+export interface Column {
+    header: string
+    /** Numbers read best right-aligned; default left. */
+    align?: Align
+    /** Longest rule under the header: a long last column need not draw a line across the screen. */
+    ruleMax?: number
+}
+
+function pad(text: string, width: number, align: Align): string {
+    return align === 'right' ? text.padStart(width) : text.padEnd(width)
+}
+
+/** A header row, a rule, then the rows; columns are two spaces apart. Trailing spaces are trimmed. */
+export function formatTable(columns: Column[], rows: string[][], indent = ''): string[] {
+    const widths = columns.map((column, i) =>
+        Math.max(column.header.length, ...rows.map((row) => (row[i] ?? '').length))
+    )
+    const line = (cells: string[]): string =>
+        indent +
+        columns
+            .map((column, i) => pad(cells[i] ?? '', widths[i], column.align ?? 'left'))
+            .join('  ')
+            .trimEnd()
+    const rule =
+        indent + widths.map((width, i) => '-'.repeat(Math.min(width, columns[i].ruleMax ?? width))).join('  ')
+    return [line(columns.map((column) => column.header)), rule, ...rows.map((row) => line(row))]
+}
+
+/** `label ........ value` lines with the values in one column. */
+export function formatPairs(pairs: Array<[string, string]>, indent = '  '): string[] {
+    const width = Math.max(0, ...pairs.map(([label]) => label.length))
+    return pairs.map(([label, value]) => `${indent}${label.padEnd(width)}  ${value}`.trimEnd())
+}
+
+/** 10000 → "10,000": counts are easier to compare with separators. */
+export function formatCount(value: number): string {
+    return value.toLocaleString('en-US')
+}
+
+/** A ratio with fixed decimals; "n/a" when the denominator is zero rather than Infinity or NaN. */
+export function formatRatio(numerator: number, denominator: number, digits = 2): string {
+    return denominator === 0 ? 'n/a' : (numerator / denominator).toFixed(digits)
+}
+
+export function formatPercent(part: number, whole: number, digits = 2): string {
+    return whole === 0 ? 'n/a' : `${((100 * part) / whole).toFixed(digits)}%`
+}
+
+/** Counts by key, largest first, as `key: n` items. */
+export function sortedCounts(counts: Record<string, number>): Array<[string, number]> {
+    return Object.entries(counts).sort(([a, x], [b, y]) => y - x || a.localeCompare(b))
+}
+
+/** A titled section: a blank line, the title, and a rule as long as the title. */
+export function heading(title: string, rule = '-'): string[] {
+    return ['', title, rule.repeat(title.length)]
+}
