@@ -1061,6 +1061,16 @@ function queueLines(result: ScenarioResult, options: BenchOptions): string[] {
     return lines
 }
 
+/** Failure reasons with their timestamps masked, so "backing off until <time>" counts as one reason. */
+function groupedFailures(failed: Record<string, number>): Array<[string, number]> {
+    const grouped: Record<string, number> = {}
+    for (const [reason, count] of Object.entries(failed)) {
+        const key = reason.replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '…')
+        grouped[key] = (grouped[key] ?? 0) + count
+    }
+    return Object.entries(grouped).sort(([, a], [, b]) => b - a)
+}
+
 function scenarioNotes(results: ScenarioResult[], options: BenchOptions): string[] {
     const lines: string[] = []
     for (const result of results) {
@@ -1076,7 +1086,7 @@ function scenarioNotes(results: ScenarioResult[], options: BenchOptions): string
             lines.push(
                 `    Plugin log: ${formatCount(result.logLines)} lines for ${formatCount(result.events)} events.`
             )
-        for (const [reason, count] of Object.entries(result.failed).slice(0, 3))
+        for (const [reason, count] of groupedFailures(result.failed))
             lines.push(`    Failed ×${formatCount(count)}: ${reason}`)
     }
     return lines
