@@ -349,8 +349,8 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
 
     test.each<[Record<string, string>, boolean]>([
         [{ 'x-ratelimit-remaining': '0' }, true],
-        [{ 'x-ratelimit-remaining': '16', 'x-ratelimit-limit': '1666' }, true],
-        [{ 'x-ratelimit-remaining': '17', 'x-ratelimit-limit': '1666' }, false],
+        [{ 'x-ratelimit-remaining': '33', 'x-ratelimit-limit': '1666' }, true],
+        [{ 'x-ratelimit-remaining': '34', 'x-ratelimit-limit': '1666' }, false],
         [{ 'x-ratelimit-remaining': '3' }, false],
         [{}, false],
     ])('rate-limit window nearly spent: %p → %p', (headers, spent) => {
@@ -410,6 +410,23 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             droppedByReason: {},
             remaining: 0,
         })
+    })
+
+    test('an outage queues every event but logs one line per 10 s, not one per event', async () => {
+        const cache = memoryCache()
+        const { meta, logs } = await setup({}, { cache })
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US).post('/events').times(5).reply(503, errorBody('service_unavailable', 'down'))
+        for (let i = 0; i < 5; i++) {
+            await expect(onEvent(makeEvent({ uuid: `u${i}` }), meta)).resolves.toMatchObject({
+                status: 'queued',
+            })
+        }
+        expect(logs.filter((line) => line.includes('Queued event'))).toEqual([
+            expect.stringMatching(
+                /^info: Queued event u0 for retry: .*more like it within 10 s are not logged/
+            ),
+        ])
     })
 
     test('a 429 is queued; the queue waits for the reset, then drains', async () => {
