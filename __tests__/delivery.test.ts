@@ -36,6 +36,8 @@ const event = (extra = {}) => ({
     metadata: {},
     ...extra,
 })
+/** What runEveryMinute reports when it had nothing to do. */
+const NOTHING_DRAINED = { delivered: 0, retried: 0, dropped: 0, droppedByReason: {}, remaining: 0 }
 const NOW = 1_714_564_800_500
 const recent = () => new Date(Date.now() - 1000).toISOString()
 const recentUnix = (iso: string) => Math.floor(Date.parse(iso) / 1000)
@@ -403,13 +405,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
             droppedByReason: {},
             remaining: 0,
         })
-        await expect(runEveryMinute(meta)).resolves.toEqual({
-            delivered: 0,
-            retried: 0,
-            dropped: 0,
-            droppedByReason: {},
-            remaining: 0,
-        })
+        await expect(runEveryMinute(meta)).resolves.toEqual(NOTHING_DRAINED)
     })
 
     test('an outage queues every event but logs one line per 10 s, not one per event', async () => {
@@ -564,13 +560,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
 
     test('without a cache, runEveryMinute has nothing to do', async () => {
         const { meta } = await setup()
-        await expect(runEveryMinute(meta)).resolves.toEqual({
-            delivered: 0,
-            retried: 0,
-            dropped: 0,
-            droppedByReason: {},
-            remaining: 0,
-        })
+        await expect(runEveryMinute(meta)).resolves.toEqual(NOTHING_DRAINED)
     })
 })
 
