@@ -1435,7 +1435,6 @@ function firstTime(global: Global, key: string): boolean {
     return true
 }
 
-/** An event name fit for a log line (names are not personal data, but may be huge or not strings). */
 /** During an outage or a rate-limit storm every event fails alike: one line per kind per 10 s tells it. */
 const QUIET_MS = 10_000
 const QUIET_NOTE = 'more like it within 10 s are not logged; runEveryMinute logs counts'
@@ -1447,6 +1446,7 @@ function notRecentlyLogged(global: Global, kind: string): boolean {
     return true
 }
 
+/** An event name fit for a log line (names are not personal data, but may be huge or not strings). */
 function eventName(event: ProcessedPluginEvent): string {
     return String(event.event).slice(0, 100)
 }
