@@ -52,7 +52,12 @@ const QUEUE_CONCURRENCY = 10
 /** runEveryMinute stops draining after this, well inside PostHog's per-call limits. */
 const QUEUE_DRAIN_BUDGET_MS = 20_000
 const ECHO_PREFIX = '[Intercom]'
-const CACHE_KEYS = { backoff: 'intercom:backoff-until', queue: 'intercom:retry-queue' }
+const CACHE_KEYS = {
+    backoff: 'intercom:backoff-until',
+    queue: 'intercom:retry-queue',
+    /** Retries set aside during a drain run, so that they are not taken again in the same run. */
+    later: 'intercom:retry-later',
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Types
@@ -1266,9 +1271,9 @@ export function openEmail(sealed: string, token: string): string | null {
 
 function parseQueued(raw: unknown): QueuedDelivery | null {
     try {
-        // Some cache implementations JSON-encode list items themselves: unwrap up to twice.
+        // Some cache implementations JSON-encode list items themselves: unwrap up to three times.
         let value = raw
-        for (let i = 0; i < 2 && typeof value === 'string'; i++) {
+        for (let i = 0; i < 3 && typeof value === 'string'; i++) {
             value = JSON.parse(value)
         }
         const draft = propertyOf(value, 'draft')
@@ -1285,20 +1290,37 @@ function parseQueued(raw: unknown): QueuedDelivery | null {
 const LPUSH_MAX = 1000
 
 /** False when the queue is full or the cache is down: the caller then reports the event as not delivered. */
-async function enqueue(cache: CacheExtension, items: QueuedDelivery[]): Promise<boolean> {
+async function enqueue(
+    cache: CacheExtension,
+    items: QueuedDelivery[],
+    key: string = CACHE_KEYS.queue
+): Promise<boolean> {
     try {
-        if (items.length > 0 && (await cache.llen(CACHE_KEYS.queue)) + items.length > QUEUE_MAX_LENGTH) {
+        if (items.length > 0 && (await cache.llen(key)) + items.length > QUEUE_MAX_LENGTH) {
             return false
         }
         for (let i = 0; i < items.length; i += LPUSH_MAX) {
             await cache.lpush(
-                CACHE_KEYS.queue,
+                key,
                 items.slice(i, i + LPUSH_MAX).map((item) => JSON.stringify(item))
             )
         }
         return true
     } catch {
         return false
+    }
+}
+
+/** Moves every item of one cache list to another, as stored, in chunks PostHog's cache accepts. */
+async function moveAll(cache: CacheExtension, from: string, to: string): Promise<void> {
+    try {
+        for (;;) {
+            const items = (await cache.lpop(from, LPUSH_MAX)) ?? []
+            if (items.length === 0) return
+            await cache.lpush(to, items)
+        }
+    } catch {
+        // Left where they are: the next run moves them.
     }
 }
 
@@ -1618,9 +1640,10 @@ export async function runEveryMinute(meta: PluginMeta): Promise<DrainResult> {
     }
     const ctx = context(meta)
     const started = Date.now()
-    // Only what was waiting when this run began: retries go back once, at the end, for the next minute.
+    // Retries set aside by a run that did not finish (its worker stopped) come back first.
+    await moveAll(cache, CACHE_KEYS.later, CACHE_KEYS.queue)
+    // Only what was waiting when this run began: retries wait aside until the next minute.
     let left = await cache.llen(CACHE_KEYS.queue).catch(() => 0)
-    const requeue: QueuedDelivery[] = []
     while (
         left > 0 &&
         Date.now() - started < QUEUE_DRAIN_BUDGET_MS &&
@@ -1631,13 +1654,15 @@ export async function runEveryMinute(meta: PluginMeta): Promise<DrainResult> {
             .catch(() => [] as string[])
         if (!batch || batch.length === 0) break
         left -= batch.length
-        requeue.push(...(await drainBatch(ctx, batch.map(parseQueued), result)))
+        // Set aside in the cache at once: a worker stopping mid-run loses at most the batch in flight.
+        const requeue = await drainBatch(ctx, batch.map(parseQueued), result)
+        if (!(await enqueue(cache, requeue, CACHE_KEYS.later))) {
+            result.dropped += requeue.length
+            result.droppedByReason['retry queue unavailable'] = requeue.length
+            ctx.log('error', `Retry queue is unavailable: dropped ${requeue.length} events.`)
+        }
     }
-    if (!(await enqueue(cache, requeue))) {
-        result.dropped += requeue.length
-        result.droppedByReason['retry queue full or unavailable'] = requeue.length
-        ctx.log('error', `Retry queue is full or unavailable: dropped ${requeue.length} events.`)
-    }
+    await moveAll(cache, CACHE_KEYS.later, CACHE_KEYS.queue)
     result.remaining = await cache.llen(CACHE_KEYS.queue).catch(() => 0)
     if (result.delivered + result.retried + result.dropped > 0) {
         ctx.log(

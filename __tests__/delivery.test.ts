@@ -558,6 +558,23 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
         })
     })
 
+    test('retries set aside by a run whose worker stopped are delivered by the next run', async () => {
+        const cache = memoryCache()
+        const { meta } = await setup({}, { cache })
+        const item = {
+            draft: { event_name: 'signed_up', created_at: OLD_UNIX, metadata: {} },
+            sealedEmail: sealEmail(EMAIL, TOKEN),
+            uuid: 'u-aside',
+            attempts: 2,
+            queuedAt: Date.now(),
+        }
+        await cache.lpush('intercom:retry-later', [JSON.stringify(item)])
+        expectSearch(EMAIL, [contact('c1')])
+        expectEvent(event())
+        await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, remaining: 0 })
+        expect(await cache.llen('intercom:retry-later')).toBe(0)
+    })
+
     test('without a cache, runEveryMinute has nothing to do', async () => {
         const { meta } = await setup()
         await expect(runEveryMinute(meta)).resolves.toEqual(NOTHING_DRAINED)
