@@ -558,10 +558,6 @@ export class LocalCache {
             this.entries.delete(this.entries.keys().next().value as string)
         }
     }
-
-    get size(): number {
-        return this.entries.size
-    }
 }
 
 interface Store {
@@ -584,9 +580,13 @@ function localStore(cache: LocalCache): Store {
     }
 }
 
-/** Cache keys hold a hash of the email, never the email itself. */
+/** A short sha256 of a text: cache keys hold this, never an email or a group key. */
+function hashOf(text: string): string {
+    return createHash('sha256').update(text).digest('hex').slice(0, 32)
+}
+
 function contactKey(email: string): string {
-    return `intercom:contact:${createHash('sha256').update(email).digest('hex').slice(0, 32)}`
+    return `intercom:contact:${hashOf(email)}`
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -680,15 +680,18 @@ interface Context {
     log: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void
 }
 
+/** This worker's backoff, and the one other workers shared through meta.cache when there is one. */
 async function rateLimitedUntil(ctx: Context): Promise<number> {
-    const shared = Number(await ctx.store.get(CACHE_KEYS.backoff)) || 0
+    const shared = ctx.cache ? Number(await ctx.store.get(CACHE_KEYS.backoff)) || 0 : 0
     return Math.max(ctx.global.backoffUntil, shared)
 }
 
 async function rememberBackoff(ctx: Context, until: number): Promise<void> {
     if (until > ctx.global.backoffUntil) {
         ctx.global.backoffUntil = until
-        await ctx.store.set(CACHE_KEYS.backoff, until, Math.ceil((until - Date.now()) / 1000) + 1)
+        if (ctx.cache) {
+            await ctx.store.set(CACHE_KEYS.backoff, until, Math.ceil((until - Date.now()) / 1000) + 1)
+        }
     }
 }
 
@@ -1018,7 +1021,7 @@ export function companyAttributes(
 }
 
 function digest(value: unknown): string {
-    return createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 32)
+    return hashOf(JSON.stringify(value))
 }
 
 /** Creates the custom attributes Intercom does not have yet, once each (remembered in the cache). */
@@ -1081,19 +1084,32 @@ async function rememberContact(ctx: Context, email: string, id: string): Promise
     await ctx.store.set(contactKey(email), id, CONTACT_TTL_SECONDS)
 }
 
-/** PUT to the cached contact; a 404 means it was deleted or merged: look the email up once more. */
+/** PUT to the contact of the email; false when Intercom has none. */
 async function updateContact(ctx: Context, email: string, attributes: ContactAttributes): Promise<boolean> {
     const cachedId = await resolveContact(ctx, email)
     if (!cachedId || Object.keys(attributes).length === 0) return cachedId !== null
+    return withContact(ctx, email, cachedId, (id) => callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes))
+}
+
+/**
+ * Runs `action` on the cached contact id. A 404 means that contact was deleted or merged: the email is
+ * looked up once more and `action` runs on the new id. False when Intercom has no contact for it.
+ */
+async function withContact(
+    ctx: Context,
+    email: string,
+    cachedId: string,
+    action: (id: string) => Promise<unknown>
+): Promise<boolean> {
     try {
-        await callIntercom(ctx, 'PUT', `/contacts/${cachedId}`, attributes)
+        await action(cachedId)
         return true
     } catch (error) {
         if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
     }
     const freshId = await resolveContact(ctx, email, true)
     if (!freshId || freshId === cachedId) return false
-    await callIntercom(ctx, 'PUT', `/contacts/${freshId}`, attributes)
+    await action(freshId)
     return true
 }
 
@@ -1116,7 +1132,7 @@ async function syncContact(
     }
     // Nothing mapped has a value: an update has nothing to send (a create still makes the contact).
     if (Object.keys(attributes).length === 0 && sync.contacts === 'update') return 'unchanged'
-    const hashKey = `intercom:contact-sync:${contactKey(email).slice(-32)}`
+    const hashKey = `intercom:contact-sync:${hashOf(email)}`
     const hash = digest(attributes)
     if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
     await ensureAttributes(ctx, 'contact', attributes.custom_attributes)
@@ -1191,24 +1207,14 @@ async function attachCompany(ctx: Context, email: string, companyKey: string): P
 // Delivery: one path for first attempts and for retries from the queue
 // ---------------------------------------------------------------------------------------------------
 
-/** Posts the event to the contact; a 404 means a stale cached id: look the email up once more. */
+/** Posts the event to the contact of the email (created first when that option is on). */
 async function deliver(ctx: Context, email: string, draft: EventDraft): Promise<Outcome> {
     const cachedId = (await resolveContact(ctx, email)) ?? (await createMissingContact(ctx, email))
-    if (!cachedId) {
-        return noContact(draft.created_at)
-    }
-    try {
-        await callIntercom(ctx, 'POST', '/events', { ...draft, id: cachedId })
+    const post = (id: string) => callIntercom(ctx, 'POST', '/events', { ...draft, id })
+    if (cachedId && (await withContact(ctx, email, cachedId, post))) {
         return { status: 'delivered' }
-    } catch (error) {
-        if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
     }
-    const freshId = await resolveContact(ctx, email, true)
-    if (!freshId || freshId === cachedId) {
-        return noContact(draft.created_at)
-    }
-    await callIntercom(ctx, 'POST', '/events', { ...draft, id: freshId })
-    return { status: 'delivered' }
+    return noContact(draft.created_at)
 }
 
 /** With "Create contacts for unknown emails" on, the event of a new person lands on the first try. */
