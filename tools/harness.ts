@@ -32,6 +32,7 @@ import {
     RedirectedCall,
     redirectingFetch,
     toHeaderRecord,
+    consoleTo,
 } from './load-plugin'
 
 // ---------------------------------------------------------------------------------------------
@@ -630,17 +631,7 @@ interface Worker {
 type LogSink = (line: Omit<LogLine, 'worker'>, worker: number) => void
 
 function captureConsole(worker: number, sink: LogSink): ConsoleLike {
-    const write =
-        (level: LogLevel) =>
-        (...args: unknown[]) =>
-            sink({ level, source: 'console', text: format(...args) }, worker)
-    return {
-        log: write('log'),
-        info: write('info'),
-        warn: write('warn'),
-        error: write('error'),
-        debug: write('debug'),
-    }
+    return consoleTo((level, args) => sink({ level, source: 'console', text: format(...args) }, worker))
 }
 
 /** The cdp executor's logger: debug, log, warn, error, and no `info`. */

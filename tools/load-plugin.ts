@@ -124,6 +124,17 @@ export interface ConsoleLike {
     debug(...args: unknown[]): void
 }
 
+export type ConsoleLevel = keyof ConsoleLike
+
+/** A sandbox console whose every call goes to `write`, with its level and arguments. */
+export function consoleTo(write: (level: ConsoleLevel, args: unknown[]) => void): ConsoleLike {
+    const at =
+        (level: ConsoleLevel) =>
+        (...args: unknown[]): void =>
+            write(level, args)
+    return { log: at('log'), info: at('info'), warn: at('warn'), error: at('error'), debug: at('debug') }
+}
+
 export interface LoadPluginOptions {
     /** Plugin file to load; defaults to the repository's index.ts. Ignored when `source` is given. */
     file?: string

@@ -26,6 +26,7 @@ import {
     PluginExports,
     PluginMeta,
     redirectingFetch,
+    consoleTo,
 } from './load-plugin'
 import { createBoundedStore } from './replay-cache'
 import {
@@ -270,17 +271,9 @@ interface LoadedPlugin extends RunPlugin {
 
 /** The sandbox console: every line goes to `sink` with its level. */
 function capturingConsole(sink: (level: string, text: string) => void): ConsoleLike {
-    const write =
-        (level: string) =>
-        (...args: unknown[]): void =>
-            sink(level, args.map((arg) => (typeof arg === 'string' ? arg : describeError(arg))).join(' '))
-    return {
-        log: write('log'),
-        info: write('info'),
-        warn: write('warn'),
-        error: write('error'),
-        debug: write('debug'),
-    }
+    return consoleTo((level, args) =>
+        sink(level, args.map((arg) => (typeof arg === 'string' ? arg : describeError(arg))).join(' '))
+    )
 }
 
 async function startPlugin(
