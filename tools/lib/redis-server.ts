@@ -1,0 +1,122 @@
+/** Starts a private, throw-away Debian `redis-server` for tests, fault runs and benchmarks. */
+import { ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createConnection } from 'node:net'
+import { tmpdir } from 'node:os'
+import * as path from 'node:path'
+
+export interface RedisServer {
+    /** `redis://127.0.0.1:<port>`: what ioredis and REDIS_URL take. */
+    readonly url: string
+    readonly port: number
+    /** Stops it for good (SIGTERM; the data is thrown away). */
+    stop(): Promise<void>
+    /** `kill -9`, then a fresh start on the same port, as an operator's restart would look. */
+    restart(options?: { downMs?: number }): Promise<void>
+    /** Down until `start()`: for "Redis is down" scenarios. */
+    kill(): Promise<void>
+    start(): Promise<void>
+}
+
+export const REDIS_BINARY = process.env.REDIS_SERVER ?? 'redis-server'
+
+/** True when Debian's redis-server can be run here (CI installs it; see .ci/run). */
+export function redisAvailable(): boolean {
+    return spawnSync(REDIS_BINARY, ['--version'], { stdio: 'ignore' }).status === 0
+}
+
+function freePort(): number {
+    // A private range away from Redis's own 6379; collisions are retried by startRedis.
+    return 20_000 + Math.floor(Math.random() * 20_000)
+}
+
+function waitForPort(port: number, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    return new Promise((resolve, reject) => {
+        const attempt = () => {
+            const socket = createConnection({ port, host: '127.0.0.1' })
+            socket.once('connect', () => {
+                socket.destroy()
+                resolve()
+            })
+            socket.once('error', () => {
+                socket.destroy()
+                if (Date.now() > deadline) reject(new Error(`redis-server did not listen on ${port}`))
+                else setTimeout(attempt, 25)
+            })
+        }
+        attempt()
+    })
+}
+
+function exited(child: ChildProcess): Promise<void> {
+    return child.exitCode !== null || child.signalCode !== null
+        ? Promise.resolve()
+        : new Promise((resolve) => child.once('exit', () => resolve()))
+}
+
+/** A redis-server on a private loopback port, no persistence, in a temporary folder. */
+export async function startRedis(): Promise<RedisServer> {
+    const dir = mkdtempSync(path.join(tmpdir(), 'posthog-intercom-redis-'))
+    let port = freePort()
+    let child: ChildProcess | null = null
+
+    const launch = async (): Promise<void> => {
+        for (let tries = 0; ; tries++) {
+            const proc = spawn(
+                REDIS_BINARY,
+                [
+                    '--port',
+                    String(port),
+                    '--bind',
+                    '127.0.0.1',
+                    '--save',
+                    '',
+                    '--appendonly',
+                    'no',
+                    '--dir',
+                    dir,
+                ],
+                { stdio: 'ignore' }
+            )
+            proc.on('error', () => undefined)
+            try {
+                await waitForPort(port, 5000)
+                child = proc
+                return
+            } catch (error) {
+                proc.kill('SIGKILL')
+                if (tries >= 3) throw error
+                port = freePort()
+            }
+        }
+    }
+    const halt = async (signal: NodeJS.Signals): Promise<void> => {
+        const proc = child
+        child = null
+        if (!proc) return
+        proc.kill(signal)
+        await exited(proc)
+    }
+
+    await launch()
+    return {
+        get url() {
+            return `redis://127.0.0.1:${port}`
+        },
+        get port() {
+            return port
+        },
+        start: launch,
+        kill: () => halt('SIGKILL'),
+        async restart({ downMs = 0 } = {}) {
+            await halt('SIGKILL')
+            if (downMs > 0) await new Promise((resolve) => setTimeout(resolve, downMs))
+            await launch()
+        },
+        async stop() {
+            await halt('SIGTERM')
+            rmSync(dir, { recursive: true, force: true })
+        },
+    }
+}
