@@ -47,16 +47,31 @@ const LOCAL_CACHE_MAX_ENTRIES = 10_000
 const QUEUE_MAX_LENGTH = 10_000
 const QUEUE_MAX_AGE_SECONDS = 24 * 3600
 const QUEUE_MAX_ATTEMPTS = 10
+/** Items read from the queue at once (LRANGE), then delivered QUEUE_CONCURRENCY at a time. */
 const QUEUE_BATCH = 100
 const QUEUE_CONCURRENCY = 10
 /** runEveryMinute stops draining after this, well inside PostHog's per-call limits. */
 const QUEUE_DRAIN_BUDGET_MS = 20_000
+/** onEvent drains this much at most (runtimes from March 2025 never call runEveryMinute)… */
+const EVENT_DRAIN_ITEMS = 50
+const EVENT_DRAIN_BUDGET_MS = 5_000
+/** …and a worker looks at the queue from onEvent at most once a second. */
+const EVENT_DRAIN_EVERY_MS = 1_000
+/** One drainer at a time; the lock's key changes every 10 minutes, so a dead holder's lock cannot last. */
+const DRAIN_LOCK_SECONDS = 60
+const DRAIN_LOCK_SLOT_MS = 10 * 60_000
+/** Where timers exist and nothing parks events (PostHog's current executor): bounded waits in place. */
+const MAX_WAIT_IN_PLACE_MS = 12_000
+const IN_PLACE_ATTEMPTS = 3
+const IN_PLACE_DELAY_MS = 1_000
 const ECHO_PREFIX = '[Intercom]'
 const CACHE_KEYS = {
     backoff: 'intercom:backoff-until',
     queue: 'intercom:retry-queue',
-    /** Retries set aside during a drain run, so that they are not taken again in the same run. */
+    /** Where version 1.0 set retries aside during a drain; adopted back into the queue. */
     later: 'intercom:retry-later',
+    /** Suffixed with a 10-minute slot (see drainLockKey). */
+    drainLock: 'intercom:drain-lock',
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -140,6 +155,12 @@ export interface Global {
     logged: Set<string>
     /** When each kind of repeated failure was last logged. */
     lastLogged: Map<string, number>
+    /** Null in PostHog's sandbox (no timers); set where the runtime has them. */
+    sleep: ((ms: number) => Promise<void>) | null
+    /** When onEvent may next look at the retry queue. */
+    nextDrainAt: number
+    /** True once 1.0's set-aside list was adopted into the queue by this worker. */
+    adoptedSetAside: boolean
 }
 
 /** What the runtimes pass: plugin-server has `cache`, PostHog's current executor has `fetch`/`person`. */
@@ -731,6 +752,45 @@ async function send(ctx: Context, method: string, path: string, body: unknown): 
     }
 }
 
+/** PostHog's "test function" answers every non-GET request itself, with this body. */
+export function isTestFunctionAnswer(method: string, body: unknown): boolean {
+    return (
+        method !== 'GET' &&
+        propertyOf(body, 'status') === 'OK' &&
+        propertyOf(body, 'message') === 'Test function' &&
+        propertyOf(body, 'type') === undefined
+    )
+}
+
+/** Raised when PostHog's test function, not Intercom, answered: the run ends with a clear outcome. */
+export class TestFunctionRun extends Error {}
+
+/**
+ * Where nothing parks a failed event (no meta.cache: PostHog's current executor, which has timers),
+ * a 429 is waited out and a transient failure tried again, in place and bounded.
+ */
+function mayRetryInPlace(ctx: Context, kind: FailureKind, attempt: number): boolean {
+    if (ctx.cache || attempt >= IN_PLACE_ATTEMPTS) return false
+    if (kind === 'rate_limited') return ctx.global.sleep !== null
+    // Without timers, one immediate retry is the only second chance such a runtime gives.
+    return kind === 'transient' && (ctx.global.sleep !== null || attempt === 1)
+}
+
+/** Waits for the rate-limit reset where it may (see mayRetryInPlace); otherwise refuses the call. */
+async function waitOutBackoff(ctx: Context): Promise<void> {
+    const wait = (await rateLimitedUntil(ctx)) - Date.now()
+    if (wait <= 0) return
+    const sleep = ctx.cache ? null : ctx.global.sleep
+    if (sleep && wait <= MAX_WAIT_IN_PLACE_MS) {
+        await sleep(wait)
+        return
+    }
+    throw new IntercomError(
+        'rate_limited',
+        `backing off until Intercom's rate limit resets (${new Date(Date.now() + wait).toISOString()})`
+    )
+}
+
 /** The one function that talks to Intercom. Resolves with the parsed body of a 2xx, or throws IntercomError. */
 export async function callIntercom(
     ctx: Context,
@@ -738,37 +798,28 @@ export async function callIntercom(
     path: string,
     body?: unknown
 ): Promise<unknown> {
-    const until = await rateLimitedUntil(ctx)
-    if (until > Date.now()) {
-        throw new IntercomError(
-            'rate_limited',
-            `backing off until Intercom's rate limit resets (${new Date(until).toISOString()})`
-        )
-    }
-    let response = await send(ctx, method, path, body)
-    if (!ctx.cache && classifyStatus(response.status) === 'transient') {
-        // No retry queue in this runtime (PostHog's current executor), and PostHog does not retry:
-        // one immediate retry is the only second chance the event gets.
-        await readBody(response)
-        response = await send(ctx, method, path, body)
-    }
-    const data = await readBody(response)
-    const kind = classifyStatus(response.status)
-    const reset = readHeader(response.headers, 'x-ratelimit-reset')
-    if (kind === 'ok') {
-        if (windowNearlySpent(response.headers)) {
+    for (let attempt = 1; ; attempt++) {
+        await waitOutBackoff(ctx)
+        const response = await send(ctx, method, path, body)
+        const data = await readBody(response)
+        const kind = classifyStatus(response.status)
+        const reset = readHeader(response.headers, 'x-ratelimit-reset')
+        if (kind === 'rate_limited' || (kind === 'ok' && windowNearlySpent(response.headers))) {
             await rememberBackoff(ctx, backoffUntil(reset, Date.now()))
         }
-        return data
+        if (kind === 'ok') {
+            if (isTestFunctionAnswer(method, data)) throw new TestFunctionRun()
+            return data
+        }
+        if (!mayRetryInPlace(ctx, kind, attempt)) {
+            throw new IntercomError(
+                kind,
+                `Intercom answered ${response.status} to ${method} ${path}: ${intercomMessage(data)}`,
+                response.status
+            )
+        }
+        if (kind === 'transient' && ctx.global.sleep) await ctx.global.sleep(IN_PLACE_DELAY_MS * attempt)
     }
-    if (kind === 'rate_limited') {
-        await rememberBackoff(ctx, backoffUntil(reset, Date.now()))
-    }
-    throw new IntercomError(
-        kind,
-        `Intercom answered ${response.status} to ${method} ${path}: ${intercomMessage(data)}`,
-        response.status
-    )
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -799,6 +850,12 @@ async function searchContact(ctx: Context, email: string): Promise<string | null
     return pickContact(propertyOf(data, 'data'))
 }
 
+async function searchAndRemember(ctx: Context, email: string, key: string): Promise<string | null> {
+    const id = await searchContact(ctx, email)
+    await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
+    return id
+}
+
 /** Cached lookup; concurrent lookups of one email in this worker share one search. */
 async function resolveContact(ctx: Context, email: string, fresh = false): Promise<string | null> {
     const key = contactKey(email)
@@ -812,10 +869,7 @@ async function resolveContact(ctx: Context, email: string, fresh = false): Promi
     if (pending) {
         return pending
     }
-    const lookup = searchContact(ctx, email).then(async (id) => {
-        await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
-        return id
-    })
+    const lookup = searchAndRemember(ctx, email, key)
     ctx.global.inflight.set(key, lookup)
     try {
         return await lookup
@@ -1214,7 +1268,7 @@ async function deliver(ctx: Context, email: string, draft: EventDraft): Promise<
     if (cachedId && (await withContact(ctx, email, cachedId, post))) {
         return { status: 'delivered' }
     }
-    return noContact(draft.created_at)
+    return noContact(ctx, draft.created_at)
 }
 
 /** With "Create contacts for unknown emails" on, the event of a new person lands on the first try. */
@@ -1226,8 +1280,9 @@ async function createMissingContact(ctx: Context, email: string): Promise<string
     return id
 }
 
-function noContact(createdAt: number): Outcome {
-    if (Date.now() / 1000 - createdAt < SEARCH_LAG_SECONDS) {
+function noContact(ctx: Context, createdAt: number): Outcome {
+    // Only a queue retries minutes later; PostHog's own retries (seconds apart) cannot outwait the lag.
+    if (ctx.cache && Date.now() / 1000 - createdAt < SEARCH_LAG_SECONDS) {
         // Intercom's search lags new contacts by minutes: a recent event is worth another try.
         throw new IntercomError(
             'transient',
@@ -1238,9 +1293,11 @@ function noContact(createdAt: number): Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Retry queue: where meta.cache exists, transient failures are parked and runEveryMinute drains them,
-// so no runtime depends on PostHog retrying a RetryError. Intercom deduplicates on
-// contact + event_name + created_at, so a retry that lands twice is counted once.
+// Retry queue: where meta.cache exists, transient failures are parked in a cache list. onEvent drains a
+// bounded batch (PostHog stopped calling runEveryMinute in March 2025) and runEveryMinute drains more.
+// At least once: an item is read (LRANGE), delivered, and only then removed (LREM), so a worker that
+// dies mid-drain loses nothing, and Intercom deduplicates on contact + event_name + created_at.
+// Only LPUSH, LRANGE, LLEN, LREM, INCR and EXPIRE are used: LPOP with a count needs Redis 6.2.
 // ---------------------------------------------------------------------------------------------------
 
 export interface QueuedDelivery {
@@ -1250,6 +1307,12 @@ export interface QueuedDelivery {
     uuid: string
     attempts: number
     queuedAt: number
+}
+
+/** A queue entry as stored (the exact string LREM needs) and as read. */
+interface Entry {
+    raw: string
+    item: QueuedDelivery | null
 }
 
 function emailKey(token: string): Buffer {
@@ -1295,38 +1358,67 @@ function parseQueued(raw: unknown): QueuedDelivery | null {
 /** PostHog's cache refuses more than 1,000 elements in one lpush. */
 const LPUSH_MAX = 1000
 
-/** False when the queue is full or the cache is down: the caller then reports the event as not delivered. */
-async function enqueue(
-    cache: CacheExtension,
-    items: QueuedDelivery[],
-    key: string = CACHE_KEYS.queue
-): Promise<boolean> {
+type Parked = 'parked' | 'queue full' | 'cache unavailable'
+
+/** Pushes items at the head of a list; `room` refuses them when the queue would pass its bound. */
+async function push(cache: CacheExtension, key: string, raws: string[], room: boolean): Promise<Parked> {
     try {
-        if (items.length > 0 && (await cache.llen(key)) + items.length > QUEUE_MAX_LENGTH) {
-            return false
+        if (room && (await cache.llen(key)) + raws.length > QUEUE_MAX_LENGTH) return 'queue full'
+        for (let i = 0; i < raws.length; i += LPUSH_MAX) {
+            await cache.lpush(key, raws.slice(i, i + LPUSH_MAX))
         }
-        for (let i = 0; i < items.length; i += LPUSH_MAX) {
-            await cache.lpush(
-                key,
-                items.slice(i, i + LPUSH_MAX).map((item) => JSON.stringify(item))
-            )
-        }
-        return true
+        return 'parked'
     } catch {
-        return false
+        return 'cache unavailable'
     }
 }
 
-/** Moves every item of one cache list to another, as stored, in chunks PostHog's cache accepts. */
-async function moveAll(cache: CacheExtension, from: string, to: string): Promise<void> {
+async function queueLength(cache: CacheExtension): Promise<number> {
     try {
-        for (;;) {
-            const items = (await cache.lpop(from, LPUSH_MAX)) ?? []
-            if (items.length === 0) return
-            await cache.lpush(to, items)
-        }
+        return await cache.llen(CACHE_KEYS.queue)
     } catch {
-        // Left where they are: the next run moves them.
+        return 0
+    }
+}
+
+function drainLockKey(now: number): string {
+    return `${CACHE_KEYS.drainLock}:${Math.floor(now / DRAIN_LOCK_SLOT_MS)}`
+}
+
+/** INCR is atomic in Redis: the worker that makes it 1 drains; the others leave the queue to it. */
+async function takeDrainLock(cache: CacheExtension): Promise<string | null> {
+    const key = drainLockKey(Date.now())
+    try {
+        if ((await cache.incr(key)) !== 1) return null
+        await cache.expire(key, DRAIN_LOCK_SECONDS)
+        return key
+    } catch {
+        return null
+    }
+}
+
+/** Back to "0", which the next INCR makes 1 again. */
+async function releaseDrainLock(cache: CacheExtension, key: string): Promise<void> {
+    try {
+        await cache.set(key, 0, DRAIN_LOCK_SECONDS)
+    } catch {
+        // Expires by itself.
+    }
+}
+
+/** Version 1.0 set retries aside in a second list during a drain: they join the queue, once per worker. */
+async function adoptSetAside(ctx: Context, cache: CacheExtension): Promise<void> {
+    if (ctx.global.adoptedSetAside) return
+    try {
+        for (let round = 0; round <= QUEUE_MAX_LENGTH / LPUSH_MAX; round++) {
+            const raws = await cache.lrange(CACHE_KEYS.later, -LPUSH_MAX, -1)
+            if (raws.length === 0) break
+            await cache.lpush(CACHE_KEYS.queue, raws)
+            for (const raw of raws) await cache.lrem(CACHE_KEYS.later, -1, raw)
+        }
+        ctx.global.adoptedSetAside = true
+    } catch {
+        // Tried again by the next drain.
     }
 }
 
@@ -1361,38 +1453,127 @@ function mayRetry(item: QueuedDelivery): boolean {
     return item.attempts + 1 < QUEUE_MAX_ATTEMPTS && Date.now() - item.queuedAt < QUEUE_MAX_AGE_SECONDS * 1000
 }
 
+function emptyDrain(): DrainResult {
+    return { delivered: 0, retried: 0, dropped: 0, droppedByReason: {}, remaining: 0 }
+}
+
 function countDrop(ctx: Context, result: DrainResult, uuid: string | undefined, reason: string): void {
     result.dropped++
     result.droppedByReason[reason] = (result.droppedByReason[reason] ?? 0) + 1
     ctx.log('error', `Dropped queued event ${uuid ?? '(unreadable)'}: ${reason}.`)
 }
 
-async function drainBatch(
+/**
+ * Records a verdict, then removes the entry. A retry is pushed back (one attempt more) before the old
+ * entry goes, so a crash in between leaves two copies, never none. False: stop draining for now.
+ */
+async function settle(
     ctx: Context,
-    items: (QueuedDelivery | null)[],
+    cache: CacheExtension,
+    { raw, item }: Entry,
+    verdict: Verdict,
     result: DrainResult
-): Promise<QueuedDelivery[]> {
-    const requeue: QueuedDelivery[] = []
-    for (let i = 0; i < items.length; i += QUEUE_CONCURRENCY) {
-        const chunk = items.slice(i, i + QUEUE_CONCURRENCY)
-        const verdicts = await Promise.all(chunk.map((item) => retryQueued(ctx, item)))
-        chunk.forEach((item, j) => {
-            const verdict = verdicts[j]
-            if (verdict.kind === 'delivered') {
-                result.delivered++
-            } else if (verdict.kind === 'drop') {
-                countDrop(ctx, result, item?.uuid, verdict.reason)
-            } else if (verdict.kind === 'backoff') {
-                requeue.push(item!) // not counted as an attempt: Intercom asked us to wait
-            } else if (mayRetry(item!)) {
-                requeue.push({ ...item!, attempts: item!.attempts + 1 })
-                result.retried++
-            } else {
-                countDrop(ctx, result, item?.uuid, `still failing after ${item!.attempts + 1} attempts`)
-            }
-        })
+): Promise<boolean> {
+    if (verdict.kind === 'backoff') return false // left in place, not an attempt: Intercom asked us to wait
+    if (verdict.kind === 'delivered') result.delivered++
+    if (verdict.kind === 'drop') countDrop(ctx, result, item?.uuid, verdict.reason)
+    if (verdict.kind === 'retry' && item && mayRetry(item)) {
+        const again = JSON.stringify({ ...item, attempts: item.attempts + 1 })
+        if ((await push(cache, CACHE_KEYS.queue, [again], false)) !== 'parked') return false
+        result.retried++
+    } else if (verdict.kind === 'retry') {
+        countDrop(ctx, result, item?.uuid, `still failing after ${(item?.attempts ?? 0) + 1} attempts`)
     }
-    return requeue
+    try {
+        await cache.lrem(CACHE_KEYS.queue, -1, raw) // from the tail, where the oldest entries are
+        return true
+    } catch {
+        return false
+    }
+}
+
+/** The oldest entries not yet taken in this run (LPUSH adds at the head, so they are at the tail). */
+async function oldestEntries(cache: CacheExtension, taken: Set<string>, max: number): Promise<Entry[]> {
+    let raws: string[]
+    try {
+        raws = await cache.lrange(CACHE_KEYS.queue, -QUEUE_BATCH, -1)
+    } catch {
+        return []
+    }
+    return raws
+        .reverse()
+        .filter((raw) => !taken.has(raw))
+        .slice(0, max)
+        .map((raw) => ({ raw, item: parseQueued(raw) }))
+}
+
+/** Delivers entries QUEUE_CONCURRENCY at a time. False: Intercom asked us to wait, or the cache failed. */
+async function drainEntries(
+    ctx: Context,
+    cache: CacheExtension,
+    entries: Entry[],
+    result: DrainResult
+): Promise<boolean> {
+    for (let i = 0; i < entries.length; i += QUEUE_CONCURRENCY) {
+        const chunk = entries.slice(i, i + QUEUE_CONCURRENCY)
+        const verdicts = await Promise.all(chunk.map((entry) => retryQueued(ctx, entry.item)))
+        let goOn = true
+        for (let j = 0; j < chunk.length; j++) {
+            goOn = (await settle(ctx, cache, chunk[j], verdicts[j], result)) && goOn
+        }
+        if (!goOn) return false
+    }
+    return true
+}
+
+/** Drains at most `maxItems` of what is waiting, within `budgetMs`, if no other worker is draining. */
+async function drainQueue(
+    ctx: Context,
+    cache: CacheExtension,
+    { maxItems, budgetMs }: { maxItems: number; budgetMs: number },
+    result: DrainResult
+): Promise<void> {
+    const lock = await takeDrainLock(cache)
+    if (!lock) return
+    try {
+        await adoptSetAside(ctx, cache)
+        const started = Date.now()
+        // What was waiting when the drain began: retries pushed back meanwhile wait for the next one.
+        const limit = Math.min(maxItems, await queueLength(cache))
+        const taken = new Set<string>()
+        while (taken.size < limit && Date.now() - started < budgetMs) {
+            if ((await rateLimitedUntil(ctx)) > Date.now()) break
+            const entries = await oldestEntries(cache, taken, Math.min(QUEUE_BATCH, limit - taken.size))
+            if (entries.length === 0) break
+            entries.forEach((entry) => taken.add(entry.raw))
+            if (!(await drainEntries(ctx, cache, entries, result))) break
+        }
+    } finally {
+        await releaseDrainLock(cache, lock)
+    }
+}
+
+function logDrain(ctx: Context, result: DrainResult): void {
+    if (result.delivered + result.retried + result.dropped > 0) {
+        ctx.log(
+            'info',
+            `Retry queue: ${result.delivered} delivered, ${result.retried} to retry, ${result.dropped} dropped, ${result.remaining} waiting.`
+        )
+    }
+}
+
+/** onEvent's share of the draining: a bounded batch, at most once a second per worker. */
+async function drainSome(ctx: Context): Promise<void> {
+    const cache = ctx.cache
+    if (!cache || Date.now() < ctx.global.nextDrainAt) return
+    ctx.global.nextDrainAt = Date.now() + EVENT_DRAIN_EVERY_MS
+    if ((await rateLimitedUntil(ctx)) > Date.now() || (await queueLength(cache)) === 0) return
+    const result = emptyDrain()
+    await drainQueue(ctx, cache, { maxItems: EVENT_DRAIN_ITEMS, budgetMs: EVENT_DRAIN_BUDGET_MS }, result)
+    if (result.delivered + result.retried + result.dropped > 0) {
+        result.remaining = await queueLength(cache)
+        logDrain(ctx, result)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1445,6 +1626,13 @@ async function checkToken(ctx: Context): Promise<void> {
     }
 }
 
+/** PostHog's current executor runs plugins as plain modules, with timers; its sandbox had none. */
+function sleeper(): Global['sleep'] {
+    // eslint-disable-next-line no-restricted-globals -- probed here, never assumed: absent in the sandbox
+    const timer = typeof setTimeout === 'function' ? setTimeout : null
+    return timer ? (ms) => new Promise((resolve) => timer(resolve, ms)) : null
+}
+
 export async function setupPlugin(meta: PluginMeta): Promise<void> {
     meta.global.settings = parseConfig(meta.config)
     meta.global.localCache = new LocalCache(LOCAL_CACHE_MAX_ENTRIES)
@@ -1452,6 +1640,9 @@ export async function setupPlugin(meta: PluginMeta): Promise<void> {
     meta.global.inflight = new Map()
     meta.global.logged = new Set()
     meta.global.lastLogged = new Map()
+    meta.global.sleep = sleeper()
+    meta.global.nextDrainAt = 0
+    meta.global.adoptedSetAside = false
     await checkToken(context(meta))
 }
 
@@ -1509,9 +1700,28 @@ export function planWork(event: ProcessedPluginEvent, settings: Settings): Work 
     }
 }
 
-/** Sends one event. Resolves with what happened; throws RetryError (transient) or Error (permanent). */
+/**
+ * Sends one event, then lets the retry queue catch up a little. Resolves with what happened; throws
+ * RetryError (transient, and not parked) or Error (permanent).
+ */
 export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
     const ctx = context(meta)
+    let outcome: Outcome
+    try {
+        outcome = await handleEvent(ctx, event, meta)
+    } catch (error) {
+        if (!(error instanceof TestFunctionRun)) throw error
+        ctx.log('info', `Test run of event ${eventLabel(event)}: ${TEST_RUN_NOTE}.`)
+        return { status: 'skipped', reason: 'test run' }
+    }
+    if (outcome.status !== 'queued') await drainSome(ctx)
+    return outcome
+}
+
+const TEST_RUN_NOTE =
+    "PostHog's test function answers POST requests itself, so nothing was sent to Intercom; the API key was checked with GET /me when the plugin started, and real events are delivered"
+
+async function handleEvent(ctx: Context, event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
     const echo = typeof event.event === 'string' && event.event.startsWith(ECHO_PREFIX)
     const work = echo ? null : planWork(event, ctx.settings)
     const needsEmail = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
@@ -1612,16 +1822,19 @@ async function handleFailure(
         attempts: 1,
         queuedAt: Date.now(),
     }
-    if (ctx.cache && (await enqueue(ctx.cache, [item]))) {
+    const parked = ctx.cache ? await push(ctx.cache, CACHE_KEYS.queue, [JSON.stringify(item)], true) : null
+    if (parked === 'parked') {
         if (notRecentlyLogged(ctx.global, `queued:${error.kind}`)) {
             ctx.log('info', `Queued event ${failed.uuid} for retry: ${error.message} (${QUIET_NOTE})`)
         }
         return { status: 'queued', reason: error.kind }
     }
-    if (notRecentlyLogged(ctx.global, `retry:${error.kind}`)) {
-        ctx.log('warn', `Event ${failed.uuid} not delivered yet: ${error.message} (${QUIET_NOTE})`)
+    // Not parked: only PostHog's own retries are left, and only some runtimes retry.
+    const why = parked ? ` The retry queue could not take it (${parked}).` : ''
+    if (notRecentlyLogged(ctx.global, `retry:${error.kind}:${parked}`)) {
+        ctx.log('warn', `Event ${failed.uuid} not delivered yet: ${error.message}.${why} (${QUIET_NOTE})`)
     }
-    throw new RetryError(`Intercom: ${error.message}`)
+    throw new RetryError(`Intercom: ${error.message}.${why}`)
 }
 
 /** The message PostHog shows the user: what was refused and what to do about it. */
@@ -1637,44 +1850,16 @@ function userFacingError(error: IntercomError, subject: string): Error {
     return new Error(`Intercom refused ${subject} and it will not be retried. ${error.message}${hint}`)
 }
 
-/** Drains the retry queue. Plugin-server runtimes only: PostHog's current executor has no cache. */
+/** Drains the retry queue (plugin-server runtimes up to February 2025; onEvent drains too). */
 export async function runEveryMinute(meta: PluginMeta): Promise<DrainResult> {
-    const result: DrainResult = { delivered: 0, retried: 0, dropped: 0, droppedByReason: {}, remaining: 0 }
+    const result = emptyDrain()
     const cache = meta.cache
     if (!cache || !meta.global.settings) {
         return result
     }
     const ctx = context(meta)
-    const started = Date.now()
-    // Retries set aside by a run that did not finish (its worker stopped) come back first.
-    await moveAll(cache, CACHE_KEYS.later, CACHE_KEYS.queue)
-    // Only what was waiting when this run began: retries wait aside until the next minute.
-    let left = await cache.llen(CACHE_KEYS.queue).catch(() => 0)
-    while (
-        left > 0 &&
-        Date.now() - started < QUEUE_DRAIN_BUDGET_MS &&
-        (await rateLimitedUntil(ctx)) <= Date.now()
-    ) {
-        const batch = await cache
-            .lpop(CACHE_KEYS.queue, Math.min(QUEUE_BATCH, left))
-            .catch(() => [] as string[])
-        if (!batch || batch.length === 0) break
-        left -= batch.length
-        // Set aside in the cache at once: a worker stopping mid-run loses at most the batch in flight.
-        const requeue = await drainBatch(ctx, batch.map(parseQueued), result)
-        if (!(await enqueue(cache, requeue, CACHE_KEYS.later))) {
-            result.dropped += requeue.length
-            result.droppedByReason['retry queue unavailable'] = requeue.length
-            ctx.log('error', `Retry queue is unavailable: dropped ${requeue.length} events.`)
-        }
-    }
-    await moveAll(cache, CACHE_KEYS.later, CACHE_KEYS.queue)
-    result.remaining = await cache.llen(CACHE_KEYS.queue).catch(() => 0)
-    if (result.delivered + result.retried + result.dropped > 0) {
-        ctx.log(
-            'info',
-            `Retry queue: ${result.delivered} delivered, ${result.retried} to retry, ${result.dropped} dropped, ${result.remaining} waiting.`
-        )
-    }
+    await drainQueue(ctx, cache, { maxItems: QUEUE_MAX_LENGTH, budgetMs: QUEUE_DRAIN_BUDGET_MS }, result)
+    result.remaining = await queueLength(cache)
+    logDrain(ctx, result)
     return result
 }

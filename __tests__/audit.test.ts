@@ -157,8 +157,9 @@ describe('the audit is not blind: deliberately broken copies of index.ts are cau
     }, 60_000)
 
     test('a plugin that says "queued" but queues nothing is caught losing events', async () => {
-        const enqueue = 'if (ctx.cache && (await enqueue(ctx.cache, [item]))) {'
-        const pluginFile = mutant('forgets-queue', enqueue, 'if (ctx.cache) {')
+        const enqueue =
+            'ctx.cache ? await push(ctx.cache, CACHE_KEYS.queue, [JSON.stringify(item)], true) : null'
+        const pluginFile = mutant('forgets-queue', enqueue, "ctx.cache ? 'parked' : null")
         const burst = SCENARIOS.find((s) => s.name === '5xx-burst')!
         const result = await runScenario(burst, runtime, { events: 30, pluginFile })
         expect(result.lost).toBeGreaterThan(0)

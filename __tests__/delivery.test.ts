@@ -243,23 +243,53 @@ describe('contact cache', () => {
     })
 })
 
+/** PostHog's current executor: no cache, timers. The waits are recorded instead of slept. */
+async function executorSetup(): Promise<{
+    meta: Awaited<ReturnType<typeof setup>>['meta']
+    waits: number[]
+}> {
+    const { meta } = await setup()
+    const waits: number[] = []
+    meta.global.sleep = async (ms) => void waits.push(ms)
+    return { meta, waits }
+}
+
+/** No cache and no timers: a sandboxed runtime whose Redis is missing. */
+async function sandboxSetup(): Promise<Awaited<ReturnType<typeof setup>>> {
+    const made = await setup()
+    made.meta.global.sleep = null
+    return made
+}
+
 describe('failures without a cache (PostHog current executor): RetryError or a clear error', () => {
     test.each([408, 423, 500, 502, 503, 504])(
-        '%i twice → one immediate retry, then RetryError',
+        '%i three times → tried again in place after 1 s and 2 s, then RetryError',
         async (status) => {
-            const { meta } = await setup()
+            const { meta, waits } = await executorSetup()
+            expectSearch(EMAIL, [contact('c1')])
+            nock(US).post('/events').times(3).reply(status, errorBody('server_error', 'boom'))
+            await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
+            expect(waits).toEqual([1000, 2000])
+        }
+    )
+
+    test.each([500, 503])(
+        'without timers, %i twice → one immediate retry, then RetryError',
+        async (status) => {
+            const { meta } = await sandboxSetup()
             expectSearch(EMAIL, [contact('c1')])
             nock(US).post('/events').twice().reply(status, errorBody('server_error', 'boom'))
             await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
         }
     )
 
-    test('a single 503 is retried at once and delivered', async () => {
-        const { meta } = await setup()
+    test('a single 503 is retried in place and delivered', async () => {
+        const { meta, waits } = await executorSetup()
         expectSearch(EMAIL, [contact('c1')])
         nock(US).post('/events').reply(503, errorBody('service_unavailable', 'down'))
         expectEvent(event())
         await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+        expect(waits).toEqual([1000])
     })
 
     test.each<[number, RegExp]>([
@@ -308,16 +338,47 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         expect(calls).toBe(1)
     })
 
-    test('a recent event of an unknown email → RetryError (Intercom search lags new contacts)', async () => {
+    test('a recent event of an unknown email is skipped: PostHog retries seconds apart, which cannot outwait the search lag', async () => {
         const { meta } = await setup()
         expectSearch(EMAIL, [])
-        await expect(onEvent(makeEvent({ timestamp: recent() }), meta)).rejects.toThrow(
-            /search lags new contacts/
-        )
+        await expect(onEvent(makeEvent({ timestamp: recent() }), meta)).resolves.toEqual({
+            status: 'skipped',
+            reason: 'no Intercom contact',
+        })
     })
 
-    test('429: back off until X-RateLimit-Reset without calling Intercom, then resume', async () => {
-        const { meta } = await setup()
+    test('429: the reset is waited out in place, then the event is sent; the next event waits too', async () => {
+        const { meta, waits } = await executorSetup()
+        const reset = Math.floor(Date.now() / 1000) + 5
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US)
+            .post('/events')
+            .reply(429, errorBody('rate_limit_exceeded', 'Exceeded rate limit'), {
+                'X-RateLimit-Reset': String(reset),
+            })
+        expectEvent(event())
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+        expectEvent(event())
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+        expect(waits).toHaveLength(2)
+        for (const wait of waits) expect(wait).toBeGreaterThan(3000)
+        for (const wait of waits) expect(wait).toBeLessThanOrEqual(5000)
+    })
+
+    test('429 with a reset beyond the 12 s bound → RetryError at once, no second call', async () => {
+        const { meta, waits } = await executorSetup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US)
+            .post('/events')
+            .reply(429, errorBody('rate_limit_exceeded', 'Exceeded rate limit'), {
+                'X-RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 40),
+            })
+        await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/RetryError|backing off/)
+        expect(waits).toEqual([])
+    })
+
+    test('without timers, 429: back off until X-RateLimit-Reset without calling Intercom, then resume', async () => {
+        const { meta } = await sandboxSetup()
         const reset = Math.floor(Date.now() / 1000) + 5
         expectSearch(EMAIL, [contact('c1')])
         nock(US)
@@ -336,8 +397,23 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         jest.restoreAllMocks()
     })
 
-    test('a spent window (X-RateLimit-Remaining: 0) backs off before a 429 comes', async () => {
-        const { meta } = await setup()
+    test('a spent window (X-RateLimit-Remaining: 0): the next event waits for the reset, with no 429', async () => {
+        const { meta, waits } = await executorSetup()
+        expectSearch(EMAIL, [contact('c1')])
+        nock(US)
+            .post('/events')
+            .reply(202, '', {
+                'X-RateLimit-Remaining': '0',
+                'X-RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 8),
+            })
+        await onEvent(makeEvent(), meta)
+        expectEvent(event())
+        await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
+        expect(waits).toHaveLength(1)
+    })
+
+    test('without timers, a spent window (X-RateLimit-Remaining: 0) backs off before a 429 comes', async () => {
+        const { meta } = await sandboxSetup()
         expectSearch(EMAIL, [contact('c1')])
         nock(US)
             .post('/events')
@@ -376,7 +452,7 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
             plain(200, { type: 'list', data: [contact('c1')] }),
             plain(429, errorBody('rate_limit_exceeded', 'slow down'), { 'x-ratelimit-reset': String(reset) }),
         ]
-        const { meta } = await setup()
+        const { meta } = await sandboxSetup()
         meta.fetch = async () => replies.shift()!
         await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
         expect(meta.global.backoffUntil).toBe(reset * 1000)
