@@ -397,8 +397,8 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         jest.restoreAllMocks()
     })
 
-    test('a spent window (X-RateLimit-Remaining: 0): the next event waits for the reset, with no 429', async () => {
-        const { meta, waits } = await executorSetup()
+    /** One event delivered with the window reported spent (X-RateLimit-Remaining: 0, reset in 8 s). */
+    async function spendWindow(meta: Awaited<ReturnType<typeof setup>>['meta']): Promise<void> {
         expectSearch(EMAIL, [contact('c1')])
         nock(US)
             .post('/events')
@@ -407,6 +407,11 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
                 'X-RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 8),
             })
         await onEvent(makeEvent(), meta)
+    }
+
+    test('a spent window (X-RateLimit-Remaining: 0): the next event waits for the reset, with no 429', async () => {
+        const { meta, waits } = await executorSetup()
+        await spendWindow(meta)
         expectEvent(event())
         await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
         expect(waits).toHaveLength(1)
@@ -414,14 +419,7 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
 
     test('without timers, a spent window (X-RateLimit-Remaining: 0) backs off before a 429 comes', async () => {
         const { meta } = await sandboxSetup()
-        expectSearch(EMAIL, [contact('c1')])
-        nock(US)
-            .post('/events')
-            .reply(202, '', {
-                'X-RateLimit-Remaining': '0',
-                'X-RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 8),
-            })
-        await onEvent(makeEvent(), meta)
+        await spendWindow(meta)
         await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/backing off/)
     })
 
