@@ -131,7 +131,7 @@ describe('contact and company sync, end to end (plugin-server runtime, shared ca
     const syncConfig = {
         ...config,
         triggeringEvents: 'signed_up',
-        contactSync: 'create or update contacts',
+        contactSync: 'on',
         personProperties: 'plan',
         createAttributes: 'Yes',
         createContacts: 'as lead',
@@ -154,8 +154,9 @@ describe('contact and company sync, end to end (plugin-server runtime, shared ca
         await harness.run([identify('i1')])
         const created = emulator.contacts().filter((c) => c.email === 'new@example.com')
         expect(created).toHaveLength(1)
+        // The role chosen for unknown people applies to contacts the sync creates too.
         expect(created[0]).toMatchObject({
-            role: 'user',
+            role: 'lead',
             name: 'Ada Lovelace',
             custom_attributes: { plan: 'pro' },
         })

@@ -16,7 +16,7 @@ import { makeEvent, OLD_UNIX, TOKEN } from './helpers'
 const settings = (extra = {}) =>
     parseConfig({ intercomApiKey: TOKEN, triggeringEvents: 'signed_up', ...extra })
 const listed = (fields: string) => settings({ metadataProperties: fields }).metadata
-const ALL = { all: true, fields: [] }
+const ALL = settings({ metadataProperties: '*' }).metadata
 
 describe('planWork: what an event asks for', () => {
     const sync = settings({ contactSync: 'update existing contacts', companyGroupType: 'company' })
