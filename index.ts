@@ -2022,10 +2022,12 @@ function userFacingError(error: IntercomError, subject: string, region: Region):
             `${apiKeyRejected(error.status, region)} Check "Intercom API key" in the plugin settings. ${error.message}`
         )
     }
-    const hint = /attribute/i.test(error.message)
-        ? ' Create the custom attribute in Intercom (Settings → Data → People or Companies) or set "Create missing custom attributes" to Yes.'
-        : ''
-    return new Error(`Intercom refused ${subject} and it will not be retried. ${error.message}${hint}`)
+    if (MISSING_ATTRIBUTE.test(error.message)) {
+        return new Error(
+            `Intercom refused ${subject} because a custom attribute does not exist, and it will not be retried. ${error.message}. Create the custom attribute in Intercom (Settings → Data → People or Companies) or set "Create missing custom attributes" to Yes.`
+        )
+    }
+    return new Error(`Intercom refused ${subject} and it will not be retried. ${error.message}`)
 }
 
 /** Drains the retry queue. Plugin-server runtimes only: PostHog's current executor has no cache. */
