@@ -3,7 +3,7 @@
  *
  * Loaded by PostHog as ONE file (Babel, then a sandbox): only @posthog/plugin-scaffold, node-fetch,
  * crypto and url may be imported, and there are no timers, no `process`, no AbortController.
- * Read top to bottom, this file follows an event: config → filter → email → contact → payload → send.
+ * Read top to bottom, this file follows an event: config → filter → person (email or external ID) → contact → payload → send.
  */
 import {
     CacheExtension,
@@ -229,7 +229,7 @@ export const LIST_FIELDS = {
     eventNameMapping: { label: 'Event name mapping', example: '$identify:identified,purchase:purchased' },
     personProperties: { label: 'Person properties to sync', example: 'plan:Plan name,seats' },
     companyProperties: { label: 'Company properties to sync', example: 'plan,employees:Employees' },
-} satisfies Record<string, FieldSpec>
+}
 
 function fieldError(field: FieldSpec, problem: string): ConfigError {
     return new ConfigError(
@@ -2003,7 +2003,6 @@ async function handleFailure(
     throw new RetryError(`Intercom: ${error.message}`)
 }
 
-/** The message PostHog shows the user: what was refused and what to do about it. */
 /**
  * A token works only against its own workspace's region: refused on the EU or AU host, the region is as
  * likely a cause as the key itself.
@@ -2016,6 +2015,7 @@ function apiKeyRejected(status: number | undefined, region: Region): string {
     return `Intercom rejected the API key (${status}) on ${REGION_HOSTS[region]}.${regionHint}`
 }
 
+/** The message PostHog shows the user: what was refused and what to do about it. */
 function userFacingError(error: IntercomError, subject: string, region: Region): Error {
     if (error.kind === 'auth') {
         return new Error(

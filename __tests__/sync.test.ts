@@ -125,13 +125,16 @@ describe('contact sync', () => {
         await expect(onEvent(identify({ plan: 'team' }), meta)).resolves.toMatchObject({ contact: 'updated' })
     })
 
-    test('"update existing contacts" never creates one', async () => {
-        const { meta } = await setup({ ...CREATE, contactSync: 'update existing contacts' })
-        expectSearch(EMAIL, [])
-        await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({
-            contact: 'no contact',
-        })
-    })
+    test.each(['on', 'update existing contacts'])(
+        '"%s" without "Create contacts for unknown people" never creates one',
+        async (contactSync) => {
+            const { meta } = await setup({ ...CREATE, contactSync })
+            expectSearch(EMAIL, [])
+            await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({
+                contact: 'no contact',
+            })
+        }
+    )
 
     test('"update existing contacts" with nothing mapped in the event: no call at all', async () => {
         const { meta } = await setup({ ...CREATE, contactSync: 'update existing contacts' })
@@ -281,14 +284,6 @@ describe('contact sync', () => {
             contact('l1', 'lead')
         )
         await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({ contact: 'created' })
-    })
-
-    test('"on" without creation only updates', async () => {
-        const { meta } = await setup({ ...CREATE, contactSync: 'on' })
-        expectSearch(EMAIL, [])
-        await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({
-            contact: 'no contact',
-        })
     })
 
     test('a 409 that names no contact id is retried later (search lag), not reported as permanent', async () => {
