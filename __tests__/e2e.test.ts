@@ -131,6 +131,20 @@ describe.each(modes)('%s runtime, matched by external ID', (mode) => {
     })
 })
 
+test('a key refused on the EU host: setup stops with a message naming the Region as a likely cause', async () => {
+    harness = await createHarness({
+        mode: 'plugin-server',
+        config: { ...config, intercomApiKey: 'a-token-of-another-region', region: 'EU' },
+        emulatorUrl: emulator.url,
+        minuteMs: 0,
+    })
+    const summary = await harness.run([event('r1', 'signed_up', { email: 'buyer@example.com' })])
+    expect(summary.setupFailures[0]).toMatch(
+        /Intercom rejected the API key \(401\) on https:\/\/api\.eu\.intercom\.io\. Likely cause: the Region/
+    )
+    expect(emulator.events()).toEqual([])
+})
+
 test('plugin-server: an event answered 429 is queued and delivered once after the window resets', async () => {
     harness = await createHarness({
         mode: 'plugin-server',
