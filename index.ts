@@ -3,7 +3,7 @@
  *
  * Loaded by PostHog as ONE file (Babel, then a sandbox): only @posthog/plugin-scaffold, node-fetch,
  * crypto and url may be imported, and there are no timers, no `process`, no AbortController.
- * Read top to bottom, this file follows an event: config → filter → email → contact → payload → send.
+ * Read top to bottom, this file follows an event: config → filter → person (email or external ID) → contact → payload → send.
  */
 import {
     CacheExtension,
@@ -82,15 +82,20 @@ const CACHE_KEYS = {
 export interface PluginConfig {
     intercomApiKey?: string
     region?: string
-    /** Kept from PostHog's original Intercom app: `Yes` means the EU region. */
+    /** Kept from PostHog's original Intercom app: `Yes` (or `True`, as its first version saved it) means EU. */
     useEuropeanDataStorage?: string
     triggeringEvents?: string
+    contactIdentifier?: string
     emailProperty?: string
     ignoredEmailDomains?: string
     metadataProperties?: string
+    revenueProperties?: string
+    currencyProperty?: string
+    defaultCurrency?: string
     eventNameMapping?: string
     contactSync?: string
     personProperties?: string
+    updateLastSeen?: string
     externalId?: string
     externalIdProperty?: string
     createAttributes?: string
@@ -104,27 +109,43 @@ export interface Rename {
     to: string
 }
 
+/** Which identifier finds a person's Intercom contact. */
+export type IdentifierChoice = 'email' | 'external_id' | 'external_id_else_email'
+
+/** How revenue becomes Intercom's monetary amount. */
+export interface MoneySettings {
+    revenueKeys: string[]
+    currencyKey: string
+    /** Lower-case ISO code used when the event has no currency; null: such revenue stays a number. */
+    defaultCurrency: string | null
+}
+
 export interface Settings {
     token: string
     region: Region
     baseUrl: string
     triggeringEvents: Set<string>
     eventNames: Map<string, string>
+    identifier: IdentifierChoice
     emailProperty: string
     ignoredDomains: string[]
     /** `all`: every non-`$` property but the email, in the event's order; else the listed ones, in that order. */
-    metadata: { all: boolean; fields: Rename[]; exclude?: string }
+    metadata: { all: boolean; fields: Rename[]; exclude?: string; money: MoneySettings }
     sync: SyncSettings
 }
 
 export interface SyncSettings {
     contacts: 'off' | 'update' | 'create'
-    /** `$set` properties sent as custom attributes, renamed `from:to`. */
-    attributes: Rename[]
+    /** Person properties sent as custom attributes, renamed `from:to`; `all`: every non-`$` one. */
+    attributes: Rename[] | 'all'
+    /** Set a synced contact's last_seen_at from the event time. */
+    lastSeen: boolean
     externalId: { source: 'none' | 'distinct_id' | 'property'; property: string }
     createAttributes: boolean
-    /** Create a contact when an event's email is unknown to Intercom. */
+    /** Create a contact when an event's person is unknown to Intercom. */
     createContacts: 'off' | 'lead' | 'user'
+    /** The role of contacts created by the sync: the one chosen for unknown people, else user. */
+    createRole: 'user' | 'lead'
     company: { groupType: string; attributes: Rename[] } | null
 }
 
@@ -173,7 +194,8 @@ export interface PluginMeta {
     person?: { properties?: Properties } | null
 }
 
-export type MetadataValue = string | number | { amount: number; currency: string }
+export type MetadataValue =
+    string | number | { amount: number; currency: string } | { url: string; value: string }
 export type Metadata = Record<string, MetadataValue>
 
 export interface EventDraft {
@@ -181,8 +203,14 @@ export interface EventDraft {
     created_at: number
     metadata: Metadata
 }
-/** POST /events with the contact `id`: the one identifier that works for users and leads alike. */
-export type EventPayload = EventDraft & { id: string }
+/**
+ * POST /events with the contact `id` (the one identifier that works for leads too), or with `user_id`
+ * (the external ID) for a user not yet looked up.
+ */
+export type EventPayload = EventDraft & ({ id: string } | { user_id: string })
+
+/** A person as Intercom knows them: by email, or by external ID (`external_id`, `user_id` in events). */
+export type Identity = { kind: 'email'; value: string } | { kind: 'user_id'; value: string }
 
 /** What onEvent resolves to. PostHog ignores it; the local tools count it. */
 export interface Outcome {
@@ -208,38 +236,90 @@ export interface DrainResult {
 
 export class ConfigError extends Error {}
 
-export function splitList(value: string | undefined): string[] {
-    return (value ?? '')
+/** A text field of the form and the example its hint shows: a parse error quotes that same example. */
+export interface FieldSpec {
+    label: string
+    example: string
+}
+
+export const LIST_FIELDS = {
+    triggeringEvents: { label: 'Triggering events', example: '$identify,signed_up' },
+    ignoredEmailDomains: { label: 'Ignored email domains', example: 'posthog.com,example.com' },
+    metadataProperties: { label: 'Event properties to send', example: 'plan,$current_url:url,revenue' },
+    revenueProperties: { label: 'Revenue properties', example: 'revenue,price' },
+    eventNameMapping: { label: 'Event name mapping', example: '$identify:identified,purchase:purchased' },
+    personProperties: { label: 'Person properties to sync', example: 'plan:Plan name,seats' },
+    companyProperties: { label: 'Company properties to sync', example: 'plan,employees:Employees' },
+}
+
+function fieldError(field: FieldSpec, problem: string): ConfigError {
+    return new ConfigError(
+        `${field.label}: ${problem}. Write it as a comma-separated list, e.g. "${field.example}".`
+    )
+}
+
+/** `["a","b"]` or `{"a":"b"}`, but not an event name such as `[Intercom] event.created`. */
+function looksLikeJson(text: string): boolean {
+    if (/^(\[\s*"|\{\s*")/.test(text)) return true
+    try {
+        return typeof JSON.parse(text) === 'object' && /^[[{]/.test(text)
+    } catch {
+        return false
+    }
+}
+
+/**
+ * Comma-separated items, trimmed, empty ones dropped. JSON and one item a line are refused rather than
+ * read as one odd item: PostHog stores the text exactly as typed.
+ */
+export function splitList(value: string | undefined, field: FieldSpec): string[] {
+    const text = (value ?? '').trim()
+    if (looksLikeJson(text)) throw fieldError(field, 'this looks like JSON')
+    if (/[\r\n]/.test(text)) throw fieldError(field, 'the items are on separate lines')
+    return text
         .split(',')
         .map((item) => item.trim())
         .filter((item) => item.length > 0)
 }
 
-/** `a:b` pairs; a bare `a` maps to itself when `allowBare`. */
-export function parsePairs(value: string | undefined, field: string, allowBare: boolean): Rename[] {
-    return splitList(value).map((item) => {
-        const colon = item.lastIndexOf(':')
-        if (colon === -1 && allowBare) {
+/** `a:b` pairs: exactly one `:`, both sides filled; a bare `a` maps to itself when `allowBare`. */
+export function parsePairs(value: string | undefined, field: FieldSpec, allowBare: boolean): Rename[] {
+    return splitList(value, field).map((item) => {
+        const sides = item.split(':').map((side) => side.trim())
+        if (sides.length === 1 && allowBare) {
             return { from: item, to: item }
         }
-        const from = item.slice(0, colon).trim()
-        const to = item.slice(colon + 1).trim()
-        if (colon === -1 || !from || !to) {
-            throw new ConfigError(
-                `${field}: "${item}" is not of the form from:to (e.g. $identify:identified).`
-            )
+        if (sides.length !== 2 || !sides[0] || !sides[1]) {
+            const why =
+                sides.length > 2 ? 'more than one ":"' : sides.length === 1 ? 'no ":"' : 'an empty side'
+            throw fieldError(field, `"${item}" is not of the form from:to (it has ${why})`)
         }
-        return { from, to }
+        return { from: sides[0], to: sides[1] }
     })
 }
+
+/** Domains only: an email or a URL here would silently match nobody. */
+export function parseDomains(value: string | undefined): string[] {
+    const field = LIST_FIELDS.ignoredEmailDomains
+    return splitList(value, field).map((item) => {
+        // The item is not quoted: it may be someone's email.
+        if (item.includes('@')) throw fieldError(field, 'an item contains "@" (give the domain alone)')
+        if (/[/\s]/.test(item))
+            throw fieldError(field, 'an item is a URL or contains spaces (give the domain alone)')
+        return item.toLowerCase().replace(/^\.+/, '')
+    })
+}
+
+/** The original app's switch: its first version saved `True`/`False`, later ones `Yes`/`No`. */
+const LEGACY_EU = new Set(['yes', 'true'])
 
 export function parseRegion(region: string | undefined, legacyEurope: string | undefined): Region {
     const chosen = (region ?? '').trim().toUpperCase()
     if (chosen && !(chosen in REGION_HOSTS)) {
         throw new ConfigError(`Region must be US, EU or AU, not "${region}".`)
     }
-    // Installs of the original app only had this Yes/No switch; Region defaults to US in the form.
-    const legacyEu = ['yes', 'true'].includes((legacyEurope ?? '').trim().toLowerCase())
+    // Installs of the original app only had this switch; Region defaults to US in the form.
+    const legacyEu = LEGACY_EU.has((legacyEurope ?? '').trim().toLowerCase())
     if (legacyEu && (chosen === '' || chosen === 'US')) {
         return 'EU'
     }
@@ -263,11 +343,33 @@ function parseChoice<T>(
 
 const YES_NO = { yes: true, no: false, true: true, false: false } as const
 
+/** `EUR` → `eur`; empty → null (revenue without a currency stays a number). */
+export function parseCurrency(value: string | undefined): string | null {
+    const code = (value ?? '').trim()
+    if (!code) return null
+    if (!/^[A-Za-z]{3}$/.test(code)) {
+        throw new ConfigError(`Default currency: "${code}" is not a 3-letter ISO currency code, e.g. "EUR".`)
+    }
+    return code.toLowerCase()
+}
+
 export function parseSync(config: PluginConfig): SyncSettings {
-    const contacts = parseChoice(
+    // `update existing contacts`/`create or update contacts`: this plugin's earlier labels, still understood.
+    const contactSync = parseChoice(
         config.contactSync,
         'Contact sync',
-        { off: 'off', 'update existing contacts': 'update', 'create or update contacts': 'create' } as const,
+        {
+            off: 'off',
+            on: 'on',
+            'update existing contacts': 'update',
+            'create or update contacts': 'create',
+        } as const,
+        'off'
+    )
+    const createContacts = parseChoice(
+        config.createContacts,
+        'Create contacts for unknown people',
+        { off: 'off', 'as lead': 'lead', 'as user': 'user' } as const,
         'off'
     )
     const source = parseChoice(
@@ -279,13 +381,15 @@ export function parseSync(config: PluginConfig): SyncSettings {
     const property = (config.externalIdProperty ?? '').trim()
     if (source === 'property' && !property) {
         throw new ConfigError(
-            'External ID is set to "property": name the person property in "External ID property".'
+            'External ID is set to "property": name the property in "External ID property", e.g. "account_id".'
         )
     }
     const groupType = (config.companyGroupType ?? '').trim()
+    const personList = (config.personProperties ?? '').trim()
     return {
-        contacts,
-        attributes: parsePairs(config.personProperties, 'Person properties to sync', true),
+        contacts: contactSync === 'on' ? (createContacts === 'off' ? 'update' : 'create') : contactSync,
+        attributes: personList === '*' ? 'all' : parsePairs(personList, LIST_FIELDS.personProperties, true),
+        lastSeen: parseChoice(config.updateLastSeen, 'Update last seen', YES_NO, true),
         externalId: { source, property },
         createAttributes: parseChoice(
             config.createAttributes,
@@ -293,19 +397,34 @@ export function parseSync(config: PluginConfig): SyncSettings {
             YES_NO,
             false
         ),
-        createContacts: parseChoice(
-            config.createContacts,
-            'Create contacts for unknown emails',
-            { off: 'off', 'as lead': 'lead', 'as user': 'user' } as const,
-            'off'
-        ),
+        createContacts,
+        createRole: createContacts === 'off' ? 'user' : createContacts,
         company: groupType
             ? {
                   groupType,
-                  attributes: parsePairs(config.companyProperties, 'Company properties to sync', true),
+                  attributes: parsePairs(config.companyProperties, LIST_FIELDS.companyProperties, true),
               }
             : null,
     }
+}
+
+function parseIdentifier(config: PluginConfig, sync: SyncSettings): IdentifierChoice {
+    const identifier = parseChoice(
+        config.contactIdentifier,
+        'Match Intercom contacts by',
+        {
+            email: 'email',
+            'external id': 'external_id',
+            'external id, else email': 'external_id_else_email',
+        } as const,
+        'email'
+    )
+    if (identifier !== 'email' && sync.externalId.source === 'none') {
+        throw new ConfigError(
+            'Match Intercom contacts by is set to an external ID: set "External ID" to distinct_id or property.'
+        )
+    }
+    return identifier
 }
 
 export function parseConfig(config: PluginConfig): Settings {
@@ -320,41 +439,51 @@ export function parseConfig(config: PluginConfig): Settings {
             'Intercom API key contains spaces: paste the access token alone, without "Bearer".'
         )
     }
-    const triggeringEvents = new Set(splitList(config.triggeringEvents))
+    const sync = parseSync(config)
+    const triggeringEvents = new Set(splitList(config.triggeringEvents, LIST_FIELDS.triggeringEvents))
     // With contact or company sync on, an empty list is fine: only people and companies are synced.
-    const syncing =
-        (config.contactSync ?? 'off').trim().toLowerCase() !== 'off' ||
-        Boolean(config.companyGroupType?.trim())
-    if (triggeringEvents.size === 0 && !syncing) {
+    if (triggeringEvents.size === 0 && sync.contacts === 'off' && !sync.company) {
         throw new ConfigError(
-            'Triggering events is empty: list the PostHog events to send, e.g. "$identify,signed_up".'
+            `Triggering events is empty: list the PostHog events to send, e.g. "${LIST_FIELDS.triggeringEvents.example}".`
         )
     }
     const region = parseRegion(config.region, config.useEuropeanDataStorage)
     const metadataList = (config.metadataProperties ?? '').trim()
     const emailProperty = (config.emailProperty ?? '').trim() || 'email'
+    const money: MoneySettings = {
+        // Missing (an install from before these fields) means the defaults; an emptied field means none.
+        revenueKeys: splitList(config.revenueProperties ?? 'revenue,price', LIST_FIELDS.revenueProperties),
+        currencyKey: (config.currencyProperty ?? '').trim() || 'currency',
+        defaultCurrency: parseCurrency(config.defaultCurrency),
+    }
     return {
         token,
         region,
         baseUrl: REGION_HOSTS[region],
         triggeringEvents,
         eventNames: new Map(
-            parsePairs(config.eventNameMapping, 'Event name mapping', false).map((r) => [r.from, r.to])
+            parsePairs(config.eventNameMapping, LIST_FIELDS.eventNameMapping, false).map((r) => [
+                r.from,
+                r.to,
+            ])
         ),
+        identifier: parseIdentifier(config, sync),
         emailProperty,
-        ignoredDomains: splitList(config.ignoredEmailDomains).map((d) =>
-            d.toLowerCase().replace(/^[@.]+/, '')
-        ),
+        ignoredDomains: parseDomains(config.ignoredEmailDomains),
         metadata:
             metadataList === '*'
-                ? { all: true, fields: [], exclude: emailProperty } // Intercom has the email already
-                : { all: false, fields: parsePairs(metadataList, 'Event properties to send', true) },
-        sync: parseSync(config),
+                ? { all: true, fields: [], exclude: emailProperty, money } // Intercom has the email already
+                : {
+                      all: false,
+                      fields: parsePairs(metadataList, LIST_FIELDS.metadataProperties, true),
+                      money,
+                  },
+        sync,
     }
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Filtering and email
+// Filtering and identity: who the event is about, by email or by external ID
 // ---------------------------------------------------------------------------------------------------
 
 /** Local part without spaces or `@`; a domain of letters/digits/hyphens with a 2+ letter TLD. */
@@ -373,23 +502,26 @@ function propertyOf(source: unknown, key: string): unknown {
     return source !== null && typeof source === 'object' ? (source as Properties)[key] : undefined
 }
 
-/** Looks in the places an email can be, in order; an invalid value in one does not stop the search. */
-export function findEmail(
-    event: ProcessedPluginEvent,
-    person: PluginMeta['person'],
-    key: string
-): string | null {
+/** Where a person's value can be, in order: the event property, `$set`, `$set_once`, the person. */
+function personValues(event: ProcessedPluginEvent, person: PluginMeta['person'], key: string): unknown[] {
     const props = event.properties ?? {}
-    const candidates = [
+    return [
         props[key],
         propertyOf(event.$set, key),
         propertyOf(props.$set, key),
         propertyOf(event.$set_once, key),
         propertyOf(props.$set_once, key),
         propertyOf(person?.properties, key),
-        event.distinct_id,
     ]
-    for (const candidate of candidates) {
+}
+
+/** Looks in the places an email can be, then the distinct ID; an invalid value in one does not stop the search. */
+export function findEmail(
+    event: ProcessedPluginEvent,
+    person: PluginMeta['person'],
+    key: string
+): string | null {
+    for (const candidate of [...personValues(event, person, key), event.distinct_id]) {
         const email = normalizeEmail(candidate)
         if (email) {
             return email
@@ -398,10 +530,89 @@ export function findEmail(
     return null
 }
 
+/** PostHog's anonymous ids are device ids: they must not become Intercom external ids. */
+function isAnonymousId(event: ProcessedPluginEvent): boolean {
+    const props = event.properties ?? {}
+    if (event.event === '$identify') return false
+    return (
+        props.$is_identified === false ||
+        props.$device_id === event.distinct_id ||
+        props.$anon_distinct_id === event.distinct_id
+    )
+}
+
+function externalIdValue(raw: unknown): string | null {
+    return (typeof raw === 'string' && raw.trim()) || (typeof raw === 'number' && Number.isFinite(raw))
+        ? truncate(String(raw).trim())
+        : null
+}
+
+/** Intercom's external ID of the person: a non-anonymous distinct ID, or the chosen property. */
+export function findExternalId(
+    event: ProcessedPluginEvent,
+    person: PluginMeta['person'],
+    externalId: SyncSettings['externalId']
+): string | null {
+    if (externalId.source === 'none') return null
+    if (externalId.source === 'distinct_id') {
+        return isAnonymousId(event) ? null : externalIdValue(event.distinct_id)
+    }
+    for (const candidate of personValues(event, person, externalId.property)) {
+        const value = externalIdValue(candidate)
+        if (value) return value
+    }
+    return null
+}
+
 /** `example.com` also ignores `mail.example.com`; emails arrive lower-cased. */
 export function isIgnoredDomain(email: string, ignoredDomains: string[]): boolean {
     const domain = email.slice(email.lastIndexOf('@') + 1)
     return ignoredDomains.some((ignored) => domain === ignored || domain.endsWith(`.${ignored}`))
+}
+
+/** The person an event is about: how Intercom finds them, and their email when known. */
+export type Person = { identity: Identity; email: string | null } | { skip: string }
+
+const NO_IDENTIFIER: Record<IdentifierChoice, string> = {
+    email: 'no valid email',
+    external_id: 'no external ID',
+    external_id_else_email: 'no external ID nor valid email',
+}
+
+/** By the configured identifier; people of ignored domains are never sent, whatever identifies them. */
+export function findPerson(
+    event: ProcessedPluginEvent,
+    person: PluginMeta['person'],
+    settings: Settings
+): Person {
+    const email = findEmail(event, person, settings.emailProperty)
+    if (email && isIgnoredDomain(email, settings.ignoredDomains)) {
+        return { skip: 'ignored email domain' }
+    }
+    const externalId =
+        settings.identifier === 'email' ? null : findExternalId(event, person, settings.sync.externalId)
+    if (externalId) {
+        return { identity: { kind: 'user_id', value: externalId }, email }
+    }
+    if (email && settings.identifier !== 'external_id') {
+        return { identity: { kind: 'email', value: email }, email }
+    }
+    return { skip: NO_IDENTIFIER[settings.identifier] }
+}
+
+/**
+ * An identity as one string, for cache keys and the retry queue: the email itself (as before external
+ * IDs existed, so cached lookups and queued items stay valid), or `user_id:<id>`. Emails hold no `:`.
+ */
+export function identityText(identity: Identity): string {
+    return identity.kind === 'email' ? identity.value : `user_id:${identity.value}`
+}
+
+export function identityFromText(text: string | null): Identity | null {
+    if (text === null) return null
+    return text.startsWith('user_id:')
+        ? { kind: 'user_id', value: text.slice('user_id:'.length) }
+        : { kind: 'email', value: text }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -454,18 +665,70 @@ const CURRENCY_EXPONENTS: Record<string, number> = {
     xaf: 0, xof: 0, xpf: 0, bhd: 3, iqd: 3, jod: 3, kwd: 3, lyd: 3, omr: 3, tnd: 3,
 } // prettier-ignore
 
-/** `revenue`/`price` with a `currency` → Intercom's monetary amount, in minor units, rounded. */
-export function monetaryAmount(value: unknown, currency: unknown): MetadataValue | undefined {
-    const amount = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
-    if (typeof amount !== 'number' || !Number.isFinite(amount) || typeof currency !== 'string') {
-        return undefined
-    }
-    const code = currency.trim().toLowerCase()
-    if (!/^[a-z]{3}$/.test(code)) {
+/**
+ * Revenue with a currency → Intercom's monetary amount, in minor units, rounded. Intercom documents a
+ * positive integer: 0 or less is sent as a plain number, and a value that is not a number is left alone.
+ */
+export function revenueValue(value: unknown, currency: unknown): MetadataValue | undefined {
+    const amount = finiteNumber(value)
+    const code = currencyCode(currency)
+    if (amount === null || code === null) {
         return undefined
     }
     const minor = Math.round(amount * 10 ** (CURRENCY_EXPONENTS[code] ?? 2))
+    if (minor <= 0) {
+        return amount
+    }
     return Number.isSafeInteger(minor) ? { amount: minor, currency: code } : undefined
+}
+
+/** A number, or a numeric string, that is finite; else null. */
+function finiteNumber(value: unknown): number | null {
+    const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+    return typeof number === 'number' && Number.isFinite(number) ? number : null
+}
+
+/** A 3-letter ISO code, lower-cased as Intercom shows it; else null. */
+function currencyCode(currency: unknown): string | null {
+    const code = typeof currency === 'string' ? currency.trim().toLowerCase() : ''
+    return /^[a-z]{3}$/.test(code) ? code : null
+}
+
+function hasExactKeys(value: object, keys: string[]): boolean {
+    const own = Object.keys(value)
+    return own.length === keys.length && keys.every((key) => own.includes(key))
+}
+
+function isHttpUrl(text: unknown): text is string {
+    if (typeof text !== 'string' || text.length > 2048) return false
+    try {
+        return ['http:', 'https:'].includes(new URL(text).protocol)
+    } catch {
+        return false
+    }
+}
+
+/**
+ * A value already shaped as one of Intercom's object types, validated: `{amount, currency}` (amount in
+ * minor units) or `{url, value}`. Null: that shape but invalid, so dropped. Undefined: another object.
+ */
+export function shapedValue(value: object): MetadataValue | null | undefined {
+    if (hasExactKeys(value, ['amount', 'currency'])) {
+        const { amount, currency } = value as { amount: unknown; currency: unknown }
+        const minor = finiteNumber(amount)
+        const code = currencyCode(currency)
+        if (minor === null || code === null) return null
+        // Already in minor units: rounded only; 0 or less is a plain number, as for revenue.
+        if (Math.round(minor) <= 0) return minor
+        return Number.isSafeInteger(Math.round(minor)) ? { amount: Math.round(minor), currency: code } : null
+    }
+    if (hasExactKeys(value, ['url', 'value'])) {
+        const { url, value: label } = value as { url: unknown; value: unknown }
+        return isHttpUrl(url) && typeof label === 'string' && label.trim()
+            ? { url, value: truncate(label) }
+            : null
+    }
+    return undefined
 }
 
 function compactJson(value: object): string | undefined {
@@ -490,14 +753,15 @@ export function metadataValue(key: string, value: unknown): MetadataValue | unde
             return Number.isFinite(value) ? value : undefined
         case 'boolean':
             return String(value)
-        case 'object':
-            return value === null ? undefined : compactJson(value)
+        case 'object': {
+            if (value === null) return undefined
+            const shaped = Array.isArray(value) ? undefined : shapedValue(value)
+            return shaped === undefined ? compactJson(value) : (shaped ?? undefined)
+        }
         default:
             return undefined
     }
 }
-
-const MONEY_KEYS = new Set(['revenue', 'price'])
 
 function* metadataSources(properties: Properties, spec: Settings['metadata']): Generator<Rename> {
     if (!spec.all) {
@@ -513,20 +777,24 @@ function* metadataSources(properties: Properties, spec: Settings['metadata']): G
 
 /** Flat metadata, at most 10 keys in the configured order; a new object, inputs untouched. */
 export function buildMetadata(properties: Properties, spec: Settings['metadata']): Metadata {
+    const { revenueKeys, currencyKey, defaultCurrency } = spec.money
+    const currency = properties[currencyKey] ?? defaultCurrency
+    const revenue = (key: string) =>
+        revenueKeys.includes(key) && Object.prototype.hasOwnProperty.call(properties, key)
+            ? revenueValue(properties[key], currency)
+            : undefined
+    const hasMoney = revenueKeys.some((key) => typeof revenue(key) === 'object')
     const entries: [string, MetadataValue][] = []
     const seen = new Set<string>()
-    const money = monetaryAmount(properties.revenue ?? properties.price, properties.currency)
     for (const { from, to } of metadataSources(properties, spec)) {
         const key = cleanKey(to)
         if (!key || seen.has(key) || !Object.prototype.hasOwnProperty.call(properties, from)) {
             continue
         }
-        if (spec.all && from === 'currency' && money) {
+        if (spec.all && from === currencyKey && hasMoney) {
             continue // carried by the monetary amount, and a key slot is precious
         }
-        const value =
-            MONEY_KEYS.has(from) && money ? monetaryAmount(properties[from], properties.currency) : undefined
-        const converted = value ?? metadataValue(key, properties[from])
+        const converted = revenue(from) ?? metadataValue(key, properties[from])
         if (converted === undefined) {
             continue
         }
@@ -606,8 +874,8 @@ function hashOf(text: string): string {
     return createHash('sha256').update(text).digest('hex').slice(0, 32)
 }
 
-function contactKey(email: string): string {
-    return `intercom:contact:${hashOf(email)}`
+function contactKey(identity: Identity): string {
+    return `intercom:contact:${hashOf(identityText(identity))}`
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -640,6 +908,20 @@ export function classifyStatus(status: number): FailureKind | 'ok' {
     if (status === 404) return 'not_found'
     if (status === 422) return 'invalid'
     return 'permanent'
+}
+
+/** Intercom's words for a custom attribute it does not have. */
+const MISSING_ATTRIBUTE =
+    /attribute\b.*\b(does not exist|doesn't exist|not found)|unknown (custom )?attribute/i
+
+/**
+ * The status policy, except that a 4xx whose message says a custom attribute does not exist is that
+ * (`invalid`), whatever the status, 401 included: not a bad API key, and not worth a retry.
+ */
+export function classifyResponse(status: number, body: unknown): FailureKind | 'ok' {
+    const kind = classifyStatus(status)
+    const clientError = kind === 'auth' || kind === 'not_found' || kind === 'permanent'
+    return clientError && MISSING_ATTRIBUTE.test(intercomMessage(body)) ? 'invalid' : kind
 }
 
 export function readHeader(headers: HttpResponse['headers'] | undefined, name: string): string | null {
@@ -802,7 +1084,7 @@ export async function callIntercom(
         await waitOutBackoff(ctx)
         const response = await send(ctx, method, path, body)
         const data = await readBody(response)
-        const kind = classifyStatus(response.status)
+        const kind = classifyResponse(response.status, data)
         const reset = readHeader(response.headers, 'x-ratelimit-reset')
         if (kind === 'rate_limited' || (kind === 'ok' && windowNearlySpent(response.headers))) {
             await rememberBackoff(ctx, backoffUntil(reset, Date.now()))
@@ -823,7 +1105,7 @@ export async function callIntercom(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Contact resolution: email → Intercom contact id, cached
+// Contact resolution: email or external ID → Intercom contact id, cached
 // ---------------------------------------------------------------------------------------------------
 
 interface ContactSummary {
@@ -842,23 +1124,27 @@ export function pickContact(contacts: unknown): string | null {
     return list[0]?.id ?? null
 }
 
-async function searchContact(ctx: Context, email: string): Promise<string | null> {
+async function searchContact(ctx: Context, identity: Identity): Promise<string | null> {
     const data = await callIntercom(ctx, 'POST', '/contacts/search', {
-        query: { field: 'email', operator: '=', value: email },
+        query: {
+            field: identity.kind === 'email' ? 'email' : 'external_id',
+            operator: '=',
+            value: identity.value,
+        },
         pagination: { per_page: 50 },
     })
     return pickContact(propertyOf(data, 'data'))
 }
 
-async function searchAndRemember(ctx: Context, email: string, key: string): Promise<string | null> {
-    const id = await searchContact(ctx, email)
+async function searchAndRemember(ctx: Context, identity: Identity, key: string): Promise<string | null> {
+    const id = await searchContact(ctx, identity)
     await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
     return id
 }
 
-/** Cached lookup; concurrent lookups of one email in this worker share one search. */
-async function resolveContact(ctx: Context, email: string, fresh = false): Promise<string | null> {
-    const key = contactKey(email)
+/** Cached lookup; concurrent lookups of one person in this worker share one search. */
+async function resolveContact(ctx: Context, identity: Identity, fresh = false): Promise<string | null> {
+    const key = contactKey(identity)
     if (!fresh) {
         const cached = await ctx.store.get(key)
         if (typeof cached === 'string') {
@@ -869,7 +1155,7 @@ async function resolveContact(ctx: Context, email: string, fresh = false): Promi
     if (pending) {
         return pending
     }
-    const lookup = searchAndRemember(ctx, email, key)
+    const lookup = searchAndRemember(ctx, identity, key)
     ctx.global.inflight.set(key, lookup)
     try {
         return await lookup
@@ -927,7 +1213,7 @@ export function personProperties(event: ProcessedPluginEvent, person: PluginMeta
     return Object.assign(merged, props.$set ?? {}, event.$set ?? {})
 }
 
-/** An attribute value Intercom accepts; undefined drops it (nested values, null, NaN). */
+/** An attribute value Intercom accepts; undefined drops it (null, NaN, long arrays). Arrays are JSON text. */
 export function attributeValue(key: string, value: unknown): AttributeValue | undefined {
     if (DATE_KEY.test(key)) {
         return toUnixSeconds(value) ?? undefined
@@ -935,7 +1221,41 @@ export function attributeValue(key: string, value: unknown): AttributeValue | un
     if (typeof value === 'string') return truncate(value)
     if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
     if (typeof value === 'boolean') return value
-    return undefined
+    return Array.isArray(value) ? compactJson(value) : undefined
+}
+
+/** Nested values become `parent_child` attributes, this many levels below the property at most… */
+const FLATTEN_MAX_DEPTH = 3
+/** …and this many attributes per property; what lies beyond is dropped and reported. */
+const FLATTEN_MAX_KEYS = 20
+/** `*` syncs at most this many person properties (Intercom allows a few hundred custom attributes). */
+const SYNC_ALL_MAX_PROPERTIES = 100
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+    return value !== null && typeof value === 'object' && !Array.isArray(value)
+}
+
+/** `{a: {b: 1}}` under `p` → `[['p_a_b', 1]]`, depth- and count-bounded; false when something was cut. */
+export function flatten(name: string, value: unknown): { entries: [string, unknown][]; complete: boolean } {
+    const entries: [string, unknown][] = []
+    let complete = true
+    const walk = (prefix: string, node: unknown, depth: number): void => {
+        if (!isPlainObject(node)) {
+            if (entries.length < FLATTEN_MAX_KEYS) entries.push([prefix, node])
+            else complete = false
+            return
+        }
+        if (depth === FLATTEN_MAX_DEPTH) {
+            complete = false
+            return
+        }
+        for (const [key, child] of Object.entries(node)) {
+            const clean = cleanKey(key)
+            if (clean && child !== null) walk(`${prefix}_${clean}`, child, depth + 1)
+        }
+    }
+    walk(name, value, 0)
+    return { entries, complete }
 }
 
 export function dataType(key: string, value: AttributeValue): DataType {
@@ -979,7 +1299,7 @@ function fieldValue(type: DataType, value: unknown): AttributeValue | undefined 
 export interface MappedAttributes {
     fields: Record<string, AttributeValue>
     custom: Record<string, AttributeValue>
-    /** Mapped properties that had to be dropped (nested or unusable values). */
+    /** Mapped properties dropped in whole or in part (unusable values, nesting past the bounds). */
     dropped: string[]
 }
 
@@ -994,10 +1314,20 @@ export function mapAttributes(
     const dropped: string[] = []
     for (const { from, to } of mapping) {
         if (!Object.prototype.hasOwnProperty.call(source, from) || source[from] === null) continue
-        const own = Object.prototype.hasOwnProperty.call(ownFields, to)
-        const value = own ? fieldValue(ownFields[to], source[from]) : attributeValue(to, source[from])
-        if (value === undefined) dropped.push(from)
-        else (own ? fields : custom).push([to, value])
+        if (Object.prototype.hasOwnProperty.call(ownFields, to)) {
+            const value = fieldValue(ownFields[to], source[from])
+            if (value === undefined) dropped.push(from)
+            else fields.push([to, value])
+            continue
+        }
+        const { entries, complete } = flatten(to, source[from])
+        let usable = complete
+        for (const [key, leaf] of entries) {
+            const value = attributeValue(key, leaf)
+            if (value === undefined) usable = false
+            else custom.push([key, value])
+        }
+        if (!usable) dropped.push(from)
     }
     return { fields: Object.fromEntries(fields), custom: Object.fromEntries(custom), dropped }
 }
@@ -1006,44 +1336,43 @@ function withoutEmpty<T extends object>(value: T): T {
     return JSON.parse(JSON.stringify(value)) // drops undefined members
 }
 
-/** PostHog's anonymous ids are device ids: they must not become Intercom external ids. */
-function isAnonymousId(event: ProcessedPluginEvent): boolean {
-    const props = event.properties ?? {}
-    if (event.event === '$identify') return false
-    return (
-        props.$is_identified === false ||
-        props.$device_id === event.distinct_id ||
-        props.$anon_distinct_id === event.distinct_id
-    )
+/** `*`: every person property not starting with `$`, but the email and external ID (standard fields). */
+function syncedProperties(source: Properties, settings: Settings): Rename[] {
+    const { attributes, externalId } = settings.sync
+    if (attributes !== 'all') return attributes
+    const standard = new Set([settings.emailProperty, externalId.property])
+    return Object.keys(source)
+        .filter((key) => !key.startsWith('$') && !standard.has(key))
+        .slice(0, SYNC_ALL_MAX_PROPERTIES)
+        .map((key) => ({ from: key, to: key }))
 }
 
-function externalId(event: ProcessedPluginEvent, source: Properties, sync: SyncSettings): string | undefined {
-    const raw =
-        sync.externalId.source === 'distinct_id'
-            ? isAnonymousId(event)
-                ? undefined
-                : event.distinct_id
-            : source[sync.externalId.property]
-    return (typeof raw === 'string' && raw.trim()) || typeof raw === 'number'
-        ? truncate(String(raw).trim())
-        : undefined
+/** Older events (replays, late batches) must not move last_seen_at back. */
+const LAST_SEEN_MAX_AGE_SECONDS = 24 * 3600
+
+/** The event time as last_seen_at, when that option is on and the event is recent. */
+export function lastSeenAt(event: ProcessedPluginEvent, sync: SyncSettings): number | undefined {
+    const time = sync.lastSeen ? eventTime(event) : null
+    return time !== null && Date.now() / 1000 - time < LAST_SEEN_MAX_AGE_SECONDS ? time : undefined
 }
 
-/** Standard attributes (name, phone, external_id) and the mapped custom ones. */
+/** Standard attributes (name, phone, external_id, last_seen_at) and the mapped custom ones. */
 export function contactAttributes(
     event: ProcessedPluginEvent,
-    source: Properties,
-    sync: SyncSettings
+    person: PluginMeta['person'],
+    settings: Settings
 ): { attributes: ContactAttributes; dropped: string[] } {
+    const source = personProperties(event, person)
     const text = (value: unknown) =>
         typeof value === 'string' && value.trim() ? truncate(value.trim()) : undefined
     const fullName = [text(source.first_name), text(source.last_name)].filter(Boolean).join(' ')
-    const mapped = mapAttributes(source, sync.attributes, CONTACT_FIELDS)
+    const mapped = mapAttributes(source, syncedProperties(source, settings), CONTACT_FIELDS)
     const attributes: ContactAttributes = {
         name: text(source.name) ?? (fullName || undefined),
         phone: text(source.phone),
-        external_id: sync.externalId.source === 'none' ? undefined : externalId(event, source, sync),
-        ...mapped.fields,
+        external_id: findExternalId(event, person, settings.sync.externalId) ?? undefined,
+        last_seen_at: lastSeenAt(event, settings.sync),
+        ...mapped.fields, // a mapped last_seen_at wins over the event time
         custom_attributes: Object.keys(mapped.custom).length > 0 ? mapped.custom : undefined,
     }
     return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
@@ -1111,21 +1440,33 @@ export function conflictId(error: unknown): string | null {
     return match ? match[1] : null
 }
 
-/** POST /contacts; a 409 (a race, or search lag) gives the existing id, which is then updated. */
+/** The fields of POST /contacts that say who the contact is. */
+function identityFields(identity: Identity): ContactAttributes {
+    return identity.kind === 'email' ? { email: identity.value } : { external_id: identity.value }
+}
+
+/**
+ * POST /contacts; a 409 (a race, or search lag) gives the existing id, which is then updated. A 409
+ * without an id names no contact to update: retried later, when the search has caught up.
+ */
 async function createContact(
     ctx: Context,
-    email: string,
+    identity: Identity,
     role: 'user' | 'lead',
     attributes: ContactAttributes
 ): Promise<string> {
     try {
-        const created = await callIntercom(ctx, 'POST', '/contacts', { role, email, ...attributes })
+        const body = { role, ...attributes, ...identityFields(identity) }
+        const created = await callIntercom(ctx, 'POST', '/contacts', body)
         const id = propertyOf(created, 'id')
         if (typeof id !== 'string')
             throw new IntercomError('transient', 'Intercom created a contact but returned no id')
         return id
     } catch (error) {
         const existing = conflictId(error)
+        if (!existing && error instanceof IntercomError && error.status === 409) {
+            throw new IntercomError('transient', `${error.message} (no contact id given: retried later)`, 409)
+        }
         if (!existing) throw error
         if (Object.keys(attributes).length > 0)
             await callIntercom(ctx, 'PUT', `/contacts/${existing}`, attributes)
@@ -1134,24 +1475,29 @@ async function createContact(
 }
 
 /** Caches a contact id at once, so the events right after do not wait for Intercom's search. */
-async function rememberContact(ctx: Context, email: string, id: string): Promise<void> {
-    await ctx.store.set(contactKey(email), id, CONTACT_TTL_SECONDS)
+async function rememberContact(ctx: Context, identity: Identity, id: string): Promise<void> {
+    await ctx.store.set(contactKey(identity), id, CONTACT_TTL_SECONDS)
 }
 
-/** PUT to the contact of the email; false when Intercom has none. */
-async function updateContact(ctx: Context, email: string, attributes: ContactAttributes): Promise<boolean> {
-    const cachedId = await resolveContact(ctx, email)
+/** PUT to the person's contact; false when Intercom has none. */
+async function updateContact(
+    ctx: Context,
+    identity: Identity,
+    attributes: ContactAttributes
+): Promise<boolean> {
+    const cachedId = await resolveContact(ctx, identity)
     if (!cachedId || Object.keys(attributes).length === 0) return cachedId !== null
-    return withContact(ctx, email, cachedId, (id) => callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes))
+    const put = (id: string) => callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes)
+    return withContact(ctx, identity, cachedId, put)
 }
 
 /**
- * Runs `action` on the cached contact id. A 404 means that contact was deleted or merged: the email is
- * looked up once more and `action` runs on the new id. False when Intercom has no contact for it.
+ * Runs `action` on the cached contact id. A 404 means that contact was deleted or merged: the person is
+ * looked up once more and `action` runs on the new id. False when Intercom has no contact for them.
  */
 async function withContact(
     ctx: Context,
-    email: string,
+    identity: Identity,
     cachedId: string,
     action: (id: string) => Promise<unknown>
 ): Promise<boolean> {
@@ -1161,7 +1507,7 @@ async function withContact(
     } catch (error) {
         if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
     }
-    const freshId = await resolveContact(ctx, email, true)
+    const freshId = await resolveContact(ctx, identity, true)
     if (!freshId || freshId === cachedId) return false
     await action(freshId)
     return true
@@ -1169,32 +1515,47 @@ async function withContact(
 
 export type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
 
+/**
+ * What decides whether a sync is needed: the attributes, with last_seen_at to the hour, so that a person
+ * whose values did not change costs at most one call an hour.
+ */
+function syncDigest(attributes: ContactAttributes): string {
+    const seen = attributes.last_seen_at
+    return digest({ ...attributes, last_seen_at: typeof seen === 'number' ? Math.floor(seen / 3600) : seen })
+}
+
 /** Creates or updates the contact; no call at all when nothing mapped changed since the last sync. */
 async function syncContact(
     ctx: Context,
     event: ProcessedPluginEvent,
-    email: string,
+    found: { identity: Identity; email: string | null },
     person: PluginMeta['person']
 ): Promise<SyncResult> {
     const sync = ctx.settings.sync
-    const { attributes, dropped } = contactAttributes(event, personProperties(event, person), sync)
+    const { attributes, dropped } = contactAttributes(event, person, ctx.settings)
     if (dropped.length > 0) {
         ctx.log(
             'info',
-            `Event ${eventLabel(event)}: not synced (nested or empty values): ${dropped.join(', ')}.`
+            `Event ${eventLabel(event)}: not synced in whole (unusable values, or nested past 3 levels or 20 keys): ${dropped.join(', ')}.`
         )
     }
     // Nothing mapped has a value: an update has nothing to send (a create still makes the contact).
     if (Object.keys(attributes).length === 0 && sync.contacts === 'update') return 'unchanged'
-    const hashKey = `intercom:contact-sync:${hashOf(email)}`
-    const hash = digest(attributes)
+    const hashKey = `intercom:contact-sync:${hashOf(identityText(found.identity))}`
+    const hash = syncDigest(attributes)
     if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
     await ensureAttributes(ctx, 'contact', attributes.custom_attributes)
     let result: SyncResult
-    if (await updateContact(ctx, email, attributes)) {
+    if (await updateContact(ctx, found.identity, attributes)) {
         result = 'updated'
     } else if (sync.contacts === 'create') {
-        await rememberContact(ctx, email, await createContact(ctx, email, 'user', attributes))
+        // A contact found by external ID gets the person's email too, when known.
+        const withEmail =
+            found.identity.kind === 'user_id' && found.email
+                ? { ...attributes, email: found.email }
+                : attributes
+        const id = await createContact(ctx, found.identity, sync.createRole, withEmail)
+        await rememberContact(ctx, found.identity, id)
         result = 'created'
     } else {
         return 'no contact'
@@ -1244,10 +1605,10 @@ function companyKeyOf(event: ProcessedPluginEvent, settings: Settings): string |
 }
 
 /** Attaches the contact to the company of its `$groups`, once (remembered in the cache). */
-async function attachCompany(ctx: Context, email: string, companyKey: string): Promise<boolean> {
-    const doneKey = `intercom:attached:${digest([email, companyKey])}`
+async function attachCompany(ctx: Context, identity: Identity, companyKey: string): Promise<boolean> {
+    const doneKey = `intercom:attached:${digest([identityText(identity), companyKey])}`
     if ((await ctx.store.get(doneKey)) === 1) return false
-    const contactId = await resolveContact(ctx, email)
+    const contactId = await resolveContact(ctx, identity)
     if (!contactId) return false
     const cached = await ctx.store.get(`intercom:company:${digest(companyKey)}`)
     const companyId =
@@ -1261,22 +1622,42 @@ async function attachCompany(ctx: Context, email: string, companyKey: string): P
 // Delivery: one path for first attempts and for retries from the queue
 // ---------------------------------------------------------------------------------------------------
 
-/** Posts the event to the contact of the email (created first when that option is on). */
-async function deliver(ctx: Context, email: string, draft: EventDraft): Promise<Outcome> {
-    const cachedId = (await resolveContact(ctx, email)) ?? (await createMissingContact(ctx, email))
+/** Posts the event to the person's contact (created first when that option is on). */
+async function deliver(ctx: Context, identity: Identity, draft: EventDraft): Promise<Outcome> {
+    if (identity.kind === 'user_id' && (await postToUser(ctx, identity.value, draft))) {
+        return { status: 'delivered' }
+    }
+    const cachedId = (await resolveContact(ctx, identity)) ?? (await createMissingContact(ctx, identity))
     const post = (id: string) => callIntercom(ctx, 'POST', '/events', { ...draft, id })
-    if (cachedId && (await withContact(ctx, email, cachedId, post))) {
+    if (cachedId && (await withContact(ctx, identity, cachedId, post))) {
         return { status: 'delivered' }
     }
     return noContact(ctx, draft.created_at)
 }
 
-/** With "Create contacts for unknown emails" on, the event of a new person lands on the first try. */
-async function createMissingContact(ctx: Context, email: string): Promise<string | null> {
+/**
+ * An external ID designates a user directly (`user_id`): one call, no search. False when the contact id
+ * is already cached (a lead found before) or Intercom has no user with it (404): leads need their `id`,
+ * which the search then finds.
+ */
+async function postToUser(ctx: Context, userId: string, draft: EventDraft): Promise<boolean> {
+    const cached = await ctx.store.get(contactKey({ kind: 'user_id', value: userId }))
+    if (typeof cached === 'string' && cached) return false
+    try {
+        await callIntercom(ctx, 'POST', '/events', { ...draft, user_id: userId })
+        return true
+    } catch (error) {
+        if (error instanceof IntercomError && error.kind === 'not_found') return false
+        throw error
+    }
+}
+
+/** With "Create contacts for unknown people" on, the event of a new person lands on the first try. */
+async function createMissingContact(ctx: Context, identity: Identity): Promise<string | null> {
     const role = ctx.settings.sync.createContacts
     if (role === 'off') return null
-    const id = await createContact(ctx, email, role, {})
-    await rememberContact(ctx, email, id)
+    const id = await createContact(ctx, identity, role, {})
+    await rememberContact(ctx, identity, id)
     return id
 }
 
@@ -1286,7 +1667,7 @@ function noContact(ctx: Context, createdAt: number): Outcome {
         // Intercom's search lags new contacts by minutes: a recent event is worth another try.
         throw new IntercomError(
             'transient',
-            'no Intercom contact for this email yet (Intercom search lags new contacts)'
+            'no Intercom contact for this person yet (Intercom search lags new contacts)'
         )
     }
     return { status: 'skipped', reason: 'no Intercom contact' }
@@ -1302,7 +1683,10 @@ function noContact(ctx: Context, createdAt: number): Outcome {
 
 export interface QueuedDelivery {
     draft: EventDraft
-    /** The email, AES-GCM sealed with a key derived from the API key: never in clear in the cache. */
+    /**
+     * The person's identityText (the email, or `user_id:<external ID>`), AES-GCM sealed with a key
+     * derived from the API key: never in clear in the cache. The name predates external IDs.
+     */
     sealedEmail: string
     uuid: string
     attempts: number
@@ -1431,12 +1815,12 @@ function dropReason(error: IntercomError): string {
 
 /** One queued event, through the same delivery path as a new one. */
 async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<Verdict> {
-    const email = item ? openEmail(item.sealedEmail, ctx.settings.token) : null
-    if (!item || !email) {
+    const identity = item ? identityFromText(openEmail(item.sealedEmail, ctx.settings.token)) : null
+    if (!item || !identity) {
         return { kind: 'drop', reason: 'unreadable (was the API key changed?)' }
     }
     try {
-        const outcome = await deliver(ctx, email, item.draft)
+        const outcome = await deliver(ctx, identity, item.draft)
         return outcome.status === 'delivered'
             ? { kind: 'delivered' }
             : { kind: 'drop', reason: outcome.reason ?? 'not sent' }
@@ -1609,7 +1993,7 @@ async function checkToken(ctx: Context): Promise<void> {
     } catch (error) {
         if (error instanceof IntercomError && error.kind === 'auth') {
             throw new ConfigError(
-                `Intercom rejected the API key (${error.status}). Check that "Intercom API key" is the access token of your Intercom app and that the app is installed on your workspace.`
+                `${apiKeyRejected(error.status, ctx.settings.region)} Check that "Intercom API key" is the access token of your Intercom app and that the app is installed on your workspace.`
             )
         }
         ctx.log(
@@ -1724,7 +2108,7 @@ const TEST_RUN_NOTE =
 async function handleEvent(ctx: Context, event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
     const echo = typeof event.event === 'string' && event.event.startsWith(ECHO_PREFIX)
     const work = echo ? null : planWork(event, ctx.settings)
-    const needsEmail = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
+    const needsPerson = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
     const skip = (reason: string): Outcome => {
         if (reason === 'Intercom echo event' || work?.deliver) {
             ctx.log('info', `Skipped event ${eventLabel(event)}: ${reason}.`)
@@ -1735,7 +2119,7 @@ async function handleEvent(ctx: Context, event: ProcessedPluginEvent, meta: Plug
         return { status: 'skipped', reason }
     }
     if (!work) return skip('Intercom echo event')
-    if (!needsEmail && !work.syncCompany) return skip('not a triggering event')
+    if (!needsPerson && !work.syncCompany) return skip('not a triggering event')
 
     const failures: unknown[] = []
     const attempt = async <T>(task: () => Promise<T>): Promise<T | undefined> => {
@@ -1751,21 +2135,16 @@ async function handleEvent(ctx: Context, event: ProcessedPluginEvent, meta: Plug
 
     // PostHog's current executor puts the person on the event; meta.person is accepted too.
     const person = event.person ?? meta.person
-    const email = needsEmail ? findEmail(event, person, ctx.settings.emailProperty) : null
-    const unusable = !needsEmail
-        ? null
-        : !email
-          ? 'no valid email'
-          : isIgnoredDomain(email, ctx.settings.ignoredDomains)
-            ? 'ignored email domain'
-            : null
-    if (email && !unusable) {
-        if (work.syncPerson) outcome.contact = await attempt(() => syncContact(ctx, event, email, person))
+    const found = needsPerson ? findPerson(event, person, ctx.settings) : null
+    const unusable = found && 'skip' in found ? found.skip : null
+    if (found && 'identity' in found) {
+        if (work.syncPerson) outcome.contact = await attempt(() => syncContact(ctx, event, found, person))
         if (work.companyKey)
-            outcome.attached = await attempt(() => attachCompany(ctx, email, work.companyKey!))
+            outcome.attached = await attempt(() => attachCompany(ctx, found.identity, work.companyKey!))
     }
     if (work.deliver || (unusable && !work.syncCompany)) {
-        const delivery = unusable ? skip(unusable) : await deliverEvent(ctx, event, email!)
+        const delivery =
+            found && 'identity' in found ? await deliverEvent(ctx, event, found.identity) : skip(unusable!)
         Object.assign(outcome, delivery)
     }
     if (failures.length > 0) {
@@ -1774,7 +2153,7 @@ async function handleEvent(ctx: Context, event: ProcessedPluginEvent, meta: Plug
     return outcome
 }
 
-async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, email: string): Promise<Outcome> {
+async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, identity: Identity): Promise<Outcome> {
     const createdAt = eventTime(event)
     if (createdAt === null) {
         ctx.log('info', `Skipped event ${eventLabel(event)}: invalid timestamp.`)
@@ -1782,12 +2161,12 @@ async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, email: st
     }
     const draft = buildEventDraft(event, createdAt, ctx.settings)
     try {
-        const outcome = await deliver(ctx, email, draft)
+        const outcome = await deliver(ctx, identity, draft)
         if (outcome.status === 'skipped')
             ctx.log('info', `Skipped event ${eventLabel(event)}: ${outcome.reason}.`)
         return outcome
     } catch (error) {
-        return await handleFailure(ctx, { draft, email, uuid: eventLabel(event) }, error)
+        return await handleFailure(ctx, { draft, identity, uuid: eventLabel(event) }, error)
     }
 }
 
@@ -1799,13 +2178,13 @@ async function raiseFailure(ctx: Context, uuid: string, error: unknown): Promise
         throw new RetryError(`Intercom: ${error.message}`)
     }
     ctx.log('error', `Sync of event ${uuid} failed: ${error.message}`)
-    throw userFacingError(error, 'the contact or company sync')
+    throw userFacingError(error, 'the contact or company sync', ctx.settings.region)
 }
 
 /** Permanent failures are raised for the user; transient ones are queued, else handed to PostHog's retries. */
 async function handleFailure(
     ctx: Context,
-    failed: { draft: EventDraft; email: string; uuid: string },
+    failed: { draft: EventDraft; identity: Identity; uuid: string },
     error: unknown
 ): Promise<Outcome> {
     if (!(error instanceof IntercomError)) {
@@ -1813,11 +2192,11 @@ async function handleFailure(
     }
     if (error.kind !== 'transient' && error.kind !== 'rate_limited') {
         ctx.log('error', `Failed event ${failed.uuid}: ${error.message}`)
-        throw userFacingError(error, `event "${failed.draft.event_name}"`)
+        throw userFacingError(error, `event "${failed.draft.event_name}"`, ctx.settings.region)
     }
     const item: QueuedDelivery = {
         draft: failed.draft,
-        sealedEmail: sealEmail(failed.email, ctx.settings.token),
+        sealedEmail: sealEmail(identityText(failed.identity), ctx.settings.token),
         uuid: failed.uuid,
         attempts: 1,
         queuedAt: Date.now(),
@@ -1837,17 +2216,31 @@ async function handleFailure(
     throw new RetryError(`Intercom: ${error.message}.${why}`)
 }
 
+/**
+ * A token works only against its own workspace's region: refused on the EU or AU host, the region is as
+ * likely a cause as the key itself.
+ */
+function apiKeyRejected(status: number | undefined, region: Region): string {
+    const regionHint =
+        region === 'US'
+            ? ''
+            : ` Likely cause: the Region. The plugin is set to ${region}, and a token is refused by any region but its workspace's: check "Region" (and "Use European data storage") against where your workspace is hosted.`
+    return `Intercom rejected the API key (${status}) on ${REGION_HOSTS[region]}.${regionHint}`
+}
+
 /** The message PostHog shows the user: what was refused and what to do about it. */
-function userFacingError(error: IntercomError, subject: string): Error {
+function userFacingError(error: IntercomError, subject: string, region: Region): Error {
     if (error.kind === 'auth') {
         return new Error(
-            `Intercom rejected the API key (${error.status}): check "Intercom API key" in the plugin settings. ${error.message}`
+            `${apiKeyRejected(error.status, region)} Check "Intercom API key" in the plugin settings. ${error.message}`
         )
     }
-    const hint = /attribute/i.test(error.message)
-        ? ' Create the custom attribute in Intercom (Settings → Data → People or Companies) or set "Create missing custom attributes" to Yes.'
-        : ''
-    return new Error(`Intercom refused ${subject} and it will not be retried. ${error.message}${hint}`)
+    if (MISSING_ATTRIBUTE.test(error.message)) {
+        return new Error(
+            `Intercom refused ${subject} because a custom attribute does not exist, and it will not be retried. ${error.message}. Create the custom attribute in Intercom (Settings → Data → People or Companies) or set "Create missing custom attributes" to Yes.`
+        )
+    }
+    return new Error(`Intercom refused ${subject} and it will not be retried. ${error.message}`)
 }
 
 /** Drains the retry queue (plugin-server runtimes up to February 2025; onEvent drains too). */

@@ -166,9 +166,9 @@ describe('the audit is not blind: deliberately broken copies of index.ts are cau
     }, 60_000)
 
     test('a plugin whose retries change created_at is caught storing events twice', async () => {
-        const retry = 'const outcome = await deliver(ctx, email, item.draft)'
+        const retry = 'const outcome = await deliver(ctx, identity, item.draft)'
         const shifted =
-            'const outcome = await deliver(ctx, email, { ...item.draft, created_at: item.draft.created_at + 1 })'
+            'const outcome = await deliver(ctx, identity, { ...item.draft, created_at: item.draft.created_at + 1 })'
         const pluginFile = mutant('shifts-retries', retry, shifted)
         const slow = SCENARIOS.find((s) => s.name === 'slow-timeouts')!
         const result = await runScenario(slow, runtime, { events: 60, pluginFile })

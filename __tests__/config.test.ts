@@ -1,6 +1,6 @@
 /** Config parsing and setupPlugin's API-key check: what the user sees in PostHog's Apps page. */
 import nock from 'nock'
-import { ConfigError, parseConfig, PluginConfig, setupPlugin } from '../index'
+import { ConfigError, LIST_FIELDS, parseConfig, PluginConfig, setupPlugin } from '../index'
 import { allLogs, AU, EU, makeMeta, TOKEN, US, useNock } from './helpers'
 
 useNock()
@@ -42,7 +42,7 @@ describe('parseConfig reads lists leniently', () => {
         const settings = parseConfig({
             ...base,
             triggeringEvents: ' $identify , ,signed_up,',
-            ignoredEmailDomains: ' Example.COM, @posthog.com ,',
+            ignoredEmailDomains: ' Example.COM, .posthog.com ,',
             metadataProperties: ' plan , $current_url : url ',
             eventNameMapping: '$identify: identified , signed_up:Signed up',
         })
@@ -54,6 +54,7 @@ describe('parseConfig reads lists leniently', () => {
                 { from: 'plan', to: 'plan' },
                 { from: '$current_url', to: 'url' },
             ],
+            money: { revenueKeys: ['revenue', 'price'], currencyKey: 'currency', defaultCurrency: null },
         })
         expect(Object.fromEntries(settings.eventNames)).toEqual({
             $identify: 'identified',
@@ -63,7 +64,7 @@ describe('parseConfig reads lists leniently', () => {
     })
 
     test('`*` sends all properties', () => {
-        expect(parseConfig({ ...base, metadataProperties: ' * ' }).metadata).toEqual({
+        expect(parseConfig({ ...base, metadataProperties: ' * ' }).metadata).toMatchObject({
             all: true,
             fields: [],
             exclude: 'email',
@@ -85,6 +86,9 @@ describe('region', () => {
             EU,
         ],
         ['original app: No', { useEuropeanDataStorage: 'No' }, US],
+        ["original app's first version: True", { useEuropeanDataStorage: 'True' }, EU],
+        ["original app's first version: False", { useEuropeanDataStorage: 'False' }, US],
+        ['True while the form shows the default US', { region: 'US', useEuropeanDataStorage: 'True' }, EU],
         ['explicit AU wins over the legacy switch', { region: 'AU', useEuropeanDataStorage: 'Yes' }, AU],
     ])('%s', (_name, config, host) => {
         expect(parseConfig({ ...base, ...config }).baseUrl).toBe(host)
@@ -195,6 +199,186 @@ describe('plugin.json and the parser agree', () => {
             .filter((field) => field.type === 'choice')
             .flatMap((field) => field.choices!.map((choice) => [field.key!, choice]))
     )('%s: "%s" is understood', (key, choice) => {
-        expect(() => parseConfig({ ...base, externalIdProperty: 'account_id', [key]: choice })).not.toThrow()
+        const config = { ...base, externalId: 'property', externalIdProperty: 'account_id', [key]: choice }
+        expect(() => parseConfig(config)).not.toThrow()
+    })
+})
+
+describe('strict field parsing: a setup error quoting the example of the field itself', () => {
+    test.each<[string, PluginConfig, RegExp]>([
+        [
+            'JSON in a list field',
+            { triggeringEvents: '["$identify", "signed_up"]' },
+            /^Triggering events: this looks like JSON\. .*e\.g\. "\$identify,signed_up"\.$/,
+        ],
+        [
+            'a JSON object in a pair field',
+            { eventNameMapping: '{"$identify": "identified"}' },
+            /^Event name mapping: this looks like JSON\. .*e\.g\. "\$identify:identified,purchase:purchased"\.$/,
+        ],
+        [
+            'newline-separated pairs',
+            { eventNameMapping: '$identify:identified\npurchase:purchased' },
+            /^Event name mapping: the items are on separate lines\. .*"\$identify:identified,purchase:purchased"/,
+        ],
+        [
+            'a:b:c',
+            { personProperties: 'plan:Plan:name', contactSync: 'on' },
+            /^Person properties to sync: "plan:Plan:name" is not of the form from:to \(it has more than one ":"\)\. .*e\.g\. "plan:Plan name,seats"/,
+        ],
+        [
+            'an empty side of a pair',
+            { companyGroupType: 'company', companyProperties: 'plan, :Employees' },
+            /^Company properties to sync: ":Employees" is not of the form from:to \(it has an empty side\)\. .*e\.g\. "plan,employees:Employees"/,
+        ],
+        [
+            'an empty target in the metadata list',
+            { metadataProperties: 'plan,$current_url:' },
+            /^Event properties to send: .*an empty side.*e\.g\. "plan,\$current_url:url,revenue"/,
+        ],
+        [
+            'a mapping without colon',
+            { eventNameMapping: 'signed_up' },
+            /^Event name mapping: "signed_up" is not of the form from:to \(it has no ":"\)/,
+        ],
+        [
+            'a URL in Ignored email domains',
+            { ignoredEmailDomains: 'posthog.com, https://example.com/' },
+            /^Ignored email domains: an item is a URL .*e\.g\. "posthog\.com,example\.com"\.$/,
+        ],
+        [
+            '"@" in Ignored email domains',
+            { ignoredEmailDomains: '@posthog.com' },
+            /^Ignored email domains: an item contains "@" .*e\.g\. "posthog\.com,example\.com"\.$/,
+        ],
+        [
+            'JSON in the revenue list',
+            { revenueProperties: '["revenue"]' },
+            /^Revenue properties: .*"revenue,price"/,
+        ],
+        ['a default currency that is no ISO code', { defaultCurrency: 'euro' }, /^Default currency: .*"EUR"/],
+        [
+            'matching by external ID with no external ID source',
+            { contactIdentifier: 'external ID' },
+            /set "External ID" to distinct_id or property/,
+        ],
+    ])('%s', (_name, config, message) => {
+        expect(() => parseConfig({ ...base, ...config })).toThrow(ConfigError)
+        expect(() => parseConfig({ ...base, ...config })).toThrow(message)
+    })
+
+    test('an email pasted into Ignored email domains is not echoed in the error', () => {
+        expect(() => parseConfig({ ...base, ignoredEmailDomains: 'ada@example.com' })).toThrow(
+            expect.objectContaining({ message: expect.not.stringContaining('ada@') })
+        )
+    })
+
+    test('an event name that starts with "[" is not JSON', () => {
+        const settings = parseConfig({ ...base, triggeringEvents: '[Intercom] event.created,signed_up' })
+        expect([...settings.triggeringEvents]).toEqual(['[Intercom] event.created', 'signed_up'])
+    })
+
+    test("each list field's error quotes the example its own hint in plugin.json shows", () => {
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        const manifest = require('../plugin.json') as {
+            config: { key?: string; name?: string; hint?: string }[]
+        }
+        for (const [key, field] of Object.entries(LIST_FIELDS)) {
+            const entry = manifest.config.find((candidate) => candidate.key === key)
+            expect(entry?.name).toBe(field.label)
+            expect(entry?.hint).toContain(`e.g. \`${field.example}\``)
+        }
+    })
+})
+
+describe('the new options, parsed', () => {
+    test('identifier choices', () => {
+        const byProperty = { ...base, externalId: 'property', externalIdProperty: 'account_id' }
+        expect(parseConfig(base).identifier).toBe('email')
+        expect(parseConfig({ ...byProperty, contactIdentifier: 'external ID' }).identifier).toBe(
+            'external_id'
+        )
+        expect(parseConfig({ ...byProperty, contactIdentifier: 'External ID, else email' }).identifier).toBe(
+            'external_id_else_email'
+        )
+    })
+
+    test.each<[string, PluginConfig, object]>([
+        ['sync off', {}, { contacts: 'off', createRole: 'user', lastSeen: true }],
+        ['on, no creation: updates only', { contactSync: 'on' }, { contacts: 'update', createRole: 'user' }],
+        [
+            'on, unknown people created as leads: the sync creates leads too',
+            { contactSync: 'on', createContacts: 'as lead' },
+            { contacts: 'create', createRole: 'lead', createContacts: 'lead' },
+        ],
+        [
+            "this plugin's earlier label: update",
+            { contactSync: 'update existing contacts' },
+            { contacts: 'update' },
+        ],
+        [
+            "this plugin's earlier label: create (as user)",
+            { contactSync: 'create or update contacts' },
+            { contacts: 'create', createRole: 'user' },
+        ],
+        ['last seen off', { contactSync: 'on', updateLastSeen: 'No' }, { lastSeen: false }],
+        ['every person property', { contactSync: 'on', personProperties: ' * ' }, { attributes: 'all' }],
+    ])('%s', (_name, config, expected) => {
+        expect(parseConfig({ ...base, ...config }).sync).toMatchObject(expected)
+    })
+
+    test('money: the revenue and currency properties and a default currency', () => {
+        expect(
+            parseConfig({
+                ...base,
+                revenueProperties: 'amount_paid, total',
+                currencyProperty: 'cur',
+                defaultCurrency: ' EUR ',
+            }).metadata.money
+        ).toEqual({ revenueKeys: ['amount_paid', 'total'], currencyKey: 'cur', defaultCurrency: 'eur' })
+        // An emptied field means none; a missing one (an install from before the field) the defaults.
+        expect(parseConfig({ ...base, revenueProperties: '' }).metadata.money.revenueKeys).toEqual([])
+    })
+
+    test('Triggering events may be empty when only syncing, as the form says', () => {
+        expect(() => parseConfig({ ...base, triggeringEvents: '', contactSync: 'on' })).not.toThrow()
+        expect(() =>
+            parseConfig({ ...base, triggeringEvents: '', companyGroupType: 'company' })
+        ).not.toThrow()
+    })
+})
+
+describe('region errors: a key refused on the EU or AU host names the Region as a likely cause', () => {
+    test.each([
+        ['EU', EU],
+        ['AU', AU],
+    ])('setup on %s', async (region, host) => {
+        nock(host)
+            .get('/me')
+            .reply(401, {
+                type: 'error.list',
+                errors: [{ code: 'unauthorized', message: 'Access Token Invalid' }],
+            })
+        const error = await setupPlugin(makeMeta({ ...base, region }).meta).catch((e: Error) => e)
+        expect(error).toBeInstanceOf(ConfigError)
+        expect((error as Error).message).toMatch(
+            new RegExp(
+                `^Intercom rejected the API key \\(401\\) on ${host.replace(/\./g, '\\.')}\\. Likely cause: the Region\\.`
+            )
+        )
+        expect((error as Error).message).toContain('check "Region"')
+    })
+
+    test('the original app switch (True) leads to EU, and its refusal names the Region too', async () => {
+        nock(EU).get('/me').reply(401, {})
+        await expect(setupPlugin(makeMeta({ ...base, useEuropeanDataStorage: 'True' }).meta)).rejects.toThrow(
+            /on https:\/\/api\.eu\.intercom\.io\. Likely cause: the Region/
+        )
+    })
+
+    test('on the US host the key itself is the cause', async () => {
+        nock(US).get('/me').reply(401, {})
+        const error = await setupPlugin(makeMeta(base).meta).catch((e: Error) => e)
+        expect((error as Error).message).not.toMatch(/Region/)
     })
 })

@@ -5,6 +5,7 @@ import nock from 'nock'
 import {
     FetchFn,
     HttpResponse,
+    PluginConfig,
     backoffUntil,
     onEvent,
     runEveryMinute,
@@ -652,6 +653,170 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     test('without a cache, runEveryMinute has nothing to do', async () => {
         const { meta } = await setup()
         await expect(runEveryMinute(meta)).resolves.toEqual(NOTHING_DRAINED)
+    })
+})
+
+describe('matching by external ID (Intercom user_id / external_id)', () => {
+    const BY_ID: PluginConfig = { contactIdentifier: 'external ID', externalId: 'distinct_id' }
+    const externalSearch = (value: string, contacts: object[]) =>
+        nock(US)
+            .post('/contacts/search', {
+                query: { field: 'external_id', operator: '=', value },
+                pagination: { per_page: 50 },
+            })
+            .reply(200, { type: 'list', data: contacts, total_count: contacts.length })
+    const noEmail = (extra = {}) => makeEvent({ distinct_id: 'user-42', properties: {}, ...extra })
+
+    test('a user is posted by user_id at once: one call, no search, no email needed', async () => {
+        const { meta } = await setup(BY_ID)
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, user_id: 'user-42', metadata: {} })
+        await expect(onEvent(noEmail(), meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test('a lead (404 on user_id) is found by external_id and posted by its id; then 1 call an event', async () => {
+        const { meta } = await setup(BY_ID, { cache: memoryCache() })
+        nock(US)
+            .post('/events', {
+                event_name: 'signed_up',
+                created_at: OLD_UNIX,
+                user_id: 'user-42',
+                metadata: {},
+            })
+            .reply(404, errorBody('not_found', 'User Not Found'))
+        externalSearch('user-42', [{ type: 'contact', id: 'lead7', role: 'lead', external_id: 'user-42' }])
+        expectEvent(event({ id: 'lead7' }))
+        await expect(onEvent(noEmail(), meta)).resolves.toEqual({ status: 'delivered' })
+
+        expectEvent(event({ id: 'lead7', created_at: OLD_UNIX + 1 }))
+        const next = noEmail({ timestamp: new Date((OLD_UNIX + 1) * 1000).toISOString() })
+        await expect(onEvent(next, meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test('from a property of the person (PostHog current executor), where the event has none', async () => {
+        const { meta } = await setup({
+            contactIdentifier: 'external ID',
+            externalId: 'property',
+            externalIdProperty: 'account_id',
+        })
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, user_id: '991', metadata: {} })
+        const withPerson = noEmail({ person: { properties: { account_id: 991 } } } as object)
+        await expect(onEvent(withPerson, meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test.each<[string, PluginConfig, object, string]>([
+        [
+            'an anonymous distinct_id is no external ID',
+            BY_ID,
+            { properties: { $is_identified: false } },
+            'no external ID',
+        ],
+        [
+            'no external ID nor email',
+            { ...BY_ID, contactIdentifier: 'external ID, else email' },
+            { properties: { $is_identified: false } },
+            'no external ID nor valid email',
+        ],
+        [
+            'an ignored domain is never sent, whatever identifies the person',
+            { ...BY_ID, ignoredEmailDomains: 'example.com' },
+            { properties: { email: EMAIL } },
+            'ignored email domain',
+        ],
+    ])('skipped: %s', async (_name, config, overrides, reason) => {
+        const { meta } = await setup(config)
+        await expect(onEvent(noEmail(overrides), meta)).resolves.toEqual({ status: 'skipped', reason })
+    })
+
+    test('"external ID, else email": the email when there is no external ID', async () => {
+        const { meta } = await setup({ ...BY_ID, contactIdentifier: 'external ID, else email' })
+        expectSearch(EMAIL, [contact('c1')])
+        expectEvent(event())
+        const anonymous = makeEvent({ properties: { email: EMAIL, $is_identified: false } })
+        await expect(onEvent(anonymous, meta)).resolves.toEqual({ status: 'delivered' })
+    })
+
+    test('a queued event keeps its external ID, sealed, and is delivered by user_id later', async () => {
+        const cache = memoryCache()
+        const { meta } = await setup(BY_ID, { cache })
+        nock(US).post('/events').reply(503, errorBody('service_unavailable', 'down'))
+        await expect(onEvent(noEmail(), meta)).resolves.toEqual({ status: 'queued', reason: 'transient' })
+        expect(cache.written.join(' ')).not.toContain('user-42')
+
+        expectEvent({ event_name: 'signed_up', created_at: OLD_UNIX, user_id: 'user-42', metadata: {} })
+        await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, dropped: 0 })
+    })
+
+    test('an unknown user with creation on: created by external_id, then posted by its id', async () => {
+        const { meta } = await setup({ ...BY_ID, createContacts: 'as user' })
+        nock(US).post('/events').reply(404, errorBody('not_found', 'User Not Found'))
+        externalSearch('user-42', [])
+        nock(US)
+            .post('/contacts', { role: 'user', external_id: 'user-42' })
+            .reply(200, { type: 'contact', id: 'n9', role: 'user' })
+        expectEvent(event({ id: 'n9' }))
+        await expect(onEvent(noEmail(), meta)).resolves.toEqual({ status: 'delivered' })
+    })
+})
+
+describe('money and metadata already shaped for Intercom, at the wire', () => {
+    test.each<[string, PluginConfig, Record<string, unknown>, object]>([
+        [
+            'an amount of 0 is sent as a plain number',
+            { metadataProperties: 'revenue' },
+            { revenue: 0, currency: 'EUR' },
+            { revenue: 0 },
+        ],
+        [
+            'a refund (negative) is sent as a plain number',
+            { metadataProperties: 'revenue' },
+            { revenue: '-5.5', currency: 'EUR' },
+            { revenue: -5.5 },
+        ],
+        [
+            'configured revenue and currency properties, with a default currency',
+            {
+                metadataProperties: 'total,plan',
+                revenueProperties: 'total',
+                currencyProperty: 'cur',
+                defaultCurrency: 'GBP',
+            },
+            { total: 12.5, plan: 'pro' },
+            { total: { amount: 1250, currency: 'gbp' }, plan: 'pro' },
+        ],
+        [
+            "the event's currency wins over the default",
+            { metadataProperties: 'revenue', defaultCurrency: 'GBP' },
+            { revenue: 3, currency: 'usd' },
+            { revenue: { amount: 300, currency: 'usd' } },
+        ],
+        [
+            'a monetary amount and a rich link already shaped are sent as such',
+            { metadataProperties: 'price,article' },
+            {
+                price: { amount: 34999, currency: 'EUR' },
+                article: { url: 'https://example.org/ab1de.html', value: 'the dude abides' },
+            },
+            {
+                price: { amount: 34999, currency: 'eur' },
+                article: { url: 'https://example.org/ab1de.html', value: 'the dude abides' },
+            },
+        ],
+        [
+            'invalid shapes are dropped, not sent as JSON text',
+            { metadataProperties: 'a,b,c,ok' },
+            {
+                a: { amount: 5, currency: 'euro' },
+                b: { url: 'javascript:alert(1)', value: 'x' },
+                c: { url: 'https://example.org', value: 7 },
+                ok: 1,
+            },
+            { ok: 1 },
+        ],
+    ])('%s', async (_name, config, properties, metadata) => {
+        const { meta } = await setup(config)
+        expectSearch(EMAIL, [contact('c1')])
+        expectEvent(event({ metadata }))
+        await onEvent(makeEvent({ properties: { email: EMAIL, ...properties } }), meta)
     })
 })
 

@@ -38,6 +38,8 @@ beforeEach(async () => {
         contacts: [
             { id: 'lead-1', email: 'lead@example.com', role: 'lead' },
             { id: 'user-1', email: 'buyer@example.com', role: 'user' },
+            { id: 'user-2', email: 'acct@example.com', role: 'user', external_id: 'acct-2' },
+            { id: 'lead-2', email: 'visitor@example.com', role: 'lead', external_id: 'visitor-9' },
         ],
     })
 })
@@ -82,6 +84,65 @@ describe.each(modes)('%s runtime', (mode) => {
             },
         ])
     })
+})
+
+describe.each(modes)('%s runtime, matched by external ID', (mode) => {
+    const byId = {
+        ...config,
+        contactIdentifier: 'external ID',
+        externalId: 'property',
+        externalIdProperty: 'account_id',
+        metadataProperties: 'plan,price,article,revenue',
+    }
+
+    test('events without an email land on the user by user_id, and on the lead by its id', async () => {
+        harness = await createHarness({ mode, config: byId, emulatorUrl: emulator.url, minuteMs: 0 })
+        const summary = await harness.run([
+            event('x1', 'signed_up', { account_id: 'acct-2', plan: 'pro' }),
+            event('x2', 'signed_up', { account_id: 'visitor-9' }),
+            event('x3', 'signed_up', { email: 'buyer@example.com' }),
+        ])
+        expect(summary.delivered).toBe(2)
+        expect(summary.skipped).toEqual({ 'no external ID': 1 })
+        expect(emulator.events().map((e) => [e.contact_id, e.metadata])).toEqual([
+            ['user-2', { plan: 'pro' }],
+            ['lead-2', {}],
+        ])
+    })
+
+    test('shaped money, a rich link and a zero revenue are stored as Intercom types', async () => {
+        harness = await createHarness({ mode, config: byId, emulatorUrl: emulator.url, minuteMs: 0 })
+        await harness.run([
+            event('m1', 'purchase', {
+                account_id: 'acct-2',
+                price: { amount: 34999, currency: 'EUR' },
+                article: { url: 'https://example.org/ab1de.html', value: 'the dude abides' },
+                revenue: 0,
+                currency: 'EUR',
+            }),
+        ])
+        expect(emulator.events().map((e) => e.metadata)).toEqual([
+            {
+                price: { amount: 34999, currency: 'eur' },
+                article: { url: 'https://example.org/ab1de.html', value: 'the dude abides' },
+                revenue: 0,
+            },
+        ])
+    })
+})
+
+test('a key refused on the EU host: setup stops with a message naming the Region as a likely cause', async () => {
+    harness = await createHarness({
+        mode: 'plugin-server',
+        config: { ...config, intercomApiKey: 'a-token-of-another-region', region: 'EU' },
+        emulatorUrl: emulator.url,
+        minuteMs: 0,
+    })
+    const summary = await harness.run([event('r1', 'signed_up', { email: 'buyer@example.com' })])
+    expect(summary.setupFailures[0]).toMatch(
+        /Intercom rejected the API key \(401\) on https:\/\/api\.eu\.intercom\.io\. Likely cause: the Region/
+    )
+    expect(emulator.events()).toEqual([])
 })
 
 test('plugin-server: an event answered 429 is queued and delivered once after the window resets', async () => {
@@ -131,7 +192,7 @@ describe('contact and company sync, end to end (plugin-server runtime, shared ca
     const syncConfig = {
         ...config,
         triggeringEvents: 'signed_up',
-        contactSync: 'create or update contacts',
+        contactSync: 'on',
         personProperties: 'plan',
         createAttributes: 'Yes',
         createContacts: 'as lead',
@@ -154,8 +215,9 @@ describe('contact and company sync, end to end (plugin-server runtime, shared ca
         await harness.run([identify('i1')])
         const created = emulator.contacts().filter((c) => c.email === 'new@example.com')
         expect(created).toHaveLength(1)
+        // The role chosen for unknown people applies to contacts the sync creates too.
         expect(created[0]).toMatchObject({
-            role: 'user',
+            role: 'lead',
             name: 'Ada Lovelace',
             custom_attributes: { plan: 'pro' },
         })
@@ -184,6 +246,32 @@ describe('contact and company sync, end to end (plugin-server runtime, shared ca
         expect(emulator.events()).toEqual([
             expect.objectContaining({ event_name: 'signed_up', contact_id: contact.id, received: 1 }),
         ])
+    })
+
+    test('every person property, nested ones flattened, and last_seen_at from the event time', async () => {
+        harness = await createHarness({
+            mode: 'plugin-server',
+            config: { ...syncConfig, personProperties: '*' },
+            emulatorUrl: emulator.url,
+            minuteMs: 0,
+        })
+        const now = Math.floor(Date.now() / 1000) - 5
+        await harness.run([
+            {
+                ...event('i9', '$identify', {
+                    $set: {
+                        email: 'buyer@example.com',
+                        plan: 'pro',
+                        address: { city: 'Paris' },
+                        $browser: 'x',
+                    },
+                }),
+                timestamp: new Date(now * 1000).toISOString(),
+            },
+        ])
+        const buyer = emulator.contacts().find((c) => c.id === 'user-1')!
+        expect(buyer.last_seen_at).toBe(now)
+        expect(buyer.custom_attributes).toEqual({ plan: 'pro', address_city: 'Paris' })
     })
 
     test('an event of a brand-new email, with creation on, reaches Intercom on the first try', async () => {

@@ -4,11 +4,17 @@ import {
     buildEventDraft,
     buildMetadata,
     findEmail,
+    findPerson,
+    flatten,
+    identityFromText,
+    identityText,
     isIgnoredDomain,
     normalizeEmail,
     parseConfig,
     pickContact,
     planWork,
+    revenueValue,
+    shapedValue,
     toUnixSeconds,
 } from '../index'
 import { makeEvent, OLD_UNIX, TOKEN } from './helpers'
@@ -16,7 +22,7 @@ import { makeEvent, OLD_UNIX, TOKEN } from './helpers'
 const settings = (extra = {}) =>
     parseConfig({ intercomApiKey: TOKEN, triggeringEvents: 'signed_up', ...extra })
 const listed = (fields: string) => settings({ metadataProperties: fields }).metadata
-const ALL = { all: true, fields: [] }
+const ALL = settings({ metadataProperties: '*' }).metadata
 
 describe('planWork: what an event asks for', () => {
     const sync = settings({ contactSync: 'update existing contacts', companyGroupType: 'company' })
@@ -327,5 +333,138 @@ describe('pickContact', () => {
         ['entries without id ignored', [{ role: 'user' }, { id: 'l1', role: 'lead' }], 'l1'],
     ])('%s', (_name, contacts, expected) => {
         expect(pickContact(contacts)).toBe(expected)
+    })
+})
+
+describe('revenueValue: Intercom documents a positive integer amount', () => {
+    test.each<[string, unknown, unknown, unknown]>([
+        ['positive, rounded to minor units', 19.99, 'EUR', { amount: 1999, currency: 'eur' }],
+        ['zero stays a number', 0, 'EUR', 0],
+        ['negative stays a number', -3, 'usd', -3],
+        ['rounds to 0: a number', 0.004, 'usd', 0.004],
+        ['numeric string', '2.5', 'usd', { amount: 250, currency: 'usd' }],
+        ['no valid currency: left alone', 5, 'dollars', undefined],
+        ['not a number: left alone', 'free', 'usd', undefined],
+    ])('%s', (_name, value, currency, expected) => {
+        expect(revenueValue(value, currency)).toEqual(expected)
+    })
+})
+
+describe('shapedValue: objects already in an Intercom metadata type', () => {
+    test.each<[string, object, unknown]>([
+        ['monetary amount', { amount: 34999, currency: 'EUR' }, { amount: 34999, currency: 'eur' }],
+        ['keys in any order', { currency: 'eur', amount: 5 }, { amount: 5, currency: 'eur' }],
+        [
+            'a fractional amount is rounded (already minor units)',
+            { amount: 99.6, currency: 'eur' },
+            { amount: 100, currency: 'eur' },
+        ],
+        ['amount 0: a plain number', { amount: 0, currency: 'eur' }, 0],
+        ['negative amount: a plain number', { amount: -100, currency: 'eur' }, -100],
+        ['bad currency: dropped', { amount: 5, currency: 'euros' }, null],
+        ['amount not a number: dropped', { amount: 'lots', currency: 'eur' }, null],
+        ['unsafe amount: dropped', { amount: 1e20, currency: 'eur' }, null],
+        [
+            'rich link',
+            { url: 'https://example.org/a', value: 'A' },
+            { url: 'https://example.org/a', value: 'A' },
+        ],
+        [
+            'rich link label cut to 255',
+            { url: 'http://x.io', value: 'v'.repeat(300) },
+            { url: 'http://x.io', value: 'v'.repeat(255) },
+        ],
+        ['rich link to a non-http URL: dropped', { url: 'ftp://x.io', value: 'A' }, null],
+        ['rich link without a URL: dropped', { url: 'not a url', value: 'A' }, null],
+        ['rich link with an empty label: dropped', { url: 'https://x.io', value: ' ' }, null],
+        ['another object: not a shape', { amount: 5, currency: 'eur', note: 'x' }, undefined],
+    ])('%s', (_name, value, expected) => {
+        expect(shapedValue(value)).toEqual(expected)
+    })
+})
+
+describe('flatten: nested person and company values become parent_child keys, bounded', () => {
+    test('three levels below the property, keys cleaned', () => {
+        expect(flatten('p', { a: { 'b.c': { d: 1 } }, $e: 2 })).toEqual({
+            entries: [
+                ['p_a_b_c_d', 1],
+                ['p_e', 2],
+            ],
+            complete: true,
+        })
+    })
+
+    test('a fourth level is cut and reported', () => {
+        expect(flatten('p', { a: { b: { c: { d: 1 } } }, ok: 1 })).toEqual({
+            entries: [['p_ok', 1]],
+            complete: false,
+        })
+    })
+
+    test('at most 20 keys per property', () => {
+        const wide = Object.fromEntries([...Array(30)].map((_, i) => [`k${i}`, i]))
+        const { entries, complete } = flatten('w', wide)
+        expect(entries).toHaveLength(20)
+        expect(complete).toBe(false)
+    })
+
+    test('a scalar is itself', () => {
+        expect(flatten('p', 'x')).toEqual({ entries: [['p', 'x']], complete: true })
+    })
+})
+
+describe('findPerson: who the event is about, by the configured identifier', () => {
+    const byId = (choice: string, extra = {}) =>
+        settings({ contactIdentifier: choice, externalId: 'distinct_id', ...extra })
+    test.each<[string, ReturnType<typeof settings>, Partial<ProcessedPluginEvent>, unknown]>([
+        [
+            'email',
+            settings(),
+            {},
+            { identity: { kind: 'email', value: 'ada@example.com' }, email: 'ada@example.com' },
+        ],
+        [
+            'external ID: distinct_id, email kept for creation',
+            byId('external ID'),
+            {},
+            { identity: { kind: 'user_id', value: 'user-1' }, email: 'ada@example.com' },
+        ],
+        [
+            'external ID wins over email in the fallback mode',
+            byId('external ID, else email'),
+            {},
+            { identity: { kind: 'user_id', value: 'user-1' }, email: 'ada@example.com' },
+        ],
+        [
+            'fallback to the email for an anonymous distinct_id',
+            byId('external ID, else email'),
+            { properties: { email: 'ada@example.com', $is_identified: false } },
+            { identity: { kind: 'email', value: 'ada@example.com' }, email: 'ada@example.com' },
+        ],
+        [
+            'from $set, trimmed, numbers as text',
+            settings({ contactIdentifier: 'external ID', externalId: 'property', externalIdProperty: 'uid' }),
+            { properties: { $set: { uid: 42 } } },
+            { identity: { kind: 'user_id', value: '42' }, email: null },
+        ],
+        ['no email', settings(), { properties: {}, distinct_id: 'x' }, { skip: 'no valid email' }],
+        [
+            'no external ID',
+            byId('external ID'),
+            { properties: { $is_identified: false } },
+            { skip: 'no external ID' },
+        ],
+    ])('%s', (_name, parsed, overrides, expected) => {
+        expect(findPerson(makeEvent(overrides), undefined, parsed)).toEqual(expected)
+    })
+
+    test('identityText keeps the email as it was (cache keys, queued items) and round-trips', () => {
+        expect(identityText({ kind: 'email', value: 'ada@example.com' })).toBe('ada@example.com')
+        for (const identity of [
+            { kind: 'email', value: 'ada@example.com' },
+            { kind: 'user_id', value: 'a:b' },
+        ] as const) {
+            expect(identityFromText(identityText(identity))).toEqual(identity)
+        }
     })
 })

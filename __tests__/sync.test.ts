@@ -125,13 +125,16 @@ describe('contact sync', () => {
         await expect(onEvent(identify({ plan: 'team' }), meta)).resolves.toMatchObject({ contact: 'updated' })
     })
 
-    test('"update existing contacts" never creates one', async () => {
-        const { meta } = await setup({ ...CREATE, contactSync: 'update existing contacts' })
-        expectSearch(EMAIL, [])
-        await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({
-            contact: 'no contact',
-        })
-    })
+    test.each(['on', 'update existing contacts'])(
+        '"%s" without "Create contacts for unknown people" never creates one',
+        async (contactSync) => {
+            const { meta } = await setup({ ...CREATE, contactSync })
+            expectSearch(EMAIL, [])
+            await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({
+                contact: 'no contact',
+            })
+        }
+    )
 
     test('"update existing contacts" with nothing mapped in the event: no call at all', async () => {
         const { meta } = await setup({ ...CREATE, contactSync: 'update existing contacts' })
@@ -204,13 +207,152 @@ describe('contact sync', () => {
         await onEvent(identify({ account_id: 991 }), meta)
     })
 
-    test('nested values are dropped with a logged reason naming the property, not its value', async () => {
+    test('nested values become parent_child attributes, named from the renamed property', async () => {
         const { meta, logs } = await setup(CREATE)
         expectSearch(EMAIL, [contact('c1')])
-        expectCall('put', '/contacts/c1', { custom_attributes: { seats: 2 } })
-        await onEvent(identify({ plan: { tier: 'secret-value' }, seats: 2 }), meta)
-        expect(logs.join('\n')).toMatch(/not synced \(nested or empty values\): plan\./)
-        expect(logs.join('\n')).not.toContain('secret-value')
+        expectCall('put', '/contacts/c1', {
+            custom_attributes: { 'Plan name_tier': 'gold', 'Plan name_limits_max_seats': 5, seats: 2 },
+        })
+        await onEvent(identify({ plan: { tier: 'gold', limits: { 'max.seats': 5 } }, seats: 2 }), meta)
+        expect(logs.join('\n')).not.toMatch(/not synced/)
+    })
+
+    test('nesting past 3 levels or 20 keys is cut, logged naming the property, not its value', async () => {
+        const { meta, logs } = await setup({ ...CREATE, personProperties: 'deep,wide' })
+        const wide = Object.fromEntries([...Array(25)].map((_, i) => [`k${i}`, i]))
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', {
+            custom_attributes: {
+                deep_a_b_ok: 'secret-ok',
+                ...Object.fromEntries([...Array(20)].map((_, i) => [`wide_k${i}`, i])),
+            },
+        })
+        const deep = { a: { b: { ok: 'secret-ok', c: { d: 'secret-value' } } } }
+        await onEvent(identify({ deep, wide }), meta)
+        expect(logs.join('\n')).toMatch(/not synced in whole .*: deep, wide\./)
+        expect(logs.join('\n')).not.toContain('secret')
+    })
+
+    test('`*` syncs every person property not starting with $, the email excepted', async () => {
+        const { meta } = await setup({ ...CREATE, personProperties: '*' })
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', {
+            name: 'Ada',
+            custom_attributes: { plan: 'pro', company_size: 3, tags: '["a","b"]' },
+        })
+        await onEvent(
+            identify({
+                name: 'Ada',
+                plan: 'pro',
+                $browser: 'Firefox',
+                company: { size: 3 },
+                tags: ['a', 'b'],
+            }),
+            meta
+        )
+    })
+
+    test('last_seen_at from the event time; unchanged values within the hour make no call; off on request', async () => {
+        // Two event times in one clock hour, both recent.
+        const time = Math.floor((Date.now() / 1000 - 120) / 3600) * 3600
+        const at = (seconds: number) => new Date(seconds * 1000).toISOString()
+        const { meta } = await setup(CREATE, { cache: memoryCache() })
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', { last_seen_at: time, custom_attributes: { 'Plan name': 'pro' } })
+        await onEvent(identify({ plan: 'pro' }, { timestamp: at(time) }), meta)
+        // Same values 59 s later, within the same hour: nothing to send.
+        await expect(onEvent(identify({ plan: 'pro' }, { timestamp: at(time + 59) }), meta)).resolves.toEqual(
+            {
+                status: 'synced',
+                contact: 'unchanged',
+            }
+        )
+
+        const off = await setup({ ...CREATE, updateLastSeen: 'No' })
+        expectSearch(EMAIL, [contact('c1')])
+        expectCall('put', '/contacts/c1', { custom_attributes: { 'Plan name': 'pro' } })
+        await onEvent(identify({ plan: 'pro' }, { timestamp: at(time) }), off.meta)
+    })
+
+    test('the role chosen for unknown people applies to contacts the sync creates', async () => {
+        const { meta } = await setup({ ...CREATE, contactSync: 'on', createContacts: 'as lead' })
+        expectSearch(EMAIL, [])
+        expectCall(
+            'post',
+            '/contacts',
+            { role: 'lead', email: EMAIL, custom_attributes: { 'Plan name': 'pro' } },
+            contact('l1', 'lead')
+        )
+        await expect(onEvent(identify({ plan: 'pro' }), meta)).resolves.toMatchObject({ contact: 'created' })
+    })
+
+    test('a 409 that names no contact id is retried later (search lag), not reported as permanent', async () => {
+        const { meta } = await setup(CREATE)
+        expectSearch(EMAIL, [])
+        nock(US)
+            .post('/contacts')
+            .reply(409, errorBody('conflict', 'A contact matching those details already exists'))
+        const failure = onEvent(identify({ plan: 'pro' }), meta)
+        await expect(failure).rejects.toBeInstanceOf(RetryError)
+        await expect(failure).rejects.toThrow(/already exists \(no contact id given: retried later\)/)
+    })
+
+    test.each([401, 404, 400])(
+        'a %i whose body says a custom attribute does not exist is reported as that, not as the API key',
+        async (status) => {
+            const { meta } = await setup(CREATE)
+            expectSearch(EMAIL, [contact('c1')])
+            nock(US)
+                .put('/contacts/c1')
+                .reply(status, errorBody('parameter_invalid', "Custom attribute 'Plan name' does not exist"))
+            const failure = onEvent(identify({ plan: 'pro' }), meta)
+            await expect(failure).rejects.toThrow(
+                /^Intercom refused the contact or company sync because a custom attribute does not exist, and it will not be retried\. Intercom answered \d+ to PUT \/contacts\/c1: Custom attribute 'Plan name' does not exist\. Create the custom attribute/
+            )
+            await expect(failure).rejects.not.toBeInstanceOf(RetryError)
+        }
+    )
+
+    test('matched by external ID: a person without email is created by external_id', async () => {
+        const { meta } = await setup({
+            ...CREATE,
+            contactIdentifier: 'external ID',
+            externalId: 'distinct_id',
+        })
+        nock(US)
+            .post('/contacts/search', {
+                query: { field: 'external_id', operator: '=', value: 'user-42' },
+                pagination: { per_page: 50 },
+            })
+            .reply(200, { type: 'list', data: [], total_count: 0 })
+        expectCall(
+            'post',
+            '/contacts',
+            { role: 'user', external_id: 'user-42', custom_attributes: { 'Plan name': 'pro' } },
+            contact('x1')
+        )
+        const noEmail = makeEvent({
+            event: '$identify',
+            distinct_id: 'user-42',
+            properties: { $set: { plan: 'pro' } },
+        })
+        await expect(onEvent(noEmail, meta)).resolves.toMatchObject({ contact: 'created' })
+    })
+
+    test('matched by external ID with an email known: the created contact gets both', async () => {
+        const { meta } = await setup({
+            ...CREATE,
+            contactIdentifier: 'external ID',
+            externalId: 'distinct_id',
+        })
+        nock(US).post('/contacts/search').reply(200, { type: 'list', data: [], total_count: 0 })
+        expectCall(
+            'post',
+            '/contacts',
+            { role: 'user', external_id: 'user-42', email: EMAIL, custom_attributes: { 'Plan name': 'pro' } },
+            contact('x1')
+        )
+        await onEvent(identify({ plan: 'pro' }), meta)
     })
 
     test('missing custom attributes are created once, then remembered', async () => {
