@@ -79,13 +79,46 @@ function nodeFetchModule(fetch: FetchFn): FetchFn & { default: FetchFn } {
     return module
 }
 
-export function hostImports(fetch: FetchFn): Record<string, unknown> {
+function withoutDefault(module: object): Record<string, unknown> {
+    return Object.fromEntries(Object.entries(module).filter(([name]) => name !== 'default'))
+}
+
+/**
+ * The host table as PostHog's imports.ts built it (compiled by tsc with esModuleInterop): `import
+ * crypto from 'crypto'` gave the bare module (no `.default`), `import * as x` gave a namespace whose
+ * `.default` is the module. That is what 2021's `table[x].default` read. `RetryError` is the VM's own
+ * (see `SANDBOX_RETRY_ERROR`).
+ */
+export function hostImports(fetch: FetchFn, retryError: unknown): Record<string, unknown> {
+    const namespace = (module: object, extra: Record<string, unknown> = {}) => {
+        const plain = { ...withoutDefault(module), ...extra }
+        return Object.freeze({ ...plain, default: plain })
+    }
     return Object.freeze({
-        '@posthog/plugin-scaffold': scaffold,
+        '@posthog/plugin-scaffold': namespace(scaffold, { RetryError: retryError }),
         'node-fetch': nodeFetchModule(fetch),
-        crypto,
-        url,
+        crypto: Object.freeze(withoutDefault(crypto)),
+        url: namespace(url),
     })
+}
+
+/**
+ * vm2 3.12 (the npm version here) rebuilds errors crossing its bridge and loses their class; PostHog's
+ * vm2 3.9 kept it. A RetryError made in the VM's own realm keeps its `name` across, so the runtime can
+ * still tell it (`isRetryErrorFromVm`); its shape is the scaffold's (an Error named 'RetryError').
+ */
+const SANDBOX_RETRY_ERROR = `(class RetryError extends Error {
+    constructor(message) { super(message); this.name = 'RetryError' }
+})`
+
+/** A RetryError as the host sees it coming out of the VM: by name, since the class is lost. */
+export function isRetryErrorFromVm(error: unknown, variant: VariantSpec): boolean {
+    const name = (error as { name?: unknown } | null)?.name
+    return (
+        error instanceof RetryError ||
+        name === 'RetryError' ||
+        (name === 'TimeoutError' && variant.timeoutIsRetryError)
+    )
 }
 
 /** 2025's global `fetch` was `vmFetch` itself, a function of the plugin config returning the fetch. */
@@ -159,8 +192,9 @@ export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
     const globalFetch = globalFetchOf(variant, options.fetch)
     if (globalFetch) vm.freeze(globalFetch, 'fetch')
     if (variant.guard === 'callee-2021') vm.freeze({}, 'google')
-    vm.freeze(hostImports(options.fetch), '__pluginHostImports')
-    vm.freeze(RetryError, 'RetryError')
+    const retryError = vm.run(SANDBOX_RETRY_ERROR)
+    vm.freeze(hostImports(options.fetch, retryError), '__pluginHostImports')
+    vm.freeze(retryError, 'RetryError')
     vm.freeze(URL, 'URL')
     vm.freeze(clock.guard, '__asyncGuard')
     vm.freeze(pick(options.meta, variant.metaKeys), '__pluginHostMeta')

@@ -5,7 +5,6 @@
  * variant calls it; the cache is PostHog's extension over a real Redis where the variant has one.
  * Used by the runtime tests, the fault campaign and tools/runtime/worker.ts (a child process).
  */
-import { RetryError } from '@posthog/plugin-scaffold'
 import { readFileSync } from 'node:fs'
 import { format } from 'node:util'
 
@@ -14,7 +13,7 @@ import { consoleTo, DEFAULT_PLUGIN_FILE, EmulatorTarget, FetchFn } from '../load
 import { createRedisCache, PluginCache, RedisCache, RedisMode } from './cache'
 import { CdpExecutor, CdpRunResult, createCdpExecutor } from './cdp-executor'
 import { fetchesFor } from './fetch'
-import { Hook, loadSandboxed, SandboxedPlugin } from './sandbox'
+import { Hook, isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from './sandbox'
 import { createSleeper } from './sleeper'
 import { maxRuns, retryDelayMs, VARIANTS, VariantId, VariantSpec } from './variants'
 
@@ -93,10 +92,6 @@ export function describeError(error: unknown): string {
     return String(error)
 }
 
-function isRetryError(error: unknown): boolean {
-    return error instanceof RetryError || (error as { name?: unknown } | null)?.name === 'RetryError'
-}
-
 function ok(runs: number, value: unknown): Treatment {
     return { status: 'ok', runs, retried: runs - 1, value }
 }
@@ -173,7 +168,8 @@ async function startSandboxed(common: Common): Promise<VariantRuntime> {
             try {
                 return ok(run, await hook(...args))
             } catch (error) {
-                if (!isRetryError(error) || run >= maxRuns(variant.retry)) return failed(run, error)
+                if (!isRetryErrorFromVm(error, variant) || run >= maxRuns(variant.retry))
+                    return failed(run, error)
                 await sleeper.sleep(retryDelayMs(variant.retry, run) * scale)
             }
         }
