@@ -129,8 +129,10 @@ export function loadModule(source: string): PluginModule {
     return module.exports
 }
 
+/** The message of any thrown value, whichever realm made it (jest runs tests in a realm of its own). */
 function describe(error: unknown): string {
-    return error instanceof Error ? error.message : String(error)
+    const message = (error as { message?: unknown } | null)?.message
+    return typeof message === 'string' ? message : String(error)
 }
 
 function isRetryError(error: unknown): boolean {
