@@ -4,6 +4,7 @@
  * runEveryMinute (where the variant has it) until the plugin reports nothing left. Writes one JSON line
  * per result on stdout: counts and statuses only, never event contents.
  */
+import { ChildProcess, spawn } from 'node:child_process'
 import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
 
@@ -86,6 +87,13 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
         delayScale: numberFlag('--delay-scale', flags.get('delay-scale') ?? '1', 0),
         pluginId: numberFlag('--plugin-id', flags.get('plugin-id') ?? '1', 1),
     }
+}
+
+/** Starts the worker as a child process (one process: `node --import tsx`, so `kill -9` really kills it). */
+export function spawnWorker(args: readonly string[]): ChildProcess {
+    return spawn(process.execPath, ['--import', 'tsx', __filename, ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+    })
 }
 
 function emit(line: object): void {
