@@ -89,10 +89,13 @@ function parseValue(value: string | null, jsonSerialize: boolean): unknown {
 
 /** A Redis client that gives up on a command after one reconnection try, as a pool with a timeout would. */
 export function connectRedis(redisUrl: string): Redis {
-    return new Redis(redisUrl, {
+    const client = new Redis(redisUrl, {
         maxRetriesPerRequest: 1,
         retryStrategy: (times) => Math.min(times * 100, 1000),
     })
+    // A Redis that is down shows in the commands' rejections; the connection's own errors are noise.
+    client.on('error', () => undefined)
+    return client
 }
 
 export function createRedisCache(options: RedisCacheOptions): RedisCache {
