@@ -151,7 +151,7 @@ test('a worker killed with SIGKILL mid-drain loses no event: the next worker del
         const first = spawnWorker(drainArgs)
         let storedAtKill = -1
         const unsubscribe = emulator.onRequest((request) => {
-            if (storedAtKill < 0 && request.path === "/events" && emulator.events().length >= 250) {
+            if (storedAtKill < 0 && request.path === '/events' && emulator.events().length >= 250) {
                 storedAtKill = emulator.events().length
                 first.kill('SIGKILL')
             }
