@@ -118,9 +118,6 @@ describe('what the scenarios show', () => {
 describe("the variant matrix: PostHog's real runtimes with a real Redis (reduced)", () => {
     /** One cell per scenario is enough here: __tests__/runtime/queue-contract.test.ts covers the rest at full size. */
     const CELLS: ReadonlyArray<[VariantScenarioName, VariantId]> = [
-        ['backlog-1000', 1],
-        ['backlog-1000', 2],
-        ['backlog-1000', 3],
         ['backlog-1000', 4],
         ['kill-9-mid-drain', 4],
         ['redis-restart', 3],
@@ -148,12 +145,19 @@ describe("the variant matrix: PostHog's real runtimes with a real Redis (reduced
     )
 
     test('the matrix prints scenarios as rows and the six variants as columns', () => {
-        const row = { scenario: 'backlog-1000', sent: 10, missing: 3, lost: 1, failedRateLimit: 0 }
-        const table = formatVariantMatrix([{ ...row, variant: 2 } as VariantScenarioResult])
-        expect(table.split('\n')[0]).toMatch(
-            /^\| scenario +\| variant 1 \| variant 2 +\| variant 3 \|.*\| variant 6 \|$/
-        )
-        expect(table).toContain('| backlog-1000 | -         | 1 lost, 2 reported / 10 |')
+        const result = { scenario: 'backlog-1000', sent: 10, missing: 3, lost: 1, failedRateLimit: 0 }
+        const table = formatVariantMatrix([{ ...result, variant: 2 } as VariantScenarioResult])
+        const [header, , row] = table.split('\n')
+        expect(header.split(/ {2,}/)).toEqual(['scenario', ...[1, 2, 3, 4, 5, 6].map((v) => `variant ${v}`)])
+        expect(row.split(/ {2,}/)).toEqual([
+            'backlog-1000',
+            '-',
+            '1 lost, 2 reported / 10',
+            '-',
+            '-',
+            '-',
+            '-',
+        ])
     })
 })
 

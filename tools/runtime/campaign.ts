@@ -11,6 +11,7 @@ import * as path from 'node:path'
 
 import { Emulator, startEmulator } from '../emulator'
 import { RedisServer, startRedis } from '../lib/redis-server'
+import { formatTable } from '../report'
 import type { VariantScenario } from '../scenarios'
 import {
     BACKLOG_CONFIG,
@@ -263,25 +264,19 @@ export async function runVariantScenario(
     }
 }
 
-/** The matrix: one row per scenario, one column per variant, `lost/sent` in each cell. */
+/** The matrix: one row per scenario, one column per variant, what was lost and reported of what was sent. */
 export function formatVariantMatrix(results: readonly VariantScenarioResult[]): string {
     const variants = [1, 2, 3, 4, 5, 6]
-    const scenarios = [...new Set(results.map((r) => r.scenario))]
     const cell = (scenario: string, variant: number): string => {
         const r = results.find((x) => x.scenario === scenario && x.variant === variant)
         if (!r) return '-'
         const extra = r.failedRateLimit > 0 ? ` (${r.failedRateLimit} failed 429)` : ''
         return `${r.lost} lost, ${r.missing - r.lost} reported / ${r.sent}${extra}`
     }
-    const rows = [
-        ['scenario', ...variants.map((v) => `variant ${v}`)],
-        ...scenarios.map((s) => [s, ...variants.map((v) => cell(s, v))]),
-    ]
-    const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)))
-    const line = (row: string[]) => `| ${row.map((text, i) => text.padEnd(widths[i])).join(' | ')} |`
-    return [
-        line(rows[0]),
-        `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
-        ...rows.slice(1).map(line),
-    ].join('\n')
+    const scenarios = [...new Set(results.map((r) => r.scenario))]
+    const columns = [{ header: 'scenario' }, ...variants.map((v) => ({ header: `variant ${v}` }))]
+    return formatTable(
+        columns,
+        scenarios.map((s) => [s, ...variants.map((v) => cell(s, v))])
+    ).join('\n')
 }

@@ -11,7 +11,6 @@
  * puts a run that threw RetryError back on its queue: 3 runs in all, the n-th re-run after
  * min(1000·n + random·1000, 30000) ms. Delays here are scaled by `delayScale` so tests stay fast.
  */
-import * as babel from '@babel/core'
 import * as scaffold from '@posthog/plugin-scaffold'
 import { RetryError } from '@posthog/plugin-scaffold'
 import * as crypto from 'node:crypto'
@@ -20,6 +19,7 @@ import * as vm from 'node:vm'
 
 import type { CdpFullFetch, CdpFullResponse } from './fetch'
 import { createSleeper } from './sleeper'
+import { posthogBabel } from './transforms'
 import { maxRuns, RetryPolicy, retryDelayMs } from './variants'
 
 /** The id under which PostHog already runs a port of the original Intercom app. */
@@ -101,17 +101,8 @@ const HOST_MODULES: Record<string, unknown> = {
 
 /** Compiles index.ts as a module of the host app (TypeScript stripped, CommonJS), in the host realm. */
 export function loadModule(source: string): PluginModule {
-    const result = babel.transformSync(source, {
-        babelrc: false,
-        configFile: false,
-        filename: 'index.ts',
-        presets: [
-            require.resolve('@babel/preset-typescript'),
-            [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }],
-        ],
-    })
-    if (!result?.code) throw new Error('Babel produced no code for the plugin')
-    const wrapper = `(function (exports, require, module) {\n${result.code}\n})`
+    const code = posthogBabel(source)
+    const wrapper = `(function (exports, require, module) {\n${code}\n})`
     const factory = new vm.Script(wrapper, { filename: 'index.ts' }).runInThisContext() as (
         exports: object,
         require: (name: string) => unknown,

@@ -181,13 +181,8 @@ export function promiseTimeout(options: TransformOptions): (api: { types: T }) =
     })
 }
 
-const transformed = new Map<string, string>()
-
-/** Babel as PostHog configured it (presets typescript + env for this Node, filename index.ts) plus the three plugins. */
-export function transformPluginCode(source: string, options: TransformOptions): string {
-    const memoKey = JSON.stringify([options, source])
-    const cached = transformed.get(memoKey)
-    if (cached !== undefined) return cached
+/** Babel as PostHog configured it for plugins: presets typescript and env for this Node, filename index.ts. */
+export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): string {
     const result = babel.transformSync(source, {
         envName: 'production',
         code: true,
@@ -198,9 +193,24 @@ export function transformPluginCode(source: string, options: TransformOptions): 
             require.resolve('@babel/preset-typescript'),
             [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }],
         ],
-        plugins: [replaceImports(options), loopTimeout(options), promiseTimeout(options)],
+        plugins,
     })
     if (!result?.code) throw new Error('Babel produced no code for the plugin')
-    transformed.set(memoKey, result.code)
     return result.code
+}
+
+const transformed = new Map<string, string>()
+
+/** PostHog's Babel call for sandboxed plugins: the presets plus its three plugins. */
+export function transformPluginCode(source: string, options: TransformOptions): string {
+    const memoKey = JSON.stringify([options, source])
+    const cached = transformed.get(memoKey)
+    if (cached !== undefined) return cached
+    const code = posthogBabel(source, [
+        replaceImports(options),
+        loopTimeout(options),
+        promiseTimeout(options),
+    ])
+    transformed.set(memoKey, code)
+    return code
 }
