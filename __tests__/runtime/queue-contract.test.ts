@@ -124,6 +124,23 @@ test('variant 4 has no runEveryMinute: new events drain the parked ones, in boun
     })
 })
 
+test('Redis down while Intercom fails: no event is reported queued, and the errors say why in few words', async () => {
+    const down = await startRedis()
+    try {
+        await withRuntime(3, { redisUrl: down.url }, async (runtime) => {
+            await down.kill()
+            emulator.configure({ errorRate: 1 })
+            const treatments = await runEvents(runtime, backlogEvents(8, { prefix: 'redis-down' }), 8)
+            expect(countBy(treatments, reportedStatus)).toEqual({ failed: 8 })
+            // One clear error per kind, not one per event.
+            const kinds = new Set(treatments.map((t) => t.error!.replace(/\d+/g, 'N')))
+            expect(kinds.size).toBeLessThanOrEqual(2)
+        })
+    } finally {
+        await down.stop()
+    }
+})
+
 function exitOf(
     child: ChildProcess
 ): Promise<{ code: number | null; signal: string | null; stderr: string }> {
