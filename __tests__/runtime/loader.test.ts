@@ -6,10 +6,10 @@ import nock from 'nock'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
 
-import { consoleTo, FetchFn } from '../../tools/load-plugin'
+import { consoleTo, DEFAULT_PLUGIN_FILE, FetchFn } from '../../tools/load-plugin'
 import { isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from '../../tools/runtime/sandbox'
 import { startVariant, VariantRuntime } from '../../tools/runtime/start-variant'
-import { transformPluginCode } from '../../tools/runtime/transforms'
+import { doubleEvaluatedAwaits, transformPluginCode } from '../../tools/runtime/transforms'
 import { VARIANTS, VariantId } from '../../tools/runtime/variants'
 
 const fixture = (name: string): string =>
@@ -186,5 +186,18 @@ describe('what the VM gives a plugin', () => {
             expect(runtime.runEveryMinute === undefined).toBe(id === 4)
             if (runtime.runEveryMinute) expect((await runtime.runEveryMinute()).value).toBe('ran')
         }
+    })
+})
+
+describe('code that 2021 images run twice', () => {
+    test('the finder flags `await api.open().read()` and not a plain method call', () => {
+        expect(doubleEvaluatedAwaits(fixture('runtime-chained-await'))).toEqual([
+            { line: 11, callee: 'api.open().read' },
+        ])
+        expect(doubleEvaluatedAwaits('async function f(c) { await c.get("k"); await g(h()) }')).toEqual([])
+    })
+
+    test('index.ts awaits no chained call whose callee the 2021 guard would call a second time', () => {
+        expect(doubleEvaluatedAwaits(readFileSync(DEFAULT_PLUGIN_FILE, 'utf8'))).toEqual([])
     })
 })

@@ -214,3 +214,50 @@ export function transformPluginCode(source: string, options: TransformOptions): 
     transformed.set(memoKey, code)
     return code
 }
+
+/** An `await` whose callee the 2021 guard evaluates a second time, and that second time calls something. */
+export interface DoubleEvaluation {
+    line: number
+    /** The callee, as written: evaluated twice on 2021 images. */
+    callee: string
+}
+
+/**
+ * Finds `await f().g()`-shaped awaits in plugin source: the 2021 promise-timeout passes the callee
+ * (`f().g`) to the guard as an expression, so `f()` runs twice and the second result is dropped.
+ */
+export function doubleEvaluatedAwaits(source: string): DoubleEvaluation[] {
+    const ast = babel.parseSync(source, {
+        babelrc: false,
+        configFile: false,
+        filename: 'index.ts',
+        presets: [require.resolve('@babel/preset-typescript')],
+    })
+    if (!ast) return []
+    const found: DoubleEvaluation[] = []
+    babel.traverse(ast, {
+        AwaitExpression(path) {
+            const argument = path.get('argument')
+            if (!argument.isCallExpression()) return
+            const callee = argument.get('callee')
+            let calls = callee.isCallExpression() || callee.isNewExpression()
+            callee.traverse({
+                'CallExpression|NewExpression'(inner) {
+                    calls = true
+                    inner.stop()
+                },
+                Function(inner) {
+                    inner.skip() // a function written there is created, not run
+                },
+            })
+            if (calls) {
+                const { start, end } = callee.node
+                found.push({
+                    line: callee.node.loc?.start.line ?? 0,
+                    callee: source.slice(start ?? 0, end ?? 0),
+                })
+            }
+        },
+    })
+    return found
+}
