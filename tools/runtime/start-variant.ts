@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs'
 import { format } from 'node:util'
 
-import { createMemoryStorage } from '../harness'
+import { createMemoryStorage, describeError } from '../harness'
 import { consoleTo, DEFAULT_PLUGIN_FILE, EmulatorTarget, FetchFn } from '../load-plugin'
 import { createRedisCache, PluginCache, RedisCache, RedisMode } from './cache'
 import { CdpExecutor, CdpRunResult, createCdpExecutor } from './cdp-executor'
@@ -82,14 +82,6 @@ export interface VariantRuntime {
     readonly redis: RedisCache | null
     readonly logs: RuntimeLog[]
     teardown(): Promise<void>
-}
-
-export function describeError(error: unknown): string {
-    if (typeof error === 'object' && error !== null && 'message' in error) {
-        const { name, message } = error as { name?: unknown; message?: unknown }
-        return `${typeof name === 'string' ? name : 'Error'}: ${String(message)}`
-    }
-    return String(error)
 }
 
 function ok(runs: number, value: unknown): Treatment {
