@@ -3,9 +3,21 @@
  * every PostHog runtime, end to end through the harness and the Intercom emulator, with seeded faults.
  * Whatever the runtime allows to be delivered is stored exactly once; everything else is reported with a
  * reason; nothing is lost, duplicated, retried without bound, leaked or sent off Intercom; every run ends.
+ * Then a few cells of the variant matrix (PostHog's six real runtimes, a real Redis) and the command line.
  */
-import { runScenario, ScenarioResult } from '../tools/faults'
-import { FaultScenario, Runtime, RUNTIMES, SCENARIOS } from '../tools/scenarios'
+import { spawnSync } from 'node:child_process'
+
+import { parseFaultsArgs, runScenario, ScenarioResult } from '../tools/faults'
+import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from '../tools/runtime/campaign'
+import { VariantId } from '../tools/runtime/variants'
+import {
+    FaultScenario,
+    Runtime,
+    RUNTIMES,
+    SCENARIOS,
+    VARIANT_SCENARIOS,
+    VariantScenarioName,
+} from '../tools/scenarios'
 
 /** Small enough for ~20 s on 2 cores, large enough that every fault hits several events. */
 const EVENTS = 60
@@ -101,4 +113,85 @@ describe('what the scenarios show', () => {
         ])
         expect(result.maxPostsPerEvent).toBe(1)
     }, 60_000)
+})
+
+describe("the variant matrix: PostHog's real runtimes with a real Redis (reduced)", () => {
+    /** One cell per scenario is enough here: __tests__/runtime/queue-contract.test.ts covers the rest at full size. */
+    const CELLS: ReadonlyArray<[VariantScenarioName, VariantId]> = [
+        ['backlog-1000', 4],
+        ['kill-9-mid-drain', 4],
+        ['redis-restart', 3],
+        ['burst-10000-rate-limit', 6],
+    ]
+
+    test.each(CELLS)(
+        '%s in variant %i: nothing lost, nothing unexpected stored',
+        async (name, variant) => {
+            const scenario = VARIANT_SCENARIOS.find((s) => s.name === name)!
+            const result = await runVariantScenario(scenario, variant, { small: true })
+            expect(result.sent).toBeGreaterThanOrEqual(scenario.smallEvents)
+            expect({
+                lost: result.lost,
+                unexpected: result.unexpected,
+                failedRateLimit: result.failedRateLimit,
+            }).toEqual({
+                lost: 0,
+                unexpected: 0,
+                failedRateLimit: 0,
+            })
+            if (scenario.smallRateLimit) expect(result.rateLimited).toBeGreaterThan(0)
+        },
+        90_000
+    )
+
+    test('the matrix prints scenarios as rows and the six variants as columns', () => {
+        const result = { scenario: 'backlog-1000', sent: 10, missing: 3, lost: 1, failedRateLimit: 0 }
+        const table = formatVariantMatrix([{ ...result, variant: 2 } as VariantScenarioResult])
+        const [header, , row] = table.split('\n')
+        expect(header.split(/ {2,}/)).toEqual(['scenario', ...[1, 2, 3, 4, 5, 6].map((v) => `variant ${v}`)])
+        expect(row.split(/ {2,}/)).toEqual([
+            'backlog-1000',
+            '-',
+            '1 lost, 2 reported / 10',
+            '-',
+            '-',
+            '-',
+            '-',
+        ])
+    })
+})
+
+describe('npm run faults: the command line', () => {
+    const run = (...args: string[]) =>
+        spawnSync(process.execPath, ['--import', 'tsx', 'tools/faults.ts', ...args], { encoding: 'utf8' })
+
+    test('--help prints the usage, with every scenario, and exits 0', () => {
+        const result = run('--help')
+        expect(result.status).toBe(0)
+        expect(result.stdout).toContain('Usage: npm run faults -- [options]')
+        for (const scenario of [...SCENARIOS, ...VARIANT_SCENARIOS])
+            expect(result.stdout).toContain(scenario.name)
+    })
+
+    test.each([
+        [['--scenario', 'nope'], "Unknown scenario 'nope'"],
+        [['--frobnicate'], "Unknown option '--frobnicate'"],
+        [['--variants', '0,7'], '--variants takes numbers 1 to 6'],
+        [['--events'], '--events needs a value'],
+        [['--events', 'many'], "--events needs a whole number, not 'many'"],
+    ])('%j is refused with a clear message', (args, message) => {
+        expect(() => parseFaultsArgs(args)).toThrow(message)
+    })
+
+    test('an unknown scenario or option exits non-zero, naming it', () => {
+        for (const [args, message] of [
+            [['--scenario', 'nope'], "Unknown scenario 'nope'. Known: 5xx-burst"],
+            [['--frobnicate'], "Unknown option '--frobnicate'"],
+        ] as const) {
+            const result = run(...args)
+            expect(result.status).toBe(2)
+            expect(result.stderr).toContain(message)
+            expect(result.stderr).toContain('Usage: npm run faults')
+        }
+    })
 })

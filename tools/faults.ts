@@ -11,8 +11,12 @@
  * - Every log line and error message of both is searched for the canary token, emails and values; every
  *   request's host must be one of Intercom's three.
  *
- * `npm run faults [-- --events 200 --out faults-results.json --scenario 429-storm]` prints the table and
- * writes the JSON; __tests__/faults.test.ts runs a reduced campaign inside `npm test`.
+ * - The variant matrix (tools/runtime/campaign.ts): the scenarios of VARIANT_SCENARIOS in PostHog's six
+ *   real runtimes, with a real Redis and, for kill -9, a real worker process.
+ *
+ * `npm run faults [-- --events 200 --out faults-results.json --scenario 429-storm --variants 1,6]` prints
+ * the tables and writes the JSON (`--help` lists the options); __tests__/faults.test.ts runs a reduced
+ * campaign inside `npm test`.
  */
 import { createHash } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
@@ -80,8 +84,11 @@ import {
     SCENARIOS,
     SKIP_REASONS,
     VALUE_MARK,
+    VARIANT_SCENARIOS,
     Workload,
 } from './scenarios'
+import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from './runtime/campaign'
+import { isVariantId, VARIANT_IDS, VariantId } from './runtime/variants'
 
 // ---------------------------------------------------------------------------------------------------
 // HTTP: a client with the campaign's compressed timeout, and an audit of every host asked for
@@ -1162,53 +1169,144 @@ export function formatReport(report: CampaignReport): string {
     ].join('\n')
 }
 
-interface CliArgs {
+export const FAULTS_USAGE = `Usage: npm run faults -- [options]
+  --events N          events per harness scenario (default 200)
+  --scenario NAME     run one scenario only: a harness scenario or a variant scenario
+  --variants LIST     variant columns to run, e.g. 1,3,6 (default: all a scenario applies to)
+  --small             variant scenarios at their reduced size (as inside npm test)
+  --client NAME       harness HTTP client: undici or node-fetch (default: per runtime)
+  --generated N       generated bad events on top of the corpus (default 300)
+  --out FILE          JSON report (default faults-results.json)
+  --help              this text
+
+Harness scenarios: ${SCENARIOS.map((s) => s.name).join(', ')}
+Variant scenarios (PostHog's six runtimes, a real Redis): ${VARIANT_SCENARIOS.map((s) => s.name).join(', ')}`
+
+export interface CliArgs {
+    help: boolean
     events: number
     out: string
     client?: ClientName
     scenario?: string
+    variants: VariantId[]
+    small: boolean
     generated: number
 }
 
-function parseArgs(argv: string[]): CliArgs {
-    const value = (name: string) => {
-        const index = argv.indexOf(`--${name}`)
-        return index >= 0 ? argv[index + 1] : undefined
+const VALUE_FLAGS = ['events', 'out', 'client', 'scenario', 'variants', 'generated']
+const SWITCHES = ['help', 'small']
+
+function positiveInteger(name: string, text: string | undefined, fallback: number): number {
+    if (text === undefined) return fallback
+    const value = Number(text)
+    if (!Number.isInteger(value) || value < 0)
+        throw new Error(`--${name} needs a whole number, not '${text}'`)
+    return value
+}
+
+function parseVariants(text: string | undefined): VariantId[] {
+    if (text === undefined) return [...VARIANT_IDS]
+    const ids = text.split(',').map((part) => Number(part.trim()))
+    const wrong = ids.find((id) => !isVariantId(id))
+    if (wrong !== undefined) throw new Error(`--variants takes numbers 1 to 6, not '${text}'`)
+    return ids as VariantId[]
+}
+
+/** Parses the command line; throws a clear message for an unknown flag, scenario or value. */
+export function parseFaultsArgs(argv: readonly string[]): CliArgs {
+    const values = new Map<string, string>()
+    const switches = new Set<string>()
+    for (let i = 0; i < argv.length; i++) {
+        const name = argv[i].startsWith('--') ? argv[i].slice(2) : ''
+        if (SWITCHES.includes(name)) switches.add(name)
+        else if (VALUE_FLAGS.includes(name) && i + 1 < argv.length) values.set(name, argv[++i])
+        else if (VALUE_FLAGS.includes(name)) throw new Error(`--${name} needs a value`)
+        else throw new Error(`Unknown option '${argv[i]}'`)
     }
+    const scenario = values.get('scenario')
+    const known = [...SCENARIOS.map((s) => s.name), ...VARIANT_SCENARIOS.map((s) => s.name)]
+    if (scenario !== undefined && !known.includes(scenario))
+        throw new Error(`Unknown scenario '${scenario}'. Known: ${known.join(', ')}`)
+    const client = values.get('client')
+    if (client !== undefined && client !== 'undici' && client !== 'node-fetch')
+        throw new Error(`--client is undici or node-fetch, not '${client}'`)
     return {
-        events: Number(value('events') ?? 200),
-        out: value('out') ?? 'faults-results.json',
-        client:
-            value('client') === 'undici' || value('client') === 'node-fetch'
-                ? (value('client') as ClientName)
-                : undefined,
-        scenario: value('scenario'),
-        generated: Number(value('generated') ?? 300),
+        help: switches.has('help'),
+        events: positiveInteger('events', values.get('events'), 200),
+        out: values.get('out') ?? 'faults-results.json',
+        client: client as ClientName | undefined,
+        scenario,
+        variants: parseVariants(values.get('variants')),
+        small: switches.has('small'),
+        generated: positiveInteger('generated', values.get('generated'), 300),
     }
 }
 
-async function main(): Promise<void> {
-    const args = parseArgs(process.argv.slice(2))
-    const scenarios = SCENARIOS.filter((s) => !args.scenario || s.name === args.scenario)
-    const report = await runCampaign({
-        events: args.events,
-        client: args.client,
-        generated: args.generated,
-        scenarios,
-        onResult: (r) =>
-            process.stderr.write(`  ${r.scenario} / ${r.runtime}: ${(r.durationMs / 1000).toFixed(1)} s\n`),
-    })
-    console.log(formatReport(report))
-    writeFileSync(args.out, `${JSON.stringify(report, null, 2)}\n`)
+/** The variant matrix: each selected scenario in each selected variant it applies to. */
+export async function runVariantCampaign(
+    options: { scenario?: string; variants: readonly VariantId[]; small: boolean },
+    onResult?: (result: VariantScenarioResult) => void
+): Promise<VariantScenarioResult[]> {
+    const results: VariantScenarioResult[] = []
+    for (const scenario of VARIANT_SCENARIOS) {
+        if (options.scenario && scenario.name !== options.scenario) continue
+        if (options.small && scenario.smallEvents === 0) continue
+        for (const variant of options.variants) {
+            if (!scenario.variants.includes(variant)) continue
+            const result = await runVariantScenario(scenario, variant, { small: options.small })
+            results.push(result)
+            onResult?.(result)
+        }
+    }
+    return results
+}
+
+async function main(args: CliArgs): Promise<void> {
+    const progress = (name: string, durationMs: number) =>
+        process.stderr.write(`  ${name}: ${(durationMs / 1000).toFixed(1)} s\n`)
+    const isVariantScenario = VARIANT_SCENARIOS.some((s) => s.name === args.scenario)
+    const report = isVariantScenario
+        ? undefined
+        : await runCampaign({
+              events: args.events,
+              client: args.client,
+              generated: args.generated,
+              scenarios: SCENARIOS.filter((s) => !args.scenario || s.name === args.scenario),
+              onResult: (r) => progress(`${r.scenario} / ${r.runtime}`, r.durationMs),
+          })
+    const harnessOnly = args.scenario !== undefined && !isVariantScenario
+    const variants = harnessOnly
+        ? []
+        : await runVariantCampaign(args, (r) =>
+              progress(`${r.scenario} / variant ${r.variant}`, r.durationMs)
+          )
+    if (report) console.log(formatReport(report))
+    if (variants.length > 0)
+        console.log(`\nPostHog's six runtimes, a real Redis:\n${formatVariantMatrix(variants)}`)
+    writeFileSync(args.out, `${JSON.stringify({ ...report, variants }, null, 2)}\n`)
     console.log(`\nWrote ${args.out}`)
     const clean =
-        report.totals.lost === 0 && report.totals.duplicatesStored === 0 && report.totals.leaks === 0
-    process.exitCode = clean && report.totals.offHost === 0 ? 0 : 1
+        !report ||
+        (report.totals.lost === 0 &&
+            report.totals.duplicatesStored === 0 &&
+            report.totals.leaks === 0 &&
+            report.totals.offHost === 0)
+    const variantsClean = variants.every((r) => r.lost === 0 && r.unexpected === 0)
+    process.exitCode = clean && variantsClean ? 0 : 1
 }
 
 if (require.main === module) {
-    main().catch((error: unknown) => {
-        console.error(error)
-        process.exitCode = 1
-    })
+    let args: CliArgs | undefined
+    try {
+        args = parseFaultsArgs(process.argv.slice(2))
+    } catch (error) {
+        console.error(`${(error as Error).message}\n\n${FAULTS_USAGE}`)
+        process.exitCode = 2
+    }
+    if (args?.help) console.log(FAULTS_USAGE)
+    else if (args)
+        main(args).catch((error: unknown) => {
+            console.error(error)
+            process.exitCode = 1
+        })
 }

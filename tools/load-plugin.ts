@@ -29,6 +29,8 @@ import * as url from 'node:url'
 import * as vm from 'node:vm'
 import nodeFetch from 'node-fetch'
 
+import { posthogBabel } from './runtime/transforms'
+
 /** The only modules a PostHog plugin may import. */
 export const ALLOWED_IMPORTS = ['@posthog/plugin-scaffold', 'node-fetch', 'crypto', 'url'] as const
 export type AllowedImport = (typeof ALLOWED_IMPORTS)[number]
@@ -230,20 +232,7 @@ export function transpilePlugin(source: string): TranspiledPlugin {
     const cached = transpileCache.get(source)
     if (cached) return cached
     const imports: ImportUse[] = []
-    const result = babel.transformSync(source, {
-        envName: 'production',
-        code: true,
-        babelrc: false,
-        configFile: false,
-        filename: 'index.ts',
-        presets: [
-            require.resolve('@babel/preset-typescript'),
-            [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }],
-        ],
-        plugins: [() => importGate(imports)],
-    })
-    if (!result?.code) throw new Error('Babel produced no code for the plugin')
-    const transpiled = { code: result.code, imports }
+    const transpiled = { code: posthogBabel(source, [() => importGate(imports)]), imports }
     transpileCache.set(source, transpiled)
     return transpiled
 }

@@ -998,3 +998,80 @@ export const BAD_CONFIG_CASES: readonly BadConfigCase[] = [
     { name: 'company group type a URL', config: { ...base, companyGroupType: EVIL }, expect: { host: US_HOST } },
     { name: 'unknown keys naming hosts', config: { ...base, host: 'evil.example.com', url: EVIL, baseUrl: EVIL, apiUrl: EVIL, proxy: EVIL }, expect: { host: US_HOST } },
 ]
+
+// ---------------------------------------------------------------------------------------------------
+// Variant scenarios: PostHog's six real runtimes (tools/runtime) as columns, with a real Redis
+// ---------------------------------------------------------------------------------------------------
+
+export type VariantScenarioName =
+    'backlog-1000' | 'kill-9-mid-drain' | 'redis-restart' | 'queue-full-10000' | 'burst-10000-rate-limit'
+
+export interface VariantScenario {
+    name: VariantScenarioName
+    summary: string
+    /** The variants (1-6) it applies to: a queue needs a cache (1-4), the burst is about the CDP executor. */
+    variants: readonly number[]
+    /** Events of a full run (`npm run faults`). */
+    events: number
+    /** Events of the reduced run inside `npm test`; 0: not run there. */
+    smallEvents: number
+    /** Emulator rate limit per window, when the scenario is about it (Intercom: 1,666 per 10 s). */
+    rateLimit?: number
+    /** The rate limit of the reduced run, so that a few events still meet it. */
+    smallRateLimit?: number
+    windowSeconds?: number
+    /** Events in flight; the burst uses the benchmark's 4 workers × 8. */
+    concurrency: number
+}
+
+/** The retry queue's length bound in index.ts: past it an event is refused with a reason. */
+export const QUEUE_MAX_LENGTH = 10_000
+
+export const VARIANT_SCENARIOS: readonly VariantScenario[] = [
+    {
+        name: 'backlog-1000',
+        summary: 'Intercom answers 503 while 1,000 events arrive (parked), then recovers; the queue drains',
+        variants: [1, 2, 3, 4],
+        events: 1000,
+        smallEvents: 50,
+        concurrency: 10,
+    },
+    {
+        name: 'kill-9-mid-drain',
+        summary: 'a worker process draining a parked backlog is killed with SIGKILL; a new worker finishes',
+        variants: [1, 2, 3, 4],
+        events: 1000,
+        smallEvents: 200,
+        concurrency: 1,
+    },
+    {
+        name: 'redis-restart',
+        summary:
+            'Redis is killed and restarted (empty, no persistence) while events flow and Intercom is healthy',
+        variants: [1, 2, 3, 4],
+        events: 1000,
+        smallEvents: 60,
+        concurrency: 4,
+    },
+    {
+        name: 'queue-full-10000',
+        summary:
+            'Intercom is down while 10,050 events arrive: the queue holds 10,000, the rest are refused with a reason',
+        variants: [1, 2, 3, 4],
+        events: QUEUE_MAX_LENGTH + 50,
+        smallEvents: 0,
+        concurrency: 10,
+    },
+    {
+        name: 'burst-10000-rate-limit',
+        summary:
+            "10,000 events at once against Intercom's rate limit (1,666 calls / 10 s) in the current executor",
+        variants: [5, 6],
+        events: 10_000,
+        smallEvents: 40,
+        rateLimit: 1666,
+        smallRateLimit: 25,
+        windowSeconds: 10,
+        concurrency: 32,
+    },
+]

@@ -1,0 +1,252 @@
+/**
+ * A model of PostHog's CDP legacy plugin executor (`nodejs/src/cdp/services/legacy-plugin-executor
+ * .service.ts`), variants 5 and 6. The plugin is an ordinary module compiled into PostHog's Node app
+ * (no sandbox: timers and `process` exist). Per destination, setupPlugin runs once with
+ * `{config: inputs, global: {}, logger, geoip, fetch}` and its promise (a rejection too) is kept. Each
+ * run calls `onEvent(event, {...meta, logger, fetch, person})` with the event rebuilt from the
+ * invocation's globals (`ip: null`, `$set`/`$set_once` from the properties, properties copied).
+ *
+ * A "test function" run (PostHog's in-app test) answers every non-GET request after 200 ms with
+ * `{status: 200, headers: {}, json: {status: 'OK', message: 'Test function'}}`. The newest version
+ * puts a run that threw RetryError back on its queue: 3 runs in all, the n-th re-run after
+ * min(1000·n + random·1000, 30000) ms. Delays here are scaled by `delayScale` so tests stay fast.
+ */
+import * as scaffold from '@posthog/plugin-scaffold'
+import { RetryError } from '@posthog/plugin-scaffold'
+import * as crypto from 'node:crypto'
+import * as url from 'node:url'
+import * as vm from 'node:vm'
+
+import type { CdpFullFetch, CdpFullResponse } from './fetch'
+import { createSleeper } from './sleeper'
+import { posthogBabel } from './transforms'
+import { maxRuns, RetryPolicy, retryDelayMs } from './variants'
+
+/** The id under which PostHog already runs a port of the original Intercom app. */
+export const INTERCOM_TEMPLATE_ID = 'plugin-posthog-intercom-plugin'
+
+export const TEST_FUNCTION_ANSWER = { status: 'OK', message: 'Test function' } as const
+const TEST_FUNCTION_DELAY_MS = 200
+
+export type CdpLogLevel = 'debug' | 'info' | 'warn' | 'error'
+
+export interface CdpLog {
+    level: CdpLogLevel
+    message: string
+}
+
+/** The invocation's globals, as far as the executor reads them. */
+export interface CdpGlobals {
+    event: {
+        uuid: string
+        event: string
+        distinct_id: string
+        timestamp: string
+        properties: Record<string, unknown>
+    }
+    person?: { id: string; properties: Record<string, unknown>; name?: string; url?: string } | null
+}
+
+export interface CdpRunResult {
+    /** Run number, 1-based. */
+    run: number
+    error?: unknown
+    /** What onEvent resolved to (PostHog ignores it; the tools count it). */
+    value?: unknown
+    logs: CdpLog[]
+}
+
+export interface CdpOutcome {
+    runs: CdpRunResult[]
+    /** The last run's error, when every run failed. */
+    error?: unknown
+    value?: unknown
+}
+
+export interface CdpExecutorOptions {
+    source: string
+    inputs: Record<string, unknown>
+    fetch: CdpFullFetch
+    retry: RetryPolicy
+    /** Pass `person` in meta (one 2025 version passed `storage` instead). */
+    person: boolean
+    testFunction?: boolean
+    teamId?: number
+    templateId?: string
+    /** Factor on the re-run delays and the test function's 200 ms. Default 1. */
+    delayScale?: number
+    random?: () => number
+    sleep?: (ms: number) => Promise<void>
+    onLog?: (log: CdpLog) => void
+}
+
+type Hook = (...args: unknown[]) => Promise<unknown>
+
+interface PluginModule {
+    setupPlugin?: Hook
+    onEvent?: Hook
+    teardownPlugin?: Hook
+}
+
+function refusedFetch(): never {
+    throw new Error('A ported plugin must use meta.fetch: node-fetch is not wired to the network here')
+}
+
+const HOST_MODULES: Record<string, unknown> = {
+    '@posthog/plugin-scaffold': scaffold,
+    'node-fetch': Object.assign(refusedFetch, { default: refusedFetch }),
+    crypto,
+    url,
+}
+
+/** Compiles index.ts as a module of the host app (TypeScript stripped, CommonJS), in the host realm. */
+export function loadModule(source: string): PluginModule {
+    const code = posthogBabel(source)
+    const wrapper = `(function (exports, require, module) {\n${code}\n})`
+    const factory = new vm.Script(wrapper, { filename: 'index.ts' }).runInThisContext() as (
+        exports: object,
+        require: (name: string) => unknown,
+        module: { exports: object }
+    ) => void
+    const module = { exports: {} as PluginModule }
+    factory(
+        module.exports,
+        (name) => {
+            if (!(name in HOST_MODULES)) throw new Error(`Cannot find module '${name}'`)
+            return HOST_MODULES[name]
+        },
+        module
+    )
+    return module.exports
+}
+
+/** The message of any thrown value, whichever realm made it (jest runs tests in a realm of its own). */
+function describe(error: unknown): string {
+    const message = (error as { message?: unknown } | null)?.message
+    return typeof message === 'string' ? message : String(error)
+}
+
+function isRetryError(error: unknown): boolean {
+    return error instanceof RetryError || (error as { name?: unknown } | null)?.name === 'RetryError'
+}
+
+function testFunctionAnswer(): CdpFullResponse {
+    return {
+        status: 200,
+        headers: {},
+        json: async () => ({ ...TEST_FUNCTION_ANSWER }),
+        text: async () => JSON.stringify(TEST_FUNCTION_ANSWER),
+        dump: async () => undefined,
+    }
+}
+
+export interface CdpExecutor {
+    /** One run, as `execute()` does it. */
+    execute(globals: CdpGlobals, run?: number): Promise<CdpRunResult>
+    /** Runs again while the policy re-queues a RetryError. */
+    invoke(globals: CdpGlobals): Promise<CdpOutcome>
+    /** Ends pending re-run delays. */
+    close(): void
+}
+
+export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
+    const plugin = loadModule(options.source)
+    const templateId = options.templateId ?? INTERCOM_TEMPLATE_ID
+    const scale = options.delayScale ?? 1
+    const sleeper = createSleeper()
+    const sleep = options.sleep ?? sleeper.sleep
+    let setup: Promise<unknown> | null = null
+    const setupLogs: CdpLog[] = []
+
+    const loggerInto = (logs: CdpLog[]) => {
+        const add =
+            (level: CdpLogLevel) =>
+            (...args: unknown[]) => {
+                const log = {
+                    level,
+                    message: args
+                        .map((arg) => (typeof arg === 'string' ? arg : JSON.stringify(arg)))
+                        .join(' '),
+                }
+                logs.push(log)
+                options.onLog?.(log)
+            }
+        // PostHog's LegacyPluginLogger: no `info`; `log` is written at level info.
+        return { debug: add('debug'), log: add('info'), warn: add('warn'), error: add('error') }
+    }
+    const geoip = { locate: () => null }
+    const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip }
+
+    const startSetup = (): Promise<unknown> => {
+        // Setup receives the real fetch, never the test-function stand-in; its result is kept for good.
+        setup ??= Promise.resolve().then(() => plugin.setupPlugin?.({ ...baseMeta, fetch: options.fetch }))
+        return setup
+    }
+
+    const execute = async (globals: CdpGlobals, run = 1): Promise<CdpRunResult> => {
+        const logs: CdpLog[] = []
+        const logger = loggerInto(logs)
+        try {
+            try {
+                await startSetup()
+            } catch (error) {
+                throw Object.assign(new Error(`Plugin ${templateId} setup failed: ${describe(error)}`), {
+                    cause: error,
+                })
+            }
+            const request: CdpFullFetch = async (input, init) => {
+                const method = typeof init?.method === 'string' ? init.method : 'GET'
+                if (options.testFunction && method.toUpperCase() !== 'GET') {
+                    logger.log('Fetch called but mocked due to test function')
+                    await sleep(TEST_FUNCTION_DELAY_MS * scale)
+                    return testFunctionAnswer()
+                }
+                return options.fetch(input, init)
+            }
+            const { event } = globals
+            const properties = event.properties ?? {}
+            const processed = {
+                distinct_id: event.distinct_id,
+                ip: null,
+                team_id: options.teamId ?? 1,
+                event: event.event,
+                properties: { ...properties },
+                timestamp: event.timestamp,
+                $set: properties.$set,
+                $set_once: properties.$set_once,
+                uuid: event.uuid,
+            }
+            const meta: Record<string, unknown> = { ...baseMeta, logger, fetch: request }
+            if (options.person) meta.person = globals.person ?? null
+            else
+                meta.storage = {
+                    get: async (_key: string, fallback: unknown) => fallback,
+                    set: async () => undefined,
+                }
+            const value = await plugin.onEvent?.(processed, meta)
+            return { run, value, logs }
+        } catch (error) {
+            logger.error(`Plugin execution failed: ${describe(error)}`)
+            return { run, error, logs }
+        }
+    }
+
+    return {
+        execute,
+        async invoke(globals) {
+            const runs: CdpRunResult[] = []
+            for (let run = 1; ; run++) {
+                const result = await execute(globals, run)
+                runs.push(result)
+                if (result.error === undefined) return { runs, value: result.value }
+                const again =
+                    isRetryError(result.error) &&
+                    run < maxRuns(options.retry) &&
+                    options.retry.kind === 'cdp-requeue'
+                if (!again) return { runs, error: result.error }
+                await sleep(retryDelayMs(options.retry, run, options.random) * scale)
+            }
+        },
+        close: sleeper.cancelAll,
+    }
+}

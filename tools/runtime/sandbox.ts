@@ -1,0 +1,205 @@
+/**
+ * PostHog's plugin VM for variants 1-4 (plugin-server `src/worker/vm/vm.ts`, 2021-2025), rebuilt on
+ * vm2's `VM` (not NodeVM): the code goes through PostHog's Babel transforms (./transforms), then runs
+ * in a VM whose only host globals are the frozen ones PostHog gave: `console`, `posthog`, `fetch`,
+ * `RetryError`, `URL`, `__pluginHostImports`, `__asyncGuard` (and `google` in 2021). No timers, no
+ * `process`, no `AbortController`, `TextEncoder` or `URLSearchParams`.
+ *
+ * Hooks get `meta` appended as their last argument; meta is the variant's host objects plus a fresh
+ * `global: {}` made inside the VM. setupPlugin/teardownPlugin/onEvent are wrapped in the guard (the
+ * task timeout); `runEvery*` functions are collected as scheduled tasks, unwrapped, as PostHog did.
+ */
+import * as scaffold from '@posthog/plugin-scaffold'
+import { RetryError } from '@posthog/plugin-scaffold'
+import * as crypto from 'node:crypto'
+import * as url from 'node:url'
+import { VM } from 'vm2'
+
+import type { ConsoleLike, FetchFn } from '../load-plugin'
+import { transformPluginCode } from './transforms'
+import { TASK_TIMEOUT_SECONDS, VariantSpec } from './variants'
+
+export const HOST_IMPORT_NAMES = ['@posthog/plugin-scaffold', 'node-fetch', 'crypto', 'url'] as const
+
+/** PostHog's guard timeout: a plain Error in 2021, a RetryError from 2022 on. */
+export function timeoutErrorClass(isRetryError: boolean): new (message: string) => Error {
+    const Base = (isRetryError ? RetryError : Error) as new (message: string) => Error
+    return class TimeoutError extends Base {
+        name = 'TimeoutError'
+    }
+}
+
+export interface GuardClock {
+    /** Clears the guard timers still pending (PostHog left them to fire; here jest must exit). */
+    clear(): void
+}
+
+/**
+ * `__asyncGuard`: races the value against the task timeout. Its timer is cleared once the value
+ * settles, which changes nothing a plugin can observe (the race is already decided).
+ */
+export function createAsyncGuard(
+    timeoutMs: number,
+    TimeoutError: new (message: string) => Error
+): { guard: (value: unknown, name?: unknown) => Promise<unknown> } & GuardClock {
+    const pending = new Set<NodeJS.Timeout>()
+    const guard = async (value: unknown, name?: unknown): Promise<unknown> => {
+        let timer: NodeJS.Timeout | undefined
+        const timeout = new Promise((_, reject) => {
+            timer = setTimeout(() => {
+                const seconds = timeoutMs / 1000
+                reject(
+                    new TimeoutError(
+                        `Script execution timed out after promise waited for ${seconds} second${seconds === 1 ? '' : 's'} (name: ${String(name)})`
+                    )
+                )
+            }, timeoutMs)
+            pending.add(timer)
+        })
+        try {
+            return await Promise.race([value, timeout])
+        } finally {
+            clearTimeout(timer)
+            if (timer) pending.delete(timer)
+        }
+    }
+    return {
+        guard,
+        clear: () => {
+            for (const timer of pending) clearTimeout(timer)
+            pending.clear()
+        },
+    }
+}
+
+/** node-fetch's module shape: the function, with itself as `.default`. */
+function nodeFetchModule(fetch: FetchFn): FetchFn & { default: FetchFn } {
+    const module = ((input, init) => fetch(input, init)) as FetchFn & { default: FetchFn }
+    module.default = module
+    return module
+}
+
+function withoutDefault(module: object): Record<string, unknown> {
+    return Object.fromEntries(Object.entries(module).filter(([name]) => name !== 'default'))
+}
+
+/**
+ * The host table as PostHog's imports.ts built it (compiled by tsc with esModuleInterop): `import
+ * crypto from 'crypto'` gave the bare module (no `.default`), `import * as x` gave a namespace whose
+ * `.default` is the module. That is what 2021's `table[x].default` read. `RetryError` is the VM's own
+ * (see `SANDBOX_RETRY_ERROR`).
+ */
+export function hostImports(fetch: FetchFn, retryError: unknown): Record<string, unknown> {
+    const namespace = (module: object, extra: Record<string, unknown> = {}) => {
+        const plain = { ...withoutDefault(module), ...extra }
+        return Object.freeze({ ...plain, default: plain })
+    }
+    return Object.freeze({
+        '@posthog/plugin-scaffold': namespace(scaffold, { RetryError: retryError }),
+        'node-fetch': nodeFetchModule(fetch),
+        crypto: Object.freeze(withoutDefault(crypto)),
+        url: namespace(url),
+    })
+}
+
+/**
+ * vm2 3.12 (the npm version here) rebuilds errors crossing its bridge and loses their class; PostHog's
+ * vm2 3.9 kept it. A RetryError made in the VM's own realm keeps its `name` across, so the runtime can
+ * still tell it (`isRetryErrorFromVm`); its shape is the scaffold's (an Error named 'RetryError').
+ */
+const SANDBOX_RETRY_ERROR = `(class RetryError extends Error {
+    constructor(message) { super(message); this.name = 'RetryError' }
+})`
+
+/** A RetryError as the host sees it coming out of the VM: by name, since the class is lost. */
+export function isRetryErrorFromVm(error: unknown, variant: VariantSpec): boolean {
+    const name = (error as { name?: unknown } | null)?.name
+    return (
+        error instanceof RetryError ||
+        name === 'RetryError' ||
+        (name === 'TimeoutError' && variant.timeoutIsRetryError)
+    )
+}
+
+/** 2025's global `fetch` was `vmFetch` itself, a function of the plugin config returning the fetch. */
+function globalFetchOf(variant: VariantSpec, fetch: FetchFn): unknown {
+    if (variant.globalFetch === 'curried-vm-fetch')
+        return () => (input: string, init?: object) => fetch(input, init)
+    return variant.globalFetch === 'node-fetch' ? nodeFetchModule(fetch) : undefined
+}
+
+export type Hook = (...args: unknown[]) => Promise<unknown>
+
+export interface SandboxedPlugin {
+    methods: { setupPlugin?: Hook; teardownPlugin?: Hook; onEvent?: Hook }
+    /** `runEveryMinute` and friends, as PostHog gathered them. */
+    tasks: Partial<Record<string, Hook>>
+    meta: Record<string, unknown>
+    /** Clears pending guard timers. */
+    dispose(): void
+}
+
+export interface SandboxOptions {
+    source: string
+    variant: VariantSpec
+    /** What `node-fetch` resolves to. */
+    fetch: FetchFn
+    console: ConsoleLike
+    /** Host objects of meta, by key; only the variant's keys are passed. */
+    meta: Record<string, unknown>
+    /** PostHog's TASK_TIMEOUT in seconds (the loop, await and hook limit). Default 30. */
+    taskTimeoutSeconds?: number
+}
+
+/** Runs inside the VM: finds the exports, builds meta with a sandbox `global`, binds and guards the hooks. */
+const COLLECT_EXPORTS = `(function (guard) {
+    const places = [exports, exports.default, module.exports].filter((d) => typeof d === 'object' && d !== null)
+    if (!places.some((d) => Object.keys(d).length > 0)) places.push(globalThis)
+    const exported = (key) => { for (const d of places) if (d[key]) return d[key] }
+    const meta = Object.assign({}, __pluginHostMeta, { global: {} })
+    const bind = (fn) => fn ? (...args) => fn(...args, meta) : undefined
+    const guarded = (fn, name) => fn ? (...args) => guard(fn(...args), name) : undefined
+    const methods = {}
+    for (const name of ['setupPlugin', 'teardownPlugin', 'onEvent']) methods[name] = guarded(bind(exported(name)), name)
+    const tasks = {}
+    for (const d of places.slice().reverse())
+        for (const [name, value] of Object.entries(d))
+            if (name.startsWith('runEvery') && typeof value === 'function') tasks[name] = bind(value)
+    return { methods, tasks, meta }
+})`
+
+function pick(source: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
+    return Object.fromEntries(
+        keys.filter((key) => key !== 'global' && key in source).map((key) => [key, source[key]])
+    )
+}
+
+export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
+    const { variant } = options
+    if (variant.sandbox !== 'vm2' || !variant.guard || !variant.imports)
+        throw new Error(`Variant ${variant.id} does not run plugins in vm2`)
+    const seconds = options.taskTimeoutSeconds ?? TASK_TIMEOUT_SECONDS
+    const code = transformPluginCode(options.source, {
+        importNames: HOST_IMPORT_NAMES,
+        guard: variant.guard,
+        imports: variant.imports,
+        loopTimeoutSeconds: seconds,
+    })
+    const clock = createAsyncGuard(seconds * 1000, timeoutErrorClass(variant.timeoutIsRetryError))
+    const vm = new VM({ timeout: seconds * 1000 + 1, sandbox: {}, wasm: false })
+    vm.freeze(options.console, 'console')
+    vm.freeze({ capture: async () => undefined }, 'posthog')
+    const globalFetch = globalFetchOf(variant, options.fetch)
+    if (globalFetch) vm.freeze(globalFetch, 'fetch')
+    if (variant.guard === 'callee-2021') vm.freeze({}, 'google')
+    const retryError = vm.run(SANDBOX_RETRY_ERROR)
+    vm.freeze(hostImports(options.fetch, retryError), '__pluginHostImports')
+    vm.freeze(retryError, 'RetryError')
+    vm.freeze(URL, 'URL')
+    vm.freeze(clock.guard, '__asyncGuard')
+    vm.freeze(pick(options.meta, variant.metaKeys), '__pluginHostMeta')
+
+    vm.run(`const module = { exports: {} };\nlet exports = {};\n${code};`, 'index.ts')
+    const collect = vm.run(COLLECT_EXPORTS) as (guard: unknown) => Omit<SandboxedPlugin, 'dispose'>
+    return { ...collect(clock.guard), dispose: clock.clear }
+}

@@ -1,0 +1,260 @@
+/**
+ * One entry point to PostHog's six runtimes: `startVariant(id, options)` loads index.ts (or a fixture)
+ * the way that runtime did, runs setupPlugin, and answers for each event how THE RUNTIME treated it:
+ * ok, an error recorded, or retried n times then ok or failed. `runEveryMinute` exists only where the
+ * variant calls it; the cache is PostHog's extension over a real Redis where the variant has one.
+ * Used by the runtime tests, the fault campaign and tools/runtime/worker.ts (a child process).
+ */
+import { readFileSync } from 'node:fs'
+import { format } from 'node:util'
+
+import { createMemoryStorage, describeError } from '../harness'
+import { consoleTo, DEFAULT_PLUGIN_FILE, EmulatorTarget, FetchFn } from '../load-plugin'
+import { createRedisCache, PluginCache, RedisCache, RedisMode } from './cache'
+import { CdpExecutor, CdpRunResult, createCdpExecutor } from './cdp-executor'
+import { fetchesFor } from './fetch'
+import { Hook, isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from './sandbox'
+import { createSleeper } from './sleeper'
+import { maxRuns, retryDelayMs, VARIANTS, VariantId, VariantSpec } from './variants'
+
+/** An event as PostHog's ingestion hands it on (the person only reaches the CDP variants). */
+export interface RuntimeEvent {
+    uuid: string
+    event: string
+    distinct_id: string
+    timestamp: string
+    properties: Record<string, unknown>
+    team_id?: number
+    person?: { id?: string; properties: Record<string, unknown> } | null
+}
+
+/** How the runtime treated one call. */
+export interface Treatment {
+    status: 'ok' | 'failed'
+    /** Calls of the hook: 1, or more where the runtime retried a RetryError. */
+    runs: number
+    /** `runs - 1`. */
+    retried: number
+    /** What the hook resolved to, when it did. */
+    value?: unknown
+    /** `Name: message` of the final error. */
+    error?: string
+}
+
+export interface RuntimeLog {
+    level: string
+    message: string
+}
+
+export interface StartOptions {
+    /** Plugin config, every value a string as PostHog stores it. */
+    config: Record<string, string>
+    /** Plugin source; defaults to the repository's index.ts. */
+    source?: string
+    /** Where the three Intercom hosts go; without it requests go out as written (for nock). */
+    emulatorUrl?: EmulatorTarget
+    /** The HTTP client underneath (default node-fetch 2). */
+    fetch?: FetchFn
+    /** Redis for `meta.cache` (variants 1-4); without it those variants get no cache. */
+    redisUrl?: string
+    redisMode?: RedisMode
+    pluginId?: number
+    teamId?: number
+    /** Factor on the runtime's retry delays (and CDP's test-function delay). Default 1. */
+    delayScale?: number
+    /** PostHog's TASK_TIMEOUT in seconds, variants 1-4. Default 30. */
+    taskTimeoutSeconds?: number
+    /** CDP: run as PostHog's in-app "test function". */
+    testFunction?: boolean
+    random?: () => number
+    onLog?: (log: RuntimeLog) => void
+}
+
+export interface VariantRuntime {
+    readonly variant: VariantSpec
+    /** Why setupPlugin failed; the plugin then handles no event (PostHog did not load it). */
+    readonly setupError: string | null
+    onEvent(event: RuntimeEvent): Promise<Treatment>
+    /** Only where the variant calls it (1-3) and the plugin exports it. */
+    runEveryMinute?: () => Promise<Treatment>
+    /** `meta.cache`, or null where the variant has none. */
+    readonly cache: PluginCache | null
+    readonly redis: RedisCache | null
+    readonly logs: RuntimeLog[]
+    teardown(): Promise<void>
+}
+
+function ok(runs: number, value: unknown): Treatment {
+    return { status: 'ok', runs, retried: runs - 1, value }
+}
+
+function failed(runs: number, error: unknown): Treatment {
+    return { status: 'failed', runs, retried: Math.max(runs - 1, 0), error: describeError(error) }
+}
+
+/** The event as the plugin server's onEvent received it. */
+function processedEvent(event: RuntimeEvent): Record<string, unknown> {
+    const properties = event.properties ?? {}
+    return {
+        uuid: event.uuid,
+        event: event.event,
+        distinct_id: event.distinct_id,
+        timestamp: event.timestamp,
+        team_id: event.team_id ?? 1,
+        ip: null,
+        properties,
+        $set: properties.$set,
+        $set_once: properties.$set_once,
+    }
+}
+
+interface Common {
+    variant: VariantSpec
+    options: StartOptions
+    source: string
+    logs: RuntimeLog[]
+    log: (log: RuntimeLog) => void
+}
+
+async function startSandboxed(common: Common): Promise<VariantRuntime> {
+    const { variant, options, logs, log } = common
+    const redis =
+        variant.cache && options.redisUrl
+            ? createRedisCache({
+                  redisUrl: options.redisUrl,
+                  pluginId: options.pluginId,
+                  teamId: options.teamId,
+                  mode: options.redisMode,
+              })
+            : null
+    const { imported } = fetchesFor(variant.fetch, options.emulatorUrl, options.fetch)
+    const plugin: SandboxedPlugin = loadSandboxed({
+        source: common.source,
+        variant,
+        fetch: imported!,
+        console: consoleTo((level, args) => log({ level, message: format(...args) })),
+        meta: {
+            cache: redis?.cache,
+            config: options.config,
+            attachments: {},
+            storage: createMemoryStorage(),
+            geoip: { locate: async () => null },
+            jobs: {},
+            metrics: {},
+            utils: {},
+        },
+        taskTimeoutSeconds: options.taskTimeoutSeconds,
+    })
+    const sleeper = createSleeper()
+    const scale = options.delayScale ?? 1
+    let setupError: string | null = null
+    try {
+        await plugin.methods.setupPlugin?.()
+    } catch (error) {
+        setupError = describeError(error)
+    }
+
+    /** Calls a hook, and again after a RetryError while the variant's policy allows. */
+    const withRetries = async (hook: Hook, args: unknown[]): Promise<Treatment> => {
+        for (let run = 1; ; run++) {
+            try {
+                return ok(run, await hook(...args))
+            } catch (error) {
+                if (!isRetryErrorFromVm(error, variant) || run >= maxRuns(variant.retry))
+                    return failed(run, error)
+                await sleeper.sleep(retryDelayMs(variant.retry, run) * scale)
+            }
+        }
+    }
+    const onEvent = async (event: RuntimeEvent): Promise<Treatment> => {
+        if (setupError) return failed(0, new Error(`setupPlugin failed, plugin not loaded: ${setupError}`))
+        if (!plugin.methods.onEvent) return ok(0, undefined)
+        return withRetries(plugin.methods.onEvent, [processedEvent(event)])
+    }
+    const minute = plugin.tasks.runEveryMinute
+    const runEveryMinute =
+        variant.runEveryMinute && minute && !setupError
+            ? async (): Promise<Treatment> => {
+                  try {
+                      return ok(1, await minute())
+                  } catch (error) {
+                      return failed(1, error)
+                  }
+              }
+            : undefined
+    return {
+        variant,
+        setupError,
+        onEvent,
+        runEveryMinute,
+        cache: redis?.cache ?? null,
+        redis,
+        logs,
+        async teardown() {
+            sleeper.cancelAll()
+            try {
+                await plugin.methods.teardownPlugin?.()
+            } catch {
+                // PostHog logged and moved on.
+            }
+            plugin.dispose()
+            await redis?.close()
+        },
+    }
+}
+
+function cdpGlobals(event: RuntimeEvent) {
+    const person = event.person
+        ? { id: event.person.id ?? event.distinct_id, properties: event.person.properties, name: '', url: '' }
+        : null
+    return { event, person }
+}
+
+function treatmentOf(runs: CdpRunResult[], error: unknown, value: unknown): Treatment {
+    return error === undefined ? ok(runs.length, value) : failed(runs.length, error)
+}
+
+async function startCdp(common: Common): Promise<VariantRuntime> {
+    const { variant, options, logs, log } = common
+    const { cdp } = fetchesFor(variant.fetch, options.emulatorUrl, options.fetch)
+    const executor: CdpExecutor = createCdpExecutor({
+        source: common.source,
+        inputs: options.config,
+        fetch: cdp!,
+        retry: variant.retry,
+        person: variant.person,
+        testFunction: options.testFunction,
+        teamId: options.teamId,
+        delayScale: options.delayScale,
+        random: options.random,
+        onLog: log,
+    })
+    return {
+        variant,
+        // CDP runs setup lazily with the first invocation; a failure shows as each event's error.
+        setupError: null,
+        async onEvent(event) {
+            const outcome = await executor.invoke(cdpGlobals(event))
+            return treatmentOf(outcome.runs, outcome.error, outcome.value)
+        },
+        cache: null,
+        redis: null,
+        logs,
+        async teardown() {
+            executor.close()
+        },
+    }
+}
+
+/** Loads the plugin in the given runtime and runs its setup. */
+export async function startVariant(id: VariantId, options: StartOptions): Promise<VariantRuntime> {
+    const variant = VARIANTS[id]
+    const logs: RuntimeLog[] = []
+    const log = (line: RuntimeLog): void => {
+        logs.push(line)
+        options.onLog?.(line)
+    }
+    const source = options.source ?? readFileSync(DEFAULT_PLUGIN_FILE, 'utf8')
+    const common = { variant, options, source, logs, log }
+    return variant.sandbox === 'vm2' ? startSandboxed(common) : startCdp(common)
+}

@@ -1,0 +1,263 @@
+/**
+ * PostHog's three Babel plugins for sandboxed plugin code, re-written from what their sources do
+ * (PostHog/plugin-server `src/worker/vm/transforms/`, then PostHog/posthog
+ * `plugin-server/src/worker/vm/transforms/`), plus the Babel call that applies them:
+ *
+ * - replace-imports: every `import` becomes a `const` reading a frozen host table
+ *   (`__pluginHostImports`); a module not in the table throws "Cannot import 'x'! …". The 2021 code
+ *   turned default and namespace imports into `table[x].default`; later code into `table[x]`.
+ * - loop-timeout: before each `while`/`for`/`do` loop `const _LP = Date.now()`, and as the first
+ *   statement of its body a check that throws after the task timeout (30 s in PostHog).
+ * - promise-timeout: `await x` → `await __asyncGuard(x, name)` and `p.then` → `__asyncGuard(p, name).then`.
+ *   In 2021 `name` was the callee EXPRESSION of `x` (`x.callee || x`), so the callee is evaluated a
+ *   second time: `await a.b().c()` runs `a.b()` twice. Later versions pass a string
+ *   (`"await on line L:C"`).
+ */
+import * as babel from '@babel/core'
+import type { NodePath, PluginObj, types as BabelTypes } from '@babel/core'
+
+export type GuardStyle = 'callee-2021' | 'string-name'
+export type ImportStyle = 'default-member-2021' | 'module-itself'
+
+export interface TransformOptions {
+    /** Module names the host table provides. */
+    importNames: readonly string[]
+    guard: GuardStyle
+    imports: ImportStyle
+    /** PostHog's TASK_TIMEOUT: the loop limit, in seconds. Default 30. */
+    loopTimeoutSeconds?: number
+}
+
+type T = typeof BabelTypes
+
+/** Marks nodes this file created, so the visitors do not wrap their own output again. */
+const WRAPPED = new WeakSet<object>()
+
+function refusal(source: string): Error {
+    return new Error(`Cannot import '${source}'! This package is not provided by PostHog in plugins.`)
+}
+
+function hostLookup(t: T, source: string, member: string | null): BabelTypes.Expression {
+    const table = t.memberExpression(t.identifier('__pluginHostImports'), t.stringLiteral(source), true)
+    return member === null ? table : t.memberExpression(table, t.stringLiteral(member), true)
+}
+
+/** What each local name of one import declaration reads from the host table. */
+function importedMembers(
+    t: T,
+    node: BabelTypes.ImportDeclaration,
+    style: ImportStyle
+): Array<[string, string | null]> {
+    const whole = style === 'default-member-2021' ? 'default' : null
+    return node.specifiers.map((specifier): [string, string | null] => {
+        if (t.isImportSpecifier(specifier)) {
+            const imported = specifier.imported
+            return [specifier.local.name, t.isStringLiteral(imported) ? imported.value : imported.name]
+        }
+        return [specifier.local.name, whole]
+    })
+}
+
+export function replaceImports(options: TransformOptions): (api: { types: T }) => PluginObj {
+    const known = new Set(options.importNames)
+    return ({ types: t }) => ({
+        name: 'posthog-replace-imports',
+        visitor: {
+            ImportDeclaration: {
+                exit(path: NodePath<BabelTypes.ImportDeclaration>) {
+                    const source = path.node.source.value
+                    if (!known.has(source)) throw refusal(source)
+                    const declarators = importedMembers(t, path.node, options.imports).map(
+                        ([local, member]) =>
+                            t.variableDeclarator(t.identifier(local), hostLookup(t, source, member))
+                    )
+                    if (declarators.length === 0) path.remove()
+                    else path.replaceWith(t.variableDeclaration('const', declarators))
+                },
+            },
+            // Later versions also rewrote `require('x')`; 2021 left it to fail at run time.
+            CallExpression(path: NodePath<BabelTypes.CallExpression>) {
+                const { node } = path
+                if (options.imports !== 'module-itself' || !t.isIdentifier(node.callee, { name: 'require' }))
+                    return
+                const [first] = node.arguments
+                if (node.arguments.length !== 1 || !t.isStringLiteral(first)) return
+                if (!known.has(first.value)) throw refusal(first.value)
+                path.replaceWith(hostLookup(t, first.value, null))
+            },
+        },
+    })
+}
+
+function loopCheck(t: T, id: BabelTypes.Identifier, where: string, seconds: number): BabelTypes.Statement {
+    const elapsed = t.binaryExpression(
+        '-',
+        t.callExpression(t.memberExpression(t.identifier('Date'), t.identifier('now')), []),
+        id
+    )
+    const message = `Script execution timed out after looping for ${seconds} second${seconds === 1 ? '' : 's'} on line ${where}`
+    return t.ifStatement(
+        t.binaryExpression('>', elapsed, t.numericLiteral(seconds * 1000)),
+        t.throwStatement(t.newExpression(t.identifier('Error'), [t.stringLiteral(message)]))
+    )
+}
+
+type LoopPath = NodePath<BabelTypes.WhileStatement | BabelTypes.ForStatement | BabelTypes.DoWhileStatement>
+
+export function loopTimeout(options: TransformOptions): (api: { types: T }) => PluginObj {
+    const seconds = options.loopTimeoutSeconds ?? 30
+    return ({ types: t }) => {
+        const protect = (path: LoopPath): void => {
+            const start = path.node.loc?.start
+            if (!start) return // a loop Babel generated itself
+            const id = path.scope.generateUidIdentifier('LP')
+            const now = t.callExpression(t.memberExpression(t.identifier('Date'), t.identifier('now')), [])
+            path.insertBefore(t.variableDeclaration('const', [t.variableDeclarator(id, now)]))
+            const check = loopCheck(t, id, `${start.line}:${start.column}`, seconds)
+            const body = path.get('body') as NodePath<BabelTypes.Statement>
+            if (body.isBlockStatement()) body.unshiftContainer('body', check)
+            else body.replaceWith(t.blockStatement([check, body.node]))
+        }
+        return {
+            name: 'posthog-loop-timeout',
+            visitor: { WhileStatement: protect, ForStatement: protect, DoWhileStatement: protect },
+        }
+    }
+}
+
+function awaitName(
+    t: T,
+    style: GuardStyle,
+    argument: BabelTypes.Expression,
+    label: string
+): BabelTypes.Expression {
+    if (style === 'string-name') return t.stringLiteral(label)
+    // 2021: the callee itself, as an expression: evaluated again when the guard is called.
+    return t.isCallExpression(argument) && t.isExpression(argument.callee)
+        ? t.cloneNode(argument.callee, true)
+        : t.cloneNode(argument, true)
+}
+
+function at(node: BabelTypes.Node): string {
+    const start = node.loc?.start
+    return start ? `${start.line}:${start.column}` : '?'
+}
+
+export function promiseTimeout(options: TransformOptions): (api: { types: T }) => PluginObj {
+    return ({ types: t }) => ({
+        name: 'posthog-promise-timeout',
+        visitor: {
+            MemberExpression: {
+                exit(path: NodePath<BabelTypes.MemberExpression>) {
+                    const { node } = path
+                    if (WRAPPED.has(node) || !t.isIdentifier(node.property, { name: 'then' })) return
+                    const object = node.object as BabelTypes.Expression
+                    // 2021 gave `.then` no name at all; later versions a string.
+                    const args =
+                        options.guard === 'string-name'
+                            ? [object, t.stringLiteral(`Promise.then on line ${at(node)}`)]
+                            : [object]
+                    const guarded = t.memberExpression(
+                        t.callExpression(t.identifier('__asyncGuard'), args),
+                        t.identifier('then')
+                    )
+                    WRAPPED.add(guarded)
+                    path.replaceWith(guarded)
+                },
+            },
+            AwaitExpression: {
+                exit(path: NodePath<BabelTypes.AwaitExpression>) {
+                    const { node } = path
+                    if (WRAPPED.has(node)) return
+                    const name = awaitName(t, options.guard, node.argument, `await on line ${at(node)}`)
+                    const guarded = t.awaitExpression(
+                        t.callExpression(t.identifier('__asyncGuard'), [node.argument, name])
+                    )
+                    WRAPPED.add(guarded)
+                    path.replaceWith(guarded)
+                },
+            },
+        },
+    })
+}
+
+/** Babel as PostHog configured it for plugins: presets typescript and env for this Node, filename index.ts. */
+export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): string {
+    const result = babel.transformSync(source, {
+        envName: 'production',
+        code: true,
+        babelrc: false,
+        configFile: false,
+        filename: 'index.ts',
+        presets: [
+            require.resolve('@babel/preset-typescript'),
+            [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }],
+        ],
+        plugins,
+    })
+    if (!result?.code) throw new Error('Babel produced no code for the plugin')
+    return result.code
+}
+
+const transformed = new Map<string, string>()
+
+/** PostHog's Babel call for sandboxed plugins: the presets plus its three plugins. */
+export function transformPluginCode(source: string, options: TransformOptions): string {
+    const memoKey = JSON.stringify([options, source])
+    const cached = transformed.get(memoKey)
+    if (cached !== undefined) return cached
+    const code = posthogBabel(source, [
+        replaceImports(options),
+        loopTimeout(options),
+        promiseTimeout(options),
+    ])
+    transformed.set(memoKey, code)
+    return code
+}
+
+/** An `await` whose callee the 2021 guard evaluates a second time, and that second time calls something. */
+export interface DoubleEvaluation {
+    line: number
+    /** The callee, as written: evaluated twice on 2021 images. */
+    callee: string
+}
+
+/**
+ * Finds `await f().g()`-shaped awaits in plugin source: the 2021 promise-timeout passes the callee
+ * (`f().g`) to the guard as an expression, so `f()` runs twice and the second result is dropped.
+ */
+export function doubleEvaluatedAwaits(source: string): DoubleEvaluation[] {
+    const ast = babel.parseSync(source, {
+        babelrc: false,
+        configFile: false,
+        filename: 'index.ts',
+        presets: [require.resolve('@babel/preset-typescript')],
+    })
+    if (!ast) return []
+    const found: DoubleEvaluation[] = []
+    babel.traverse(ast, {
+        AwaitExpression(path) {
+            const argument = path.get('argument')
+            if (!argument.isCallExpression()) return
+            const callee = argument.get('callee')
+            let calls = callee.isCallExpression() || callee.isNewExpression()
+            callee.traverse({
+                'CallExpression|NewExpression'(inner) {
+                    calls = true
+                    inner.stop()
+                },
+                Function(inner) {
+                    inner.skip() // a function written there is created, not run
+                },
+            })
+            if (calls) {
+                const { start, end } = callee.node
+                found.push({
+                    line: callee.node.loc?.start.line ?? 0,
+                    callee: source.slice(start ?? 0, end ?? 0),
+                })
+            }
+        },
+    })
+    return found
+}
