@@ -13,11 +13,11 @@ function usageMessage(error: unknown): string {
     const quoted = /'([^']+)'/.exec(message ?? '')?.[1] ?? ''
     switch (code) {
         case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
-            return `Unknown flag ${quoted}.`
+            return `Unknown option ${quoted}.`
         case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
-            return /argument missing/.test(message ?? '')
-                ? `${quoted.split(' ')[0]} needs a value.`
-                : `${quoted.split(' ')[0]} takes no value.`
+            return /does not take an argument/.test(message ?? '')
+                ? `${quoted.split(' ')[0]} takes no value.`
+                : `${quoted.split(' ')[0]} needs a value (one starting with a dash goes as ${quoted.split(' ')[0]}=-x).`
         case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
             return `Unexpected argument '${quoted}': every input goes after a flag.`
         default:
