@@ -8,6 +8,7 @@ import * as path from 'node:path'
 import nock from 'nock'
 
 import { parseCli as parseBench } from '../../tools/bench'
+import { startEmulator } from '../../tools/emulator'
 import { parseCliArgs as parseEmulator } from '../../tools/emulator-cli'
 import { choiceFlag, numberFlag, parseFlags, runCli, UsageError } from '../../tools/lib/flags'
 import { main, parseCli, USAGE } from '../../tools/replay/cli'
@@ -71,6 +72,16 @@ describe('npm run replay', () => {
         ],
         [['--events', 'x', '--file'], 2, /--file needs a value/],
         [['--events', 'x', '--set', 'triggeringEvent=x', 'events.jsonl'], 2, /not a plugin.json key/],
+        [
+            ['--events', 'x', '--emulator-url', 'http://10.0.0.1:4010', 'events.jsonl'],
+            2,
+            /must be on this machine/,
+        ],
+        [
+            ['--events', 'x', '--emulator', '--dry-run', 'events.jsonl'],
+            2,
+            /Choose one target: --dry-run or --emulator/,
+        ],
     ])('%j exits %p', async (argv, code, message) => {
         const withPaths = argv.map((arg) =>
             /\.(jsonl|csv|json)$/.test(arg) && arg !== 'c.json' ? example(arg) : arg
@@ -79,6 +90,36 @@ describe('npm run replay', () => {
         const result = await runMain([...withPaths, ...dir])
         expect(result.code).toBe(code)
         expect(code === 2 ? result.err : result.out).toMatch(message)
+    })
+
+    test('--emulator-url: a running emulator keeps its checkpoint, so the same command finds nothing left', async () => {
+        nock.enableNetConnect('127.0.0.1')
+        const emulator = await startEmulator({
+            contacts: JSON.parse(readFileSync(example('contacts.json'), 'utf8')),
+        })
+        try {
+            const argv = [
+                '--config',
+                example('config.json'),
+                '--emulator-url',
+                emulator.url,
+                example('events.parquet'),
+            ]
+            const dir = ['--checkpoint-dir', path.join(workDir, 'emulator-url'), '--no-progress']
+            const first = await runMain([...argv, ...dir])
+            expect(first.code).toBe(0)
+            expect(first.out).toMatch(
+                /events\.parquet \(Parquet\): complete\n\s+rows read\s+6\n\s+delivered\s+5/
+            )
+            expect(emulator.events()).toHaveLength(5)
+            const again = await runMain([...argv, ...dir])
+            expect(again.code).toBe(0)
+            expect(again.err).toMatch(/already delivered to this target with this config: nothing to do/)
+            expect(emulator.events().every((event) => event.received === 1)).toBe(true)
+        } finally {
+            await emulator.close()
+            nock.disableNetConnect()
+        }
     })
 
     const files: Record<string, string> = {

@@ -615,7 +615,7 @@ describe('many files', () => {
             path.join(folder, 'part-1.jsonl.gz'),
         ])
         expect(expandInputs([path.join(folder, '*.gz')])).toEqual([path.join(folder, 'part-1.jsonl.gz')])
-        expect(() => expandInputs([path.join(folder, '*.parquet')])).toThrow(/No file matches/)
+        expect(() => expandInputs([path.join(folder, '*.parquet')])).toThrow(/No export file .* matches/)
 
         const dir = checkpointDir()
         const emulator = await emulatorWith()

@@ -151,6 +151,8 @@ export class FileState {
     private readonly failures = new Map<number, FailedEvent>()
     /** Lines whose earlier failure is retried in this run. */
     private readonly retrying = new Set<number>()
+    /** What the checkpoint said when the run began: only that decides which lines are skipped. */
+    private readonly earlier: { through: number; after: Set<number> } = { through: 0, after: new Set() }
     /** Whether an earlier run read the file to its end. */
     readonly wasReadToEnd: boolean
     readonly resumed: boolean
@@ -166,15 +168,17 @@ export class FileState {
         if (!saved || !paths) return
         this.settledThrough = saved.settledThrough
         for (const line of saved.settledAfter) this.settledAfter.add(line)
+        this.earlier.through = saved.settledThrough
+        this.earlier.after = new Set(saved.settledAfter)
         for (const failure of readFailed(paths.failed)) {
             this.failures.set(failure.line, failure)
             if (failure.kind !== 'unreadable') this.retrying.add(failure.line)
         }
     }
 
-    /** Lines already done (or unreadable) for this key: the run skips them. */
+    /** Lines done (or unreadable) for this key by an earlier run: this run skips them. */
     isDone(line: number): boolean {
-        const settled = line <= this.settledThrough || this.settledAfter.has(line)
+        const settled = line <= this.earlier.through || this.earlier.after.has(line)
         return settled && !this.retrying.has(line)
     }
 

@@ -32,6 +32,8 @@ Input: files, folders (every file under them) or quoted globs, as arguments or w
 Target (default: the real Intercom)
   --emulator                 a local Intercom emulator instead, with a contact for each email of the files
   --seed-contacts <file>     ... or with these contacts: [{"email": "a@b.com", "role": "user"}, ...]
+  --emulator-url <url>       an emulator already running (npx tsx tools/emulator-cli.ts), seeded there; its
+                             token in INTERCOM_API_KEY or --token (default test-token). Checkpoints are kept.
   --dry-run                  show what would be sent (event, created_at, masked email, metadata keys);
                              Intercom is answered inside the process and no request leaves it
 
@@ -89,6 +91,7 @@ const FLAGS = {
     emulator: { type: 'boolean' },
     'seed-contacts': { type: 'string' },
     'dry-run': { type: 'boolean' },
+    'emulator-url': { type: 'string' },
     token: { type: 'string' },
     region: { type: 'string' },
     events: { type: 'string' },
@@ -168,8 +171,31 @@ function buildConfig(
     return Object.assign(config, setFlags(flags.set))
 }
 
+/** Only loopback: the token of the emulator must not travel anywhere else. */
+function emulatorUrl(value: string): string {
+    let url: URL
+    try {
+        url = new URL(value)
+    } catch {
+        throw new UsageError(`--emulator-url needs a URL such as http://127.0.0.1:4010, not '${value}'.`)
+    }
+    if (!['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
+        throw new UsageError(
+            `--emulator-url must be on this machine (127.0.0.1, localhost or [::1]), not ${url.hostname}.`
+        )
+    }
+    return url.origin
+}
+
 function targetOf(flags: Flags, read: (path: string) => string): ReplayTarget {
-    if (flags['dry-run'] && flags.emulator) throw new UsageError('Choose one of --dry-run and --emulator.')
+    const targets = [
+        flags['dry-run'] && '--dry-run',
+        flags.emulator && '--emulator',
+        flags['emulator-url'] && '--emulator-url',
+    ]
+    const chosen = targets.filter(Boolean)
+    if (chosen.length > 1) throw new UsageError(`Choose one target: ${chosen.join(' or ')}.`)
+    if (flags['emulator-url']) return { kind: 'emulator', url: emulatorUrl(flags['emulator-url']) }
     if (flags['seed-contacts'] && !flags.emulator)
         throw new UsageError('--seed-contacts goes with --emulator.')
     if (flags['dry-run']) return { kind: 'dry-run' }

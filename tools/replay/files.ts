@@ -25,7 +25,14 @@ export function globToRegExp(pattern: string): RegExp {
     return new RegExp(`^${source}$`)
 }
 
-/** Every regular file under `dir`, hidden ones (the checkpoints' folder among them) left out, in name order. */
+/** The names PostHog gives its exports; other files in a folder (a config, notes) are not exports. */
+const EXPORT_NAME = /\.(jsonl|ndjson|csv|parquet)(\.(gz|br))?$/i
+
+/** Every export under `dir`, hidden files (the checkpoints' folder among them) left out, in name order. */
+function exportsUnder(dir: string): string[] {
+    return filesUnder(dir).filter((file) => EXPORT_NAME.test(file))
+}
+
 function filesUnder(dir: string): string[] {
     return readdirSync(dir, { withFileTypes: true })
         .filter((entry) => !entry.name.startsWith('.'))
@@ -63,11 +70,20 @@ export function expandInputs(inputs: string[]): string[] {
     const files: string[] = []
     for (const input of inputs) {
         let found: string[]
-        if (existsSync(input)) found = statSync(input).isDirectory() ? filesUnder(input) : [input]
+        if (existsSync(input)) found = statSync(input).isDirectory() ? exportsUnder(input) : [input]
         else if (GLOB_CHARS.test(input)) found = globMatches(input)
         else throw new UsageError(`No such file: ${input}`)
-        if (found.length === 0) throw new UsageError(`No file matches ${input}`)
+        if (found.length === 0)
+            throw new UsageError(
+                `No export file (.jsonl, .ndjson, .csv, .parquet, maybe .gz or .br) matches ${input}`
+            )
         files.push(...found.map((file) => path.resolve(file)))
     }
     return [...new Set(files)]
+}
+
+/** A path as the user would type it: relative to the working folder when inside it. */
+export function displayPath(file: string): string {
+    const relative = path.relative(process.cwd(), file)
+    return relative && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : file
 }

@@ -31,7 +31,7 @@ import {
     targetKey,
 } from './checkpoint'
 import { CallMeter, DryRunWrite, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
-import { expandInputs } from './files'
+import { displayPath, expandInputs } from './files'
 import { detectInput, InputError, InputFormat, InputKind, InputSource, openInput } from './input'
 import { Pacer } from './pace'
 import { createProgress, FileSummary, ReplaySummary, ReplayTargetKind, Tally } from './report'
@@ -47,7 +47,7 @@ export type { FileSummary, ReplaySummary } from './report'
 export const DEFAULTS = {
     /** Events in flight: enough to spend a 10 s window of Intercom's in well under a second. */
     concurrency: 16,
-    checkpointDir: '.replay',
+    checkpointDir: '.replay-checkpoints',
     checkpointEvery: 500,
     /** Events in a row not delivered before a file is given up for this run (Intercom down, key revoked). */
     stopAfterFailures: 25,
@@ -61,7 +61,14 @@ export type ReplayTarget =
      * started on loopback for this run only. Contacts: `seedContacts`, and, unless `deriveContacts` is false,
      * one user per email of the files (default: only when no seedContacts are given).
      */
-    | { kind: 'emulator'; emulator?: Emulator; seedContacts?: SeedContact[]; deriveContacts?: boolean }
+    | {
+          kind: 'emulator'
+          emulator?: Emulator
+          /** An emulator already running (`npx tsx tools/emulator-cli.ts`), seeded there; its token in the config. */
+          url?: string
+          seedContacts?: SeedContact[]
+          deriveContacts?: boolean
+      }
     /** Intercom answered in the process: nothing leaves it; writes are printed instead. */
     | { kind: 'dry-run' }
 
@@ -198,6 +205,16 @@ function regionHost(region: keyof typeof REGION_HOSTS): IntercomHost {
     return new URL(REGION_HOSTS[region]).hostname as IntercomHost
 }
 
+/** A running emulator's URL: its state outlives the run, so checkpoints are kept for it. */
+function remoteEmulatorTarget(url: string, base: FetchFn): Target {
+    return {
+        kind: 'emulator',
+        fetch: redirectingFetch(url, base),
+        key: targetKey({ kind: 'emulator', url }),
+        close: async () => undefined,
+    }
+}
+
 async function emulatorTarget(
     target: Extract<ReplayTarget, { kind: 'emulator' }>,
     region: keyof typeof REGION_HOSTS,
@@ -237,7 +254,9 @@ async function openTarget(resolved: Resolved, onWrite: (write: DryRunWrite) => v
         case 'dry-run':
             return { kind: 'dry-run', fetch: dryRunFetch(onWrite), key: null, close: done }
         case 'emulator':
-            return emulatorTarget(options.target, region, base)
+            return options.target.url
+                ? remoteEmulatorTarget(options.target.url, base)
+                : emulatorTarget(options.target, region, base)
         case 'intercom':
             return {
                 kind: 'intercom',
@@ -336,8 +355,8 @@ interface Session {
 }
 
 /** The file's state for this target and config, with a notice saying where the run starts. */
-function openState(file: string, session: Session): FileState {
-    const { resolved, target, outputs, digest } = session
+function openState(file: string, session: Session, outputs: Outputs): FileState {
+    const { resolved, target, digest } = session
     const dir = resolved.options.checkpointDir ?? DEFAULTS.checkpointDir
     const key = { ...fingerprint(file), target: target.key ?? target.kind, config: digest }
     const paths = dir === false || target.key === null ? null : checkpointPaths(dir, key)
@@ -354,7 +373,13 @@ function openState(file: string, session: Session): FileState {
 }
 
 async function replayFile(file: string, session: Session): Promise<FileSummary> {
-    const { resolved, target, outputs } = session
+    const { resolved, target } = session
+    const shown = displayPath(file)
+    // Notices name the file as the user typed it.
+    const outputs = {
+        ...session.outputs,
+        notice: (line: string) => session.outputs.notice(line.replace(file, shown)),
+    }
     const tally = new Tally(file)
     let kind: InputKind
     try {
@@ -365,7 +390,7 @@ async function replayFile(file: string, session: Session): Promise<FileSummary> 
     }
     tally.summary.kind = kind
     if (kind.note) outputs.notice(`${file}: ${kind.note}.`)
-    const state = openState(file, session)
+    const state = openState(file, session, outputs)
     tally.summary.checkpoint = state.paths?.checkpoint
     tally.summary.failedFile = state.paths?.failed
     tally.summary.retriedFromEarlier = state.toRetry

@@ -3,6 +3,7 @@ import { Presets, SingleBar } from 'cli-progress'
 
 import type { FailedEvent, FailureKind } from './checkpoint'
 import type { CallCounts } from './fetch'
+import { displayPath } from './files'
 import type { InputKind } from './input'
 
 export type ReplayTargetKind = 'intercom' | 'emulator' | 'dry-run'
@@ -171,7 +172,7 @@ function fileLines(file: FileSummary): string[] {
             : ''
     const { unreadable, refused, failed } = file.failed
     const lines = [
-        `${file.file} (${kindLabel(file.kind)}): ${fileState(file)}`,
+        `${displayPath(file.file)} (${kindLabel(file.kind)}): ${fileState(file)}`,
         row('rows read', file.rowsRead, earlier),
         row('delivered', file.delivered),
         row('synced', file.synced),
@@ -265,7 +266,7 @@ const SILENT: Progress = { update: () => undefined, stop: () => undefined }
 
 function payload(file: FileSummary): Record<string, number | string> {
     return {
-        name: file.file.split('/').pop() ?? file.file,
+        name: displayPath(file.file),
         rows: file.rowsRead,
         delivered: file.delivered,
         failed: total(file.reasons),

@@ -221,7 +221,9 @@ export class FileRun {
     }
 
     private message(error: unknown): string {
-        return this.parts.redactText(describeError(error).replace(/^(Error|RetryError): /, ''))
+        return this.parts.redactText(
+            describeError(error).replace(/^(Error: |RetryError: )?(Intercom: )?/, '')
+        )
     }
 
     /** onEvent, with PostHog's plugin-server retries (5 attempts, 5/10/20/40 s apart) after a RetryError. */
