@@ -79,11 +79,12 @@ const FLAGS = {
     help: { type: 'boolean' },
 } as const
 
-function seedContacts(file: string, readFile: (path: string) => string): SeedContact[] {
+/** A seed file read and checked; any problem is a UsageError naming the file. */
+export function readSeedFile(file: string, readFile: (path: string) => string): SeedContact[] {
     try {
         return parseSeedFile(readFile(file), file)
     } catch (error) {
-        throw new UsageError(`--seed-file: ${(error as Error).message}`)
+        throw new UsageError(`${file}: ${(error as Error).message.replace(`${file}: `, '')}`)
     }
 }
 
@@ -111,7 +112,7 @@ export function parseCliArgs(
             'truncate',
         ]),
         seed: numberFlag('seed', values.seed),
-        contacts: seedFile === undefined ? undefined : seedContacts(seedFile, readFile),
+        contacts: seedFile === undefined ? undefined : readSeedFile(seedFile, readFile),
     }
     return { options, quiet: Boolean(values.quiet), help: Boolean(values.help) }
 }

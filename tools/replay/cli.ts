@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs'
 
 import manifest from '../../plugin.json'
 import { ConfigError } from '../../index'
-import { parseSeedFile } from '../emulator-cli'
+import { readSeedFile } from '../emulator-cli'
 import { describeError } from '../harness'
 import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 import { CheckpointError } from './checkpoint'
@@ -195,18 +195,13 @@ function targetOf(flags: Flags, read: (path: string) => string): ReplayTarget {
     ]
     const chosen = targets.filter(Boolean)
     if (chosen.length > 1) throw new UsageError(`Choose one target: ${chosen.join(' or ')}.`)
-    if (flags['emulator-url']) return { kind: 'emulator', url: emulatorUrl(flags['emulator-url']) }
     if (flags['seed-contacts'] && !flags.emulator)
         throw new UsageError('--seed-contacts goes with --emulator.')
+    if (flags['emulator-url']) return { kind: 'emulator', url: emulatorUrl(flags['emulator-url']) }
     if (flags['dry-run']) return { kind: 'dry-run' }
     if (!flags.emulator) return { kind: 'intercom' }
     const seedFile = flags['seed-contacts']
-    if (!seedFile) return { kind: 'emulator' }
-    try {
-        return { kind: 'emulator', seedContacts: parseSeedFile(read(seedFile), seedFile) }
-    } catch (error) {
-        throw new UsageError(`--seed-contacts ${seedFile}: ${(error as Error).message}`)
-    }
+    return { kind: 'emulator', seedContacts: seedFile ? readSeedFile(seedFile, read) : undefined }
 }
 
 /** argv (after `--`) → replay options; throws UsageError with a message naming the flag. */
