@@ -207,6 +207,26 @@ describe('reading exports', () => {
         ])
     })
 
+    test('an unreadable CSV record is reported with its line, the others read on', async () => {
+        const file = path.join(workDir, 'broken.csv')
+        writeFileSync(
+            file,
+            [
+                'uuid,event,timestamp,properties.email',
+                'c-1,signed_up,2024-05-01T12:00:00Z,a@example.com',
+                'c-2,signed_up,2024-05-01T12:00:01Z,b@ex"ample.com',
+                'c-3,signed_up,2024-05-01T12:00:02Z,c@example.com',
+                '',
+            ].join('\n')
+        )
+        const records = await readAll(file)
+        expect(records.map(({ line, row, error }) => [line, row?.uuid, error])).toEqual([
+            [2, 'c-1', undefined],
+            [3, undefined, expect.stringMatching(/^unreadable CSV record: Invalid Opening Quote/)],
+            [4, 'c-3', undefined],
+        ])
+    })
+
     test('a UTF-8 BOM does not cost the first row', async () => {
         const file = path.join(workDir, 'bom.jsonl')
         writeFileSync(

@@ -186,11 +186,14 @@ interface CsvSkip {
 
 /**
  * Records of the UI's CSV. A record csv-parse cannot read (a stray quote, a wrong column count) is skipped by
- * it and reported here with its line, in order with the others.
+ * it and reported here with its line. The parser runs ahead of this reader, so its skips are held back until
+ * the records before them are out: lines come in order, which the checkpoint relies on.
  */
 async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): AsyncGenerator<InputRecord> {
-    const flushSkips = function* (): Generator<InputRecord> {
-        for (const skip of skips.splice(0)) {
+    const skipsBefore = function* (line: number): Generator<InputRecord> {
+        skips.sort((a, b) => (a.lines ?? 0) - (b.lines ?? 0))
+        while (skips.length > 0 && (skips[0].lines ?? 0) < line) {
+            const skip = skips.shift() as CsvSkip
             yield {
                 line: skip.lines ?? 0,
                 error: `unreadable CSV record: ${skip.message.replace(/:.*$/, '')}`,
@@ -198,10 +201,10 @@ async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): As
         }
     }
     for await (const { record, info } of parser) {
-        yield* flushSkips()
+        yield* skipsBefore(info.lines)
         yield recordOf(unflattenColumns(record), info.lines)
     }
-    yield* flushSkips()
+    yield* skipsBefore(Infinity)
 }
 
 // ---------------------------------------------------------------------------------------------------

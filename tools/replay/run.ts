@@ -105,7 +105,7 @@ export interface RunParts {
     redactText: (text: string) => string
 }
 
-/** How an event ended: settled (done, or failed with a reason), or left for the next run (interrupted). */
+/** How an event ended: settled (done, or failed with a reason), or left for the next run (interrupted: the file is then not read to its end). */
 type Settlement = { failure?: FailedEvent } | 'unsettled'
 
 export interface RunEnd {
@@ -180,11 +180,15 @@ export class FileRun {
         run.budget.left--
         this.parts.tally.summary.rowsRead++
         const work = this.process(record, event)
-            .catch((error: unknown): Settlement => {
-                // A fault of the replay itself: the event is not settled, so the next run sends it again.
-                this.parts.tally.summary.reasons[`replay error: ${describeError(error)}`] = 1
-                return 'unsettled'
-            })
+            .catch((error: unknown): Settlement => ({
+                // A fault of the replay itself: listed as failed, so the next run sends the event again.
+                failure: {
+                    line: record.line,
+                    uuid: record.uuid ?? '',
+                    kind: 'failed',
+                    reason: `replay error: ${this.message(error)}`,
+                },
+            }))
             .then((settlement) => this.settle(record, settlement))
             .finally(() => {
                 this.slots.release()
