@@ -7,7 +7,6 @@
  * the stats when stopped with Ctrl-C.
  */
 import { readFileSync } from 'node:fs'
-import { parseArgs } from 'node:util'
 import {
     Emulator,
     EmulatorOptions,
@@ -17,6 +16,7 @@ import {
     SeedContact,
     startEmulator,
 } from './emulator'
+import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from './lib/flags'
 
 export const USAGE = `Usage: npx tsx tools/emulator-cli.ts [options]
 
@@ -43,27 +43,6 @@ export interface CliSettings {
     help: boolean
 }
 
-function numberFlag(name: string, value: string | undefined): number | undefined {
-    if (value === undefined) return undefined
-    const parsed = Number(value)
-    if (value.trim() === '' || !Number.isFinite(parsed)) {
-        throw new Error(`--${name} needs a number, got '${value}'`)
-    }
-    return parsed
-}
-
-function oneOf<T extends string>(
-    name: string,
-    value: string | undefined,
-    allowed: readonly T[]
-): T | undefined {
-    if (value === undefined) return undefined
-    if (!(allowed as readonly string[]).includes(value)) {
-        throw new Error(`--${name} must be one of ${allowed.join(', ')}, got '${value}'`)
-    }
-    return value as T
-}
-
 function isSeedContact(value: unknown): value is SeedContact {
     if (typeof value !== 'object' || value === null) return false
     const { email, role } = value as Record<string, unknown>
@@ -81,39 +60,46 @@ export function parseSeedFile(text: string, path: string): SeedContact[] {
     return list as SeedContact[]
 }
 
+const FLAGS = {
+    host: { type: 'string' },
+    port: { type: 'string' },
+    token: { type: 'string', multiple: true },
+    region: { type: 'string' },
+    'rate-limit': { type: 'string' },
+    'window-seconds': { type: 'string' },
+    'error-rate': { type: 'string' },
+    'drop-rate': { type: 'string' },
+    'latency-ms': { type: 'string' },
+    'search-lag-ms': { type: 'string' },
+    'max-event-names': { type: 'string' },
+    'long-strings': { type: 'string' },
+    seed: { type: 'string' },
+    'seed-file': { type: 'string' },
+    quiet: { type: 'boolean' },
+    help: { type: 'boolean' },
+} as const
+
+/** A seed file read and checked; any problem is a UsageError naming the file. */
+export function readSeedFile(file: string, readFile: (path: string) => string): SeedContact[] {
+    try {
+        return parseSeedFile(readFile(file), file)
+    } catch (error) {
+        throw new UsageError(`${file}: ${(error as Error).message.replace(`${file}: `, '')}`)
+    }
+}
+
 /** Flags to emulator options; throws with a message naming the flag on bad input. */
 export function parseCliArgs(
     argv: string[],
     readFile = (path: string) => readFileSync(path, 'utf8')
 ): CliSettings {
-    const { values } = parseArgs({
-        args: argv,
-        strict: true,
-        options: {
-            host: { type: 'string' },
-            port: { type: 'string' },
-            token: { type: 'string', multiple: true },
-            region: { type: 'string' },
-            'rate-limit': { type: 'string' },
-            'window-seconds': { type: 'string' },
-            'error-rate': { type: 'string' },
-            'drop-rate': { type: 'string' },
-            'latency-ms': { type: 'string' },
-            'search-lag-ms': { type: 'string' },
-            'max-event-names': { type: 'string' },
-            'long-strings': { type: 'string' },
-            seed: { type: 'string' },
-            'seed-file': { type: 'string' },
-            quiet: { type: 'boolean', default: false },
-            help: { type: 'boolean', default: false },
-        },
-    })
+    const { values } = parseFlags(argv, FLAGS)
     const seedFile = values['seed-file']
     const options: EmulatorOptions = {
         host: values.host,
         port: numberFlag('port', values.port),
         tokens: values.token,
-        region: oneOf<Region>('region', values.region, REGIONS),
+        region: choiceFlag<Region>('region', values.region, REGIONS),
         rateLimit: numberFlag('rate-limit', values['rate-limit']),
         windowSeconds: numberFlag('window-seconds', values['window-seconds']),
         errorRate: numberFlag('error-rate', values['error-rate']),
@@ -121,11 +107,14 @@ export function parseCliArgs(
         latencyMs: numberFlag('latency-ms', values['latency-ms']),
         searchLagMs: numberFlag('search-lag-ms', values['search-lag-ms']),
         maxEventNames: numberFlag('max-event-names', values['max-event-names']),
-        longStrings: oneOf<LongStringPolicy>('long-strings', values['long-strings'], ['reject', 'truncate']),
+        longStrings: choiceFlag<LongStringPolicy>('long-strings', values['long-strings'], [
+            'reject',
+            'truncate',
+        ]),
         seed: numberFlag('seed', values.seed),
-        contacts: seedFile === undefined ? undefined : parseSeedFile(readFile(seedFile), seedFile),
+        contacts: seedFile === undefined ? undefined : readSeedFile(seedFile, readFile),
     }
-    return { options, quiet: values.quiet, help: values.help }
+    return { options, quiet: Boolean(values.quiet), help: Boolean(values.help) }
 }
 
 function printBanner(emulator: Emulator): void {
@@ -140,18 +129,10 @@ function printBanner(emulator: Emulator): void {
     console.log('Ctrl-C to stop')
 }
 
-async function main(): Promise<void> {
-    let settings: CliSettings
-    try {
-        settings = parseCliArgs(process.argv.slice(2))
-    } catch (error) {
-        console.error(`${error instanceof Error ? error.message : String(error)}\n\n${USAGE}`)
-        process.exit(2)
-    }
-    if (settings.help) {
-        console.log(USAGE)
-        return
-    }
+/** Serves until Ctrl-C; resolves at once (exit 0) for --help. */
+async function serve(argv: string[]): Promise<number> {
+    const settings = parseCliArgs(argv)
+    if (printedHelp(settings.help, USAGE)) return 0
     const emulator = await startEmulator(settings.options)
     printBanner(emulator)
     if (!settings.quiet) {
@@ -166,11 +147,11 @@ async function main(): Promise<void> {
     }
     process.once('SIGINT', () => void stop())
     process.once('SIGTERM', () => void stop())
+    return 0
 }
 
 if (require.main === module) {
-    main().catch((error: unknown) => {
-        console.error(error instanceof Error ? error.message : error)
-        process.exit(1)
+    void runCli('npx tsx tools/emulator-cli.ts', () => serve(process.argv.slice(2))).then((code) => {
+        if (code !== 0) process.exit(code)
     })
 }

@@ -12,6 +12,7 @@ import * as path from 'node:path'
 
 import { Emulator, StoredEvent, startEmulator } from './emulator'
 import { createHarness, Harness, HarnessEvent, HarnessMode, HarnessSummary, LogLine } from './harness'
+import { numberFlag, parseFlags, printedHelp, runCli } from './lib/flags'
 import { formatCount, formatPairs, formatRatio, formatTable, heading, sortedCounts } from './report'
 import { SAMPLE_CONTACTS } from './sample-contacts'
 
@@ -469,14 +470,41 @@ export async function main(options: StartOptions = {}): Promise<StartSummary> {
     return { ok: problems.length === 0, problems, runs, output }
 }
 
+export const USAGE = `Usage: npm start -- [options]
+
+Runs the plugin (index.ts, as PostHog runs it) on sample events against a local Intercom emulator: no
+account, no token, nothing leaves the machine. Exit code 0 when every check passes.
+
+  --events <file>    JSON Lines of PostHog events (default tools/sample-events.jsonl)
+  --workers <n>      plugin-server workers sharing one cache (default 2)
+  --no-cdp           skip the section in PostHog's current executor
+  --help             this text`
+
+const FLAGS = {
+    events: { type: 'string' },
+    workers: { type: 'string' },
+    'no-cdp': { type: 'boolean' },
+    help: { type: 'boolean' },
+} as const
+
+/** Flags → the demo's options; `help` asks for the usage only. */
+export function parseCli(argv: string[]): StartOptions & { help?: boolean } {
+    const { values } = parseFlags(argv, FLAGS)
+    return {
+        help: values.help,
+        eventsFile: values.events,
+        workers: numberFlag('workers', values.workers, { integer: true, min: 1 }),
+        cdp: values['no-cdp'] ? false : undefined,
+    }
+}
+
 if (require.main === module) {
-    main().then(
-        (summary) => {
-            process.exitCode = summary.ok ? 0 : 1
-        },
-        (error: unknown) => {
-            console.error(error instanceof Error ? (error.stack ?? error.message) : String(error))
-            process.exitCode = 1
-        }
-    )
+    void runCli('npm start --', async () => {
+        const options = parseCli(process.argv.slice(2))
+        if (printedHelp(options.help, USAGE)) return 0
+        const summary = await main(options)
+        return summary.ok ? 0 : 1
+    }).then((code) => {
+        process.exitCode = code
+    })
 }

@@ -2,7 +2,17 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 
-import { BenchResults, buildWorkload, parseCli, runBench, ScenarioResult } from '../../tools/bench'
+import {
+    BenchResults,
+    buildWorkload,
+    main,
+    parseCli,
+    QUICK,
+    runBench,
+    ScenarioResult,
+    USAGE,
+    workloadFloor,
+} from '../../tools/bench'
 
 // Tiny sizes: far below the emulator's rate limit, so the call counts are exact. Timings are not asserted.
 const EVENTS = 40
@@ -20,7 +30,7 @@ beforeAll(async () => {
         events: EVENTS,
         people: PEOPLE,
         workers: WORKERS,
-        scenarios: ['plugin-server', 'cdp', 'no-cache', 'cpu'],
+        scenarios: ['plugin-server', 'cdp', 'no-cache', 'replay', 'cpu'],
         emulator: 'in-process',
         minuteMs: 100,
         cpuPasses: 1,
@@ -50,11 +60,35 @@ describe('bench results', () => {
         expect(Object.keys(written).sort()).toEqual(
             ['cpu', 'emulatorLimit', 'generatedAt', 'node', 'options', 'scenarios', 'targets'].sort()
         )
-        expect(written.scenarios.map((result) => result.name)).toEqual(['plugin-server', 'cdp', 'no-cache'])
-        expect(written.targets.map((target) => typeof target.met)).toEqual(['boolean', 'boolean', 'boolean'])
+        expect(written.scenarios.map((result) => result.name)).toEqual([
+            'plugin-server',
+            'cdp',
+            'no-cache',
+            'replay',
+        ])
     })
 
-    test.each(['plugin-server', 'cdp', 'no-cache'] as const)('%s: counts add up', (name) => {
+    test("targets are judged against the workload's own floor, 1 + people/events calls per event", () => {
+        expect(workloadFloor({ events: EVENTS, people: PEOPLE })).toBeCloseTo(1.2, 10)
+        expect(results.targets.map((target) => [target.label, target.met])).toEqual([
+            ['plugin-server calls per delivered event ≤ 1.2120', true],
+            ['plugin-server events lost = 0', true],
+            ['plugin-server calls answered 429 < 1%', true],
+            ['replay calls per delivered event ≤ 1.2120', true],
+            ['replay events lost = 0', true],
+        ])
+    })
+
+    test('replay: one POST per event and one search per person, plus its one GET /me', () => {
+        const result = scenario('replay')
+        expect(result.callsByRoute).toEqual({
+            'GET /me': { '200': 1 },
+            'POST /contacts/search': { '200': PEOPLE },
+            'POST /events': { '202': EVENTS },
+        })
+    })
+
+    test.each(['plugin-server', 'cdp', 'no-cache', 'replay'] as const)('%s: counts add up', (name) => {
         const result = scenario(name)
         expect(result.events).toBe(EVENTS)
         expect(result.lost).toBe(result.expected - result.stored)
@@ -126,6 +160,31 @@ describe('workload and flags', () => {
         })
         expect(parseCli(['--out', ''])).toMatchObject({ out: null })
         expect(() => parseCli(['--scenarios', 'fast'])).toThrow(/unknown 'fast'/)
-        expect(() => parseCli(['--events', '0'])).toThrow(/positive integer/)
+        expect(() => parseCli(['--events', '0'])).toThrow(/--events must be ≥ 1/)
+        expect(() => parseCli(['--nope'])).toThrow(/Unknown option --nope/)
+    })
+
+    test('--quick: a small workload and the three judging scenarios, which flags can still change', () => {
+        expect(parseCli(['--quick'])).toEqual(QUICK)
+        expect(parseCli(['--quick', '--events', '500'])).toEqual({ ...QUICK, events: 500 })
+    })
+
+    test('--help prints the usage and runs nothing; a mistake exits 2 with the flag named', async () => {
+        const out: string[] = []
+        const stdout = jest
+            .spyOn(process.stdout, 'write')
+            .mockImplementation((chunk) => out.push(String(chunk)) > 0)
+        const stderr = jest
+            .spyOn(process.stderr, 'write')
+            .mockImplementation((chunk) => out.push(String(chunk)) > 0)
+        try {
+            expect(await main(['--help'])).toBe(0)
+            expect(out.join('')).toBe(`${USAGE}\n`)
+            expect(await main(['--workers', 'many'])).toBe(2)
+            expect(out.join('')).toMatch(/--workers needs a whole number, not 'many'/)
+        } finally {
+            stdout.mockRestore()
+            stderr.mockRestore()
+        }
     })
 })

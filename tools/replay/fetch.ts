@@ -3,13 +3,13 @@
  *
  * - `intercomOnlyFetch`: the real Intercom, and nothing but the one host of the configured region, over https;
  * - `dryRunFetch`: an Intercom answered inside the process, which records what would have been written;
- * - `CallMeter`: counts every call by route, spaces calls out, and reads Intercom's rate-limit headers so the
- *   replay stops handing events to the plugin while Intercom's window is spent.
+ * - `CallMeter` and `WindowGate`: count every call by route and spend each of Intercom's rate-limit windows
+ *   up to the point where the plugin would back off, then wait for the reset.
  */
 import { createHash } from 'node:crypto'
 
-import { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost, isIntercomHost } from './load-plugin'
-import { Pacer } from './replay-pace'
+import { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost, isIntercomHost } from '../load-plugin'
+import { sleep } from './pace'
 
 // ---------------------------------------------------------------------------------------------------
 // Routes and masking
@@ -65,24 +65,72 @@ export function intercomOnlyFetch(allowedHost: IntercomHost, base: FetchFn): Fet
 // Call meter: counts, pacing, rate-limit headers
 // ---------------------------------------------------------------------------------------------------
 
-/** Intercom's windows are 10 s; the plugin waits no longer than a minute, and neither does the replay. */
-const DEFAULT_PAUSE_MS = 10_000
+/** Intercom's windows are 10 s; a window that says nothing of its reset is assumed to be one. */
+const DEFAULT_WINDOW_MS = 10_000
+/** Never wait longer than a minute on a reset header, as the plugin does. */
 const MAX_PAUSE_MS = 60_000
+/** Past the reset, so that a call is not counted in the window that just closed. */
+const RESET_MARGIN_MS = 25
 
 /**
- * Until when the replay should hold new events back, judging by one response: a 429, or a window spent to
- * within 1% (the plugin's own threshold, see windowNearlySpent in index.ts). Null when all is well.
+ * Spends Intercom's rate-limit window to the last call the plugin can make without backing off. The plugin
+ * stops for the rest of a window once a response says 2% or less of it is left (windowNearlySpent in
+ * index.ts); the gate holds every call whose answer could say so, counting the calls in flight, and lets
+ * them go when the window resets. So the plugin never backs off, and each window is used to about 98%.
  */
-export function rateLimitPause(status: number, headers: HeadersLike, now: number): number | null {
-    const remaining = Number(headers.get('x-ratelimit-remaining') ?? NaN)
-    const limit = Number(headers.get('x-ratelimit-limit') ?? NaN)
-    const spent =
-        status === 429 ||
-        (Number.isFinite(remaining) && remaining <= (Number.isFinite(limit) ? Math.floor(limit / 100) : 0))
-    if (!spent) return null
-    const reset = Number(headers.get('x-ratelimit-reset') ?? NaN) * 1000
-    const until = Number.isFinite(reset) && reset > now ? reset : now + DEFAULT_PAUSE_MS
-    return Math.min(until, now + MAX_PAUSE_MS)
+export class WindowGate {
+    private limit = NaN
+    /** The lowest X-RateLimit-Remaining seen in the current window. */
+    private remaining = Infinity
+    /** When the current window resets, ms; 0 while none is known. */
+    private resetAt = 0
+    private inFlight = 0
+
+    constructor(
+        private readonly signal?: AbortSignal,
+        private readonly now: () => number = Date.now
+    ) {}
+
+    /** Calls the plugin may still make in this window without reaching its 2% threshold. */
+    private headroom(): number {
+        if (this.now() >= this.resetAt) return Infinity // a new window: its budget is whole
+        const reserve = Number.isFinite(this.limit) ? Math.floor(this.limit / 50) : 0
+        return this.remaining - this.inFlight - reserve - 1
+    }
+
+    /** Until when calls wait (0: they may go now). */
+    pausedUntil(): number {
+        return this.headroom() > 0 ? 0 : this.resetAt + RESET_MARGIN_MS
+    }
+
+    async acquire(): Promise<void> {
+        for (let until = this.pausedUntil(); until > 0 && !this.signal?.aborted; until = this.pausedUntil()) {
+            await sleep(Math.max(1, until - this.now()), this.signal)
+        }
+        this.inFlight++
+    }
+
+    /** Reads the answer's rate-limit headers; a 429 spends the window whatever they say. */
+    release(status: number | null, headers?: HeadersLike): void {
+        this.inFlight--
+        if (!headers) return
+        const now = this.now()
+        const limit = Number(headers.get('x-ratelimit-limit') ?? NaN)
+        const remaining = status === 429 ? 0 : Number(headers.get('x-ratelimit-remaining') ?? NaN)
+        const resetHeader = Number(headers.get('x-ratelimit-reset') ?? NaN) * 1000
+        if (!Number.isFinite(remaining)) return
+        const resetAt = Math.min(
+            Number.isFinite(resetHeader) && resetHeader > now ? resetHeader : now + DEFAULT_WINDOW_MS,
+            now + MAX_PAUSE_MS
+        )
+        if (resetAt > this.resetAt + RESET_MARGIN_MS || now >= this.resetAt) {
+            this.resetAt = resetAt // a newer window: its own count
+            this.remaining = remaining
+        } else {
+            this.remaining = Math.min(this.remaining, remaining) // answers arrive out of order
+        }
+        if (Number.isFinite(limit)) this.limit = limit
+    }
 }
 
 export interface CallCounts {
@@ -90,28 +138,25 @@ export interface CallCounts {
     byRoute: Record<string, number>
 }
 
+/** Counts every call by route and passes each through the window gate. */
 export class CallMeter {
     private readonly counts: CallCounts = { total: 0, byRoute: {} }
 
-    /**
-     * @param pacer spaces calls out (a cap on calls per second, below Intercom's limit)
-     * @param onPause told until when Intercom asked for a pause
-     */
-    constructor(
-        private readonly pacer: Pacer,
-        private readonly onPause: (untilMs: number) => void
-    ) {}
+    constructor(readonly gate: WindowGate) {}
 
     wrap(target: FetchFn): FetchFn {
         return async (input, init?: FetchInit): Promise<FetchResponse> => {
-            await this.pacer.take()
+            await this.gate.acquire()
             const route = routeOf(init?.method ?? 'GET', String(input))
             this.counts.total++
             this.counts.byRoute[route] = (this.counts.byRoute[route] ?? 0) + 1
-            const response = await target(input, init)
-            const pause = rateLimitPause(response.status, response.headers, Date.now())
-            if (pause !== null) this.onPause(pause)
-            return response
+            let response: FetchResponse | undefined
+            try {
+                response = await target(input, init)
+                return response
+            } finally {
+                this.gate.release(response?.status ?? null, response?.headers)
+            }
         }
     }
 

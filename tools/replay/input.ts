@@ -1,0 +1,303 @@
+/**
+ * Reads PostHog event exports for the replay: JSON Lines (plain, gzip or Brotli, PostHog's batch-export
+ * compressions), Parquet (PostHog's other batch-export format) and the CSV of PostHog's UI. The format is told
+ * by the content, not the name. Records stream one by one with their line (Parquet: row) number, so a 1 GB
+ * export never sits in memory and the checkpoint can name each event.
+ */
+import { parse as parseCsv } from 'csv-parse'
+import { closeSync, createReadStream, openSync, readSync, statSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { pipeline, Readable } from 'node:stream'
+import {
+    brotliDecompressSync,
+    constants as zlib,
+    createBrotliDecompress,
+    createGunzip,
+    gunzipSync,
+} from 'node:zlib'
+
+import { ExportRow, toExportRow, unflattenColumns } from './rows'
+
+export type InputFormat = 'jsonl' | 'csv' | 'parquet'
+export type Compression = 'none' | 'gzip' | 'brotli'
+export const INPUT_FORMATS: readonly InputFormat[] = ['jsonl', 'csv', 'parquet']
+
+export interface InputKind {
+    format: InputFormat
+    compression: Compression
+    /** Said to the user when the guess deserves it (Brotli has no signature). */
+    note?: string
+}
+
+export interface InputRecord {
+    /** 1-based line of the file (CSV: the line the record ends on; Parquet: the row number). */
+    line: number
+    row?: ExportRow
+    /** Why the record is not an event; `row` is then absent. */
+    error?: string
+    /** The uuid when the record has one, even an unreadable one, for the failed-events file. */
+    uuid?: string
+}
+
+export interface InputSource {
+    kind: InputKind
+    records: AsyncIterable<InputRecord>
+    /** Bytes of the file behind the records read so far (compressed bytes for gzip and Brotli): the progress bar. */
+    bytesDone(): number
+    size: number
+    close(): void
+}
+
+/** Raised when a file cannot be read at all (not an export, unknown format): nothing of it was sent. */
+export class InputError extends Error {}
+
+// ---------------------------------------------------------------------------------------------------
+// Detection by content
+// ---------------------------------------------------------------------------------------------------
+
+const HEAD_BYTES = 64 * 1024
+
+function readHead(file: string): Buffer {
+    const fd = openSync(file, 'r')
+    try {
+        const head = Buffer.alloc(HEAD_BYTES)
+        return head.subarray(0, readSync(fd, head, 0, HEAD_BYTES, 0))
+    } finally {
+        closeSync(fd)
+    }
+}
+
+const isGzip = (head: Buffer): boolean => head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b
+const isParquet = (head: Buffer): boolean => head.subarray(0, 4).toString('latin1') === 'PAR1'
+
+/** Text a person could have written: valid UTF-8 (a sequence cut at the end aside), no control bytes. */
+function isText(head: Buffer): boolean {
+    const sample = head.subarray(0, Math.max(0, head.length - 3))
+    if (sample.some((byte) => byte < 0x09 || (byte > 0x0d && byte < 0x20) || byte === 0x7f)) return false
+    try {
+        new TextDecoder('utf-8', { fatal: true }).decode(sample)
+        return true
+    } catch {
+        return false
+    }
+}
+
+/** JSON Lines open with `{` (after a BOM and blank space); anything else textual is taken for CSV. */
+function textFormat(text: Buffer): InputFormat {
+    return /^(\uFEFF)?\s*\{/.test(text.subarray(0, 1024).toString('utf8')) ? 'jsonl' : 'csv'
+}
+
+/** The start of a compressed stream, decompressed as far as the head goes (no error for the cut end). */
+function inflateHead(head: Buffer, compression: 'gzip' | 'brotli'): Buffer | null {
+    try {
+        return compression === 'gzip'
+            ? gunzipSync(head, { finishFlush: zlib.Z_SYNC_FLUSH })
+            : brotliDecompressSync(head, { finishFlush: zlib.BROTLI_OPERATION_FLUSH })
+    } catch {
+        return null
+    }
+}
+
+/**
+ * What `file` holds, from its first bytes: gzip and Parquet by their signatures, JSON Lines and CSV as text.
+ * Brotli has no signature: bytes that are neither are tried as Brotli, and the note says so.
+ */
+export function detectInput(file: string, format?: InputFormat): InputKind {
+    const head = readHead(file)
+    if (head.length === 0) return { format: format ?? 'jsonl', compression: 'none' }
+    if (isParquet(head)) return { format: 'parquet', compression: 'none' }
+    if (isGzip(head)) {
+        const inner = inflateHead(head, 'gzip')
+        return { format: format ?? (inner ? textFormat(inner) : 'jsonl'), compression: 'gzip' }
+    }
+    if (isText(head)) return { format: format ?? textFormat(head), compression: 'none' }
+    const inner = inflateHead(head, 'brotli')
+    if (inner && inner.length > 0 && isText(inner)) {
+        const detected = format ?? textFormat(inner)
+        return {
+            format: detected,
+            compression: 'brotli',
+            note: `not text, gzip or Parquet: read as Brotli-compressed ${detected === 'csv' ? 'CSV' : 'JSON Lines'} (Brotli files carry no signature)`,
+        }
+    }
+    throw new InputError(
+        'not a PostHog export the replay can read: neither JSON Lines nor CSV (plain, gzip or Brotli) nor Parquet'
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Records
+// ---------------------------------------------------------------------------------------------------
+
+function recordOf(raw: unknown, line: number): InputRecord {
+    const row = toExportRow(raw)
+    const uuid = typeof raw === 'object' && raw !== null ? (raw as { uuid?: unknown }).uuid : undefined
+    const known = typeof uuid === 'string' && uuid !== '' ? uuid : undefined
+    return typeof row === 'string'
+        ? { line, error: row, uuid: known }
+        : { line, row, uuid: row.uuid || known }
+}
+
+/** Splits a byte stream on `\n`; `\n` never occurs inside a multi-byte UTF-8 sequence, so each line decodes alone. */
+export async function* splitLines(source: AsyncIterable<Buffer>): AsyncGenerator<string> {
+    let carry: Buffer = Buffer.alloc(0)
+    for await (const chunk of source) {
+        const data = carry.length > 0 ? Buffer.concat([carry, chunk]) : chunk
+        let start = 0
+        for (let newline = data.indexOf(0x0a); newline !== -1; newline = data.indexOf(0x0a, start)) {
+            yield data.toString('utf8', start, newline).replace(/\r$/, '')
+            start = newline + 1
+        }
+        carry = data.subarray(start)
+    }
+    if (carry.length > 0) yield carry.toString('utf8').replace(/\r$/, '')
+}
+
+function parseJson(text: string): { value: unknown } | null {
+    try {
+        return { value: JSON.parse(text) }
+    } catch {
+        return null
+    }
+}
+
+async function* jsonLinesRecords(lines: AsyncIterable<string>): AsyncGenerator<InputRecord> {
+    let line = 0
+    for await (const raw of lines) {
+        line++
+        // A BOM (Windows tools write one) would make the first line unreadable JSON.
+        const text = line === 1 ? raw.replace(/^\uFEFF/, '') : raw
+        if (text.trim() === '') continue
+        const parsed = parseJson(text)
+        const uuid = /"uuid"\s*:\s*"([^"]{1,100})"/.exec(text)?.[1]
+        yield parsed ? recordOf(parsed.value, line) : { line, error: 'not valid JSON', uuid }
+    }
+}
+
+interface CsvItem {
+    record: Record<string, string>
+    info: { lines: number }
+}
+
+interface CsvSkip {
+    lines?: number
+    message: string
+}
+
+/**
+ * Records of the UI's CSV. A record csv-parse cannot read (a stray quote, a wrong column count) is skipped by
+ * it and reported here with its line. The parser runs ahead of this reader, so its skips are held back until
+ * the records before them are out: lines come in order, which the checkpoint relies on.
+ */
+async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): AsyncGenerator<InputRecord> {
+    const skipsBefore = function* (line: number): Generator<InputRecord> {
+        skips.sort((a, b) => (a.lines ?? 0) - (b.lines ?? 0))
+        while (skips.length > 0 && (skips[0].lines ?? 0) < line) {
+            const skip = skips.shift() as CsvSkip
+            yield {
+                line: skip.lines ?? 0,
+                error: `unreadable CSV record: ${skip.message.replace(/:.*$/, '')}`,
+            }
+        }
+    }
+    for await (const { record, info } of parser) {
+        yield* skipsBefore(info.lines)
+        yield recordOf(unflattenColumns(record), info.lines)
+    }
+    yield* skipsBefore(Infinity)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Parquet, through hyparquet
+// ---------------------------------------------------------------------------------------------------
+
+/** The part of hyparquet used here (its types ship as an ES module that a CommonJS build cannot name). */
+interface Hyparquet {
+    asyncBufferFromFile(file: string): Promise<unknown>
+    parquetMetadataAsync(file: unknown): Promise<{ row_groups: Array<{ num_rows: bigint | number }> }>
+    parquetReadObjects(options: {
+        file: unknown
+        metadata: unknown
+        rowStart: number
+        rowEnd: number
+    }): Promise<Array<Record<string, unknown>>>
+}
+
+/**
+ * hyparquet is an ES module. Node's own require loads it (Node ≥ 20.19); jest's module system would not, and
+ * it wraps `node:module` too, so Node's builtin is asked for directly where Node can give it.
+ */
+function loadHyparquet(): Hyparquet {
+    try {
+        const nodeModule = process.getBuiltinModule?.('node:module') ?? { createRequire }
+        return nodeModule.createRequire(__filename)('hyparquet') as Hyparquet
+    } catch (error) {
+        throw new InputError(`reading Parquet needs Node 20.19 or newer: ${(error as Error).message}`)
+    }
+}
+
+/** Row group by row group: one group of a batch export is at most a few hundred thousand rows. */
+async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
+    const hyparquet = loadHyparquet()
+    const buffer = await hyparquet.asyncBufferFromFile(file)
+    const metadata = await hyparquet.parquetMetadataAsync(buffer)
+    let rowStart = 0
+    for (const group of metadata.row_groups) {
+        const rowEnd = rowStart + Number(group.num_rows)
+        const rows = await hyparquet.parquetReadObjects({ file: buffer, metadata, rowStart, rowEnd })
+        for (const [index, raw] of rows.entries()) yield recordOf(raw, rowStart + index + 1)
+        rowStart = rowEnd
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Opening a file
+// ---------------------------------------------------------------------------------------------------
+
+function decompressed(raw: Readable, compression: Compression): Readable {
+    if (compression === 'none') return raw
+    const inflate = compression === 'gzip' ? createGunzip() : createBrotliDecompress()
+    pipeline(raw, inflate, () => undefined) // an error reaches the reader through `inflate`
+    return inflate
+}
+
+/** Opens an export for streaming, every record from the first. */
+export function openInput(file: string, kind: InputKind): InputSource {
+    const size = statSync(file).size
+    if (kind.format === 'parquet') {
+        let done = 0
+        const records = (async function* () {
+            for await (const record of parquetRecords(file)) yield record
+            done = size
+        })()
+        return { kind, records, bytesDone: () => done, size, close: () => undefined }
+    }
+    const raw = createReadStream(file)
+    const decoded = decompressed(raw, kind.compression)
+    let records: AsyncIterable<InputRecord>
+    if (kind.format === 'csv') {
+        const skips: CsvSkip[] = []
+        const parser = parseCsv({
+            columns: true,
+            bom: true,
+            info: true,
+            skip_empty_lines: true,
+            skip_records_with_error: true,
+        })
+        parser.on('skip', (error: CsvSkip) => skips.push(error))
+        pipeline(decoded, parser, () => undefined)
+        records = csvRecords(parser, skips)
+    } else {
+        records = jsonLinesRecords(splitLines(decoded))
+    }
+    return {
+        kind,
+        records,
+        bytesDone: () => raw.bytesRead,
+        size,
+        close: () => {
+            decoded.destroy()
+            raw.destroy()
+        },
+    }
+}
