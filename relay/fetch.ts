@@ -13,10 +13,12 @@ export interface FetchOptions {
     onCall: (status: string) => void
 }
 
-export function intercomFetch({ override, onCall }: FetchOptions): FetchFn {
+export type IntercomFetch = FetchFn & { destroy(): void }
+
+export function intercomFetch({ override, onCall }: FetchOptions): IntercomFetch {
     const httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 64 })
     const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets: 64 })
-    return async (url: string, init: HttpRequest): Promise<HttpResponse> => {
+    const call = async (url: string, init: HttpRequest): Promise<HttpResponse> => {
         const requested = new URL(url)
         if (requested.protocol !== 'https:' || !INTERCOM_HOSTS.has(requested.hostname)) {
             onCall('refused')
@@ -39,4 +41,9 @@ export function intercomFetch({ override, onCall }: FetchOptions): FetchFn {
             throw error
         }
     }
+    const destroy = () => {
+        httpAgent.destroy()
+        httpsAgent.destroy()
+    }
+    return Object.assign(call, { destroy })
 }

@@ -170,11 +170,12 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
     const metrics = createMetrics()
     const shared = await sharedState(settings, logger)
     const durable = shared.redis !== null
+    const http = intercomFetch({ override: settings.intercomOverride, onCall: metrics.intercomCall })
     const meta: PluginMeta = {
         config: settings.plugin,
         global: {} as Global,
         cache: shared.cache,
-        fetch: intercomFetch({ override: settings.intercomOverride, onCall: metrics.intercomCall }),
+        fetch: http,
         logger: pluginLogger(logger),
     }
     if (settings.intercomOverride)
@@ -184,6 +185,7 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
         await setupPlugin(meta)
     } catch (error) {
         shared.redis?.disconnect()
+        http.destroy()
         throw error
     }
 
@@ -253,6 +255,11 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
         metrics.ack(Number(process.hrtime.bigint() - started) / 1e9, code)
         return reply.code(code).send({ ok: failed === 0, results })
     }
+
+    // While stopping, each answer closes its connection, so that no kept-alive client holds the stop up.
+    app.addHook('onSend', async (_request, reply) => {
+        if (closing) void reply.header('connection', 'close')
+    })
 
     const route = { schema: { body: bodySchema }, onRequest: authenticate }
     app.post<{ Body: WebhookBody }>('/events', route, receive)
@@ -331,6 +338,7 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
             await app.close()
             await draining
             if (shared.redis) await shared.redis.quit().catch(() => shared.redis?.disconnect())
+            http.destroy()
             logger.info('relay stopped')
         },
     }
