@@ -1,7 +1,7 @@
 /** Test and benchmark helpers for the relay: webhook bodies as PostHog renders them, a client, child-process instances. */
 import { ChildProcess, spawn } from 'node:child_process'
 import * as path from 'node:path'
-import { request } from 'node:http'
+import { Agent, request } from 'node:http'
 import type { WebhookItem } from './payload'
 
 export const TEST_SECRET = 'relay-test-secret-0123456789'
@@ -48,18 +48,24 @@ export interface PostResult {
     headers: Record<string, string | string[] | undefined>
 }
 
-/** One POST over a fresh or kept-alive connection; a connection error resolves as status 0 (PostHog retries those). */
-export function postJson(
-    url: string,
-    body: unknown,
-    headers: Record<string, string> = { 'x-relay-secret': TEST_SECRET }
-): Promise<PostResult> {
+export interface PostOptions {
+    /** Default: the test secret and a JSON content type. */
+    headers?: Record<string, string>
+    method?: string
+    /** A keep-alive agent (as PostHog's fetch pools connections); default a fresh connection per request. */
+    agent?: Agent
+}
+
+/** One request; a connection error resolves as status 0 (PostHog retries those). */
+export function postJson(url: string, body: unknown, options: PostOptions = {}): Promise<PostResult> {
+    const { headers = { 'x-relay-secret': TEST_SECRET }, method = 'POST', agent } = options
     const payload = typeof body === 'string' ? body : JSON.stringify(body)
     return new Promise((resolve) => {
         const req = request(
             url,
             {
-                method: 'POST',
+                method,
+                agent: agent ?? false,
                 headers: {
                     'content-type': 'application/json',
                     'content-length': Buffer.byteLength(payload),

@@ -55,7 +55,7 @@ describeRedis('authentication', () => {
     ])('%s: 401 and nothing sent to Intercom', async (_name, headers) => {
         const { url } = await relayWith()
         emulator.reset()
-        const res = await postJson(`${url}/events`, ann('e1'), headers)
+        const res = await postJson(`${url}/events`, ann('e1'), { headers })
         expect(res.status).toBe(401)
         expect(res.body).toEqual({ error: 'Unauthorized', message: 'missing or wrong x-relay-secret header' })
         expect(emulator.requests()).toEqual([])
