@@ -15,6 +15,8 @@ export interface RelaySettings {
     /** A slow client is cut off (408) after this. */
     requestTimeoutMs: number
     drainIntervalMs: number
+    /** Events that failed again are retried after this (PostHog's runEveryMinute cadence). */
+    retryIntervalMs: number
     /** Loopback URL that stands in for Intercom's hosts (the local emulator); null in production. */
     intercomOverride: string | null
     logLevel: string
@@ -115,6 +117,7 @@ export function relaySettingsFrom(env: Env): RelaySettings {
         bodyLimitBytes: numberFrom(env, 'RELAY_BODY_LIMIT_BYTES', 1024 * 1024, 1024),
         requestTimeoutMs: numberFrom(env, 'RELAY_REQUEST_TIMEOUT_MS', 30_000, 100),
         drainIntervalMs: numberFrom(env, 'RELAY_DRAIN_INTERVAL_MS', 1000, 50),
+        retryIntervalMs: numberFrom(env, 'RELAY_RETRY_INTERVAL_MS', 60_000, 50),
         intercomOverride: intercomOverrideFrom(env),
         logLevel: env.LOG_LEVEL ?? 'info',
     }

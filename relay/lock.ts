@@ -11,12 +11,14 @@ export interface Locks {
 
 export class LockUnavailable extends Error {}
 
-/** Long enough for the slowest event (Intercom calls time out after 10 s, a few in a row), short after a crash. */
-const LOCK_TTL_MS = 30_000
+/** A crashed holder's lock frees itself this soon; a live holder extends it every REFRESH_MS. */
+const LOCK_TTL_MS = 10_000
+const REFRESH_MS = 3_000
 const POLL_MS = 5
 
 /** Deletes the key only if it still holds our token: never release a lock that expired and was taken. */
 const RELEASE_SCRIPT = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`
+const REFRESH_SCRIPT = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end`
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -60,9 +62,13 @@ export function redisLocks(client: Redis, prefix: string): Locks {
     const release = (key: string, token: string) =>
         client.eval(RELEASE_SCRIPT, 1, key, token).catch(() => undefined)
     const holding = async <T>(key: string, token: string, task: () => Promise<T>): Promise<T> => {
+        const refresh = setInterval(() => {
+            client.eval(REFRESH_SCRIPT, 1, key, token, LOCK_TTL_MS).catch(() => undefined)
+        }, REFRESH_MS)
         try {
             return await task()
         } finally {
+            clearInterval(refresh)
             await release(key, token)
         }
     }

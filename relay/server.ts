@@ -20,23 +20,16 @@ import type { RelaySettings } from './config'
 import { intercomFetch } from './fetch'
 import { Locks, memoryLocks, redisLocks } from './lock'
 import { createMetrics, RelayMetrics } from './metrics'
+import { drainGuard, nextDrainIn, QUEUE_KEY } from './drain'
 import { bodySchema, itemsOf, toPluginEvent, WebhookBody, WebhookItem } from './payload'
 
 export const SECRET_HEADER = 'x-relay-secret'
-/** The plugin's own cache keys, read for the queue-length and backoff metrics. */
-const QUEUE_KEY = 'intercom:retry-queue'
+/** The plugin's own backoff key, read for the backoff metric. */
 const BACKOFF_KEY = 'intercom:backoff-until'
 /** How long an event waits for another event of the same person (on any instance) before a 503. */
 const PERSON_WAIT_MS = 20_000
 /** Events of one request handled at once (each person's events still one at a time). */
 const ITEM_CONCURRENCY = 16
-/** Events left untried (rate limit, time budget): drain again this soon, so a reopened window is used at once. */
-const BUSY_DRAIN_MS = 100
-/**
- * Events that failed again wait this long: the plugin's limits (10 attempts, search lag of new contacts) assume
- * PostHog's once-a-minute runEveryMinute, and draining every second would use up their attempts in seconds.
- */
-const RETRY_CADENCE_MS = 60_000
 /** CDP honours Retry-After (capped); older versions retry after 1–3 s anyway. */
 const RETRY_AFTER_SECONDS = 2
 
@@ -80,16 +73,6 @@ function personKey(meta: PluginMeta, item: WebhookItem): string {
     const email = findEmail(event, item.person ?? null, meta.global.settings.emailProperty)
     const identity = email ? `email:${email}` : `distinct_id:${event.distinct_id}`
     return createHash('sha256').update(identity).digest('hex').slice(0, 32)
-}
-
-/** When to drain again: soon while events wait untried, a minute after retries, else at the usual tick. */
-export function nextDrainIn(
-    result: { retried: number; remaining: number } | null,
-    intervalMs: number
-): number {
-    if (!result) return intervalMs
-    if (result.remaining > result.retried) return BUSY_DRAIN_MS
-    return result.retried > 0 ? RETRY_CADENCE_MS : intervalMs
 }
 
 async function mapLimit<T, R>(items: T[], limit: number, task: (item: T) => Promise<R>): Promise<R[]> {
@@ -300,16 +283,29 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
     // The retry queue drains on a timer, under a lock shared by all instances, at Intercom's full rate.
     let draining: Promise<unknown> = Promise.resolve()
     let timer: NodeJS.Timeout | null = null
+    const guard = shared.redis
+        ? drainGuard(shared.redis, shared.cache, `${settings.redisPrefix}cache:`)
+        : null
+    const drainOnce = async () => {
+        if (!guard) return runEveryMinute(meta)
+        const recovered = await guard.recover()
+        if (recovered > 0) logger.warn({ recovered }, 'put back events a stopped drain had taken')
+        const result = await runEveryMinute({ ...meta, cache: guard.cache })
+        await guard.done()
+        return result
+    }
     const drain = () =>
-        shared.locks
-            .ifFree('drain', () => runEveryMinute(meta))
-            .then((result) => {
-                if (result) metrics.drained(result)
-                return result
-            })
+        shared.locks.ifFree('drain', drainOnce).then((result) => {
+            if (result) metrics.drained(result)
+            return result
+        })
     const tick = () => {
         const run = drain().then(
-            (result) => nextDrainIn(result, settings.drainIntervalMs),
+            (result) =>
+                nextDrainIn(result, {
+                    intervalMs: settings.drainIntervalMs,
+                    retryMs: settings.retryIntervalMs,
+                }),
             (error: Error) => {
                 logger.warn({ err: { message: error.message } }, 'retry queue not drained this time')
                 return settings.drainIntervalMs

@@ -23,6 +23,7 @@ export function settingsFor(options: {
         bodyLimitBytes: 64 * 1024,
         requestTimeoutMs: 1000,
         drainIntervalMs: 60_000,
+        retryIntervalMs: 60_000,
         intercomOverride: options.emulatorUrl,
         logLevel: 'debug',
         ...options.relay,

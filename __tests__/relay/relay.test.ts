@@ -5,7 +5,9 @@ import { Emulator, startEmulator } from '../../tools/emulator'
 import { redisAvailable, RedisServer, startRedis } from '../../tools/lib/redis-server'
 import { PLUGIN_KEYS, pluginConfigFrom, relaySettingsFrom, envName } from '../../relay/config'
 import { postJson, TEST_SECRET, webhookItem } from '../../relay/harness'
-import { createRelay, nextDrainIn, secretMatches } from '../../relay/server'
+import { createRelay, secretMatches } from '../../relay/server'
+import { drainGuard, nextDrainIn } from '../../relay/drain'
+import { redisCache } from '../../relay/cache'
 import { settingsFor, startRelay, TestRelay } from './helpers'
 import pluginJson from '../../plugin.json'
 import { writeFileSync, mkdtempSync } from 'node:fs'
@@ -220,11 +222,28 @@ describeRedis('shared state', () => {
         client.disconnect()
     })
 
+    test('a drain that stops between taking a batch and sending it loses nothing: the next one puts it back', async () => {
+        const client = new Redis(redis.url)
+        const cache = redisCache(client, 'guard-test:')
+        await cache.lpush('intercom:retry-queue', ['a', 'b', 'c'])
+        const crashed = drainGuard(client, cache, 'guard-test:')
+        expect(await crashed.cache.lpop('intercom:retry-queue', 2)).toEqual(['c', 'b'])
+        // …the process is killed here: no done()
+        const next = drainGuard(client, cache, 'guard-test:')
+        expect(await next.recover()).toBe(2)
+        expect((await cache.lrange('intercom:retry-queue', 0, -1)).sort()).toEqual(['a', 'b', 'c'])
+        expect(await next.cache.lpop('intercom:retry-queue', 3)).toHaveLength(3)
+        await next.done()
+        expect(await next.recover()).toBe(0)
+        client.disconnect()
+    })
+
     test('drains again at once while events wait untried, a minute after retries, else at the tick', () => {
-        expect(nextDrainIn({ retried: 0, remaining: 500 }, 1000)).toBe(100)
-        expect(nextDrainIn({ retried: 3, remaining: 3 }, 1000)).toBe(60_000)
-        expect(nextDrainIn({ retried: 0, remaining: 0 }, 1000)).toBe(1000)
-        expect(nextDrainIn(null, 1000)).toBe(1000)
+        const timing = { intervalMs: 1000, retryMs: 60_000 }
+        expect(nextDrainIn({ retried: 0, remaining: 500 }, timing)).toBe(100)
+        expect(nextDrainIn({ retried: 3, remaining: 3 }, timing)).toBe(60_000)
+        expect(nextDrainIn({ retried: 0, remaining: 0 }, timing)).toBe(1000)
+        expect(nextDrainIn(null, timing)).toBe(1000)
     })
 })
 
