@@ -71,13 +71,11 @@ function wrongTypes(): BadInput[] {
         ['person.id', (v) => ({ ...valid(), person: { id: v } }), notString],
     ]
     return fields.flatMap(([field, build, isWrong]) =>
-        wrong
-            .filter(isWrong)
-            .map((value) => ({
-                name: `${field} = ${json(value)}`,
-                body: json(build(value)),
-                expected: [400],
-            }))
+        wrong.filter(isWrong).map((value) => ({
+            name: `${field} = ${json(value)}`,
+            body: json(build(value)),
+            expected: [400],
+        }))
     )
 }
 
