@@ -13,7 +13,7 @@ import Fastify, {
 } from 'fastify'
 import Redis from 'ioredis'
 import pino, { Logger } from 'pino'
-import { RetryError } from '@posthog/plugin-scaffold'
+import { ProcessedPluginEvent, RetryError } from '@posthog/plugin-scaffold'
 import { findEmail, Global, onEvent, Outcome, PluginMeta, runEveryMinute, setupPlugin } from '../index'
 import { memoryCache, redisCache } from './cache'
 import type { RelaySettings } from './config'
@@ -68,9 +68,9 @@ function isRetry(error: unknown): boolean {
     return error instanceof RetryError || (error as Error | null)?.name === 'RetryError'
 }
 
-function personKey(meta: PluginMeta, item: WebhookItem): string {
-    const event = toPluginEvent(item)
-    const email = findEmail(event, item.person ?? null, meta.global.settings.emailProperty)
+/** Events of one email (else one distinct_id) go one at a time across instances: one search per email. */
+function personKey(meta: PluginMeta, event: ProcessedPluginEvent, person: WebhookItem['person']): string {
+    const email = findEmail(event, person ?? null, meta.global.settings.emailProperty)
     const identity = email ? `email:${email}` : `distinct_id:${event.distinct_id}`
     return createHash('sha256').update(identity).digest('hex').slice(0, 32)
 }
@@ -178,7 +178,7 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
         let outcome: Outcome | { error: unknown }
         try {
             outcome = await shared.locks.withLock(
-                `person:${personKey(meta, item)}`,
+                `person:${personKey(meta, event, item.person)}`,
                 () =>
                     onEvent(event, { ...meta, person: item.person ?? null }).catch((error: unknown) => ({
                         error,
