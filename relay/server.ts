@@ -4,6 +4,7 @@
  * refused for good, and 503 otherwise, so that PostHog retries (CDP retries 408/429/5xx and network errors).
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
+import { createServer } from 'node:http'
 import Fastify, {
     FastifyBaseLogger,
     FastifyInstance,
@@ -26,8 +27,9 @@ import { bodySchema, itemsOf, toPluginEvent, WebhookBody, WebhookItem } from './
 export const SECRET_HEADER = 'x-relay-secret'
 /** The plugin's own backoff key, read for the backoff metric. */
 const BACKOFF_KEY = 'intercom:backoff-until'
-/** How long an event waits for another event of the same person (on any instance) before a 503. */
-const PERSON_WAIT_MS = 20_000
+/** How long an event waits for another event of the same person (on any instance) before a 503: within
+ * PostHog's 10 s webhook timeout. */
+const PERSON_WAIT_MS = 8_000
 /** Events of one request handled at once (each person's events still one at a time). */
 const ITEM_CONCURRENCY = 16
 /** CDP honours Retry-After (capped); older versions retry after 1–3 s anyway. */
@@ -204,8 +206,19 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
         // One line per refused or failed request instead of two per request: logs carry no payloads anyway.
         logController: new LogController({ disableRequestLogging: true }),
         bodyLimit: settings.bodyLimitBytes,
+        // A client too slow to send its request gets a 408 after requestTimeoutMs (checked 4 times as often),
+        // before the idle socket timeout would close it without an answer.
+        serverFactory: (handler) =>
+            createServer(
+                {
+                    requestTimeout: settings.requestTimeoutMs,
+                    headersTimeout: settings.requestTimeoutMs,
+                    connectionsCheckingInterval: Math.max(50, Math.floor(settings.requestTimeoutMs / 4)),
+                },
+                handler
+            ),
         requestTimeout: settings.requestTimeoutMs,
-        connectionTimeout: settings.requestTimeoutMs,
+        connectionTimeout: settings.requestTimeoutMs * 2,
         forceCloseConnections: 'idle',
         return503OnClosing: true,
         ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },

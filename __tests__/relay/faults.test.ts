@@ -138,6 +138,25 @@ describeRedis('faults', () => {
         }
     }, 90_000)
 
+    test('SIGTERM: the request in flight is answered, the process exits 0, nothing more is accepted', async () => {
+        const instance = await spawnRelay(relayEnv({ emulatorUrl: emulator.url, redisUrl: redis.url }))
+        try {
+            emulator.configure({ latencyMs: 400 })
+            const inFlight = postJson(`${instance.url}/events`, eventAt(1))
+            await sleep(150)
+            instance.child.kill('SIGTERM')
+            expect(await inFlight).toMatchObject({
+                status: 200,
+                body: { results: [{ status: 'delivered' }] },
+            })
+            expect(await instance.exited).toBe('0')
+            expect((await postJson(`${instance.url}/events`, eventAt(2))).status).toBe(0)
+            expect(instance.output()).toContain('relay stopped')
+        } finally {
+            instance.child.kill('SIGKILL')
+        }
+    }, 30_000)
+
     test('Redis restarted mid-run: 503s meanwhile, then everything goes through', async () => {
         const relay: TestRelay = await startRelay(
             settingsFor({ emulatorUrl: emulator.url, redisUrl: redis.url })
