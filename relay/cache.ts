@@ -33,7 +33,7 @@ export function redisCache(client: Redis, prefix: string): CacheExtension {
         },
         incr: (key) => client.incr(k(key)),
         expire: async (key, ttlSeconds) => (await client.expire(k(key), ttlSeconds)) === 1,
-        lpush: (key, elementOrArray) => client.lpush(k(key), ...lpushItems(elementOrArray)),
+        lpush: async (key, elementOrArray) => client.lpush(k(key), ...lpushItems(elementOrArray)),
         lrange: (key, start, stop) => client.lrange(k(key), start, stop),
         llen: (key) => client.llen(k(key)),
         lpop: async (key, count) => (await client.lpop(k(key), count)) ?? [],
