@@ -4,7 +4,7 @@
  * refused for good, and 503 otherwise, so that PostHog retries (CDP retries 408/429/5xx and network errors).
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { createServer } from 'node:http'
+import { createServer, STATUS_CODES } from 'node:http'
 import Fastify, {
     FastifyBaseLogger,
     FastifyInstance,
@@ -276,12 +276,14 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
     )
     app.setErrorHandler((error: { statusCode?: number; message: string; code?: string }, request, reply) => {
         const code = error.statusCode && error.statusCode >= 400 ? error.statusCode : 500
-        if (code >= 500)
+        if (code >= 500) {
             request.log.error({ err: { message: error.message, code: error.code } }, 'request failed')
-        else request.log.info({ code, reason: error.code }, 'bad request refused')
-        return reply
-            .code(code)
-            .send({ error: code >= 500 ? 'Internal Server Error' : 'Bad Request', message: error.message })
+        } else {
+            request.log.info({ code, reason: error.code }, 'bad request refused')
+        }
+        // Fastify's 4xx messages name the rule broken, never the value sent; a 5xx says nothing more.
+        const message = code >= 500 ? 'the relay failed; the event was not acknowledged' : error.message
+        return reply.code(code).send({ error: STATUS_CODES[code] ?? 'Error', message })
     })
 
     metrics.onScrape(async () => {
