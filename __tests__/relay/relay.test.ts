@@ -111,6 +111,25 @@ describeRedis('outcomes', () => {
         expect(emulator.events().map((e) => e.contact_id)).toEqual(['c-lead'])
     })
 
+    test("PostHog's 2024 globals (event `name`, person `uuid`) are read too", async () => {
+        const { url } = await relayWith()
+        const older = {
+            event: {
+                uuid: 'o1',
+                name: 'signed_in',
+                distinct_id: 'd-o1',
+                properties: {},
+                timestamp: '2025-06-01T12:00:00Z',
+                url: 'u',
+            },
+            person: { uuid: 'p-o1', name: 'Lead', url: 'u', properties: { email: 'lead@example.com' } },
+        }
+        expect((await postJson(`${url}/events`, older)).body).toMatchObject({
+            results: [{ uuid: 'o1', status: 'delivered' }],
+        })
+        expect(emulator.events().map((e) => e.contact_id)).toEqual(['c-lead'])
+    })
+
     test('skipped, with the reason: not triggering, no email, ignored domain', async () => {
         const { url } = await relayWith({ plugin: { ignoredEmailDomains: 'example.org' } })
         const res = await postJson(`${url}/events`, [
