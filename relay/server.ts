@@ -314,15 +314,21 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
             if (result) metrics.drained(result)
             return result
         })
+    let drainFailing = false
     const tick = () => {
         const run = drain().then(
-            (result) =>
-                nextDrainIn(result, {
+            (result) => {
+                drainFailing = false
+                return nextDrainIn(result, {
                     intervalMs: settings.drainIntervalMs,
                     retryMs: settings.retryIntervalMs,
-                }),
+                })
+            },
             (error: Error) => {
-                logger.warn({ err: { message: error.message } }, 'retry queue not drained this time')
+                // Once per outage, not once a second: the queue stays in Redis meanwhile.
+                if (!drainFailing)
+                    logger.warn({ err: { message: error.message } }, 'retry queue not drained for now')
+                drainFailing = true
                 return settings.drainIntervalMs
             }
         )
