@@ -7,6 +7,7 @@
  */
 import type { CacheExtension } from '@posthog/plugin-scaffold'
 import type Redis from 'ioredis'
+import type { Logger } from 'pino'
 import type { DrainResult } from '../index'
 
 export const QUEUE_KEY = 'intercom:retry-queue'
@@ -59,6 +60,52 @@ export function drainGuard(client: Redis, cache: CacheExtension, prefix: string)
         recover: async () => Number(await client.eval(RECOVER, 2, inflight, prefix + QUEUE_KEY)),
         done: async () => {
             await client.del(inflight)
+        },
+    }
+}
+
+export interface DrainLoop {
+    /** No more drains; resolves once the one under way (if any) has finished. */
+    stop(): Promise<void>
+}
+
+/** Drains on a timer, at the pace nextDrainIn sets; `drain` resolves null when another instance holds the lock. */
+export function startDrainLoop(
+    drain: () => Promise<Pick<DrainResult, 'retried' | 'remaining'> | null>,
+    options: { intervalMs: number; retryMs: number; logger: Logger }
+): DrainLoop {
+    let stopped = false
+    let failing = false
+    let timer: NodeJS.Timeout | null = null
+    let running: Promise<unknown> = Promise.resolve()
+    const tick = () => {
+        const run = drain().then(
+            (result) => {
+                failing = false
+                return nextDrainIn(result, options)
+            },
+            (error: Error) => {
+                // Once per outage, not once a second: the queue stays in Redis meanwhile.
+                if (!failing)
+                    options.logger.warn(
+                        { err: { message: error.message } },
+                        'retry queue not drained for now'
+                    )
+                failing = true
+                return options.intervalMs
+            }
+        )
+        running = run
+        void run.then((delay) => {
+            if (!stopped) timer = setTimeout(tick, delay)
+        })
+    }
+    timer = setTimeout(tick, options.intervalMs)
+    return {
+        async stop() {
+            stopped = true
+            if (timer) clearTimeout(timer)
+            await running
         },
     }
 }

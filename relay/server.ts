@@ -21,7 +21,7 @@ import type { RelaySettings } from './config'
 import { intercomFetch } from './fetch'
 import { Locks, memoryLocks, redisLocks } from './lock'
 import { createMetrics, RelayMetrics } from './metrics'
-import { drainGuard, nextDrainIn, QUEUE_KEY } from './drain'
+import { drainGuard, QUEUE_KEY, startDrainLoop } from './drain'
 import { bodySchema, itemsOf, toPluginEvent, WebhookBody, WebhookItem } from './payload'
 
 export const SECRET_HEADER = 'x-relay-secret'
@@ -295,9 +295,6 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
         return { queueLength, backoffSeconds: Math.max(0, (until - Date.now()) / 1000) }
     })
 
-    // The retry queue drains on a timer, under a lock shared by all instances, at Intercom's full rate.
-    let draining: Promise<unknown> = Promise.resolve()
-    let timer: NodeJS.Timeout | null = null
     const guard = shared.redis
         ? drainGuard(shared.redis, shared.cache, `${settings.redisPrefix}cache:`)
         : null
@@ -314,30 +311,11 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
             if (result) metrics.drained(result)
             return result
         })
-    let drainFailing = false
-    const tick = () => {
-        const run = drain().then(
-            (result) => {
-                drainFailing = false
-                return nextDrainIn(result, {
-                    intervalMs: settings.drainIntervalMs,
-                    retryMs: settings.retryIntervalMs,
-                })
-            },
-            (error: Error) => {
-                // Once per outage, not once a second: the queue stays in Redis meanwhile.
-                if (!drainFailing)
-                    logger.warn({ err: { message: error.message } }, 'retry queue not drained for now')
-                drainFailing = true
-                return settings.drainIntervalMs
-            }
-        )
-        draining = run
-        void run.then((delay) => {
-            if (!closing) timer = setTimeout(tick, delay)
-        })
-    }
-    timer = setTimeout(tick, settings.drainIntervalMs)
+    const drainLoop = startDrainLoop(drain, {
+        intervalMs: settings.drainIntervalMs,
+        retryMs: settings.retryIntervalMs,
+        logger,
+    })
 
     return {
         app,
@@ -351,9 +329,7 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
         },
         async close() {
             closing = true
-            if (timer) clearTimeout(timer)
-            await app.close()
-            await draining
+            await Promise.all([app.close(), drainLoop.stop()])
             if (shared.redis) await shared.redis.quit().catch(() => shared.redis?.disconnect())
             http.destroy()
             logger.info('relay stopped')
