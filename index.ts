@@ -3,7 +3,10 @@
  *
  * Loaded by PostHog as ONE file (Babel, then a sandbox): only @posthog/plugin-scaffold, node-fetch,
  * crypto and url may be imported, and there are no timers, no `process`, no AbortController.
- * Read top to bottom, this file follows an event: config → filter → person (email or external ID) → contact → payload → send.
+ * Read top to bottom, this file follows an event:
+ *   constants (every cache key in CACHE_KEYS) · types · config · filter and identity · logging helpers ·
+ *   contact resolution and its caches · payload · delivery · transport (callIntercom, the status policy
+ *   and FAILURE_POLICY) · retry queue · contact and company sync (a side path) · PostHog hooks.
  */
 import {
     CacheExtension,
@@ -65,13 +68,32 @@ const MAX_WAIT_IN_PLACE_MS = 12_000
 const IN_PLACE_ATTEMPTS = 3
 const IN_PLACE_DELAY_MS = 1_000
 const ECHO_PREFIX = '[Intercom]'
-const CACHE_KEYS = {
+/**
+ * Every cache key the plugin uses. Hashes (hashOf, digest) stand in for emails, external IDs and group
+ * keys, so the cache never holds them in clear.
+ */
+export const CACHE_KEYS = {
+    /** A person's Intercom contact id ('' remembers "not found"). */
+    contact: (identity: Identity) => `intercom:contact:${hashOf(identityText(identity))}`,
+    /** The digest of what was last synced to a person's contact. */
+    contactSync: (identity: Identity) => `intercom:contact-sync:${hashOf(identityText(identity))}`,
+    /** A company's Intercom id, by company_id. */
+    company: (companyId: string) => `intercom:company:${digest(companyId)}`,
+    /** The digest of what was last synced to a company. */
+    companySync: (companyId: string) => `intercom:company-sync:${digest(companyId)}`,
+    /** Set once a contact is attached to a company. */
+    attached: (identity: Identity, companyKey: string) =>
+        `intercom:attached:${digest([identityText(identity), companyKey])}`,
+    /** Set once a custom attribute exists in Intercom. */
+    attribute: (model: 'contact' | 'company', name: string) => `intercom:attribute:${model}:${digest(name)}`,
+    /** Until when Intercom asked every worker to wait (epoch ms). */
     backoff: 'intercom:backoff-until',
+    /** The retry queue (a list). */
     queue: 'intercom:retry-queue',
     /** Where version 1.0 set retries aside during a drain; adopted back into the queue. */
     later: 'intercom:retry-later',
-    /** Suffixed with a 10-minute slot (see drainLockKey). */
-    drainLock: 'intercom:drain-lock',
+    /** The drain lock; its 10-minute slot changes the key, so a dead holder's lock cannot last. */
+    drainLock: (now: number) => `intercom:drain-lock:${Math.floor(now / DRAIN_LOCK_SLOT_MS)}`,
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -228,6 +250,20 @@ export interface DrainResult {
     dropped: number
     droppedByReason: Record<string, number>
     remaining: number
+}
+
+interface Store {
+    get(key: string): Promise<unknown>
+    set(key: string, value: unknown, ttlSeconds: number): Promise<void>
+}
+
+interface Context {
+    settings: Settings
+    global: Global
+    store: Store
+    cache?: CacheExtension
+    http: FetchFn
+    log: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -616,6 +652,225 @@ export function identityFromText(text: string | null): Identity | null {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Logging helpers: one line per reason, never personal data
+// ---------------------------------------------------------------------------------------------------
+
+function makeLog(meta: PluginMeta): Context['log'] {
+    const logger: Logger = meta.logger ?? console
+    return (level, message) => {
+        const write = (level === 'info' ? (logger.info ?? logger.log) : logger[level]) ?? logger.log
+        write.call(logger, message)
+    }
+}
+
+const LOGGED_ONCE_MAX = 1000
+
+function firstTime(global: Global, key: string): boolean {
+    if (global.logged.has(key) || global.logged.size >= LOGGED_ONCE_MAX) return false
+    global.logged.add(key)
+    return true
+}
+
+/** During an outage or a rate-limit storm every event fails alike: one line per kind per 10 s tells it. */
+const QUIET_MS = 10_000
+const QUIET_NOTE = 'more like it within 10 s are not logged; runEveryMinute logs counts'
+
+function notRecentlyLogged(global: Global, kind: string): boolean {
+    const now = Date.now()
+    if (now - (global.lastLogged.get(kind) ?? -Infinity) < QUIET_MS) return false
+    global.lastLogged.set(kind, now)
+    return true
+}
+
+/** An event name fit for a log line (names are not personal data, but may be huge or not strings). */
+function eventName(event: ProcessedPluginEvent): string {
+    return String(event.event).slice(0, 100)
+}
+
+function eventLabel(event: ProcessedPluginEvent): string {
+    return typeof event.uuid === 'string' && event.uuid ? event.uuid.slice(0, 64) : '(no uuid)'
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Contact resolution: email or external ID → Intercom contact id, cached in meta.cache (Redis,
+// shared by workers) when present, else a bounded in-process LRU
+// ---------------------------------------------------------------------------------------------------
+
+export class LocalCache {
+    private entries = new Map<string, { value: unknown; expiresAt: number }>()
+    constructor(private maxEntries: number) {}
+
+    get(key: string): unknown {
+        const entry = this.entries.get(key)
+        if (!entry || entry.expiresAt <= Date.now()) {
+            this.entries.delete(key)
+            return null
+        }
+        this.entries.delete(key) // re-insert: Map order is the LRU order
+        this.entries.set(key, entry)
+        return entry.value
+    }
+
+    set(key: string, value: unknown, ttlSeconds: number): void {
+        this.entries.delete(key)
+        this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 })
+        if (this.entries.size > this.maxEntries) {
+            this.entries.delete(this.entries.keys().next().value as string)
+        }
+    }
+}
+
+/** Redis may be down: a failed read is a miss and a failed write is skipped, never a lost event. */
+function sharedStore(cache: CacheExtension): Store {
+    return {
+        get: (key) => cache.get(key, null).catch(() => null),
+        set: (key, value, ttl) => cache.set(key, value, ttl).catch(() => undefined),
+    }
+}
+
+function localStore(cache: LocalCache): Store {
+    return {
+        get: async (key) => cache.get(key),
+        set: async (key, value, ttl) => cache.set(key, value, ttl),
+    }
+}
+
+/** A short sha256 of a text: cache keys hold this, never an email or a group key. */
+function hashOf(text: string): string {
+    return createHash('sha256').update(text).digest('hex').slice(0, 32)
+}
+
+function digest(value: unknown): string {
+    return hashOf(JSON.stringify(value))
+}
+
+interface ContactSummary {
+    id: string
+    role?: string
+    updated_at?: number
+}
+
+/** Emails are not unique in Intercom: prefer a user over a lead, then the most recently updated. */
+export function pickContact(contacts: unknown): string | null {
+    const list = (Array.isArray(contacts) ? contacts : []).filter(
+        (c): c is ContactSummary => typeof propertyOf(c, 'id') === 'string'
+    )
+    const rank = (c: ContactSummary) => (c.role === 'user' ? 1 : 0)
+    list.sort((a, b) => rank(b) - rank(a) || (Number(b.updated_at) || 0) - (Number(a.updated_at) || 0))
+    return list[0]?.id ?? null
+}
+
+async function searchContact(ctx: Context, identity: Identity): Promise<string | null> {
+    const data = await callIntercom(ctx, 'POST', '/contacts/search', {
+        query: {
+            field: identity.kind === 'email' ? 'email' : 'external_id',
+            operator: '=',
+            value: identity.value,
+        },
+        pagination: { per_page: 50 },
+    })
+    return pickContact(propertyOf(data, 'data'))
+}
+
+async function searchAndRemember(ctx: Context, identity: Identity, key: string): Promise<string | null> {
+    const id = await searchContact(ctx, identity)
+    await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
+    return id
+}
+
+/** Cached lookup; concurrent lookups of one person in this worker share one search. */
+async function resolveContact(ctx: Context, identity: Identity, fresh = false): Promise<string | null> {
+    const key = CACHE_KEYS.contact(identity)
+    if (!fresh) {
+        const cached = await ctx.store.get(key)
+        if (typeof cached === 'string') {
+            return cached || null // '' remembers "not found"
+        }
+    }
+    const pending = ctx.global.inflight.get(key)
+    if (pending) {
+        return pending
+    }
+    const lookup = searchAndRemember(ctx, identity, key)
+    ctx.global.inflight.set(key, lookup)
+    try {
+        return await lookup
+    } finally {
+        ctx.global.inflight.delete(key)
+    }
+}
+
+/** "A contact matching those details already exists with id=…": the id of the winner of a race. */
+export function conflictId(error: unknown): string | null {
+    const match =
+        error instanceof IntercomError && error.status === 409
+            ? /id=([A-Za-z0-9_-]+)/.exec(error.message)
+            : null
+    return match ? match[1] : null
+}
+
+/** The fields of POST /contacts that say who the contact is. */
+function identityFields(identity: Identity): ContactAttributes {
+    return identity.kind === 'email' ? { email: identity.value } : { external_id: identity.value }
+}
+
+/**
+ * POST /contacts; a 409 (a race, or search lag) gives the existing id, which is then updated. A 409
+ * without an id names no contact to update: retried later, when the search has caught up.
+ */
+async function createContact(
+    ctx: Context,
+    identity: Identity,
+    role: 'user' | 'lead',
+    attributes: ContactAttributes
+): Promise<string> {
+    try {
+        const body = { role, ...attributes, ...identityFields(identity) }
+        const created = await callIntercom(ctx, 'POST', '/contacts', body)
+        const id = propertyOf(created, 'id')
+        if (typeof id !== 'string')
+            throw new IntercomError('transient', 'Intercom created a contact but returned no id')
+        return id
+    } catch (error) {
+        const existing = conflictId(error)
+        if (!existing && error instanceof IntercomError && error.status === 409) {
+            throw new IntercomError('transient', `${error.message} (no contact id given: retried later)`, 409)
+        }
+        if (!existing) throw error
+        if (Object.keys(attributes).length > 0)
+            await callIntercom(ctx, 'PUT', `/contacts/${existing}`, attributes)
+        return existing
+    }
+}
+
+/** Caches a contact id at once, so the events right after do not wait for Intercom's search. */
+async function rememberContact(ctx: Context, identity: Identity, id: string): Promise<void> {
+    await ctx.store.set(CACHE_KEYS.contact(identity), id, CONTACT_TTL_SECONDS)
+}
+
+/**
+ * Runs `action` on the cached contact id. A 404 means that contact was deleted or merged: the person is
+ * looked up once more and `action` runs on the new id. False when Intercom has no contact for them.
+ */
+async function withContact(
+    ctx: Context,
+    identity: Identity,
+    cachedId: string,
+    action: (id: string) => Promise<unknown>
+): Promise<boolean> {
+    try {
+        await action(cachedId)
+        return true
+    } catch (error) {
+        if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
+    }
+    const freshId = await resolveContact(ctx, identity, true)
+    if (!freshId || freshId === cachedId) return false
+    await action(freshId)
+    return true
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Payload: pure functions from a PostHog event to Intercom's POST /events body
 // ---------------------------------------------------------------------------------------------------
 
@@ -822,60 +1077,58 @@ export function buildEventDraft(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Caches: meta.cache (Redis, shared by workers) when present, else a bounded in-process LRU
+// Delivery: one path for first attempts and for retries from the queue
 // ---------------------------------------------------------------------------------------------------
 
-export class LocalCache {
-    private entries = new Map<string, { value: unknown; expiresAt: number }>()
-    constructor(private maxEntries: number) {}
-
-    get(key: string): unknown {
-        const entry = this.entries.get(key)
-        if (!entry || entry.expiresAt <= Date.now()) {
-            this.entries.delete(key)
-            return null
-        }
-        this.entries.delete(key) // re-insert: Map order is the LRU order
-        this.entries.set(key, entry)
-        return entry.value
+/** Posts the event to the person's contact (created first when that option is on). */
+async function deliver(ctx: Context, identity: Identity, draft: EventDraft): Promise<Outcome> {
+    if (identity.kind === 'user_id' && (await postToUser(ctx, identity.value, draft))) {
+        return { status: 'delivered' }
     }
-
-    set(key: string, value: unknown, ttlSeconds: number): void {
-        this.entries.delete(key)
-        this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 })
-        if (this.entries.size > this.maxEntries) {
-            this.entries.delete(this.entries.keys().next().value as string)
-        }
+    const cachedId = (await resolveContact(ctx, identity)) ?? (await createMissingContact(ctx, identity))
+    const post = (id: string) => callIntercom(ctx, 'POST', '/events', { ...draft, id })
+    if (cachedId && (await withContact(ctx, identity, cachedId, post))) {
+        return { status: 'delivered' }
     }
+    return noContact(ctx, draft.created_at)
 }
 
-interface Store {
-    get(key: string): Promise<unknown>
-    set(key: string, value: unknown, ttlSeconds: number): Promise<void>
-}
-
-/** Redis may be down: a failed read is a miss and a failed write is skipped, never a lost event. */
-function sharedStore(cache: CacheExtension): Store {
-    return {
-        get: (key) => cache.get(key, null).catch(() => null),
-        set: (key, value, ttl) => cache.set(key, value, ttl).catch(() => undefined),
+/**
+ * An external ID designates a user directly (`user_id`): one call, no search. False when the contact id
+ * is already cached (a lead found before) or Intercom has no user with it (404): leads need their `id`,
+ * which the search then finds.
+ */
+async function postToUser(ctx: Context, userId: string, draft: EventDraft): Promise<boolean> {
+    const cached = await ctx.store.get(CACHE_KEYS.contact({ kind: 'user_id', value: userId }))
+    if (typeof cached === 'string' && cached) return false
+    try {
+        await callIntercom(ctx, 'POST', '/events', { ...draft, user_id: userId })
+        return true
+    } catch (error) {
+        if (error instanceof IntercomError && error.kind === 'not_found') return false
+        throw error
     }
 }
 
-function localStore(cache: LocalCache): Store {
-    return {
-        get: async (key) => cache.get(key),
-        set: async (key, value, ttl) => cache.set(key, value, ttl),
+/** With "Create contacts for unknown people" on, the event of a new person lands on the first try. */
+async function createMissingContact(ctx: Context, identity: Identity): Promise<string | null> {
+    const role = ctx.settings.sync.createContacts
+    if (role === 'off') return null
+    const id = await createContact(ctx, identity, role, {})
+    await rememberContact(ctx, identity, id)
+    return id
+}
+
+function noContact(ctx: Context, createdAt: number): Outcome {
+    // Only a queue retries minutes later; PostHog's own retries (seconds apart) cannot outwait the lag.
+    if (ctx.cache && Date.now() / 1000 - createdAt < SEARCH_LAG_SECONDS) {
+        // Intercom's search lags new contacts by minutes: a recent event is worth another try.
+        throw new IntercomError(
+            'transient',
+            'no Intercom contact for this person yet (Intercom search lags new contacts)'
+        )
     }
-}
-
-/** A short sha256 of a text: cache keys hold this, never an email or a group key. */
-function hashOf(text: string): string {
-    return createHash('sha256').update(text).digest('hex').slice(0, 32)
-}
-
-function contactKey(identity: Identity): string {
-    return `intercom:contact:${hashOf(identityText(identity))}`
+    return { status: 'skipped', reason: 'no Intercom contact' }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -972,15 +1225,6 @@ export function windowNearlySpent(headers: HttpResponse['headers']): boolean {
     const remaining = Number(readHeader(headers, 'x-ratelimit-remaining') ?? NaN)
     const limit = Number(readHeader(headers, 'x-ratelimit-limit') ?? NaN)
     return Number.isFinite(remaining) && remaining <= (Number.isFinite(limit) ? Math.floor(limit / 50) : 0)
-}
-
-interface Context {
-    settings: Settings
-    global: Global
-    store: Store
-    cache?: CacheExtension
-    http: FetchFn
-    log: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void
 }
 
 /** This worker's backoff, and the one other workers shared through meta.cache when there is one. */
@@ -1105,62 +1349,285 @@ export async function callIntercom(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Contact resolution: email or external ID → Intercom contact id, cached
+// Retry queue: where meta.cache exists, transient failures are parked in a cache list. onEvent drains a
+// bounded batch (PostHog stopped calling runEveryMinute in March 2025) and runEveryMinute drains more.
+// At least once: an item is read (LRANGE), delivered, and only then removed (LREM), so a worker that
+// dies mid-drain loses nothing, and Intercom deduplicates on contact + event_name + created_at.
+// Only LPUSH, LRANGE, LLEN, LREM, INCR and EXPIRE are used: LPOP with a count needs Redis 6.2.
 // ---------------------------------------------------------------------------------------------------
 
-interface ContactSummary {
-    id: string
-    role?: string
-    updated_at?: number
+export interface QueuedDelivery {
+    draft: EventDraft
+    /**
+     * The person's identityText (the email, or `user_id:<external ID>`), AES-GCM sealed with a key
+     * derived from the API key: never in clear in the cache. The name predates external IDs.
+     */
+    sealedEmail: string
+    uuid: string
+    attempts: number
+    queuedAt: number
 }
 
-/** Emails are not unique in Intercom: prefer a user over a lead, then the most recently updated. */
-export function pickContact(contacts: unknown): string | null {
-    const list = (Array.isArray(contacts) ? contacts : []).filter(
-        (c): c is ContactSummary => typeof propertyOf(c, 'id') === 'string'
-    )
-    const rank = (c: ContactSummary) => (c.role === 'user' ? 1 : 0)
-    list.sort((a, b) => rank(b) - rank(a) || (Number(b.updated_at) || 0) - (Number(a.updated_at) || 0))
-    return list[0]?.id ?? null
+/** A queue entry as stored (the exact string LREM needs) and as read. */
+interface Entry {
+    raw: string
+    item: QueuedDelivery | null
 }
 
-async function searchContact(ctx: Context, identity: Identity): Promise<string | null> {
-    const data = await callIntercom(ctx, 'POST', '/contacts/search', {
-        query: {
-            field: identity.kind === 'email' ? 'email' : 'external_id',
-            operator: '=',
-            value: identity.value,
-        },
-        pagination: { per_page: 50 },
-    })
-    return pickContact(propertyOf(data, 'data'))
+function emailKey(token: string): Buffer {
+    return createHash('sha256').update(`posthog-intercom queue:${token}`).digest()
 }
 
-async function searchAndRemember(ctx: Context, identity: Identity, key: string): Promise<string | null> {
-    const id = await searchContact(ctx, identity)
-    await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
-    return id
+export function sealEmail(email: string, token: string): string {
+    const iv = randomBytes(12)
+    const cipher = createCipheriv('aes-256-gcm', emailKey(token), iv)
+    const data = Buffer.concat([cipher.update(email, 'utf8'), cipher.final()])
+    return Buffer.concat([iv, cipher.getAuthTag(), data]).toString('base64')
 }
 
-/** Cached lookup; concurrent lookups of one person in this worker share one search. */
-async function resolveContact(ctx: Context, identity: Identity, fresh = false): Promise<string | null> {
-    const key = contactKey(identity)
-    if (!fresh) {
-        const cached = await ctx.store.get(key)
-        if (typeof cached === 'string') {
-            return cached || null // '' remembers "not found"
-        }
-    }
-    const pending = ctx.global.inflight.get(key)
-    if (pending) {
-        return pending
-    }
-    const lookup = searchAndRemember(ctx, identity, key)
-    ctx.global.inflight.set(key, lookup)
+/** Null when the item was sealed with another API key (the key was changed meanwhile). */
+export function openEmail(sealed: string, token: string): string | null {
     try {
-        return await lookup
+        const raw = Buffer.from(sealed, 'base64')
+        const decipher = createDecipheriv('aes-256-gcm', emailKey(token), raw.subarray(0, 12))
+        decipher.setAuthTag(raw.subarray(12, 28))
+        return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8')
+    } catch {
+        return null
+    }
+}
+
+function parseQueued(raw: unknown): QueuedDelivery | null {
+    try {
+        // Some cache implementations JSON-encode list items themselves: unwrap up to three times.
+        let value = raw
+        for (let i = 0; i < 3 && typeof value === 'string'; i++) {
+            value = JSON.parse(value)
+        }
+        const draft = propertyOf(value, 'draft')
+        const valid =
+            typeof propertyOf(value, 'sealedEmail') === 'string' &&
+            typeof propertyOf(draft, 'event_name') === 'string'
+        return valid ? (value as QueuedDelivery) : null
+    } catch {
+        return null
+    }
+}
+
+/** PostHog's cache refuses more than 1,000 elements in one lpush. */
+const LPUSH_MAX = 1000
+
+type Parked = 'parked' | 'queue full' | 'cache unavailable'
+
+/** Pushes items at the head of a list; `room` refuses them when the queue would pass its bound. */
+async function push(cache: CacheExtension, key: string, raws: string[], room: boolean): Promise<Parked> {
+    try {
+        if (room && (await cache.llen(key)) + raws.length > QUEUE_MAX_LENGTH) return 'queue full'
+        for (let i = 0; i < raws.length; i += LPUSH_MAX) {
+            await cache.lpush(key, raws.slice(i, i + LPUSH_MAX))
+        }
+        return 'parked'
+    } catch {
+        return 'cache unavailable'
+    }
+}
+
+async function queueLength(cache: CacheExtension): Promise<number> {
+    try {
+        return await cache.llen(CACHE_KEYS.queue)
+    } catch {
+        return 0
+    }
+}
+
+/** INCR is atomic in Redis: the worker that makes it 1 drains; the others leave the queue to it. */
+async function takeDrainLock(cache: CacheExtension): Promise<string | null> {
+    const key = CACHE_KEYS.drainLock(Date.now())
+    try {
+        if ((await cache.incr(key)) !== 1) return null
+        await cache.expire(key, DRAIN_LOCK_SECONDS)
+        return key
+    } catch {
+        return null
+    }
+}
+
+/** Back to "0", which the next INCR makes 1 again. */
+async function releaseDrainLock(cache: CacheExtension, key: string): Promise<void> {
+    try {
+        await cache.set(key, 0, DRAIN_LOCK_SECONDS)
+    } catch {
+        // Expires by itself.
+    }
+}
+
+/** Version 1.0 set retries aside in a second list during a drain: they join the queue, once per worker. */
+async function adoptSetAside(ctx: Context, cache: CacheExtension): Promise<void> {
+    if (ctx.global.adoptedSetAside) return
+    try {
+        for (let round = 0; round <= QUEUE_MAX_LENGTH / LPUSH_MAX; round++) {
+            const raws = await cache.lrange(CACHE_KEYS.later, -LPUSH_MAX, -1)
+            if (raws.length === 0) break
+            await cache.lpush(CACHE_KEYS.queue, raws)
+            for (const raw of raws) await cache.lrem(CACHE_KEYS.later, -1, raw)
+        }
+        ctx.global.adoptedSetAside = true
+    } catch {
+        // Tried again by the next drain.
+    }
+}
+
+type Verdict = { kind: 'delivered' | 'retry' | 'backoff' } | { kind: 'drop'; reason: string }
+
+/** Why Intercom's answer ends a queued event's retries: its own words (emails masked). */
+function dropReason(error: IntercomError): string {
+    return error.kind === 'auth' ? `API key rejected (${error.status})` : error.message
+}
+
+/** One queued event, through the same delivery path as a new one. */
+async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<Verdict> {
+    const identity = item ? identityFromText(openEmail(item.sealedEmail, ctx.settings.token)) : null
+    if (!item || !identity) {
+        return { kind: 'drop', reason: 'unreadable (was the API key changed?)' }
+    }
+    try {
+        const outcome = await deliver(ctx, identity, item.draft)
+        return outcome.status === 'delivered'
+            ? { kind: 'delivered' }
+            : { kind: 'drop', reason: outcome.reason ?? 'not sent' }
+    } catch (error) {
+        if (!(error instanceof IntercomError)) throw error
+        if (error.kind === 'rate_limited') return { kind: 'backoff' }
+        if (error.kind === 'transient') return { kind: 'retry' }
+        return { kind: 'drop', reason: dropReason(error) }
+    }
+}
+
+/** `attempts` counts the tries made so far, the first one in onEvent included. */
+function mayRetry(item: QueuedDelivery): boolean {
+    return item.attempts + 1 < QUEUE_MAX_ATTEMPTS && Date.now() - item.queuedAt < QUEUE_MAX_AGE_SECONDS * 1000
+}
+
+function emptyDrain(): DrainResult {
+    return { delivered: 0, retried: 0, dropped: 0, droppedByReason: {}, remaining: 0 }
+}
+
+function countDrop(ctx: Context, result: DrainResult, uuid: string | undefined, reason: string): void {
+    result.dropped++
+    result.droppedByReason[reason] = (result.droppedByReason[reason] ?? 0) + 1
+    ctx.log('error', `Dropped queued event ${uuid ?? '(unreadable)'}: ${reason}.`)
+}
+
+/**
+ * Records a verdict, then removes the entry. A retry is pushed back (one attempt more) before the old
+ * entry goes, so a crash in between leaves two copies, never none. False: stop draining for now.
+ */
+async function settle(
+    ctx: Context,
+    cache: CacheExtension,
+    { raw, item }: Entry,
+    verdict: Verdict,
+    result: DrainResult
+): Promise<boolean> {
+    if (verdict.kind === 'backoff') return false // left in place, not an attempt: Intercom asked us to wait
+    if (verdict.kind === 'delivered') result.delivered++
+    if (verdict.kind === 'drop') countDrop(ctx, result, item?.uuid, verdict.reason)
+    if (verdict.kind === 'retry' && item && mayRetry(item)) {
+        const again = JSON.stringify({ ...item, attempts: item.attempts + 1 })
+        if ((await push(cache, CACHE_KEYS.queue, [again], false)) !== 'parked') return false
+        result.retried++
+    } else if (verdict.kind === 'retry') {
+        countDrop(ctx, result, item?.uuid, `still failing after ${(item?.attempts ?? 0) + 1} attempts`)
+    }
+    try {
+        await cache.lrem(CACHE_KEYS.queue, -1, raw) // from the tail, where the oldest entries are
+        return true
+    } catch {
+        return false
+    }
+}
+
+/** The oldest entries not yet taken in this run (LPUSH adds at the head, so they are at the tail). */
+async function oldestEntries(cache: CacheExtension, taken: Set<string>, max: number): Promise<Entry[]> {
+    let raws: string[]
+    try {
+        raws = await cache.lrange(CACHE_KEYS.queue, -QUEUE_BATCH, -1)
+    } catch {
+        return []
+    }
+    return raws
+        .reverse()
+        .filter((raw) => !taken.has(raw))
+        .slice(0, max)
+        .map((raw) => ({ raw, item: parseQueued(raw) }))
+}
+
+/** Delivers entries QUEUE_CONCURRENCY at a time. False: Intercom asked us to wait, or the cache failed. */
+async function drainEntries(
+    ctx: Context,
+    cache: CacheExtension,
+    entries: Entry[],
+    result: DrainResult
+): Promise<boolean> {
+    for (let i = 0; i < entries.length; i += QUEUE_CONCURRENCY) {
+        const chunk = entries.slice(i, i + QUEUE_CONCURRENCY)
+        const verdicts = await Promise.all(chunk.map((entry) => retryQueued(ctx, entry.item)))
+        let goOn = true
+        for (let j = 0; j < chunk.length; j++) {
+            goOn = (await settle(ctx, cache, chunk[j], verdicts[j], result)) && goOn
+        }
+        if (!goOn) return false
+    }
+    return true
+}
+
+/** Drains at most `maxItems` of what is waiting, within `budgetMs`, if no other worker is draining. */
+async function drainQueue(
+    ctx: Context,
+    cache: CacheExtension,
+    { maxItems, budgetMs }: { maxItems: number; budgetMs: number },
+    result: DrainResult
+): Promise<void> {
+    const lock = await takeDrainLock(cache)
+    if (!lock) return
+    try {
+        await adoptSetAside(ctx, cache)
+        const started = Date.now()
+        // What was waiting when the drain began: retries pushed back meanwhile wait for the next one.
+        const limit = Math.min(maxItems, await queueLength(cache))
+        const taken = new Set<string>()
+        while (taken.size < limit && Date.now() - started < budgetMs) {
+            if ((await rateLimitedUntil(ctx)) > Date.now()) break
+            const entries = await oldestEntries(cache, taken, Math.min(QUEUE_BATCH, limit - taken.size))
+            if (entries.length === 0) break
+            entries.forEach((entry) => taken.add(entry.raw))
+            if (!(await drainEntries(ctx, cache, entries, result))) break
+        }
     } finally {
-        ctx.global.inflight.delete(key)
+        await releaseDrainLock(cache, lock)
+    }
+}
+
+function logDrain(ctx: Context, result: DrainResult): void {
+    if (result.delivered + result.retried + result.dropped > 0) {
+        ctx.log(
+            'info',
+            `Retry queue: ${result.delivered} delivered, ${result.retried} to retry, ${result.dropped} dropped, ${result.remaining} waiting.`
+        )
+    }
+}
+
+/** onEvent's share of the draining: a bounded batch, at most once a second per worker. */
+async function drainSome(ctx: Context): Promise<void> {
+    const cache = ctx.cache
+    if (!cache || Date.now() < ctx.global.nextDrainAt) return
+    ctx.global.nextDrainAt = Date.now() + EVENT_DRAIN_EVERY_MS
+    if ((await rateLimitedUntil(ctx)) > Date.now() || (await queueLength(cache)) === 0) return
+    const result = emptyDrain()
+    await drainQueue(ctx, cache, { maxItems: EVENT_DRAIN_ITEMS, budgetMs: EVENT_DRAIN_BUDGET_MS }, result)
+    if (result.delivered + result.retried + result.dropped > 0) {
+        result.remaining = await queueLength(cache)
+        logDrain(ctx, result)
     }
 }
 
@@ -1403,10 +1870,6 @@ export function companyAttributes(
     return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
 }
 
-function digest(value: unknown): string {
-    return hashOf(JSON.stringify(value))
-}
-
 /** Creates the custom attributes Intercom does not have yet, once each (remembered in the cache). */
 async function ensureAttributes(
     ctx: Context,
@@ -1415,7 +1878,7 @@ async function ensureAttributes(
 ): Promise<void> {
     if (!values || !ctx.settings.sync.createAttributes) return
     for (const [name, value] of Object.entries(values)) {
-        const key = `intercom:attribute:${model}:${digest(name)}`
+        const key = CACHE_KEYS.attribute(model, name)
         if ((await ctx.store.get(key)) === 1) continue
         try {
             await callIntercom(ctx, 'POST', '/data_attributes', {
@@ -1431,54 +1894,6 @@ async function ensureAttributes(
     }
 }
 
-/** "A contact matching those details already exists with id=…": the id of the winner of a race. */
-export function conflictId(error: unknown): string | null {
-    const match =
-        error instanceof IntercomError && error.status === 409
-            ? /id=([A-Za-z0-9_-]+)/.exec(error.message)
-            : null
-    return match ? match[1] : null
-}
-
-/** The fields of POST /contacts that say who the contact is. */
-function identityFields(identity: Identity): ContactAttributes {
-    return identity.kind === 'email' ? { email: identity.value } : { external_id: identity.value }
-}
-
-/**
- * POST /contacts; a 409 (a race, or search lag) gives the existing id, which is then updated. A 409
- * without an id names no contact to update: retried later, when the search has caught up.
- */
-async function createContact(
-    ctx: Context,
-    identity: Identity,
-    role: 'user' | 'lead',
-    attributes: ContactAttributes
-): Promise<string> {
-    try {
-        const body = { role, ...attributes, ...identityFields(identity) }
-        const created = await callIntercom(ctx, 'POST', '/contacts', body)
-        const id = propertyOf(created, 'id')
-        if (typeof id !== 'string')
-            throw new IntercomError('transient', 'Intercom created a contact but returned no id')
-        return id
-    } catch (error) {
-        const existing = conflictId(error)
-        if (!existing && error instanceof IntercomError && error.status === 409) {
-            throw new IntercomError('transient', `${error.message} (no contact id given: retried later)`, 409)
-        }
-        if (!existing) throw error
-        if (Object.keys(attributes).length > 0)
-            await callIntercom(ctx, 'PUT', `/contacts/${existing}`, attributes)
-        return existing
-    }
-}
-
-/** Caches a contact id at once, so the events right after do not wait for Intercom's search. */
-async function rememberContact(ctx: Context, identity: Identity, id: string): Promise<void> {
-    await ctx.store.set(contactKey(identity), id, CONTACT_TTL_SECONDS)
-}
-
 /** PUT to the person's contact; false when Intercom has none. */
 async function updateContact(
     ctx: Context,
@@ -1489,28 +1904,6 @@ async function updateContact(
     if (!cachedId || Object.keys(attributes).length === 0) return cachedId !== null
     const put = (id: string) => callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes)
     return withContact(ctx, identity, cachedId, put)
-}
-
-/**
- * Runs `action` on the cached contact id. A 404 means that contact was deleted or merged: the person is
- * looked up once more and `action` runs on the new id. False when Intercom has no contact for them.
- */
-async function withContact(
-    ctx: Context,
-    identity: Identity,
-    cachedId: string,
-    action: (id: string) => Promise<unknown>
-): Promise<boolean> {
-    try {
-        await action(cachedId)
-        return true
-    } catch (error) {
-        if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
-    }
-    const freshId = await resolveContact(ctx, identity, true)
-    if (!freshId || freshId === cachedId) return false
-    await action(freshId)
-    return true
 }
 
 export type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
@@ -1541,7 +1934,7 @@ async function syncContact(
     }
     // Nothing mapped has a value: an update has nothing to send (a create still makes the contact).
     if (Object.keys(attributes).length === 0 && sync.contacts === 'update') return 'unchanged'
-    const hashKey = `intercom:contact-sync:${hashOf(identityText(found.identity))}`
+    const hashKey = CACHE_KEYS.contactSync(found.identity)
     const hash = syncDigest(attributes)
     if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
     await ensureAttributes(ctx, 'contact', attributes.custom_attributes)
@@ -1569,7 +1962,7 @@ async function upsertCompany(ctx: Context, attributes: CompanyAttributes): Promi
     const company = await callIntercom(ctx, 'POST', '/companies', attributes)
     const id = propertyOf(company, 'id')
     if (typeof id !== 'string') throw new IntercomError('transient', 'Intercom returned a company without id')
-    await ctx.store.set(`intercom:company:${digest(attributes.company_id)}`, id, CONTACT_TTL_SECONDS)
+    await ctx.store.set(CACHE_KEYS.company(attributes.company_id), id, CONTACT_TTL_SECONDS)
     return id
 }
 
@@ -1586,7 +1979,7 @@ async function syncCompany(ctx: Context, event: ProcessedPluginEvent): Promise<S
             `Event ${eventLabel(event)}: company values not synced (nested or empty): ${dropped.join(', ')}.`
         )
     }
-    const hashKey = `intercom:company-sync:${digest(attributes.company_id)}`
+    const hashKey = CACHE_KEYS.companySync(attributes.company_id)
     const hash = digest(attributes)
     if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
     await ensureAttributes(ctx, 'company', attributes.custom_attributes)
@@ -1606,11 +1999,11 @@ function companyKeyOf(event: ProcessedPluginEvent, settings: Settings): string |
 
 /** Attaches the contact to the company of its `$groups`, once (remembered in the cache). */
 async function attachCompany(ctx: Context, identity: Identity, companyKey: string): Promise<boolean> {
-    const doneKey = `intercom:attached:${digest([identityText(identity), companyKey])}`
+    const doneKey = CACHE_KEYS.attached(identity, companyKey)
     if ((await ctx.store.get(doneKey)) === 1) return false
     const contactId = await resolveContact(ctx, identity)
     if (!contactId) return false
-    const cached = await ctx.store.get(`intercom:company:${digest(companyKey)}`)
+    const cached = await ctx.store.get(CACHE_KEYS.company(companyKey))
     const companyId =
         typeof cached === 'string' && cached ? cached : await upsertCompany(ctx, { company_id: companyKey })
     await callIntercom(ctx, 'POST', `/contacts/${contactId}/companies`, { id: companyId })
@@ -1619,358 +2012,8 @@ async function attachCompany(ctx: Context, identity: Identity, companyKey: strin
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Delivery: one path for first attempts and for retries from the queue
-// ---------------------------------------------------------------------------------------------------
-
-/** Posts the event to the person's contact (created first when that option is on). */
-async function deliver(ctx: Context, identity: Identity, draft: EventDraft): Promise<Outcome> {
-    if (identity.kind === 'user_id' && (await postToUser(ctx, identity.value, draft))) {
-        return { status: 'delivered' }
-    }
-    const cachedId = (await resolveContact(ctx, identity)) ?? (await createMissingContact(ctx, identity))
-    const post = (id: string) => callIntercom(ctx, 'POST', '/events', { ...draft, id })
-    if (cachedId && (await withContact(ctx, identity, cachedId, post))) {
-        return { status: 'delivered' }
-    }
-    return noContact(ctx, draft.created_at)
-}
-
-/**
- * An external ID designates a user directly (`user_id`): one call, no search. False when the contact id
- * is already cached (a lead found before) or Intercom has no user with it (404): leads need their `id`,
- * which the search then finds.
- */
-async function postToUser(ctx: Context, userId: string, draft: EventDraft): Promise<boolean> {
-    const cached = await ctx.store.get(contactKey({ kind: 'user_id', value: userId }))
-    if (typeof cached === 'string' && cached) return false
-    try {
-        await callIntercom(ctx, 'POST', '/events', { ...draft, user_id: userId })
-        return true
-    } catch (error) {
-        if (error instanceof IntercomError && error.kind === 'not_found') return false
-        throw error
-    }
-}
-
-/** With "Create contacts for unknown people" on, the event of a new person lands on the first try. */
-async function createMissingContact(ctx: Context, identity: Identity): Promise<string | null> {
-    const role = ctx.settings.sync.createContacts
-    if (role === 'off') return null
-    const id = await createContact(ctx, identity, role, {})
-    await rememberContact(ctx, identity, id)
-    return id
-}
-
-function noContact(ctx: Context, createdAt: number): Outcome {
-    // Only a queue retries minutes later; PostHog's own retries (seconds apart) cannot outwait the lag.
-    if (ctx.cache && Date.now() / 1000 - createdAt < SEARCH_LAG_SECONDS) {
-        // Intercom's search lags new contacts by minutes: a recent event is worth another try.
-        throw new IntercomError(
-            'transient',
-            'no Intercom contact for this person yet (Intercom search lags new contacts)'
-        )
-    }
-    return { status: 'skipped', reason: 'no Intercom contact' }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Retry queue: where meta.cache exists, transient failures are parked in a cache list. onEvent drains a
-// bounded batch (PostHog stopped calling runEveryMinute in March 2025) and runEveryMinute drains more.
-// At least once: an item is read (LRANGE), delivered, and only then removed (LREM), so a worker that
-// dies mid-drain loses nothing, and Intercom deduplicates on contact + event_name + created_at.
-// Only LPUSH, LRANGE, LLEN, LREM, INCR and EXPIRE are used: LPOP with a count needs Redis 6.2.
-// ---------------------------------------------------------------------------------------------------
-
-export interface QueuedDelivery {
-    draft: EventDraft
-    /**
-     * The person's identityText (the email, or `user_id:<external ID>`), AES-GCM sealed with a key
-     * derived from the API key: never in clear in the cache. The name predates external IDs.
-     */
-    sealedEmail: string
-    uuid: string
-    attempts: number
-    queuedAt: number
-}
-
-/** A queue entry as stored (the exact string LREM needs) and as read. */
-interface Entry {
-    raw: string
-    item: QueuedDelivery | null
-}
-
-function emailKey(token: string): Buffer {
-    return createHash('sha256').update(`posthog-intercom queue:${token}`).digest()
-}
-
-export function sealEmail(email: string, token: string): string {
-    const iv = randomBytes(12)
-    const cipher = createCipheriv('aes-256-gcm', emailKey(token), iv)
-    const data = Buffer.concat([cipher.update(email, 'utf8'), cipher.final()])
-    return Buffer.concat([iv, cipher.getAuthTag(), data]).toString('base64')
-}
-
-/** Null when the item was sealed with another API key (the key was changed meanwhile). */
-export function openEmail(sealed: string, token: string): string | null {
-    try {
-        const raw = Buffer.from(sealed, 'base64')
-        const decipher = createDecipheriv('aes-256-gcm', emailKey(token), raw.subarray(0, 12))
-        decipher.setAuthTag(raw.subarray(12, 28))
-        return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8')
-    } catch {
-        return null
-    }
-}
-
-function parseQueued(raw: unknown): QueuedDelivery | null {
-    try {
-        // Some cache implementations JSON-encode list items themselves: unwrap up to three times.
-        let value = raw
-        for (let i = 0; i < 3 && typeof value === 'string'; i++) {
-            value = JSON.parse(value)
-        }
-        const draft = propertyOf(value, 'draft')
-        const valid =
-            typeof propertyOf(value, 'sealedEmail') === 'string' &&
-            typeof propertyOf(draft, 'event_name') === 'string'
-        return valid ? (value as QueuedDelivery) : null
-    } catch {
-        return null
-    }
-}
-
-/** PostHog's cache refuses more than 1,000 elements in one lpush. */
-const LPUSH_MAX = 1000
-
-type Parked = 'parked' | 'queue full' | 'cache unavailable'
-
-/** Pushes items at the head of a list; `room` refuses them when the queue would pass its bound. */
-async function push(cache: CacheExtension, key: string, raws: string[], room: boolean): Promise<Parked> {
-    try {
-        if (room && (await cache.llen(key)) + raws.length > QUEUE_MAX_LENGTH) return 'queue full'
-        for (let i = 0; i < raws.length; i += LPUSH_MAX) {
-            await cache.lpush(key, raws.slice(i, i + LPUSH_MAX))
-        }
-        return 'parked'
-    } catch {
-        return 'cache unavailable'
-    }
-}
-
-async function queueLength(cache: CacheExtension): Promise<number> {
-    try {
-        return await cache.llen(CACHE_KEYS.queue)
-    } catch {
-        return 0
-    }
-}
-
-function drainLockKey(now: number): string {
-    return `${CACHE_KEYS.drainLock}:${Math.floor(now / DRAIN_LOCK_SLOT_MS)}`
-}
-
-/** INCR is atomic in Redis: the worker that makes it 1 drains; the others leave the queue to it. */
-async function takeDrainLock(cache: CacheExtension): Promise<string | null> {
-    const key = drainLockKey(Date.now())
-    try {
-        if ((await cache.incr(key)) !== 1) return null
-        await cache.expire(key, DRAIN_LOCK_SECONDS)
-        return key
-    } catch {
-        return null
-    }
-}
-
-/** Back to "0", which the next INCR makes 1 again. */
-async function releaseDrainLock(cache: CacheExtension, key: string): Promise<void> {
-    try {
-        await cache.set(key, 0, DRAIN_LOCK_SECONDS)
-    } catch {
-        // Expires by itself.
-    }
-}
-
-/** Version 1.0 set retries aside in a second list during a drain: they join the queue, once per worker. */
-async function adoptSetAside(ctx: Context, cache: CacheExtension): Promise<void> {
-    if (ctx.global.adoptedSetAside) return
-    try {
-        for (let round = 0; round <= QUEUE_MAX_LENGTH / LPUSH_MAX; round++) {
-            const raws = await cache.lrange(CACHE_KEYS.later, -LPUSH_MAX, -1)
-            if (raws.length === 0) break
-            await cache.lpush(CACHE_KEYS.queue, raws)
-            for (const raw of raws) await cache.lrem(CACHE_KEYS.later, -1, raw)
-        }
-        ctx.global.adoptedSetAside = true
-    } catch {
-        // Tried again by the next drain.
-    }
-}
-
-type Verdict = { kind: 'delivered' | 'retry' | 'backoff' } | { kind: 'drop'; reason: string }
-
-/** Why Intercom's answer ends a queued event's retries: its own words (emails masked). */
-function dropReason(error: IntercomError): string {
-    return error.kind === 'auth' ? `API key rejected (${error.status})` : error.message
-}
-
-/** One queued event, through the same delivery path as a new one. */
-async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<Verdict> {
-    const identity = item ? identityFromText(openEmail(item.sealedEmail, ctx.settings.token)) : null
-    if (!item || !identity) {
-        return { kind: 'drop', reason: 'unreadable (was the API key changed?)' }
-    }
-    try {
-        const outcome = await deliver(ctx, identity, item.draft)
-        return outcome.status === 'delivered'
-            ? { kind: 'delivered' }
-            : { kind: 'drop', reason: outcome.reason ?? 'not sent' }
-    } catch (error) {
-        if (!(error instanceof IntercomError)) throw error
-        if (error.kind === 'rate_limited') return { kind: 'backoff' }
-        if (error.kind === 'transient') return { kind: 'retry' }
-        return { kind: 'drop', reason: dropReason(error) }
-    }
-}
-
-/** `attempts` counts the tries made so far, the first one in onEvent included. */
-function mayRetry(item: QueuedDelivery): boolean {
-    return item.attempts + 1 < QUEUE_MAX_ATTEMPTS && Date.now() - item.queuedAt < QUEUE_MAX_AGE_SECONDS * 1000
-}
-
-function emptyDrain(): DrainResult {
-    return { delivered: 0, retried: 0, dropped: 0, droppedByReason: {}, remaining: 0 }
-}
-
-function countDrop(ctx: Context, result: DrainResult, uuid: string | undefined, reason: string): void {
-    result.dropped++
-    result.droppedByReason[reason] = (result.droppedByReason[reason] ?? 0) + 1
-    ctx.log('error', `Dropped queued event ${uuid ?? '(unreadable)'}: ${reason}.`)
-}
-
-/**
- * Records a verdict, then removes the entry. A retry is pushed back (one attempt more) before the old
- * entry goes, so a crash in between leaves two copies, never none. False: stop draining for now.
- */
-async function settle(
-    ctx: Context,
-    cache: CacheExtension,
-    { raw, item }: Entry,
-    verdict: Verdict,
-    result: DrainResult
-): Promise<boolean> {
-    if (verdict.kind === 'backoff') return false // left in place, not an attempt: Intercom asked us to wait
-    if (verdict.kind === 'delivered') result.delivered++
-    if (verdict.kind === 'drop') countDrop(ctx, result, item?.uuid, verdict.reason)
-    if (verdict.kind === 'retry' && item && mayRetry(item)) {
-        const again = JSON.stringify({ ...item, attempts: item.attempts + 1 })
-        if ((await push(cache, CACHE_KEYS.queue, [again], false)) !== 'parked') return false
-        result.retried++
-    } else if (verdict.kind === 'retry') {
-        countDrop(ctx, result, item?.uuid, `still failing after ${(item?.attempts ?? 0) + 1} attempts`)
-    }
-    try {
-        await cache.lrem(CACHE_KEYS.queue, -1, raw) // from the tail, where the oldest entries are
-        return true
-    } catch {
-        return false
-    }
-}
-
-/** The oldest entries not yet taken in this run (LPUSH adds at the head, so they are at the tail). */
-async function oldestEntries(cache: CacheExtension, taken: Set<string>, max: number): Promise<Entry[]> {
-    let raws: string[]
-    try {
-        raws = await cache.lrange(CACHE_KEYS.queue, -QUEUE_BATCH, -1)
-    } catch {
-        return []
-    }
-    return raws
-        .reverse()
-        .filter((raw) => !taken.has(raw))
-        .slice(0, max)
-        .map((raw) => ({ raw, item: parseQueued(raw) }))
-}
-
-/** Delivers entries QUEUE_CONCURRENCY at a time. False: Intercom asked us to wait, or the cache failed. */
-async function drainEntries(
-    ctx: Context,
-    cache: CacheExtension,
-    entries: Entry[],
-    result: DrainResult
-): Promise<boolean> {
-    for (let i = 0; i < entries.length; i += QUEUE_CONCURRENCY) {
-        const chunk = entries.slice(i, i + QUEUE_CONCURRENCY)
-        const verdicts = await Promise.all(chunk.map((entry) => retryQueued(ctx, entry.item)))
-        let goOn = true
-        for (let j = 0; j < chunk.length; j++) {
-            goOn = (await settle(ctx, cache, chunk[j], verdicts[j], result)) && goOn
-        }
-        if (!goOn) return false
-    }
-    return true
-}
-
-/** Drains at most `maxItems` of what is waiting, within `budgetMs`, if no other worker is draining. */
-async function drainQueue(
-    ctx: Context,
-    cache: CacheExtension,
-    { maxItems, budgetMs }: { maxItems: number; budgetMs: number },
-    result: DrainResult
-): Promise<void> {
-    const lock = await takeDrainLock(cache)
-    if (!lock) return
-    try {
-        await adoptSetAside(ctx, cache)
-        const started = Date.now()
-        // What was waiting when the drain began: retries pushed back meanwhile wait for the next one.
-        const limit = Math.min(maxItems, await queueLength(cache))
-        const taken = new Set<string>()
-        while (taken.size < limit && Date.now() - started < budgetMs) {
-            if ((await rateLimitedUntil(ctx)) > Date.now()) break
-            const entries = await oldestEntries(cache, taken, Math.min(QUEUE_BATCH, limit - taken.size))
-            if (entries.length === 0) break
-            entries.forEach((entry) => taken.add(entry.raw))
-            if (!(await drainEntries(ctx, cache, entries, result))) break
-        }
-    } finally {
-        await releaseDrainLock(cache, lock)
-    }
-}
-
-function logDrain(ctx: Context, result: DrainResult): void {
-    if (result.delivered + result.retried + result.dropped > 0) {
-        ctx.log(
-            'info',
-            `Retry queue: ${result.delivered} delivered, ${result.retried} to retry, ${result.dropped} dropped, ${result.remaining} waiting.`
-        )
-    }
-}
-
-/** onEvent's share of the draining: a bounded batch, at most once a second per worker. */
-async function drainSome(ctx: Context): Promise<void> {
-    const cache = ctx.cache
-    if (!cache || Date.now() < ctx.global.nextDrainAt) return
-    ctx.global.nextDrainAt = Date.now() + EVENT_DRAIN_EVERY_MS
-    if ((await rateLimitedUntil(ctx)) > Date.now() || (await queueLength(cache)) === 0) return
-    const result = emptyDrain()
-    await drainQueue(ctx, cache, { maxItems: EVENT_DRAIN_ITEMS, budgetMs: EVENT_DRAIN_BUDGET_MS }, result)
-    if (result.delivered + result.retried + result.dropped > 0) {
-        result.remaining = await queueLength(cache)
-        logDrain(ctx, result)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
 // PostHog hooks
 // ---------------------------------------------------------------------------------------------------
-
-function makeLog(meta: PluginMeta): Context['log'] {
-    const logger: Logger = meta.logger ?? console
-    return (level, message) => {
-        const write = (level === 'info' ? (logger.info ?? logger.log) : logger[level]) ?? logger.log
-        write.call(logger, message)
-    }
-}
 
 function context(meta: PluginMeta): Context {
     const global = meta.global
@@ -2028,34 +2071,6 @@ export async function setupPlugin(meta: PluginMeta): Promise<void> {
     meta.global.nextDrainAt = 0
     meta.global.adoptedSetAside = false
     await checkToken(context(meta))
-}
-
-const LOGGED_ONCE_MAX = 1000
-
-function firstTime(global: Global, key: string): boolean {
-    if (global.logged.has(key) || global.logged.size >= LOGGED_ONCE_MAX) return false
-    global.logged.add(key)
-    return true
-}
-
-/** During an outage or a rate-limit storm every event fails alike: one line per kind per 10 s tells it. */
-const QUIET_MS = 10_000
-const QUIET_NOTE = 'more like it within 10 s are not logged; runEveryMinute logs counts'
-
-function notRecentlyLogged(global: Global, kind: string): boolean {
-    const now = Date.now()
-    if (now - (global.lastLogged.get(kind) ?? -Infinity) < QUIET_MS) return false
-    global.lastLogged.set(kind, now)
-    return true
-}
-
-/** An event name fit for a log line (names are not personal data, but may be huge or not strings). */
-function eventName(event: ProcessedPluginEvent): string {
-    return String(event.event).slice(0, 100)
-}
-
-function eventLabel(event: ProcessedPluginEvent): string {
-    return typeof event.uuid === 'string' && event.uuid ? event.uuid.slice(0, 64) : '(no uuid)'
 }
 
 /** A missing timestamp means "now"; a present but unreadable one is bad input. */
