@@ -1163,6 +1163,32 @@ export function classifyStatus(status: number): FailureKind | 'ok' {
     return 'permanent'
 }
 
+/** What the plugin does about a failure of one kind. */
+export interface FailureReaction {
+    /**
+     * Tried again inside the call where nothing parks failed events (no meta.cache): `wait` for the
+     * rate-limit reset (needs timers), or try `again` (without timers, once and at once).
+     */
+    inPlace: 'wait' | 'again' | null
+    /**
+     * Then: `park` a delivery in the retry queue (else, as for a sync, PostHog's retries via RetryError),
+     * or `report` it: an error that tells the user what to change, never retried.
+     */
+    then: 'park' | 'report'
+    /** What it means for an event already in the queue: wait for the reset, retry later, or drop it. */
+    queued: 'backoff' | 'retry' | 'drop'
+}
+
+/** The reaction to each failure kind, in one place: callIntercom, delivery, sync and the queue follow it. */
+export const FAILURE_POLICY: Record<FailureKind, FailureReaction> = {
+    transient: { inPlace: 'again', then: 'park', queued: 'retry' },
+    rate_limited: { inPlace: 'wait', then: 'park', queued: 'backoff' },
+    auth: { inPlace: null, then: 'report', queued: 'drop' },
+    not_found: { inPlace: null, then: 'report', queued: 'drop' },
+    invalid: { inPlace: null, then: 'report', queued: 'drop' },
+    permanent: { inPlace: null, then: 'report', queued: 'drop' },
+}
+
 /** Intercom's words for a custom attribute it does not have. */
 const MISSING_ATTRIBUTE =
     /attribute\b.*\b(does not exist|doesn't exist|not found)|unknown (custom )?attribute/i
@@ -1296,10 +1322,10 @@ export class TestFunctionRun extends Error {}
  * a 429 is waited out and a transient failure tried again, in place and bounded.
  */
 function mayRetryInPlace(ctx: Context, kind: FailureKind, attempt: number): boolean {
-    if (ctx.cache || attempt >= IN_PLACE_ATTEMPTS) return false
-    if (kind === 'rate_limited') return ctx.global.sleep !== null
+    const inPlace = FAILURE_POLICY[kind].inPlace
+    if (ctx.cache || attempt >= IN_PLACE_ATTEMPTS || !inPlace) return false
     // Without timers, one immediate retry is the only second chance such a runtime gives.
-    return kind === 'transient' && (ctx.global.sleep !== null || attempt === 1)
+    return ctx.global.sleep !== null || (inPlace === 'again' && attempt === 1)
 }
 
 /** Waits for the rate-limit reset where it may (see mayRetryInPlace); otherwise refuses the call. */
@@ -1344,7 +1370,9 @@ export async function callIntercom(
                 response.status
             )
         }
-        if (kind === 'transient' && ctx.global.sleep) await ctx.global.sleep(IN_PLACE_DELAY_MS * attempt)
+        if (FAILURE_POLICY[kind].inPlace === 'again' && ctx.global.sleep) {
+            await ctx.global.sleep(IN_PLACE_DELAY_MS * attempt)
+        }
     }
 }
 
@@ -1497,9 +1525,8 @@ async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<V
             : { kind: 'drop', reason: outcome.reason ?? 'not sent' }
     } catch (error) {
         if (!(error instanceof IntercomError)) throw error
-        if (error.kind === 'rate_limited') return { kind: 'backoff' }
-        if (error.kind === 'transient') return { kind: 'retry' }
-        return { kind: 'drop', reason: dropReason(error) }
+        const queued = FAILURE_POLICY[error.kind].queued
+        return queued === 'drop' ? { kind: 'drop', reason: dropReason(error) } : { kind: queued }
     }
 }
 
@@ -2188,7 +2215,7 @@ async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, identity:
 /** A sync failure: transient ones are left to PostHog's retries (the sync is idempotent), others are raised. */
 async function raiseFailure(ctx: Context, uuid: string, error: unknown): Promise<never> {
     if (!(error instanceof IntercomError)) throw error
-    if (error.kind === 'transient' || error.kind === 'rate_limited') {
+    if (FAILURE_POLICY[error.kind].then === 'park') {
         ctx.log('warn', `Sync of event ${uuid} not done yet: ${error.message}`)
         throw new RetryError(`Intercom: ${error.message}`)
     }
@@ -2205,7 +2232,7 @@ async function handleFailure(
     if (!(error instanceof IntercomError)) {
         throw error
     }
-    if (error.kind !== 'transient' && error.kind !== 'rate_limited') {
+    if (FAILURE_POLICY[error.kind].then === 'report') {
         ctx.log('error', `Failed event ${failed.uuid}: ${error.message}`)
         throw userFacingError(error, `event "${failed.draft.event_name}"`, ctx.settings.region)
     }

@@ -7,6 +7,10 @@ import {
     HttpResponse,
     PluginConfig,
     backoffUntil,
+    classifyStatus,
+    FAILURE_POLICY,
+    FailureKind,
+    FailureReaction,
     onEvent,
     runEveryMinute,
     sealEmail,
@@ -261,6 +265,31 @@ async function sandboxSetup(): Promise<Awaited<ReturnType<typeof setup>>> {
     made.meta.global.sleep = null
     return made
 }
+
+describe('the reaction to each failure kind (FAILURE_POLICY, beside classifyStatus)', () => {
+    test.each<[FailureKind, number, FailureReaction]>([
+        ['transient', 503, { inPlace: 'again', then: 'park', queued: 'retry' }],
+        ['rate_limited', 429, { inPlace: 'wait', then: 'park', queued: 'backoff' }],
+        ['auth', 401, { inPlace: null, then: 'report', queued: 'drop' }],
+        ['not_found', 404, { inPlace: null, then: 'report', queued: 'drop' }],
+        ['invalid', 422, { inPlace: null, then: 'report', queued: 'drop' }],
+        ['permanent', 400, { inPlace: null, then: 'report', queued: 'drop' }],
+    ])('%s (e.g. %i)', (kind, status, reaction) => {
+        expect(classifyStatus(status)).toBe(kind)
+        expect(FAILURE_POLICY[kind]).toEqual(reaction)
+    })
+
+    test('every kind has a reaction', () => {
+        expect(Object.keys(FAILURE_POLICY).sort()).toEqual([
+            'auth',
+            'invalid',
+            'not_found',
+            'permanent',
+            'rate_limited',
+            'transient',
+        ])
+    })
+})
 
 describe('failures without a cache (PostHog current executor): RetryError or a clear error', () => {
     test.each([408, 423, 500, 502, 503, 504])(
