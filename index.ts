@@ -2147,52 +2147,63 @@ export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Pr
 const TEST_RUN_NOTE =
     "PostHog's test function answers POST requests itself, so nothing was sent to Intercom; the API key was checked with GET /me when the plugin started, and real events are delivered"
 
+/** One event's path: echo and plan checks, the sync side path, delivery, then the side path's failure. */
 async function handleEvent(ctx: Context, event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
-    const echo = typeof event.event === 'string' && event.event.startsWith(ECHO_PREFIX)
-    const work = echo ? null : planWork(event, ctx.settings)
-    const needsPerson = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
-    const skip = (reason: string): Outcome => {
-        if (reason === 'Intercom echo event' || work?.deliver) {
-            ctx.log('info', `Skipped event ${eventLabel(event)}: ${reason}.`)
-        } else if (firstTime(ctx.global, `${reason}:${eventName(event)}`)) {
-            // Events neither sent nor synced are most of the traffic, and PostHog stores every log line.
-            ctx.log('debug', `Skipped "${eventName(event)}" events: ${reason} (logged once per event name).`)
-        }
-        return { status: 'skipped', reason }
-    }
-    if (!work) return skip('Intercom echo event')
-    if (!needsPerson && !work.syncCompany) return skip('not a triggering event')
+    if (isEcho(event)) return skip(ctx, event, 'Intercom echo event', true)
+    const work = planWork(event, ctx.settings)
+    const wantsPerson = work.deliver || work.syncPerson || work.companyKey !== null
+    if (!wantsPerson && !work.syncCompany) return skip(ctx, event, 'not a triggering event', false)
 
+    const side = sidePath()
+    const outcome: Outcome = { status: 'synced' }
+    if (work.syncCompany) outcome.company = await side.attempt(() => syncCompany(ctx, event))
+    // PostHog's current executor puts the person on the event; meta.person is accepted too.
+    const person = event.person ?? meta.person
+    const found = wantsPerson ? findPerson(event, person, ctx.settings) : null
+    if (found && 'identity' in found) {
+        const { identity } = found
+        const companyKey = work.companyKey
+        if (work.syncPerson)
+            outcome.contact = await side.attempt(() => syncContact(ctx, event, found, person))
+        if (companyKey) outcome.attached = await side.attempt(() => attachCompany(ctx, identity, companyKey))
+        if (work.deliver) Object.assign(outcome, await deliverEvent(ctx, event, identity))
+    } else if (found && (work.deliver || !work.syncCompany)) {
+        Object.assign(outcome, skip(ctx, event, found.skip, work.deliver))
+    }
+    if (side.failures.length > 0) await raiseFailure(ctx, eventLabel(event), side.failures[0])
+    return outcome
+}
+
+/** The plugin's own events, echoed back by Intercom's PostHog integration, are never sent again. */
+function isEcho(event: ProcessedPluginEvent): boolean {
+    return typeof event.event === 'string' && event.event.startsWith(ECHO_PREFIX)
+}
+
+/**
+ * A skipped event, logged each time when it was meant for Intercom (`loud`), else once per event name:
+ * events neither sent nor synced are most of the traffic, and PostHog stores every log line.
+ */
+function skip(ctx: Context, event: ProcessedPluginEvent, reason: string, loud: boolean): Outcome {
+    if (loud) {
+        ctx.log('info', `Skipped event ${eventLabel(event)}: ${reason}.`)
+    } else if (firstTime(ctx.global, `${reason}:${eventName(event)}`)) {
+        ctx.log('debug', `Skipped "${eventName(event)}" events: ${reason} (logged once per event name).`)
+    }
+    return { status: 'skipped', reason }
+}
+
+/** Sync tasks run before delivery; their first failure is raised after the event itself had its chance. */
+function sidePath(): { failures: unknown[]; attempt: <T>(task: () => Promise<T>) => Promise<T | undefined> } {
     const failures: unknown[] = []
     const attempt = async <T>(task: () => Promise<T>): Promise<T | undefined> => {
         try {
             return await task()
         } catch (error) {
-            failures.push(error) // raised after the event itself had its chance
+            failures.push(error)
             return undefined
         }
     }
-    const outcome: Outcome = { status: 'synced' }
-    if (work.syncCompany) outcome.company = await attempt(() => syncCompany(ctx, event))
-
-    // PostHog's current executor puts the person on the event; meta.person is accepted too.
-    const person = event.person ?? meta.person
-    const found = needsPerson ? findPerson(event, person, ctx.settings) : null
-    const unusable = found && 'skip' in found ? found.skip : null
-    if (found && 'identity' in found) {
-        if (work.syncPerson) outcome.contact = await attempt(() => syncContact(ctx, event, found, person))
-        if (work.companyKey)
-            outcome.attached = await attempt(() => attachCompany(ctx, found.identity, work.companyKey!))
-    }
-    if (work.deliver || (unusable && !work.syncCompany)) {
-        const delivery =
-            found && 'identity' in found ? await deliverEvent(ctx, event, found.identity) : skip(unusable!)
-        Object.assign(outcome, delivery)
-    }
-    if (failures.length > 0) {
-        await raiseFailure(ctx, eventLabel(event), failures[0])
-    }
-    return outcome
+    return { failures, attempt }
 }
 
 async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, identity: Identity): Promise<Outcome> {
