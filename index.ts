@@ -22,7 +22,7 @@ import fetch from 'node-fetch'
 // Constants
 // ---------------------------------------------------------------------------------------------------
 
-export type Region = 'US' | 'EU' | 'AU'
+type Region = 'US' | 'EU' | 'AU'
 
 /** Intercom's documented regional hosts: the API key is only ever sent to one of these. */
 export const REGION_HOSTS: Record<Region, string> = {
@@ -126,16 +126,16 @@ export interface PluginConfig {
     companyProperties?: string
 }
 
-export interface Rename {
+interface Rename {
     from: string
     to: string
 }
 
 /** Which identifier finds a person's Intercom contact. */
-export type IdentifierChoice = 'email' | 'external_id' | 'external_id_else_email'
+type IdentifierChoice = 'email' | 'external_id' | 'external_id_else_email'
 
 /** How revenue becomes Intercom's monetary amount. */
-export interface MoneySettings {
+interface MoneySettings {
     revenueKeys: string[]
     currencyKey: string
     /** Lower-case ISO code used when the event has no currency; null: such revenue stays a number. */
@@ -156,7 +156,7 @@ export interface Settings {
     sync: SyncSettings
 }
 
-export interface SyncSettings {
+interface SyncSettings {
     contacts: 'off' | 'update' | 'create'
     /** Person properties sent as custom attributes, renamed `from:to`; `all`: every non-`$` one. */
     attributes: Rename[] | 'all'
@@ -178,7 +178,7 @@ export interface HttpResponse {
     json(): Promise<unknown>
     text(): Promise<string>
 }
-export interface HttpRequest {
+interface HttpRequest {
     method: string
     headers: Record<string, string>
     body?: string
@@ -216,26 +216,24 @@ export interface PluginMeta {
     person?: { properties?: Properties } | null
 }
 
-export type MetadataValue =
-    string | number | { amount: number; currency: string } | { url: string; value: string }
-export type Metadata = Record<string, MetadataValue>
+type MetadataValue = string | number | { amount: number; currency: string } | { url: string; value: string }
+type Metadata = Record<string, MetadataValue>
 
-export interface EventDraft {
+/**
+ * POST /events without its contact: delivery adds the contact `id` (the one identifier that works for
+ * leads too), or `user_id` (the external ID) for a user not yet looked up.
+ */
+interface EventDraft {
     event_name: string
     created_at: number
     metadata: Metadata
 }
-/**
- * POST /events with the contact `id` (the one identifier that works for leads too), or with `user_id`
- * (the external ID) for a user not yet looked up.
- */
-export type EventPayload = EventDraft & ({ id: string } | { user_id: string })
 
 /** A person as Intercom knows them: by email, or by external ID (`external_id`, `user_id` in events). */
-export type Identity = { kind: 'email'; value: string } | { kind: 'user_id'; value: string }
+type Identity = { kind: 'email'; value: string } | { kind: 'user_id'; value: string }
 
 /** What onEvent resolves to. PostHog ignores it; the local tools count it. */
-export interface Outcome {
+interface Outcome {
     /** `synced`: not a triggering event, but its person or company was synced. */
     status: 'delivered' | 'skipped' | 'queued' | 'synced'
     reason?: string
@@ -244,7 +242,7 @@ export interface Outcome {
     attached?: boolean
 }
 
-export interface DrainResult {
+interface DrainResult {
     delivered: number
     retried: number
     dropped: number
@@ -273,7 +271,7 @@ interface Context {
 export class ConfigError extends Error {}
 
 /** A text field of the form and the example its hint shows: a parse error quotes that same example. */
-export interface FieldSpec {
+interface FieldSpec {
     label: string
     example: string
 }
@@ -308,7 +306,7 @@ function looksLikeJson(text: string): boolean {
  * Comma-separated items, trimmed, empty ones dropped. JSON and one item a line are refused rather than
  * read as one odd item: PostHog stores the text exactly as typed.
  */
-export function splitList(value: string | undefined, field: FieldSpec): string[] {
+function splitList(value: string | undefined, field: FieldSpec): string[] {
     const text = (value ?? '').trim()
     if (looksLikeJson(text)) throw fieldError(field, 'this looks like JSON')
     if (/[\r\n]/.test(text)) throw fieldError(field, 'the items are on separate lines')
@@ -319,7 +317,7 @@ export function splitList(value: string | undefined, field: FieldSpec): string[]
 }
 
 /** `a:b` pairs: exactly one `:`, both sides filled; a bare `a` maps to itself when `allowBare`. */
-export function parsePairs(value: string | undefined, field: FieldSpec, allowBare: boolean): Rename[] {
+function parsePairs(value: string | undefined, field: FieldSpec, allowBare: boolean): Rename[] {
     return splitList(value, field).map((item) => {
         const sides = item.split(':').map((side) => side.trim())
         if (sides.length === 1 && allowBare) {
@@ -335,7 +333,7 @@ export function parsePairs(value: string | undefined, field: FieldSpec, allowBar
 }
 
 /** Domains only: an email or a URL here would silently match nobody. */
-export function parseDomains(value: string | undefined): string[] {
+function parseDomains(value: string | undefined): string[] {
     const field = LIST_FIELDS.ignoredEmailDomains
     return splitList(value, field).map((item) => {
         // The item is not quoted: it may be someone's email.
@@ -380,7 +378,7 @@ function parseChoice<T>(
 const YES_NO = { yes: true, no: false, true: true, false: false } as const
 
 /** `EUR` → `eur`; empty → null (revenue without a currency stays a number). */
-export function parseCurrency(value: string | undefined): string | null {
+function parseCurrency(value: string | undefined): string | null {
     const code = (value ?? '').trim()
     if (!code) return null
     if (!/^[A-Za-z]{3}$/.test(code)) {
@@ -389,7 +387,7 @@ export function parseCurrency(value: string | undefined): string | null {
     return code.toLowerCase()
 }
 
-export function parseSync(config: PluginConfig): SyncSettings {
+function parseSync(config: PluginConfig): SyncSettings {
     // `update existing contacts`/`create or update contacts`: this plugin's earlier labels, still understood.
     const contactSync = parseChoice(
         config.contactSync,
@@ -584,7 +582,7 @@ function externalIdValue(raw: unknown): string | null {
 }
 
 /** Intercom's external ID of the person: a non-anonymous distinct ID, or the chosen property. */
-export function findExternalId(
+function findExternalId(
     event: ProcessedPluginEvent,
     person: PluginMeta['person'],
     externalId: SyncSettings['externalId']
@@ -607,7 +605,7 @@ export function isIgnoredDomain(email: string, ignoredDomains: string[]): boolea
 }
 
 /** The person an event is about: how Intercom finds them, and their email when known. */
-export type Person = { identity: Identity; email: string | null } | { skip: string }
+type Person = { identity: Identity; email: string | null } | { skip: string }
 
 const NO_IDENTIFIER: Record<IdentifierChoice, string> = {
     email: 'no valid email',
@@ -696,7 +694,7 @@ function eventLabel(event: ProcessedPluginEvent): string {
 // shared by workers) when present, else a bounded in-process LRU
 // ---------------------------------------------------------------------------------------------------
 
-export class LocalCache {
+class LocalCache {
     private entries = new Map<string, { value: unknown; expiresAt: number }>()
     constructor(private maxEntries: number) {}
 
@@ -801,7 +799,7 @@ async function resolveContact(ctx: Context, identity: Identity, fresh = false): 
 }
 
 /** "A contact matching those details already exists with id=…": the id of the winner of a race. */
-export function conflictId(error: unknown): string | null {
+function conflictId(error: unknown): string | null {
     const match =
         error instanceof IntercomError && error.status === 409
             ? /id=([A-Za-z0-9_-]+)/.exec(error.message)
@@ -910,7 +908,7 @@ function truncate(text: string): string {
 }
 
 /** Intercom keys may not contain `.` or `$`. */
-export function cleanKey(key: string): string {
+function cleanKey(key: string): string {
     return key.replace(/\$/g, '').replace(/\./g, '_').trim()
 }
 
@@ -997,7 +995,7 @@ function compactJson(value: object): string | undefined {
 }
 
 /** One metadata value in a type Intercom accepts, or undefined to drop it. */
-export function metadataValue(key: string, value: unknown): MetadataValue | undefined {
+function metadataValue(key: string, value: unknown): MetadataValue | undefined {
     if (key.endsWith('_date')) {
         return toUnixSeconds(value) ?? undefined
     }
@@ -1137,7 +1135,7 @@ function noContact(ctx: Context, createdAt: number): Outcome {
 
 export type FailureKind = 'transient' | 'rate_limited' | 'auth' | 'not_found' | 'invalid' | 'permanent'
 
-export class IntercomError extends Error {
+class IntercomError extends Error {
     constructor(
         readonly kind: FailureKind,
         message: string,
@@ -1197,13 +1195,13 @@ const MISSING_ATTRIBUTE =
  * The status policy, except that a 4xx whose message says a custom attribute does not exist is that
  * (`invalid`), whatever the status, 401 included: not a bad API key, and not worth a retry.
  */
-export function classifyResponse(status: number, body: unknown): FailureKind | 'ok' {
+function classifyResponse(status: number, body: unknown): FailureKind | 'ok' {
     const kind = classifyStatus(status)
     const clientError = kind === 'auth' || kind === 'not_found' || kind === 'permanent'
     return clientError && MISSING_ATTRIBUTE.test(intercomMessage(body)) ? 'invalid' : kind
 }
 
-export function readHeader(headers: HttpResponse['headers'] | undefined, name: string): string | null {
+function readHeader(headers: HttpResponse['headers'] | undefined, name: string): string | null {
     if (!headers) return null
     if (typeof headers.get === 'function') {
         return (headers as { get(name: string): string | null }).get(name)
@@ -1305,7 +1303,7 @@ async function send(ctx: Context, method: string, path: string, body: unknown): 
 }
 
 /** PostHog's "test function" answers every non-GET request itself, with this body. */
-export function isTestFunctionAnswer(method: string, body: unknown): boolean {
+function isTestFunctionAnswer(method: string, body: unknown): boolean {
     return (
         method !== 'GET' &&
         propertyOf(body, 'status') === 'OK' &&
@@ -1315,7 +1313,7 @@ export function isTestFunctionAnswer(method: string, body: unknown): boolean {
 }
 
 /** Raised when PostHog's test function, not Intercom, answered: the run ends with a clear outcome. */
-export class TestFunctionRun extends Error {}
+class TestFunctionRun extends Error {}
 
 /**
  * Where nothing parks a failed event (no meta.cache: PostHog's current executor, which has timers),
@@ -1344,12 +1342,7 @@ async function waitOutBackoff(ctx: Context): Promise<void> {
 }
 
 /** The one function that talks to Intercom. Resolves with the parsed body of a 2xx, or throws IntercomError. */
-export async function callIntercom(
-    ctx: Context,
-    method: string,
-    path: string,
-    body?: unknown
-): Promise<unknown> {
+async function callIntercom(ctx: Context, method: string, path: string, body?: unknown): Promise<unknown> {
     for (let attempt = 1; ; attempt++) {
         await waitOutBackoff(ctx)
         const response = await send(ctx, method, path, body)
@@ -1384,7 +1377,7 @@ export async function callIntercom(
 // Only LPUSH, LRANGE, LLEN, LREM, INCR and EXPIRE are used: LPOP with a count needs Redis 6.2.
 // ---------------------------------------------------------------------------------------------------
 
-export interface QueuedDelivery {
+interface QueuedDelivery {
     draft: EventDraft
     /**
      * The person's identityText (the email, or `user_id:<external ID>`), AES-GCM sealed with a key
@@ -1414,7 +1407,7 @@ export function sealEmail(email: string, token: string): string {
 }
 
 /** Null when the item was sealed with another API key (the key was changed meanwhile). */
-export function openEmail(sealed: string, token: string): string | null {
+function openEmail(sealed: string, token: string): string | null {
     try {
         const raw = Buffer.from(sealed, 'base64')
         const decipher = createDecipheriv('aes-256-gcm', emailKey(token), raw.subarray(0, 12))
@@ -1662,8 +1655,8 @@ async function drainSome(ctx: Context): Promise<void> {
 // Contact and company sync: person and group properties → Intercom contacts and companies
 // ---------------------------------------------------------------------------------------------------
 
-export type AttributeValue = string | number | boolean
-export interface ContactAttributes {
+type AttributeValue = string | number | boolean
+interface ContactAttributes {
     name?: string
     phone?: string
     external_id?: string
@@ -1671,21 +1664,21 @@ export interface ContactAttributes {
     /** Other own fields of Intercom's contacts (signed_up_at, …), when mapped. */
     [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
 }
-export interface CompanyAttributes {
+interface CompanyAttributes {
     company_id: string
     name?: string
     custom_attributes?: Record<string, AttributeValue>
     /** Other own fields of Intercom's companies (plan, industry, size, …), when mapped. */
     [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
 }
-export type DataType = 'string' | 'integer' | 'float' | 'boolean' | 'date'
+type DataType = 'string' | 'integer' | 'float' | 'boolean' | 'date'
 
 /** Keys ending in these hold dates: Intercom wants them as Unix seconds. */
 const DATE_KEY = /(_at|_date)$/i
 const ATTRIBUTE_TTL_SECONDS = 30 * 24 * 3600
 
 /** True when the event carries person updates worth syncing. */
-export function hasPersonUpdates(event: ProcessedPluginEvent): boolean {
+function hasPersonUpdates(event: ProcessedPluginEvent): boolean {
     const props = event.properties ?? {}
     const nonEmpty = (value: unknown) =>
         value !== null && typeof value === 'object' && Object.keys(value).length > 0
@@ -1696,7 +1689,7 @@ export function hasPersonUpdates(event: ProcessedPluginEvent): boolean {
 }
 
 /** The person as this event leaves it: stored properties, then `$set_once` where unset, then `$set`. */
-export function personProperties(event: ProcessedPluginEvent, person: PluginMeta['person']): Properties {
+function personProperties(event: ProcessedPluginEvent, person: PluginMeta['person']): Properties {
     const props = event.properties ?? {}
     const merged: Properties = { ...(person?.properties ?? {}) }
     for (const once of [props.$set_once, event.$set_once]) {
@@ -1708,7 +1701,7 @@ export function personProperties(event: ProcessedPluginEvent, person: PluginMeta
 }
 
 /** An attribute value Intercom accepts; undefined drops it (null, NaN, long arrays). Arrays are JSON text. */
-export function attributeValue(key: string, value: unknown): AttributeValue | undefined {
+function attributeValue(key: string, value: unknown): AttributeValue | undefined {
     if (DATE_KEY.test(key)) {
         return toUnixSeconds(value) ?? undefined
     }
@@ -1752,7 +1745,7 @@ export function flatten(name: string, value: unknown): { entries: [string, unkno
     return { entries, complete }
 }
 
-export function dataType(key: string, value: AttributeValue): DataType {
+function dataType(key: string, value: AttributeValue): DataType {
     if (DATE_KEY.test(key)) return 'date'
     if (typeof value === 'number') return Number.isInteger(value) ? 'integer' : 'float'
     return typeof value === 'boolean' ? 'boolean' : 'string'
@@ -1790,7 +1783,7 @@ function fieldValue(type: DataType, value: unknown): AttributeValue | undefined 
     return typeof value === 'string' || typeof value === 'number' ? truncate(String(value)) : undefined
 }
 
-export interface MappedAttributes {
+interface MappedAttributes {
     fields: Record<string, AttributeValue>
     custom: Record<string, AttributeValue>
     /** Mapped properties dropped in whole or in part (unusable values, nesting past the bounds). */
@@ -1798,7 +1791,7 @@ export interface MappedAttributes {
 }
 
 /** Splits mapped properties into Intercom's own fields and custom attributes. */
-export function mapAttributes(
+function mapAttributes(
     source: Properties,
     mapping: Rename[],
     ownFields: Record<string, DataType>
@@ -1845,13 +1838,13 @@ function syncedProperties(source: Properties, settings: Settings): Rename[] {
 const LAST_SEEN_MAX_AGE_SECONDS = 24 * 3600
 
 /** The event time as last_seen_at, when that option is on and the event is recent. */
-export function lastSeenAt(event: ProcessedPluginEvent, sync: SyncSettings): number | undefined {
+function lastSeenAt(event: ProcessedPluginEvent, sync: SyncSettings): number | undefined {
     const time = sync.lastSeen ? eventTime(event) : null
     return time !== null && Date.now() / 1000 - time < LAST_SEEN_MAX_AGE_SECONDS ? time : undefined
 }
 
 /** Standard attributes (name, phone, external_id, last_seen_at) and the mapped custom ones. */
-export function contactAttributes(
+function contactAttributes(
     event: ProcessedPluginEvent,
     person: PluginMeta['person'],
     settings: Settings
@@ -1872,7 +1865,7 @@ export function contactAttributes(
     return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
 }
 
-export function companyAttributes(
+function companyAttributes(
     event: ProcessedPluginEvent,
     company: NonNullable<SyncSettings['company']>
 ): { attributes: CompanyAttributes | null; dropped: string[] } {
@@ -1933,7 +1926,7 @@ async function updateContact(
     return withContact(ctx, identity, cachedId, put)
 }
 
-export type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
+type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
 
 /**
  * What decides whether a sync is needed: the attributes, with last_seen_at to the hour, so that a person
