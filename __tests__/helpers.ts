@@ -2,7 +2,7 @@
 import type { CacheExtension, ProcessedPluginEvent } from '@posthog/plugin-scaffold'
 import nock from 'nock'
 import { isDeepStrictEqual } from 'util'
-import { FetchFn, Global, PluginConfig, PluginMeta, setupPlugin } from '../index'
+import { FetchFn, Global, PluginConfig, PluginMeta, sealEmail, setupPlugin } from '../index'
 import { createMemoryStore, createPluginCache } from '../tools/harness'
 
 export const TOKEN = 'tok_SECRET_123'
@@ -88,6 +88,22 @@ export function expectSearch(email: string, contacts: object[], host = US): nock
     return nock(host)
         .post('/contacts/search', searchBody(email))
         .reply(200, { type: 'list', data: contacts, total_count: contacts.length })
+}
+
+/** A retry-queue item as the plugin stores it: the signed_up event of `email`, sealed with TOKEN. */
+export function queuedItem({
+    email = 'ada@example.com',
+    createdAt = OLD_UNIX,
+    uuid = 'u1',
+    attempts = 1,
+}: { email?: string; createdAt?: number; uuid?: string; attempts?: number } = {}): object {
+    return {
+        draft: { event_name: 'signed_up', created_at: createdAt, metadata: {} },
+        sealedEmail: sealEmail(email, TOKEN),
+        uuid,
+        attempts,
+        queuedAt: Date.now(),
+    }
 }
 
 /** Intercom's error body. */
