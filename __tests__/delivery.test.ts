@@ -669,12 +669,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
 describe('matching by external ID (Intercom user_id / external_id)', () => {
     const BY_ID: PluginConfig = { contactIdentifier: 'external ID', externalId: 'distinct_id' }
     const externalSearch = (value: string, contacts: object[]) =>
-        nock(US)
-            .post('/contacts/search', {
-                query: { field: 'external_id', operator: '=', value },
-                pagination: { per_page: 50 },
-            })
-            .reply(200, { type: 'list', data: contacts, total_count: contacts.length })
+        expectSearch(value, contacts, US, 'external_id')
     const noEmail = (extra = {}) => makeEvent({ distinct_id: 'user-42', properties: {}, ...extra })
 
     test('a user is posted by user_id at once: one call, no search, no email needed', async () => {
