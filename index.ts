@@ -1130,7 +1130,7 @@ function noContact(ctx: Context, createdAt: number): Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Transport: every Intercom call goes through callIntercom, and its status policy is written once
+// Transport: every Intercom call goes through callIntercom; the status policy and FAILURE_POLICY are here
 // ---------------------------------------------------------------------------------------------------
 
 export type FailureKind = 'transient' | 'rate_limited' | 'auth' | 'not_found' | 'invalid' | 'permanent'
@@ -1652,7 +1652,7 @@ async function drainSome(ctx: Context): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Contact and company sync: person and group properties → Intercom contacts and companies
+// Contact and company sync, a side path: person and group properties → Intercom contacts and companies
 // ---------------------------------------------------------------------------------------------------
 
 type AttributeValue = string | number | boolean
