@@ -3,7 +3,10 @@
  *
  * Loaded by PostHog as ONE file (Babel, then a sandbox): only @posthog/plugin-scaffold, node-fetch,
  * crypto and url may be imported, and there are no timers, no `process`, no AbortController.
- * Read top to bottom, this file follows an event: config → filter → person (email or external ID) → contact → payload → send.
+ * Read top to bottom, this file follows an event:
+ *   constants (every cache key in CACHE_KEYS) · types · config · filter and identity · logging helpers ·
+ *   contact resolution and its caches · payload · delivery · transport (callIntercom, the status policy
+ *   and FAILURE_POLICY) · retry queue · contact and company sync (a side path) · PostHog hooks.
  */
 import {
     CacheExtension,
@@ -19,7 +22,7 @@ import fetch from 'node-fetch'
 // Constants
 // ---------------------------------------------------------------------------------------------------
 
-export type Region = 'US' | 'EU' | 'AU'
+type Region = 'US' | 'EU' | 'AU'
 
 /** Intercom's documented regional hosts: the API key is only ever sent to one of these. */
 export const REGION_HOSTS: Record<Region, string> = {
@@ -65,13 +68,32 @@ const MAX_WAIT_IN_PLACE_MS = 12_000
 const IN_PLACE_ATTEMPTS = 3
 const IN_PLACE_DELAY_MS = 1_000
 const ECHO_PREFIX = '[Intercom]'
-const CACHE_KEYS = {
+/**
+ * Every cache key the plugin uses. Hashes (hashOf, digest) stand in for emails, external IDs and group
+ * keys, so the cache never holds them in clear.
+ */
+export const CACHE_KEYS = {
+    /** A person's Intercom contact id ('' remembers "not found"). */
+    contact: (identity: Identity) => `intercom:contact:${hashOf(identityText(identity))}`,
+    /** The digest of what was last synced to a person's contact. */
+    contactSync: (identity: Identity) => `intercom:contact-sync:${hashOf(identityText(identity))}`,
+    /** A company's Intercom id, by company_id. */
+    company: (companyId: string) => `intercom:company:${digest(companyId)}`,
+    /** The digest of what was last synced to a company. */
+    companySync: (companyId: string) => `intercom:company-sync:${digest(companyId)}`,
+    /** Set once a contact is attached to a company. */
+    attached: (identity: Identity, companyKey: string) =>
+        `intercom:attached:${digest([identityText(identity), companyKey])}`,
+    /** Set once a custom attribute exists in Intercom. */
+    attribute: (model: 'contact' | 'company', name: string) => `intercom:attribute:${model}:${digest(name)}`,
+    /** Until when Intercom asked every worker to wait (epoch ms). */
     backoff: 'intercom:backoff-until',
+    /** The retry queue (a list). */
     queue: 'intercom:retry-queue',
     /** Where version 1.0 set retries aside during a drain; adopted back into the queue. */
     later: 'intercom:retry-later',
-    /** Suffixed with a 10-minute slot (see drainLockKey). */
-    drainLock: 'intercom:drain-lock',
+    /** The drain lock; its 10-minute slot changes the key, so a dead holder's lock cannot last. */
+    drainLock: (now: number) => `intercom:drain-lock:${Math.floor(now / DRAIN_LOCK_SLOT_MS)}`,
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -104,16 +126,16 @@ export interface PluginConfig {
     companyProperties?: string
 }
 
-export interface Rename {
+interface Rename {
     from: string
     to: string
 }
 
 /** Which identifier finds a person's Intercom contact. */
-export type IdentifierChoice = 'email' | 'external_id' | 'external_id_else_email'
+type IdentifierChoice = 'email' | 'external_id' | 'external_id_else_email'
 
 /** How revenue becomes Intercom's monetary amount. */
-export interface MoneySettings {
+interface MoneySettings {
     revenueKeys: string[]
     currencyKey: string
     /** Lower-case ISO code used when the event has no currency; null: such revenue stays a number. */
@@ -134,7 +156,7 @@ export interface Settings {
     sync: SyncSettings
 }
 
-export interface SyncSettings {
+interface SyncSettings {
     contacts: 'off' | 'update' | 'create'
     /** Person properties sent as custom attributes, renamed `from:to`; `all`: every non-`$` one. */
     attributes: Rename[] | 'all'
@@ -156,7 +178,7 @@ export interface HttpResponse {
     json(): Promise<unknown>
     text(): Promise<string>
 }
-export interface HttpRequest {
+interface HttpRequest {
     method: string
     headers: Record<string, string>
     body?: string
@@ -194,26 +216,24 @@ export interface PluginMeta {
     person?: { properties?: Properties } | null
 }
 
-export type MetadataValue =
-    string | number | { amount: number; currency: string } | { url: string; value: string }
-export type Metadata = Record<string, MetadataValue>
+type MetadataValue = string | number | { amount: number; currency: string } | { url: string; value: string }
+type Metadata = Record<string, MetadataValue>
 
-export interface EventDraft {
+/**
+ * POST /events without its contact: delivery adds the contact `id` (the one identifier that works for
+ * leads too), or `user_id` (the external ID) for a user not yet looked up.
+ */
+interface EventDraft {
     event_name: string
     created_at: number
     metadata: Metadata
 }
-/**
- * POST /events with the contact `id` (the one identifier that works for leads too), or with `user_id`
- * (the external ID) for a user not yet looked up.
- */
-export type EventPayload = EventDraft & ({ id: string } | { user_id: string })
 
 /** A person as Intercom knows them: by email, or by external ID (`external_id`, `user_id` in events). */
-export type Identity = { kind: 'email'; value: string } | { kind: 'user_id'; value: string }
+type Identity = { kind: 'email'; value: string } | { kind: 'user_id'; value: string }
 
 /** What onEvent resolves to. PostHog ignores it; the local tools count it. */
-export interface Outcome {
+interface Outcome {
     /** `synced`: not a triggering event, but its person or company was synced. */
     status: 'delivered' | 'skipped' | 'queued' | 'synced'
     reason?: string
@@ -222,12 +242,26 @@ export interface Outcome {
     attached?: boolean
 }
 
-export interface DrainResult {
+interface DrainResult {
     delivered: number
     retried: number
     dropped: number
     droppedByReason: Record<string, number>
     remaining: number
+}
+
+interface Store {
+    get(key: string): Promise<unknown>
+    set(key: string, value: unknown, ttlSeconds: number): Promise<void>
+}
+
+interface Context {
+    settings: Settings
+    global: Global
+    store: Store
+    cache?: CacheExtension
+    http: FetchFn
+    log: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -237,7 +271,7 @@ export interface DrainResult {
 export class ConfigError extends Error {}
 
 /** A text field of the form and the example its hint shows: a parse error quotes that same example. */
-export interface FieldSpec {
+interface FieldSpec {
     label: string
     example: string
 }
@@ -272,7 +306,7 @@ function looksLikeJson(text: string): boolean {
  * Comma-separated items, trimmed, empty ones dropped. JSON and one item a line are refused rather than
  * read as one odd item: PostHog stores the text exactly as typed.
  */
-export function splitList(value: string | undefined, field: FieldSpec): string[] {
+function splitList(value: string | undefined, field: FieldSpec): string[] {
     const text = (value ?? '').trim()
     if (looksLikeJson(text)) throw fieldError(field, 'this looks like JSON')
     if (/[\r\n]/.test(text)) throw fieldError(field, 'the items are on separate lines')
@@ -283,7 +317,7 @@ export function splitList(value: string | undefined, field: FieldSpec): string[]
 }
 
 /** `a:b` pairs: exactly one `:`, both sides filled; a bare `a` maps to itself when `allowBare`. */
-export function parsePairs(value: string | undefined, field: FieldSpec, allowBare: boolean): Rename[] {
+function parsePairs(value: string | undefined, field: FieldSpec, allowBare: boolean): Rename[] {
     return splitList(value, field).map((item) => {
         const sides = item.split(':').map((side) => side.trim())
         if (sides.length === 1 && allowBare) {
@@ -299,7 +333,7 @@ export function parsePairs(value: string | undefined, field: FieldSpec, allowBar
 }
 
 /** Domains only: an email or a URL here would silently match nobody. */
-export function parseDomains(value: string | undefined): string[] {
+function parseDomains(value: string | undefined): string[] {
     const field = LIST_FIELDS.ignoredEmailDomains
     return splitList(value, field).map((item) => {
         // The item is not quoted: it may be someone's email.
@@ -344,7 +378,7 @@ function parseChoice<T>(
 const YES_NO = { yes: true, no: false, true: true, false: false } as const
 
 /** `EUR` → `eur`; empty → null (revenue without a currency stays a number). */
-export function parseCurrency(value: string | undefined): string | null {
+function parseCurrency(value: string | undefined): string | null {
     const code = (value ?? '').trim()
     if (!code) return null
     if (!/^[A-Za-z]{3}$/.test(code)) {
@@ -353,7 +387,7 @@ export function parseCurrency(value: string | undefined): string | null {
     return code.toLowerCase()
 }
 
-export function parseSync(config: PluginConfig): SyncSettings {
+function parseSync(config: PluginConfig): SyncSettings {
     // `update existing contacts`/`create or update contacts`: this plugin's earlier labels, still understood.
     const contactSync = parseChoice(
         config.contactSync,
@@ -548,7 +582,7 @@ function externalIdValue(raw: unknown): string | null {
 }
 
 /** Intercom's external ID of the person: a non-anonymous distinct ID, or the chosen property. */
-export function findExternalId(
+function findExternalId(
     event: ProcessedPluginEvent,
     person: PluginMeta['person'],
     externalId: SyncSettings['externalId']
@@ -571,7 +605,7 @@ export function isIgnoredDomain(email: string, ignoredDomains: string[]): boolea
 }
 
 /** The person an event is about: how Intercom finds them, and their email when known. */
-export type Person = { identity: Identity; email: string | null } | { skip: string }
+type Person = { identity: Identity; email: string | null } | { skip: string }
 
 const NO_IDENTIFIER: Record<IdentifierChoice, string> = {
     email: 'no valid email',
@@ -616,6 +650,225 @@ export function identityFromText(text: string | null): Identity | null {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Logging helpers: one line per reason, never personal data
+// ---------------------------------------------------------------------------------------------------
+
+function makeLog(meta: PluginMeta): Context['log'] {
+    const logger: Logger = meta.logger ?? console
+    return (level, message) => {
+        const write = (level === 'info' ? (logger.info ?? logger.log) : logger[level]) ?? logger.log
+        write.call(logger, message)
+    }
+}
+
+const LOGGED_ONCE_MAX = 1000
+
+function firstTime(global: Global, key: string): boolean {
+    if (global.logged.has(key) || global.logged.size >= LOGGED_ONCE_MAX) return false
+    global.logged.add(key)
+    return true
+}
+
+/** During an outage or a rate-limit storm every event fails alike: one line per kind per 10 s tells it. */
+const QUIET_MS = 10_000
+const QUIET_NOTE = 'more like it within 10 s are not logged; runEveryMinute logs counts'
+
+function notRecentlyLogged(global: Global, kind: string): boolean {
+    const now = Date.now()
+    if (now - (global.lastLogged.get(kind) ?? -Infinity) < QUIET_MS) return false
+    global.lastLogged.set(kind, now)
+    return true
+}
+
+/** An event name fit for a log line (names are not personal data, but may be huge or not strings). */
+function eventName(event: ProcessedPluginEvent): string {
+    return String(event.event).slice(0, 100)
+}
+
+function eventLabel(event: ProcessedPluginEvent): string {
+    return typeof event.uuid === 'string' && event.uuid ? event.uuid.slice(0, 64) : '(no uuid)'
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Contact resolution: email or external ID → Intercom contact id, cached in meta.cache (Redis,
+// shared by workers) when present, else a bounded in-process LRU
+// ---------------------------------------------------------------------------------------------------
+
+class LocalCache {
+    private entries = new Map<string, { value: unknown; expiresAt: number }>()
+    constructor(private maxEntries: number) {}
+
+    get(key: string): unknown {
+        const entry = this.entries.get(key)
+        if (!entry || entry.expiresAt <= Date.now()) {
+            this.entries.delete(key)
+            return null
+        }
+        this.entries.delete(key) // re-insert: Map order is the LRU order
+        this.entries.set(key, entry)
+        return entry.value
+    }
+
+    set(key: string, value: unknown, ttlSeconds: number): void {
+        this.entries.delete(key)
+        this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 })
+        if (this.entries.size > this.maxEntries) {
+            this.entries.delete(this.entries.keys().next().value as string)
+        }
+    }
+}
+
+/** Redis may be down: a failed read is a miss and a failed write is skipped, never a lost event. */
+function sharedStore(cache: CacheExtension): Store {
+    return {
+        get: (key) => cache.get(key, null).catch(() => null),
+        set: (key, value, ttl) => cache.set(key, value, ttl).catch(() => undefined),
+    }
+}
+
+function localStore(cache: LocalCache): Store {
+    return {
+        get: async (key) => cache.get(key),
+        set: async (key, value, ttl) => cache.set(key, value, ttl),
+    }
+}
+
+/** A short sha256 of a text: cache keys hold this, never an email or a group key. */
+function hashOf(text: string): string {
+    return createHash('sha256').update(text).digest('hex').slice(0, 32)
+}
+
+function digest(value: unknown): string {
+    return hashOf(JSON.stringify(value))
+}
+
+interface ContactSummary {
+    id: string
+    role?: string
+    updated_at?: number
+}
+
+/** Emails are not unique in Intercom: prefer a user over a lead, then the most recently updated. */
+export function pickContact(contacts: unknown): string | null {
+    const list = (Array.isArray(contacts) ? contacts : []).filter(
+        (c): c is ContactSummary => typeof propertyOf(c, 'id') === 'string'
+    )
+    const rank = (c: ContactSummary) => (c.role === 'user' ? 1 : 0)
+    list.sort((a, b) => rank(b) - rank(a) || (Number(b.updated_at) || 0) - (Number(a.updated_at) || 0))
+    return list[0]?.id ?? null
+}
+
+async function searchContact(ctx: Context, identity: Identity): Promise<string | null> {
+    const data = await callIntercom(ctx, 'POST', '/contacts/search', {
+        query: {
+            field: identity.kind === 'email' ? 'email' : 'external_id',
+            operator: '=',
+            value: identity.value,
+        },
+        pagination: { per_page: 50 },
+    })
+    return pickContact(propertyOf(data, 'data'))
+}
+
+async function searchAndRemember(ctx: Context, identity: Identity, key: string): Promise<string | null> {
+    const id = await searchContact(ctx, identity)
+    await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
+    return id
+}
+
+/** Cached lookup; concurrent lookups of one person in this worker share one search. */
+async function resolveContact(ctx: Context, identity: Identity, fresh = false): Promise<string | null> {
+    const key = CACHE_KEYS.contact(identity)
+    if (!fresh) {
+        const cached = await ctx.store.get(key)
+        if (typeof cached === 'string') {
+            return cached || null // '' remembers "not found"
+        }
+    }
+    const pending = ctx.global.inflight.get(key)
+    if (pending) {
+        return pending
+    }
+    const lookup = searchAndRemember(ctx, identity, key)
+    ctx.global.inflight.set(key, lookup)
+    try {
+        return await lookup
+    } finally {
+        ctx.global.inflight.delete(key)
+    }
+}
+
+/** "A contact matching those details already exists with id=…": the id of the winner of a race. */
+function conflictId(error: unknown): string | null {
+    const match =
+        error instanceof IntercomError && error.status === 409
+            ? /id=([A-Za-z0-9_-]+)/.exec(error.message)
+            : null
+    return match ? match[1] : null
+}
+
+/** The fields of POST /contacts that say who the contact is. */
+function identityFields(identity: Identity): ContactAttributes {
+    return identity.kind === 'email' ? { email: identity.value } : { external_id: identity.value }
+}
+
+/**
+ * POST /contacts; a 409 (a race, or search lag) gives the existing id, which is then updated. A 409
+ * without an id names no contact to update: retried later, when the search has caught up.
+ */
+async function createContact(
+    ctx: Context,
+    identity: Identity,
+    role: 'user' | 'lead',
+    attributes: ContactAttributes
+): Promise<string> {
+    try {
+        const body = { role, ...attributes, ...identityFields(identity) }
+        const created = await callIntercom(ctx, 'POST', '/contacts', body)
+        const id = propertyOf(created, 'id')
+        if (typeof id !== 'string')
+            throw new IntercomError('transient', 'Intercom created a contact but returned no id')
+        return id
+    } catch (error) {
+        const existing = conflictId(error)
+        if (!existing && error instanceof IntercomError && error.status === 409) {
+            throw new IntercomError('transient', `${error.message} (no contact id given: retried later)`, 409)
+        }
+        if (!existing) throw error
+        if (Object.keys(attributes).length > 0)
+            await callIntercom(ctx, 'PUT', `/contacts/${existing}`, attributes)
+        return existing
+    }
+}
+
+/** Caches a contact id at once, so the events right after do not wait for Intercom's search. */
+async function rememberContact(ctx: Context, identity: Identity, id: string): Promise<void> {
+    await ctx.store.set(CACHE_KEYS.contact(identity), id, CONTACT_TTL_SECONDS)
+}
+
+/**
+ * Runs `action` on the cached contact id. A 404 means that contact was deleted or merged: the person is
+ * looked up once more and `action` runs on the new id. False when Intercom has no contact for them.
+ */
+async function withContact(
+    ctx: Context,
+    identity: Identity,
+    cachedId: string,
+    action: (id: string) => Promise<unknown>
+): Promise<boolean> {
+    try {
+        await action(cachedId)
+        return true
+    } catch (error) {
+        if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
+    }
+    const freshId = await resolveContact(ctx, identity, true)
+    if (!freshId || freshId === cachedId) return false
+    await action(freshId)
+    return true
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Payload: pure functions from a PostHog event to Intercom's POST /events body
 // ---------------------------------------------------------------------------------------------------
 
@@ -655,7 +908,7 @@ function truncate(text: string): string {
 }
 
 /** Intercom keys may not contain `.` or `$`. */
-export function cleanKey(key: string): string {
+function cleanKey(key: string): string {
     return key.replace(/\$/g, '').replace(/\./g, '_').trim()
 }
 
@@ -742,7 +995,7 @@ function compactJson(value: object): string | undefined {
 }
 
 /** One metadata value in a type Intercom accepts, or undefined to drop it. */
-export function metadataValue(key: string, value: unknown): MetadataValue | undefined {
+function metadataValue(key: string, value: unknown): MetadataValue | undefined {
     if (key.endsWith('_date')) {
         return toUnixSeconds(value) ?? undefined
     }
@@ -822,69 +1075,67 @@ export function buildEventDraft(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Caches: meta.cache (Redis, shared by workers) when present, else a bounded in-process LRU
+// Delivery: one path for first attempts and for retries from the queue
 // ---------------------------------------------------------------------------------------------------
 
-export class LocalCache {
-    private entries = new Map<string, { value: unknown; expiresAt: number }>()
-    constructor(private maxEntries: number) {}
-
-    get(key: string): unknown {
-        const entry = this.entries.get(key)
-        if (!entry || entry.expiresAt <= Date.now()) {
-            this.entries.delete(key)
-            return null
-        }
-        this.entries.delete(key) // re-insert: Map order is the LRU order
-        this.entries.set(key, entry)
-        return entry.value
+/** Posts the event to the person's contact (created first when that option is on). */
+async function deliver(ctx: Context, identity: Identity, draft: EventDraft): Promise<Outcome> {
+    if (identity.kind === 'user_id' && (await postToUser(ctx, identity.value, draft))) {
+        return { status: 'delivered' }
     }
-
-    set(key: string, value: unknown, ttlSeconds: number): void {
-        this.entries.delete(key)
-        this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 })
-        if (this.entries.size > this.maxEntries) {
-            this.entries.delete(this.entries.keys().next().value as string)
-        }
+    const cachedId = (await resolveContact(ctx, identity)) ?? (await createMissingContact(ctx, identity))
+    const post = (id: string) => callIntercom(ctx, 'POST', '/events', { ...draft, id })
+    if (cachedId && (await withContact(ctx, identity, cachedId, post))) {
+        return { status: 'delivered' }
     }
+    return noContact(ctx, draft.created_at)
 }
 
-interface Store {
-    get(key: string): Promise<unknown>
-    set(key: string, value: unknown, ttlSeconds: number): Promise<void>
-}
-
-/** Redis may be down: a failed read is a miss and a failed write is skipped, never a lost event. */
-function sharedStore(cache: CacheExtension): Store {
-    return {
-        get: (key) => cache.get(key, null).catch(() => null),
-        set: (key, value, ttl) => cache.set(key, value, ttl).catch(() => undefined),
+/**
+ * An external ID designates a user directly (`user_id`): one call, no search. False when the contact id
+ * is already cached (a lead found before) or Intercom has no user with it (404): leads need their `id`,
+ * which the search then finds.
+ */
+async function postToUser(ctx: Context, userId: string, draft: EventDraft): Promise<boolean> {
+    const cached = await ctx.store.get(CACHE_KEYS.contact({ kind: 'user_id', value: userId }))
+    if (typeof cached === 'string' && cached) return false
+    try {
+        await callIntercom(ctx, 'POST', '/events', { ...draft, user_id: userId })
+        return true
+    } catch (error) {
+        if (error instanceof IntercomError && error.kind === 'not_found') return false
+        throw error
     }
 }
 
-function localStore(cache: LocalCache): Store {
-    return {
-        get: async (key) => cache.get(key),
-        set: async (key, value, ttl) => cache.set(key, value, ttl),
+/** With "Create contacts for unknown people" on, the event of a new person lands on the first try. */
+async function createMissingContact(ctx: Context, identity: Identity): Promise<string | null> {
+    const role = ctx.settings.sync.createContacts
+    if (role === 'off') return null
+    const id = await createContact(ctx, identity, role, {})
+    await rememberContact(ctx, identity, id)
+    return id
+}
+
+function noContact(ctx: Context, createdAt: number): Outcome {
+    // Only a queue retries minutes later; PostHog's own retries (seconds apart) cannot outwait the lag.
+    if (ctx.cache && Date.now() / 1000 - createdAt < SEARCH_LAG_SECONDS) {
+        // Intercom's search lags new contacts by minutes: a recent event is worth another try.
+        throw new IntercomError(
+            'transient',
+            'no Intercom contact for this person yet (Intercom search lags new contacts)'
+        )
     }
-}
-
-/** A short sha256 of a text: cache keys hold this, never an email or a group key. */
-function hashOf(text: string): string {
-    return createHash('sha256').update(text).digest('hex').slice(0, 32)
-}
-
-function contactKey(identity: Identity): string {
-    return `intercom:contact:${hashOf(identityText(identity))}`
+    return { status: 'skipped', reason: 'no Intercom contact' }
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Transport: every Intercom call goes through callIntercom, and its status policy is written once
+// Transport: every Intercom call goes through callIntercom; the status policy and FAILURE_POLICY are here
 // ---------------------------------------------------------------------------------------------------
 
 export type FailureKind = 'transient' | 'rate_limited' | 'auth' | 'not_found' | 'invalid' | 'permanent'
 
-export class IntercomError extends Error {
+class IntercomError extends Error {
     constructor(
         readonly kind: FailureKind,
         message: string,
@@ -910,6 +1161,32 @@ export function classifyStatus(status: number): FailureKind | 'ok' {
     return 'permanent'
 }
 
+/** What the plugin does about a failure of one kind. */
+export interface FailureReaction {
+    /**
+     * Tried again inside the call where nothing parks failed events (no meta.cache): `wait` for the
+     * rate-limit reset (needs timers), or try `again` (without timers, once and at once).
+     */
+    inPlace: 'wait' | 'again' | null
+    /**
+     * Then: `park` a delivery in the retry queue (else, as for a sync, PostHog's retries via RetryError),
+     * or `report` it: an error that tells the user what to change, never retried.
+     */
+    then: 'park' | 'report'
+    /** What it means for an event already in the queue: wait for the reset, retry later, or drop it. */
+    queued: 'backoff' | 'retry' | 'drop'
+}
+
+/** The reaction to each failure kind, in one place: callIntercom, delivery, sync and the queue follow it. */
+export const FAILURE_POLICY: Record<FailureKind, FailureReaction> = {
+    transient: { inPlace: 'again', then: 'park', queued: 'retry' },
+    rate_limited: { inPlace: 'wait', then: 'park', queued: 'backoff' },
+    auth: { inPlace: null, then: 'report', queued: 'drop' },
+    not_found: { inPlace: null, then: 'report', queued: 'drop' },
+    invalid: { inPlace: null, then: 'report', queued: 'drop' },
+    permanent: { inPlace: null, then: 'report', queued: 'drop' },
+}
+
 /** Intercom's words for a custom attribute it does not have. */
 const MISSING_ATTRIBUTE =
     /attribute\b.*\b(does not exist|doesn't exist|not found)|unknown (custom )?attribute/i
@@ -918,13 +1195,13 @@ const MISSING_ATTRIBUTE =
  * The status policy, except that a 4xx whose message says a custom attribute does not exist is that
  * (`invalid`), whatever the status, 401 included: not a bad API key, and not worth a retry.
  */
-export function classifyResponse(status: number, body: unknown): FailureKind | 'ok' {
+function classifyResponse(status: number, body: unknown): FailureKind | 'ok' {
     const kind = classifyStatus(status)
     const clientError = kind === 'auth' || kind === 'not_found' || kind === 'permanent'
     return clientError && MISSING_ATTRIBUTE.test(intercomMessage(body)) ? 'invalid' : kind
 }
 
-export function readHeader(headers: HttpResponse['headers'] | undefined, name: string): string | null {
+function readHeader(headers: HttpResponse['headers'] | undefined, name: string): string | null {
     if (!headers) return null
     if (typeof headers.get === 'function') {
         return (headers as { get(name: string): string | null }).get(name)
@@ -972,15 +1249,6 @@ export function windowNearlySpent(headers: HttpResponse['headers']): boolean {
     const remaining = Number(readHeader(headers, 'x-ratelimit-remaining') ?? NaN)
     const limit = Number(readHeader(headers, 'x-ratelimit-limit') ?? NaN)
     return Number.isFinite(remaining) && remaining <= (Number.isFinite(limit) ? Math.floor(limit / 50) : 0)
-}
-
-interface Context {
-    settings: Settings
-    global: Global
-    store: Store
-    cache?: CacheExtension
-    http: FetchFn
-    log: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void
 }
 
 /** This worker's backoff, and the one other workers shared through meta.cache when there is one. */
@@ -1035,7 +1303,7 @@ async function send(ctx: Context, method: string, path: string, body: unknown): 
 }
 
 /** PostHog's "test function" answers every non-GET request itself, with this body. */
-export function isTestFunctionAnswer(method: string, body: unknown): boolean {
+function isTestFunctionAnswer(method: string, body: unknown): boolean {
     return (
         method !== 'GET' &&
         propertyOf(body, 'status') === 'OK' &&
@@ -1045,17 +1313,17 @@ export function isTestFunctionAnswer(method: string, body: unknown): boolean {
 }
 
 /** Raised when PostHog's test function, not Intercom, answered: the run ends with a clear outcome. */
-export class TestFunctionRun extends Error {}
+class TestFunctionRun extends Error {}
 
 /**
  * Where nothing parks a failed event (no meta.cache: PostHog's current executor, which has timers),
  * a 429 is waited out and a transient failure tried again, in place and bounded.
  */
 function mayRetryInPlace(ctx: Context, kind: FailureKind, attempt: number): boolean {
-    if (ctx.cache || attempt >= IN_PLACE_ATTEMPTS) return false
-    if (kind === 'rate_limited') return ctx.global.sleep !== null
+    const inPlace = FAILURE_POLICY[kind].inPlace
+    if (ctx.cache || attempt >= IN_PLACE_ATTEMPTS || !inPlace) return false
     // Without timers, one immediate retry is the only second chance such a runtime gives.
-    return kind === 'transient' && (ctx.global.sleep !== null || attempt === 1)
+    return ctx.global.sleep !== null || (inPlace === 'again' && attempt === 1)
 }
 
 /** Waits for the rate-limit reset where it may (see mayRetryInPlace); otherwise refuses the call. */
@@ -1074,12 +1342,7 @@ async function waitOutBackoff(ctx: Context): Promise<void> {
 }
 
 /** The one function that talks to Intercom. Resolves with the parsed body of a 2xx, or throws IntercomError. */
-export async function callIntercom(
-    ctx: Context,
-    method: string,
-    path: string,
-    body?: unknown
-): Promise<unknown> {
+async function callIntercom(ctx: Context, method: string, path: string, body?: unknown): Promise<unknown> {
     for (let attempt = 1; ; attempt++) {
         await waitOutBackoff(ctx)
         const response = await send(ctx, method, path, body)
@@ -1100,577 +1363,10 @@ export async function callIntercom(
                 response.status
             )
         }
-        if (kind === 'transient' && ctx.global.sleep) await ctx.global.sleep(IN_PLACE_DELAY_MS * attempt)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Contact resolution: email or external ID → Intercom contact id, cached
-// ---------------------------------------------------------------------------------------------------
-
-interface ContactSummary {
-    id: string
-    role?: string
-    updated_at?: number
-}
-
-/** Emails are not unique in Intercom: prefer a user over a lead, then the most recently updated. */
-export function pickContact(contacts: unknown): string | null {
-    const list = (Array.isArray(contacts) ? contacts : []).filter(
-        (c): c is ContactSummary => typeof propertyOf(c, 'id') === 'string'
-    )
-    const rank = (c: ContactSummary) => (c.role === 'user' ? 1 : 0)
-    list.sort((a, b) => rank(b) - rank(a) || (Number(b.updated_at) || 0) - (Number(a.updated_at) || 0))
-    return list[0]?.id ?? null
-}
-
-async function searchContact(ctx: Context, identity: Identity): Promise<string | null> {
-    const data = await callIntercom(ctx, 'POST', '/contacts/search', {
-        query: {
-            field: identity.kind === 'email' ? 'email' : 'external_id',
-            operator: '=',
-            value: identity.value,
-        },
-        pagination: { per_page: 50 },
-    })
-    return pickContact(propertyOf(data, 'data'))
-}
-
-async function searchAndRemember(ctx: Context, identity: Identity, key: string): Promise<string | null> {
-    const id = await searchContact(ctx, identity)
-    await ctx.store.set(key, id ?? '', id ? CONTACT_TTL_SECONDS : NOT_FOUND_TTL_SECONDS)
-    return id
-}
-
-/** Cached lookup; concurrent lookups of one person in this worker share one search. */
-async function resolveContact(ctx: Context, identity: Identity, fresh = false): Promise<string | null> {
-    const key = contactKey(identity)
-    if (!fresh) {
-        const cached = await ctx.store.get(key)
-        if (typeof cached === 'string') {
-            return cached || null // '' remembers "not found"
+        if (FAILURE_POLICY[kind].inPlace === 'again' && ctx.global.sleep) {
+            await ctx.global.sleep(IN_PLACE_DELAY_MS * attempt)
         }
     }
-    const pending = ctx.global.inflight.get(key)
-    if (pending) {
-        return pending
-    }
-    const lookup = searchAndRemember(ctx, identity, key)
-    ctx.global.inflight.set(key, lookup)
-    try {
-        return await lookup
-    } finally {
-        ctx.global.inflight.delete(key)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Contact and company sync: person and group properties → Intercom contacts and companies
-// ---------------------------------------------------------------------------------------------------
-
-export type AttributeValue = string | number | boolean
-export interface ContactAttributes {
-    name?: string
-    phone?: string
-    external_id?: string
-    custom_attributes?: Record<string, AttributeValue>
-    /** Other own fields of Intercom's contacts (signed_up_at, …), when mapped. */
-    [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
-}
-export interface CompanyAttributes {
-    company_id: string
-    name?: string
-    custom_attributes?: Record<string, AttributeValue>
-    /** Other own fields of Intercom's companies (plan, industry, size, …), when mapped. */
-    [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
-}
-export type DataType = 'string' | 'integer' | 'float' | 'boolean' | 'date'
-
-/** Keys ending in these hold dates: Intercom wants them as Unix seconds. */
-const DATE_KEY = /(_at|_date)$/i
-const ATTRIBUTE_TTL_SECONDS = 30 * 24 * 3600
-
-/** True when the event carries person updates worth syncing. */
-export function hasPersonUpdates(event: ProcessedPluginEvent): boolean {
-    const props = event.properties ?? {}
-    const nonEmpty = (value: unknown) =>
-        value !== null && typeof value === 'object' && Object.keys(value).length > 0
-    return (
-        event.event === '$identify' ||
-        [event.$set, event.$set_once, props.$set, props.$set_once].some(nonEmpty)
-    )
-}
-
-/** The person as this event leaves it: stored properties, then `$set_once` where unset, then `$set`. */
-export function personProperties(event: ProcessedPluginEvent, person: PluginMeta['person']): Properties {
-    const props = event.properties ?? {}
-    const merged: Properties = { ...(person?.properties ?? {}) }
-    for (const once of [props.$set_once, event.$set_once]) {
-        for (const [key, value] of Object.entries(once ?? {})) {
-            if (!(key in merged)) merged[key] = value
-        }
-    }
-    return Object.assign(merged, props.$set ?? {}, event.$set ?? {})
-}
-
-/** An attribute value Intercom accepts; undefined drops it (null, NaN, long arrays). Arrays are JSON text. */
-export function attributeValue(key: string, value: unknown): AttributeValue | undefined {
-    if (DATE_KEY.test(key)) {
-        return toUnixSeconds(value) ?? undefined
-    }
-    if (typeof value === 'string') return truncate(value)
-    if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
-    if (typeof value === 'boolean') return value
-    return Array.isArray(value) ? compactJson(value) : undefined
-}
-
-/** Nested values become `parent_child` attributes, this many levels below the property at most… */
-const FLATTEN_MAX_DEPTH = 3
-/** …and this many attributes per property; what lies beyond is dropped and reported. */
-const FLATTEN_MAX_KEYS = 20
-/** `*` syncs at most this many person properties (Intercom allows a few hundred custom attributes). */
-const SYNC_ALL_MAX_PROPERTIES = 100
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-    return value !== null && typeof value === 'object' && !Array.isArray(value)
-}
-
-/** `{a: {b: 1}}` under `p` → `[['p_a_b', 1]]`, depth- and count-bounded; false when something was cut. */
-export function flatten(name: string, value: unknown): { entries: [string, unknown][]; complete: boolean } {
-    const entries: [string, unknown][] = []
-    let complete = true
-    const walk = (prefix: string, node: unknown, depth: number): void => {
-        if (!isPlainObject(node)) {
-            if (entries.length < FLATTEN_MAX_KEYS) entries.push([prefix, node])
-            else complete = false
-            return
-        }
-        if (depth === FLATTEN_MAX_DEPTH) {
-            complete = false
-            return
-        }
-        for (const [key, child] of Object.entries(node)) {
-            const clean = cleanKey(key)
-            if (clean && child !== null) walk(`${prefix}_${clean}`, child, depth + 1)
-        }
-    }
-    walk(name, value, 0)
-    return { entries, complete }
-}
-
-export function dataType(key: string, value: AttributeValue): DataType {
-    if (DATE_KEY.test(key)) return 'date'
-    if (typeof value === 'number') return Number.isInteger(value) ? 'integer' : 'float'
-    return typeof value === 'boolean' ? 'boolean' : 'string'
-}
-
-/**
- * Intercom's own contact and company fields (POST /contacts, POST /companies): a mapped property
- * named like one of them goes to that field, not to a custom attribute.
- */
-const CONTACT_FIELDS: Record<string, DataType> = {
-    name: 'string', phone: 'string', avatar: 'string', signed_up_at: 'date', last_seen_at: 'date',
-    owner_id: 'integer', unsubscribed_from_emails: 'boolean',
-} // prettier-ignore
-const COMPANY_FIELDS: Record<string, DataType> = {
-    name: 'string', plan: 'string', size: 'integer', website: 'string', industry: 'string',
-    remote_created_at: 'date', monthly_spend: 'integer',
-} // prettier-ignore
-
-/** A value for one of Intercom's own fields, coerced to the field's type. */
-function fieldValue(type: DataType, value: unknown): AttributeValue | undefined {
-    const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
-    if (type === 'date') return toUnixSeconds(value) ?? undefined
-    if (type === 'integer')
-        return typeof number === 'number' && Number.isSafeInteger(Math.round(number))
-            ? Math.round(number)
-            : undefined
-    if (type === 'boolean')
-        return typeof value === 'boolean'
-            ? value
-            : value === 'true'
-              ? true
-              : value === 'false'
-                ? false
-                : undefined
-    return typeof value === 'string' || typeof value === 'number' ? truncate(String(value)) : undefined
-}
-
-export interface MappedAttributes {
-    fields: Record<string, AttributeValue>
-    custom: Record<string, AttributeValue>
-    /** Mapped properties dropped in whole or in part (unusable values, nesting past the bounds). */
-    dropped: string[]
-}
-
-/** Splits mapped properties into Intercom's own fields and custom attributes. */
-export function mapAttributes(
-    source: Properties,
-    mapping: Rename[],
-    ownFields: Record<string, DataType>
-): MappedAttributes {
-    const fields: [string, AttributeValue][] = []
-    const custom: [string, AttributeValue][] = []
-    const dropped: string[] = []
-    for (const { from, to } of mapping) {
-        if (!Object.prototype.hasOwnProperty.call(source, from) || source[from] === null) continue
-        if (Object.prototype.hasOwnProperty.call(ownFields, to)) {
-            const value = fieldValue(ownFields[to], source[from])
-            if (value === undefined) dropped.push(from)
-            else fields.push([to, value])
-            continue
-        }
-        const { entries, complete } = flatten(to, source[from])
-        let usable = complete
-        for (const [key, leaf] of entries) {
-            const value = attributeValue(key, leaf)
-            if (value === undefined) usable = false
-            else custom.push([key, value])
-        }
-        if (!usable) dropped.push(from)
-    }
-    return { fields: Object.fromEntries(fields), custom: Object.fromEntries(custom), dropped }
-}
-
-function withoutEmpty<T extends object>(value: T): T {
-    return JSON.parse(JSON.stringify(value)) // drops undefined members
-}
-
-/** `*`: every person property not starting with `$`, but the email and external ID (standard fields). */
-function syncedProperties(source: Properties, settings: Settings): Rename[] {
-    const { attributes, externalId } = settings.sync
-    if (attributes !== 'all') return attributes
-    const standard = new Set([settings.emailProperty, externalId.property])
-    return Object.keys(source)
-        .filter((key) => !key.startsWith('$') && !standard.has(key))
-        .slice(0, SYNC_ALL_MAX_PROPERTIES)
-        .map((key) => ({ from: key, to: key }))
-}
-
-/** Older events (replays, late batches) must not move last_seen_at back. */
-const LAST_SEEN_MAX_AGE_SECONDS = 24 * 3600
-
-/** The event time as last_seen_at, when that option is on and the event is recent. */
-export function lastSeenAt(event: ProcessedPluginEvent, sync: SyncSettings): number | undefined {
-    const time = sync.lastSeen ? eventTime(event) : null
-    return time !== null && Date.now() / 1000 - time < LAST_SEEN_MAX_AGE_SECONDS ? time : undefined
-}
-
-/** Standard attributes (name, phone, external_id, last_seen_at) and the mapped custom ones. */
-export function contactAttributes(
-    event: ProcessedPluginEvent,
-    person: PluginMeta['person'],
-    settings: Settings
-): { attributes: ContactAttributes; dropped: string[] } {
-    const source = personProperties(event, person)
-    const text = (value: unknown) =>
-        typeof value === 'string' && value.trim() ? truncate(value.trim()) : undefined
-    const fullName = [text(source.first_name), text(source.last_name)].filter(Boolean).join(' ')
-    const mapped = mapAttributes(source, syncedProperties(source, settings), CONTACT_FIELDS)
-    const attributes: ContactAttributes = {
-        name: text(source.name) ?? (fullName || undefined),
-        phone: text(source.phone),
-        external_id: findExternalId(event, person, settings.sync.externalId) ?? undefined,
-        last_seen_at: lastSeenAt(event, settings.sync),
-        ...mapped.fields, // a mapped last_seen_at wins over the event time
-        custom_attributes: Object.keys(mapped.custom).length > 0 ? mapped.custom : undefined,
-    }
-    return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
-}
-
-export function companyAttributes(
-    event: ProcessedPluginEvent,
-    company: NonNullable<SyncSettings['company']>
-): { attributes: CompanyAttributes | null; dropped: string[] } {
-    const props = event.properties ?? {}
-    const key = props.$group_key
-    if (
-        props.$group_type !== company.groupType ||
-        (typeof key !== 'string' && typeof key !== 'number') ||
-        String(key).trim() === ''
-    ) {
-        return { attributes: null, dropped: [] }
-    }
-    const set: Properties =
-        props.$group_set !== null && typeof props.$group_set === 'object' ? props.$group_set : {}
-    const mapped = mapAttributes(set, company.attributes, COMPANY_FIELDS)
-    const attributes: CompanyAttributes = {
-        company_id: truncate(String(key).trim()),
-        name: typeof set.name === 'string' && set.name.trim() ? truncate(set.name.trim()) : undefined,
-        ...mapped.fields,
-        custom_attributes: Object.keys(mapped.custom).length > 0 ? mapped.custom : undefined,
-    }
-    return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
-}
-
-function digest(value: unknown): string {
-    return hashOf(JSON.stringify(value))
-}
-
-/** Creates the custom attributes Intercom does not have yet, once each (remembered in the cache). */
-async function ensureAttributes(
-    ctx: Context,
-    model: 'contact' | 'company',
-    values: Record<string, AttributeValue> | undefined
-): Promise<void> {
-    if (!values || !ctx.settings.sync.createAttributes) return
-    for (const [name, value] of Object.entries(values)) {
-        const key = `intercom:attribute:${model}:${digest(name)}`
-        if ((await ctx.store.get(key)) === 1) continue
-        try {
-            await callIntercom(ctx, 'POST', '/data_attributes', {
-                name,
-                model,
-                data_type: dataType(name, value),
-            })
-        } catch (error) {
-            // "You already have 'x' in your … data": someone created it first, which is what we wanted.
-            if (!(error instanceof IntercomError && /already (have|exists)/i.test(error.message))) throw error
-        }
-        await ctx.store.set(key, 1, ATTRIBUTE_TTL_SECONDS)
-    }
-}
-
-/** "A contact matching those details already exists with id=…": the id of the winner of a race. */
-export function conflictId(error: unknown): string | null {
-    const match =
-        error instanceof IntercomError && error.status === 409
-            ? /id=([A-Za-z0-9_-]+)/.exec(error.message)
-            : null
-    return match ? match[1] : null
-}
-
-/** The fields of POST /contacts that say who the contact is. */
-function identityFields(identity: Identity): ContactAttributes {
-    return identity.kind === 'email' ? { email: identity.value } : { external_id: identity.value }
-}
-
-/**
- * POST /contacts; a 409 (a race, or search lag) gives the existing id, which is then updated. A 409
- * without an id names no contact to update: retried later, when the search has caught up.
- */
-async function createContact(
-    ctx: Context,
-    identity: Identity,
-    role: 'user' | 'lead',
-    attributes: ContactAttributes
-): Promise<string> {
-    try {
-        const body = { role, ...attributes, ...identityFields(identity) }
-        const created = await callIntercom(ctx, 'POST', '/contacts', body)
-        const id = propertyOf(created, 'id')
-        if (typeof id !== 'string')
-            throw new IntercomError('transient', 'Intercom created a contact but returned no id')
-        return id
-    } catch (error) {
-        const existing = conflictId(error)
-        if (!existing && error instanceof IntercomError && error.status === 409) {
-            throw new IntercomError('transient', `${error.message} (no contact id given: retried later)`, 409)
-        }
-        if (!existing) throw error
-        if (Object.keys(attributes).length > 0)
-            await callIntercom(ctx, 'PUT', `/contacts/${existing}`, attributes)
-        return existing
-    }
-}
-
-/** Caches a contact id at once, so the events right after do not wait for Intercom's search. */
-async function rememberContact(ctx: Context, identity: Identity, id: string): Promise<void> {
-    await ctx.store.set(contactKey(identity), id, CONTACT_TTL_SECONDS)
-}
-
-/** PUT to the person's contact; false when Intercom has none. */
-async function updateContact(
-    ctx: Context,
-    identity: Identity,
-    attributes: ContactAttributes
-): Promise<boolean> {
-    const cachedId = await resolveContact(ctx, identity)
-    if (!cachedId || Object.keys(attributes).length === 0) return cachedId !== null
-    const put = (id: string) => callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes)
-    return withContact(ctx, identity, cachedId, put)
-}
-
-/**
- * Runs `action` on the cached contact id. A 404 means that contact was deleted or merged: the person is
- * looked up once more and `action` runs on the new id. False when Intercom has no contact for them.
- */
-async function withContact(
-    ctx: Context,
-    identity: Identity,
-    cachedId: string,
-    action: (id: string) => Promise<unknown>
-): Promise<boolean> {
-    try {
-        await action(cachedId)
-        return true
-    } catch (error) {
-        if (!(error instanceof IntercomError) || error.kind !== 'not_found') throw error
-    }
-    const freshId = await resolveContact(ctx, identity, true)
-    if (!freshId || freshId === cachedId) return false
-    await action(freshId)
-    return true
-}
-
-export type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
-
-/**
- * What decides whether a sync is needed: the attributes, with last_seen_at to the hour, so that a person
- * whose values did not change costs at most one call an hour.
- */
-function syncDigest(attributes: ContactAttributes): string {
-    const seen = attributes.last_seen_at
-    return digest({ ...attributes, last_seen_at: typeof seen === 'number' ? Math.floor(seen / 3600) : seen })
-}
-
-/** Creates or updates the contact; no call at all when nothing mapped changed since the last sync. */
-async function syncContact(
-    ctx: Context,
-    event: ProcessedPluginEvent,
-    found: { identity: Identity; email: string | null },
-    person: PluginMeta['person']
-): Promise<SyncResult> {
-    const sync = ctx.settings.sync
-    const { attributes, dropped } = contactAttributes(event, person, ctx.settings)
-    if (dropped.length > 0) {
-        ctx.log(
-            'info',
-            `Event ${eventLabel(event)}: not synced in whole (unusable values, or nested past 3 levels or 20 keys): ${dropped.join(', ')}.`
-        )
-    }
-    // Nothing mapped has a value: an update has nothing to send (a create still makes the contact).
-    if (Object.keys(attributes).length === 0 && sync.contacts === 'update') return 'unchanged'
-    const hashKey = `intercom:contact-sync:${hashOf(identityText(found.identity))}`
-    const hash = syncDigest(attributes)
-    if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
-    await ensureAttributes(ctx, 'contact', attributes.custom_attributes)
-    let result: SyncResult
-    if (await updateContact(ctx, found.identity, attributes)) {
-        result = 'updated'
-    } else if (sync.contacts === 'create') {
-        // A contact found by external ID gets the person's email too, when known.
-        const withEmail =
-            found.identity.kind === 'user_id' && found.email
-                ? { ...attributes, email: found.email }
-                : attributes
-        const id = await createContact(ctx, found.identity, sync.createRole, withEmail)
-        await rememberContact(ctx, found.identity, id)
-        result = 'created'
-    } else {
-        return 'no contact'
-    }
-    await ctx.store.set(hashKey, hash, CONTACT_TTL_SECONDS)
-    return result
-}
-
-/** The Intercom id of a company; POST /companies creates or updates by company_id. */
-async function upsertCompany(ctx: Context, attributes: CompanyAttributes): Promise<string> {
-    const company = await callIntercom(ctx, 'POST', '/companies', attributes)
-    const id = propertyOf(company, 'id')
-    if (typeof id !== 'string') throw new IntercomError('transient', 'Intercom returned a company without id')
-    await ctx.store.set(`intercom:company:${digest(attributes.company_id)}`, id, CONTACT_TTL_SECONDS)
-    return id
-}
-
-/** `$groupidentify` of the mapped group type → create or update the Intercom company. */
-async function syncCompany(ctx: Context, event: ProcessedPluginEvent): Promise<SyncResult> {
-    const company = ctx.settings.sync.company
-    const { attributes, dropped } = company
-        ? companyAttributes(event, company)
-        : { attributes: null, dropped: [] }
-    if (!attributes) return 'unchanged'
-    if (dropped.length > 0) {
-        ctx.log(
-            'info',
-            `Event ${eventLabel(event)}: company values not synced (nested or empty): ${dropped.join(', ')}.`
-        )
-    }
-    const hashKey = `intercom:company-sync:${digest(attributes.company_id)}`
-    const hash = digest(attributes)
-    if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
-    await ensureAttributes(ctx, 'company', attributes.custom_attributes)
-    await upsertCompany(ctx, attributes)
-    await ctx.store.set(hashKey, hash, CONTACT_TTL_SECONDS)
-    return 'updated'
-}
-
-/** The company key of an event's `$groups` for the mapped group type. */
-function companyKeyOf(event: ProcessedPluginEvent, settings: Settings): string | null {
-    const groupType = settings.sync.company?.groupType
-    const key = groupType ? propertyOf(event.properties?.$groups, groupType) : undefined
-    return (typeof key === 'string' && key.trim()) || typeof key === 'number'
-        ? truncate(String(key).trim())
-        : null
-}
-
-/** Attaches the contact to the company of its `$groups`, once (remembered in the cache). */
-async function attachCompany(ctx: Context, identity: Identity, companyKey: string): Promise<boolean> {
-    const doneKey = `intercom:attached:${digest([identityText(identity), companyKey])}`
-    if ((await ctx.store.get(doneKey)) === 1) return false
-    const contactId = await resolveContact(ctx, identity)
-    if (!contactId) return false
-    const cached = await ctx.store.get(`intercom:company:${digest(companyKey)}`)
-    const companyId =
-        typeof cached === 'string' && cached ? cached : await upsertCompany(ctx, { company_id: companyKey })
-    await callIntercom(ctx, 'POST', `/contacts/${contactId}/companies`, { id: companyId })
-    await ctx.store.set(doneKey, 1, ATTRIBUTE_TTL_SECONDS)
-    return true
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Delivery: one path for first attempts and for retries from the queue
-// ---------------------------------------------------------------------------------------------------
-
-/** Posts the event to the person's contact (created first when that option is on). */
-async function deliver(ctx: Context, identity: Identity, draft: EventDraft): Promise<Outcome> {
-    if (identity.kind === 'user_id' && (await postToUser(ctx, identity.value, draft))) {
-        return { status: 'delivered' }
-    }
-    const cachedId = (await resolveContact(ctx, identity)) ?? (await createMissingContact(ctx, identity))
-    const post = (id: string) => callIntercom(ctx, 'POST', '/events', { ...draft, id })
-    if (cachedId && (await withContact(ctx, identity, cachedId, post))) {
-        return { status: 'delivered' }
-    }
-    return noContact(ctx, draft.created_at)
-}
-
-/**
- * An external ID designates a user directly (`user_id`): one call, no search. False when the contact id
- * is already cached (a lead found before) or Intercom has no user with it (404): leads need their `id`,
- * which the search then finds.
- */
-async function postToUser(ctx: Context, userId: string, draft: EventDraft): Promise<boolean> {
-    const cached = await ctx.store.get(contactKey({ kind: 'user_id', value: userId }))
-    if (typeof cached === 'string' && cached) return false
-    try {
-        await callIntercom(ctx, 'POST', '/events', { ...draft, user_id: userId })
-        return true
-    } catch (error) {
-        if (error instanceof IntercomError && error.kind === 'not_found') return false
-        throw error
-    }
-}
-
-/** With "Create contacts for unknown people" on, the event of a new person lands on the first try. */
-async function createMissingContact(ctx: Context, identity: Identity): Promise<string | null> {
-    const role = ctx.settings.sync.createContacts
-    if (role === 'off') return null
-    const id = await createContact(ctx, identity, role, {})
-    await rememberContact(ctx, identity, id)
-    return id
-}
-
-function noContact(ctx: Context, createdAt: number): Outcome {
-    // Only a queue retries minutes later; PostHog's own retries (seconds apart) cannot outwait the lag.
-    if (ctx.cache && Date.now() / 1000 - createdAt < SEARCH_LAG_SECONDS) {
-        // Intercom's search lags new contacts by minutes: a recent event is worth another try.
-        throw new IntercomError(
-            'transient',
-            'no Intercom contact for this person yet (Intercom search lags new contacts)'
-        )
-    }
-    return { status: 'skipped', reason: 'no Intercom contact' }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1681,7 +1377,7 @@ function noContact(ctx: Context, createdAt: number): Outcome {
 // Only LPUSH, LRANGE, LLEN, LREM, INCR and EXPIRE are used: LPOP with a count needs Redis 6.2.
 // ---------------------------------------------------------------------------------------------------
 
-export interface QueuedDelivery {
+interface QueuedDelivery {
     draft: EventDraft
     /**
      * The person's identityText (the email, or `user_id:<external ID>`), AES-GCM sealed with a key
@@ -1711,7 +1407,7 @@ export function sealEmail(email: string, token: string): string {
 }
 
 /** Null when the item was sealed with another API key (the key was changed meanwhile). */
-export function openEmail(sealed: string, token: string): string | null {
+function openEmail(sealed: string, token: string): string | null {
     try {
         const raw = Buffer.from(sealed, 'base64')
         const decipher = createDecipheriv('aes-256-gcm', emailKey(token), raw.subarray(0, 12))
@@ -1765,13 +1461,9 @@ async function queueLength(cache: CacheExtension): Promise<number> {
     }
 }
 
-function drainLockKey(now: number): string {
-    return `${CACHE_KEYS.drainLock}:${Math.floor(now / DRAIN_LOCK_SLOT_MS)}`
-}
-
 /** INCR is atomic in Redis: the worker that makes it 1 drains; the others leave the queue to it. */
 async function takeDrainLock(cache: CacheExtension): Promise<string | null> {
-    const key = drainLockKey(Date.now())
+    const key = CACHE_KEYS.drainLock(Date.now())
     try {
         if ((await cache.incr(key)) !== 1) return null
         await cache.expire(key, DRAIN_LOCK_SECONDS)
@@ -1826,9 +1518,8 @@ async function retryQueued(ctx: Context, item: QueuedDelivery | null): Promise<V
             : { kind: 'drop', reason: outcome.reason ?? 'not sent' }
     } catch (error) {
         if (!(error instanceof IntercomError)) throw error
-        if (error.kind === 'rate_limited') return { kind: 'backoff' }
-        if (error.kind === 'transient') return { kind: 'retry' }
-        return { kind: 'drop', reason: dropReason(error) }
+        const queued = FAILURE_POLICY[error.kind].queued
+        return queued === 'drop' ? { kind: 'drop', reason: dropReason(error) } : { kind: queued }
     }
 }
 
@@ -1961,16 +1652,388 @@ async function drainSome(ctx: Context): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// PostHog hooks
+// Contact and company sync, a side path: person and group properties → Intercom contacts and companies
 // ---------------------------------------------------------------------------------------------------
 
-function makeLog(meta: PluginMeta): Context['log'] {
-    const logger: Logger = meta.logger ?? console
-    return (level, message) => {
-        const write = (level === 'info' ? (logger.info ?? logger.log) : logger[level]) ?? logger.log
-        write.call(logger, message)
+type AttributeValue = string | number | boolean
+interface ContactAttributes {
+    name?: string
+    phone?: string
+    external_id?: string
+    custom_attributes?: Record<string, AttributeValue>
+    /** Other own fields of Intercom's contacts (signed_up_at, …), when mapped. */
+    [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
+}
+interface CompanyAttributes {
+    company_id: string
+    name?: string
+    custom_attributes?: Record<string, AttributeValue>
+    /** Other own fields of Intercom's companies (plan, industry, size, …), when mapped. */
+    [field: string]: AttributeValue | Record<string, AttributeValue> | undefined
+}
+type DataType = 'string' | 'integer' | 'float' | 'boolean' | 'date'
+
+/** Keys ending in these hold dates: Intercom wants them as Unix seconds. */
+const DATE_KEY = /(_at|_date)$/i
+const ATTRIBUTE_TTL_SECONDS = 30 * 24 * 3600
+
+/** True when the event carries person updates worth syncing. */
+function hasPersonUpdates(event: ProcessedPluginEvent): boolean {
+    const props = event.properties ?? {}
+    const nonEmpty = (value: unknown) =>
+        value !== null && typeof value === 'object' && Object.keys(value).length > 0
+    return (
+        event.event === '$identify' ||
+        [event.$set, event.$set_once, props.$set, props.$set_once].some(nonEmpty)
+    )
+}
+
+/** The person as this event leaves it: stored properties, then `$set_once` where unset, then `$set`. */
+function personProperties(event: ProcessedPluginEvent, person: PluginMeta['person']): Properties {
+    const props = event.properties ?? {}
+    const merged: Properties = { ...(person?.properties ?? {}) }
+    for (const once of [props.$set_once, event.$set_once]) {
+        for (const [key, value] of Object.entries(once ?? {})) {
+            if (!(key in merged)) merged[key] = value
+        }
+    }
+    return Object.assign(merged, props.$set ?? {}, event.$set ?? {})
+}
+
+/** An attribute value Intercom accepts; undefined drops it (null, NaN, long arrays). Arrays are JSON text. */
+function attributeValue(key: string, value: unknown): AttributeValue | undefined {
+    if (DATE_KEY.test(key)) {
+        return toUnixSeconds(value) ?? undefined
+    }
+    if (typeof value === 'string') return truncate(value)
+    if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
+    if (typeof value === 'boolean') return value
+    return Array.isArray(value) ? compactJson(value) : undefined
+}
+
+/** Nested values become `parent_child` attributes, this many levels below the property at most… */
+const FLATTEN_MAX_DEPTH = 3
+/** …and this many attributes per property; what lies beyond is dropped and reported. */
+const FLATTEN_MAX_KEYS = 20
+/** `*` syncs at most this many person properties (Intercom allows a few hundred custom attributes). */
+const SYNC_ALL_MAX_PROPERTIES = 100
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+    return value !== null && typeof value === 'object' && !Array.isArray(value)
+}
+
+/** `{a: {b: 1}}` under `p` → `[['p_a_b', 1]]`, depth- and count-bounded; false when something was cut. */
+export function flatten(name: string, value: unknown): { entries: [string, unknown][]; complete: boolean } {
+    const entries: [string, unknown][] = []
+    let complete = true
+    const walk = (prefix: string, node: unknown, depth: number): void => {
+        if (!isPlainObject(node)) {
+            if (entries.length < FLATTEN_MAX_KEYS) entries.push([prefix, node])
+            else complete = false
+            return
+        }
+        if (depth === FLATTEN_MAX_DEPTH) {
+            complete = false
+            return
+        }
+        for (const [key, child] of Object.entries(node)) {
+            const clean = cleanKey(key)
+            if (clean && child !== null) walk(`${prefix}_${clean}`, child, depth + 1)
+        }
+    }
+    walk(name, value, 0)
+    return { entries, complete }
+}
+
+function dataType(key: string, value: AttributeValue): DataType {
+    if (DATE_KEY.test(key)) return 'date'
+    if (typeof value === 'number') return Number.isInteger(value) ? 'integer' : 'float'
+    return typeof value === 'boolean' ? 'boolean' : 'string'
+}
+
+/**
+ * Intercom's own contact and company fields (POST /contacts, POST /companies): a mapped property
+ * named like one of them goes to that field, not to a custom attribute.
+ */
+const CONTACT_FIELDS: Record<string, DataType> = {
+    name: 'string', phone: 'string', avatar: 'string', signed_up_at: 'date', last_seen_at: 'date',
+    owner_id: 'integer', unsubscribed_from_emails: 'boolean',
+} // prettier-ignore
+const COMPANY_FIELDS: Record<string, DataType> = {
+    name: 'string', plan: 'string', size: 'integer', website: 'string', industry: 'string',
+    remote_created_at: 'date', monthly_spend: 'integer',
+} // prettier-ignore
+
+/** A value for one of Intercom's own fields, coerced to the field's type. */
+function fieldValue(type: DataType, value: unknown): AttributeValue | undefined {
+    const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+    if (type === 'date') return toUnixSeconds(value) ?? undefined
+    if (type === 'integer')
+        return typeof number === 'number' && Number.isSafeInteger(Math.round(number))
+            ? Math.round(number)
+            : undefined
+    if (type === 'boolean')
+        return typeof value === 'boolean'
+            ? value
+            : value === 'true'
+              ? true
+              : value === 'false'
+                ? false
+                : undefined
+    return typeof value === 'string' || typeof value === 'number' ? truncate(String(value)) : undefined
+}
+
+interface MappedAttributes {
+    fields: Record<string, AttributeValue>
+    custom: Record<string, AttributeValue>
+    /** Mapped properties dropped in whole or in part (unusable values, nesting past the bounds). */
+    dropped: string[]
+}
+
+/** Splits mapped properties into Intercom's own fields and custom attributes. */
+function mapAttributes(
+    source: Properties,
+    mapping: Rename[],
+    ownFields: Record<string, DataType>
+): MappedAttributes {
+    const fields: [string, AttributeValue][] = []
+    const custom: [string, AttributeValue][] = []
+    const dropped: string[] = []
+    for (const { from, to } of mapping) {
+        if (!Object.prototype.hasOwnProperty.call(source, from) || source[from] === null) continue
+        if (Object.prototype.hasOwnProperty.call(ownFields, to)) {
+            const value = fieldValue(ownFields[to], source[from])
+            if (value === undefined) dropped.push(from)
+            else fields.push([to, value])
+            continue
+        }
+        const { entries, complete } = flatten(to, source[from])
+        let usable = complete
+        for (const [key, leaf] of entries) {
+            const value = attributeValue(key, leaf)
+            if (value === undefined) usable = false
+            else custom.push([key, value])
+        }
+        if (!usable) dropped.push(from)
+    }
+    return { fields: Object.fromEntries(fields), custom: Object.fromEntries(custom), dropped }
+}
+
+function withoutEmpty<T extends object>(value: T): T {
+    return JSON.parse(JSON.stringify(value)) // drops undefined members
+}
+
+/** `*`: every person property not starting with `$`, but the email and external ID (standard fields). */
+function syncedProperties(source: Properties, settings: Settings): Rename[] {
+    const { attributes, externalId } = settings.sync
+    if (attributes !== 'all') return attributes
+    const standard = new Set([settings.emailProperty, externalId.property])
+    return Object.keys(source)
+        .filter((key) => !key.startsWith('$') && !standard.has(key))
+        .slice(0, SYNC_ALL_MAX_PROPERTIES)
+        .map((key) => ({ from: key, to: key }))
+}
+
+/** Older events (replays, late batches) must not move last_seen_at back. */
+const LAST_SEEN_MAX_AGE_SECONDS = 24 * 3600
+
+/** The event time as last_seen_at, when that option is on and the event is recent. */
+function lastSeenAt(event: ProcessedPluginEvent, sync: SyncSettings): number | undefined {
+    const time = sync.lastSeen ? eventTime(event) : null
+    return time !== null && Date.now() / 1000 - time < LAST_SEEN_MAX_AGE_SECONDS ? time : undefined
+}
+
+/** Standard attributes (name, phone, external_id, last_seen_at) and the mapped custom ones. */
+function contactAttributes(
+    event: ProcessedPluginEvent,
+    person: PluginMeta['person'],
+    settings: Settings
+): { attributes: ContactAttributes; dropped: string[] } {
+    const source = personProperties(event, person)
+    const text = (value: unknown) =>
+        typeof value === 'string' && value.trim() ? truncate(value.trim()) : undefined
+    const fullName = [text(source.first_name), text(source.last_name)].filter(Boolean).join(' ')
+    const mapped = mapAttributes(source, syncedProperties(source, settings), CONTACT_FIELDS)
+    const attributes: ContactAttributes = {
+        name: text(source.name) ?? (fullName || undefined),
+        phone: text(source.phone),
+        external_id: findExternalId(event, person, settings.sync.externalId) ?? undefined,
+        last_seen_at: lastSeenAt(event, settings.sync),
+        ...mapped.fields, // a mapped last_seen_at wins over the event time
+        custom_attributes: Object.keys(mapped.custom).length > 0 ? mapped.custom : undefined,
+    }
+    return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
+}
+
+function companyAttributes(
+    event: ProcessedPluginEvent,
+    company: NonNullable<SyncSettings['company']>
+): { attributes: CompanyAttributes | null; dropped: string[] } {
+    const props = event.properties ?? {}
+    const key = props.$group_key
+    if (
+        props.$group_type !== company.groupType ||
+        (typeof key !== 'string' && typeof key !== 'number') ||
+        String(key).trim() === ''
+    ) {
+        return { attributes: null, dropped: [] }
+    }
+    const set: Properties =
+        props.$group_set !== null && typeof props.$group_set === 'object' ? props.$group_set : {}
+    const mapped = mapAttributes(set, company.attributes, COMPANY_FIELDS)
+    const attributes: CompanyAttributes = {
+        company_id: truncate(String(key).trim()),
+        name: typeof set.name === 'string' && set.name.trim() ? truncate(set.name.trim()) : undefined,
+        ...mapped.fields,
+        custom_attributes: Object.keys(mapped.custom).length > 0 ? mapped.custom : undefined,
+    }
+    return { attributes: withoutEmpty(attributes), dropped: mapped.dropped }
+}
+
+/** Creates the custom attributes Intercom does not have yet, once each (remembered in the cache). */
+async function ensureAttributes(
+    ctx: Context,
+    model: 'contact' | 'company',
+    values: Record<string, AttributeValue> | undefined
+): Promise<void> {
+    if (!values || !ctx.settings.sync.createAttributes) return
+    for (const [name, value] of Object.entries(values)) {
+        const key = CACHE_KEYS.attribute(model, name)
+        if ((await ctx.store.get(key)) === 1) continue
+        try {
+            await callIntercom(ctx, 'POST', '/data_attributes', {
+                name,
+                model,
+                data_type: dataType(name, value),
+            })
+        } catch (error) {
+            // "You already have 'x' in your … data": someone created it first, which is what we wanted.
+            if (!(error instanceof IntercomError && /already (have|exists)/i.test(error.message))) throw error
+        }
+        await ctx.store.set(key, 1, ATTRIBUTE_TTL_SECONDS)
     }
 }
+
+/** PUT to the person's contact; false when Intercom has none. */
+async function updateContact(
+    ctx: Context,
+    identity: Identity,
+    attributes: ContactAttributes
+): Promise<boolean> {
+    const cachedId = await resolveContact(ctx, identity)
+    if (!cachedId || Object.keys(attributes).length === 0) return cachedId !== null
+    const put = (id: string) => callIntercom(ctx, 'PUT', `/contacts/${id}`, attributes)
+    return withContact(ctx, identity, cachedId, put)
+}
+
+type SyncResult = 'created' | 'updated' | 'unchanged' | 'no contact'
+
+/**
+ * What decides whether a sync is needed: the attributes, with last_seen_at to the hour, so that a person
+ * whose values did not change costs at most one call an hour.
+ */
+function syncDigest(attributes: ContactAttributes): string {
+    const seen = attributes.last_seen_at
+    return digest({ ...attributes, last_seen_at: typeof seen === 'number' ? Math.floor(seen / 3600) : seen })
+}
+
+/** Creates or updates the contact; no call at all when nothing mapped changed since the last sync. */
+async function syncContact(
+    ctx: Context,
+    event: ProcessedPluginEvent,
+    found: { identity: Identity; email: string | null },
+    person: PluginMeta['person']
+): Promise<SyncResult> {
+    const sync = ctx.settings.sync
+    const { attributes, dropped } = contactAttributes(event, person, ctx.settings)
+    if (dropped.length > 0) {
+        ctx.log(
+            'info',
+            `Event ${eventLabel(event)}: not synced in whole (unusable values, or nested past 3 levels or 20 keys): ${dropped.join(', ')}.`
+        )
+    }
+    // Nothing mapped has a value: an update has nothing to send (a create still makes the contact).
+    if (Object.keys(attributes).length === 0 && sync.contacts === 'update') return 'unchanged'
+    const hashKey = CACHE_KEYS.contactSync(found.identity)
+    const hash = syncDigest(attributes)
+    if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
+    await ensureAttributes(ctx, 'contact', attributes.custom_attributes)
+    let result: SyncResult
+    if (await updateContact(ctx, found.identity, attributes)) {
+        result = 'updated'
+    } else if (sync.contacts === 'create') {
+        // A contact found by external ID gets the person's email too, when known.
+        const withEmail =
+            found.identity.kind === 'user_id' && found.email
+                ? { ...attributes, email: found.email }
+                : attributes
+        const id = await createContact(ctx, found.identity, sync.createRole, withEmail)
+        await rememberContact(ctx, found.identity, id)
+        result = 'created'
+    } else {
+        return 'no contact'
+    }
+    await ctx.store.set(hashKey, hash, CONTACT_TTL_SECONDS)
+    return result
+}
+
+/** The Intercom id of a company; POST /companies creates or updates by company_id. */
+async function upsertCompany(ctx: Context, attributes: CompanyAttributes): Promise<string> {
+    const company = await callIntercom(ctx, 'POST', '/companies', attributes)
+    const id = propertyOf(company, 'id')
+    if (typeof id !== 'string') throw new IntercomError('transient', 'Intercom returned a company without id')
+    await ctx.store.set(CACHE_KEYS.company(attributes.company_id), id, CONTACT_TTL_SECONDS)
+    return id
+}
+
+/** `$groupidentify` of the mapped group type → create or update the Intercom company. */
+async function syncCompany(ctx: Context, event: ProcessedPluginEvent): Promise<SyncResult> {
+    const company = ctx.settings.sync.company
+    const { attributes, dropped } = company
+        ? companyAttributes(event, company)
+        : { attributes: null, dropped: [] }
+    if (!attributes) return 'unchanged'
+    if (dropped.length > 0) {
+        ctx.log(
+            'info',
+            `Event ${eventLabel(event)}: company values not synced (nested or empty): ${dropped.join(', ')}.`
+        )
+    }
+    const hashKey = CACHE_KEYS.companySync(attributes.company_id)
+    const hash = digest(attributes)
+    if ((await ctx.store.get(hashKey)) === hash) return 'unchanged'
+    await ensureAttributes(ctx, 'company', attributes.custom_attributes)
+    await upsertCompany(ctx, attributes)
+    await ctx.store.set(hashKey, hash, CONTACT_TTL_SECONDS)
+    return 'updated'
+}
+
+/** The company key of an event's `$groups` for the mapped group type. */
+function companyKeyOf(event: ProcessedPluginEvent, settings: Settings): string | null {
+    const groupType = settings.sync.company?.groupType
+    const key = groupType ? propertyOf(event.properties?.$groups, groupType) : undefined
+    return (typeof key === 'string' && key.trim()) || typeof key === 'number'
+        ? truncate(String(key).trim())
+        : null
+}
+
+/** Attaches the contact to the company of its `$groups`, once (remembered in the cache). */
+async function attachCompany(ctx: Context, identity: Identity, companyKey: string): Promise<boolean> {
+    const doneKey = CACHE_KEYS.attached(identity, companyKey)
+    if ((await ctx.store.get(doneKey)) === 1) return false
+    const contactId = await resolveContact(ctx, identity)
+    if (!contactId) return false
+    const cached = await ctx.store.get(CACHE_KEYS.company(companyKey))
+    const companyId =
+        typeof cached === 'string' && cached ? cached : await upsertCompany(ctx, { company_id: companyKey })
+    await callIntercom(ctx, 'POST', `/contacts/${contactId}/companies`, { id: companyId })
+    await ctx.store.set(doneKey, 1, ATTRIBUTE_TTL_SECONDS)
+    return true
+}
+
+// ---------------------------------------------------------------------------------------------------
+// PostHog hooks
+// ---------------------------------------------------------------------------------------------------
 
 function context(meta: PluginMeta): Context {
     const global = meta.global
@@ -2030,34 +2093,6 @@ export async function setupPlugin(meta: PluginMeta): Promise<void> {
     await checkToken(context(meta))
 }
 
-const LOGGED_ONCE_MAX = 1000
-
-function firstTime(global: Global, key: string): boolean {
-    if (global.logged.has(key) || global.logged.size >= LOGGED_ONCE_MAX) return false
-    global.logged.add(key)
-    return true
-}
-
-/** During an outage or a rate-limit storm every event fails alike: one line per kind per 10 s tells it. */
-const QUIET_MS = 10_000
-const QUIET_NOTE = 'more like it within 10 s are not logged; runEveryMinute logs counts'
-
-function notRecentlyLogged(global: Global, kind: string): boolean {
-    const now = Date.now()
-    if (now - (global.lastLogged.get(kind) ?? -Infinity) < QUIET_MS) return false
-    global.lastLogged.set(kind, now)
-    return true
-}
-
-/** An event name fit for a log line (names are not personal data, but may be huge or not strings). */
-function eventName(event: ProcessedPluginEvent): string {
-    return String(event.event).slice(0, 100)
-}
-
-function eventLabel(event: ProcessedPluginEvent): string {
-    return typeof event.uuid === 'string' && event.uuid ? event.uuid.slice(0, 64) : '(no uuid)'
-}
-
 /** A missing timestamp means "now"; a present but unreadable one is bad input. */
 function eventTime(event: ProcessedPluginEvent): number | null {
     const timestamp: unknown = event.timestamp
@@ -2105,52 +2140,63 @@ export async function onEvent(event: ProcessedPluginEvent, meta: PluginMeta): Pr
 const TEST_RUN_NOTE =
     "PostHog's test function answers POST requests itself, so nothing was sent to Intercom; the API key was checked with GET /me when the plugin started, and real events are delivered"
 
+/** One event's path: echo and plan checks, the sync side path, delivery, then the side path's failure. */
 async function handleEvent(ctx: Context, event: ProcessedPluginEvent, meta: PluginMeta): Promise<Outcome> {
-    const echo = typeof event.event === 'string' && event.event.startsWith(ECHO_PREFIX)
-    const work = echo ? null : planWork(event, ctx.settings)
-    const needsPerson = work !== null && (work.deliver || work.syncPerson || work.companyKey !== null)
-    const skip = (reason: string): Outcome => {
-        if (reason === 'Intercom echo event' || work?.deliver) {
-            ctx.log('info', `Skipped event ${eventLabel(event)}: ${reason}.`)
-        } else if (firstTime(ctx.global, `${reason}:${eventName(event)}`)) {
-            // Events neither sent nor synced are most of the traffic, and PostHog stores every log line.
-            ctx.log('debug', `Skipped "${eventName(event)}" events: ${reason} (logged once per event name).`)
-        }
-        return { status: 'skipped', reason }
-    }
-    if (!work) return skip('Intercom echo event')
-    if (!needsPerson && !work.syncCompany) return skip('not a triggering event')
+    if (isEcho(event)) return skip(ctx, event, 'Intercom echo event', true)
+    const work = planWork(event, ctx.settings)
+    const wantsPerson = work.deliver || work.syncPerson || work.companyKey !== null
+    if (!wantsPerson && !work.syncCompany) return skip(ctx, event, 'not a triggering event', false)
 
+    const side = sidePath()
+    const outcome: Outcome = { status: 'synced' }
+    if (work.syncCompany) outcome.company = await side.attempt(() => syncCompany(ctx, event))
+    // PostHog's current executor puts the person on the event; meta.person is accepted too.
+    const person = event.person ?? meta.person
+    const found = wantsPerson ? findPerson(event, person, ctx.settings) : null
+    if (found && 'identity' in found) {
+        const { identity } = found
+        const companyKey = work.companyKey
+        if (work.syncPerson)
+            outcome.contact = await side.attempt(() => syncContact(ctx, event, found, person))
+        if (companyKey) outcome.attached = await side.attempt(() => attachCompany(ctx, identity, companyKey))
+        if (work.deliver) Object.assign(outcome, await deliverEvent(ctx, event, identity))
+    } else if (found && (work.deliver || !work.syncCompany)) {
+        Object.assign(outcome, skip(ctx, event, found.skip, work.deliver))
+    }
+    if (side.failures.length > 0) await raiseFailure(ctx, eventLabel(event), side.failures[0])
+    return outcome
+}
+
+/** The plugin's own events, echoed back by Intercom's PostHog integration, are never sent again. */
+function isEcho(event: ProcessedPluginEvent): boolean {
+    return typeof event.event === 'string' && event.event.startsWith(ECHO_PREFIX)
+}
+
+/**
+ * A skipped event, logged each time when it was meant for Intercom (`loud`), else once per event name:
+ * events neither sent nor synced are most of the traffic, and PostHog stores every log line.
+ */
+function skip(ctx: Context, event: ProcessedPluginEvent, reason: string, loud: boolean): Outcome {
+    if (loud) {
+        ctx.log('info', `Skipped event ${eventLabel(event)}: ${reason}.`)
+    } else if (firstTime(ctx.global, `${reason}:${eventName(event)}`)) {
+        ctx.log('debug', `Skipped "${eventName(event)}" events: ${reason} (logged once per event name).`)
+    }
+    return { status: 'skipped', reason }
+}
+
+/** Sync tasks run before delivery; their first failure is raised after the event itself had its chance. */
+function sidePath(): { failures: unknown[]; attempt: <T>(task: () => Promise<T>) => Promise<T | undefined> } {
     const failures: unknown[] = []
     const attempt = async <T>(task: () => Promise<T>): Promise<T | undefined> => {
         try {
             return await task()
         } catch (error) {
-            failures.push(error) // raised after the event itself had its chance
+            failures.push(error)
             return undefined
         }
     }
-    const outcome: Outcome = { status: 'synced' }
-    if (work.syncCompany) outcome.company = await attempt(() => syncCompany(ctx, event))
-
-    // PostHog's current executor puts the person on the event; meta.person is accepted too.
-    const person = event.person ?? meta.person
-    const found = needsPerson ? findPerson(event, person, ctx.settings) : null
-    const unusable = found && 'skip' in found ? found.skip : null
-    if (found && 'identity' in found) {
-        if (work.syncPerson) outcome.contact = await attempt(() => syncContact(ctx, event, found, person))
-        if (work.companyKey)
-            outcome.attached = await attempt(() => attachCompany(ctx, found.identity, work.companyKey!))
-    }
-    if (work.deliver || (unusable && !work.syncCompany)) {
-        const delivery =
-            found && 'identity' in found ? await deliverEvent(ctx, event, found.identity) : skip(unusable!)
-        Object.assign(outcome, delivery)
-    }
-    if (failures.length > 0) {
-        await raiseFailure(ctx, eventLabel(event), failures[0])
-    }
-    return outcome
+    return { failures, attempt }
 }
 
 async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, identity: Identity): Promise<Outcome> {
@@ -2173,7 +2219,7 @@ async function deliverEvent(ctx: Context, event: ProcessedPluginEvent, identity:
 /** A sync failure: transient ones are left to PostHog's retries (the sync is idempotent), others are raised. */
 async function raiseFailure(ctx: Context, uuid: string, error: unknown): Promise<never> {
     if (!(error instanceof IntercomError)) throw error
-    if (error.kind === 'transient' || error.kind === 'rate_limited') {
+    if (FAILURE_POLICY[error.kind].then === 'park') {
         ctx.log('warn', `Sync of event ${uuid} not done yet: ${error.message}`)
         throw new RetryError(`Intercom: ${error.message}`)
     }
@@ -2190,7 +2236,7 @@ async function handleFailure(
     if (!(error instanceof IntercomError)) {
         throw error
     }
-    if (error.kind !== 'transient' && error.kind !== 'rate_limited') {
+    if (FAILURE_POLICY[error.kind].then === 'report') {
         ctx.log('error', `Failed event ${failed.uuid}: ${error.message}`)
         throw userFacingError(error, `event "${failed.draft.event_name}"`, ctx.settings.region)
     }

@@ -1,15 +1,18 @@
 /** onEvent and runEveryMinute on the wire: exact requests to Intercom, error classes, caching, the retry queue. */
 import { RetryError } from '@posthog/plugin-scaffold'
-import { createHash } from 'crypto'
 import nock from 'nock'
 import {
     FetchFn,
     HttpResponse,
     PluginConfig,
     backoffUntil,
+    CACHE_KEYS,
+    classifyStatus,
+    FAILURE_POLICY,
+    FailureKind,
+    FailureReaction,
     onEvent,
     runEveryMinute,
-    sealEmail,
     windowNearlySpent,
 } from '../index'
 import {
@@ -23,6 +26,7 @@ import {
     makeEvent,
     memoryCache,
     OLD_UNIX,
+    queuedItem,
     setup,
     TOKEN,
     US,
@@ -44,6 +48,7 @@ const recent = () => new Date(Date.now() - 1000).toISOString()
 const recentUnix = (iso: string) => Math.floor(Date.parse(iso) / 1000)
 
 useNock()
+afterEach(() => jest.restoreAllMocks())
 
 describe('skips, with a reason and no call to Intercom', () => {
     test.each<[string, object, object, string]>([
@@ -262,6 +267,31 @@ async function sandboxSetup(): Promise<Awaited<ReturnType<typeof setup>>> {
     return made
 }
 
+describe('the reaction to each failure kind (FAILURE_POLICY, beside classifyStatus)', () => {
+    test.each<[FailureKind, number, FailureReaction]>([
+        ['transient', 503, { inPlace: 'again', then: 'park', queued: 'retry' }],
+        ['rate_limited', 429, { inPlace: 'wait', then: 'park', queued: 'backoff' }],
+        ['auth', 401, { inPlace: null, then: 'report', queued: 'drop' }],
+        ['not_found', 404, { inPlace: null, then: 'report', queued: 'drop' }],
+        ['invalid', 422, { inPlace: null, then: 'report', queued: 'drop' }],
+        ['permanent', 400, { inPlace: null, then: 'report', queued: 'drop' }],
+    ])('%s (e.g. %i)', (kind, status, reaction) => {
+        expect(classifyStatus(status)).toBe(kind)
+        expect(FAILURE_POLICY[kind]).toEqual(reaction)
+    })
+
+    test('every kind has a reaction', () => {
+        expect(Object.keys(FAILURE_POLICY).sort()).toEqual([
+            'auth',
+            'invalid',
+            'not_found',
+            'permanent',
+            'rate_limited',
+            'transient',
+        ])
+    })
+})
+
 describe('failures without a cache (PostHog current executor): RetryError or a clear error', () => {
     test.each([408, 423, 500, 502, 503, 504])(
         '%i three times → tried again in place after 1 s and 2 s, then RetryError',
@@ -395,7 +425,6 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         jest.spyOn(Date, 'now').mockReturnValue(reset * 1000 + 1) // the window has passed
         expectEvent(event({ created_at: OLD_UNIX }))
         await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
-        jest.restoreAllMocks()
     })
 
     /** One event delivered with the window reported spent (X-RateLimit-Remaining: 0, reset in 8 s). */
@@ -522,7 +551,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
         })
 
         meta.global.backoffUntil = 0
-        await cache.set('intercom:backoff-until', 0)
+        await cache.set(CACHE_KEYS.backoff, 0)
         expectEvent(event())
         await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, remaining: 0 })
     })
@@ -548,10 +577,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
         expectSearch(EMAIL, [])
         await expect(onEvent(makeEvent({ timestamp }), meta)).resolves.toMatchObject({ status: 'queued' })
 
-        await cache.set(
-            `intercom:contact:${createHash('sha256').update(EMAIL).digest('hex').slice(0, 32)}`,
-            null
-        )
+        await cache.set(CACHE_KEYS.contact({ kind: 'email', value: EMAIL }), null)
         expectSearch(EMAIL, [contact('c9')])
         expectEvent(event({ id: 'c9', created_at: recentUnix(timestamp) }))
         await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, remaining: 0 })
@@ -608,21 +634,11 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
         const cache = memoryCache()
         const { meta } = await setup({}, { cache })
         const items = [...Array(1500)].map((_, i) =>
-            JSON.stringify({
-                draft: { event_name: 'signed_up', created_at: OLD_UNIX + i, metadata: {} },
-                sealedEmail: sealEmail(EMAIL, TOKEN),
-                uuid: `u${i}`,
-                attempts: 1,
-                queuedAt: Date.now(),
-            })
+            JSON.stringify(queuedItem({ createdAt: OLD_UNIX + i, uuid: `u${i}` }))
         )
         for (let i = 0; i < items.length; i += 500)
-            await cache.lpush('intercom:retry-queue', items.slice(i, i + 500))
-        await cache.set(
-            `intercom:contact:${createHash('sha256').update(EMAIL).digest('hex').slice(0, 32)}`,
-            'c1',
-            60
-        )
+            await cache.lpush(CACHE_KEYS.queue, items.slice(i, i + 500))
+        await cache.set(CACHE_KEYS.contact({ kind: 'email', value: EMAIL }), 'c1', 60)
         meta.fetch = async () => plain(503, {})
         await expect(runEveryMinute(meta)).resolves.toEqual({
             delivered: 0,
@@ -636,18 +652,12 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
     test('retries set aside by a run whose worker stopped are delivered by the next run', async () => {
         const cache = memoryCache()
         const { meta } = await setup({}, { cache })
-        const item = {
-            draft: { event_name: 'signed_up', created_at: OLD_UNIX, metadata: {} },
-            sealedEmail: sealEmail(EMAIL, TOKEN),
-            uuid: 'u-aside',
-            attempts: 2,
-            queuedAt: Date.now(),
-        }
-        await cache.lpush('intercom:retry-later', [JSON.stringify(item)])
+        const item = queuedItem({ uuid: 'u-aside', attempts: 2 })
+        await cache.lpush(CACHE_KEYS.later, [JSON.stringify(item)])
         expectSearch(EMAIL, [contact('c1')])
         expectEvent(event())
         await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, remaining: 0 })
-        expect(await cache.llen('intercom:retry-later')).toBe(0)
+        expect(await cache.llen(CACHE_KEYS.later)).toBe(0)
     })
 
     test('without a cache, runEveryMinute has nothing to do', async () => {
@@ -659,12 +669,7 @@ describe('retry queue (plugin-server runtimes, with meta.cache)', () => {
 describe('matching by external ID (Intercom user_id / external_id)', () => {
     const BY_ID: PluginConfig = { contactIdentifier: 'external ID', externalId: 'distinct_id' }
     const externalSearch = (value: string, contacts: object[]) =>
-        nock(US)
-            .post('/contacts/search', {
-                query: { field: 'external_id', operator: '=', value },
-                pagination: { per_page: 50 },
-            })
-            .reply(200, { type: 'list', data: contacts, total_count: contacts.length })
+        expectSearch(value, contacts, US, 'external_id')
     const noEmail = (extra = {}) => makeEvent({ distinct_id: 'user-42', properties: {}, ...extra })
 
     test('a user is posted by user_id at once: one call, no search, no email needed', async () => {

@@ -2,7 +2,7 @@
 import type { CacheExtension, ProcessedPluginEvent } from '@posthog/plugin-scaffold'
 import nock from 'nock'
 import { isDeepStrictEqual } from 'util'
-import { FetchFn, Global, PluginConfig, PluginMeta, setupPlugin } from '../index'
+import { FetchFn, Global, PluginConfig, PluginMeta, sealEmail, setupPlugin } from '../index'
 import { createMemoryStore, createPluginCache } from '../tools/harness'
 
 export const TOKEN = 'tok_SECRET_123'
@@ -78,16 +78,32 @@ export function contact(id: string, role: 'user' | 'lead' = 'user', updated_at =
     return { type: 'contact', id, role, email: 'ada@example.com', updated_at }
 }
 
-export const searchBody = (email: string) => ({
-    query: { field: 'email', operator: '=', value: email },
-    pagination: { per_page: 50 },
-})
-
-/** Expects one search for `email` answered with `contacts`. */
-export function expectSearch(email: string, contacts: object[], host = US): nock.Scope {
+/** Expects one search for `value` (an email, or an external ID) answered with `contacts`. */
+export function expectSearch(
+    value: string,
+    contacts: object[],
+    host = US,
+    field: 'email' | 'external_id' = 'email'
+): nock.Scope {
     return nock(host)
-        .post('/contacts/search', searchBody(email))
+        .post('/contacts/search', { query: { field, operator: '=', value }, pagination: { per_page: 50 } })
         .reply(200, { type: 'list', data: contacts, total_count: contacts.length })
+}
+
+/** A retry-queue item as the plugin stores it: the signed_up event of `email`, sealed with TOKEN. */
+export function queuedItem({
+    email = 'ada@example.com',
+    createdAt = OLD_UNIX,
+    uuid = 'u1',
+    attempts = 1,
+}: { email?: string; createdAt?: number; uuid?: string; attempts?: number } = {}): object {
+    return {
+        draft: { event_name: 'signed_up', created_at: createdAt, metadata: {} },
+        sealedEmail: sealEmail(email, TOKEN),
+        uuid,
+        attempts,
+        queuedAt: Date.now(),
+    }
 }
 
 /** Intercom's error body. */
@@ -96,20 +112,34 @@ export const errorBody = (code: string, message: string) => ({
     errors: [{ code, message }],
 })
 
-/** Expects one POST /events whose body is exactly `body`. */
+/** Expects one request whose JSON body is exactly `body`. */
+export function expectCall(
+    method: 'post' | 'put',
+    path: string,
+    body: object,
+    reply: object | string = {},
+    status = 200,
+    host = US,
+    headers: Record<string, string> = {}
+): nock.Scope {
+    const scope = nock(host)
+    const matches = (received: nock.Body) => isDeepStrictEqual(received, body)
+    return (method === 'post' ? scope.post(path, matches) : scope.put(path, matches)).reply(
+        status,
+        reply,
+        headers
+    )
+}
+
+/** Expects one POST /events whose body is exactly `body`; a refusal carries Intercom's error body. */
 export function expectEvent(
     body: object,
     status = 202,
     host = US,
     headers: Record<string, string> = {}
 ): nock.Scope {
-    return nock(host)
-        .post('/events', (received) => isDeepStrictEqual(received, body))
-        .reply(
-            status,
-            status === 202 ? '' : { type: 'error.list', errors: [{ code: 'x', message: 'refused' }] },
-            headers
-        )
+    const reply = status === 202 ? '' : errorBody('x', 'refused')
+    return expectCall('post', '/events', body, reply, status, host, headers)
 }
 
 /** PostHog's meta.cache as the harness reproduces it (missing keys read null), recording every key and value written. */

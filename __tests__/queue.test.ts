@@ -1,12 +1,13 @@
 /** The retry queue: parked, drained by onEvent and runEveryMinute, at least once, on any Redis PostHog ran. */
 import type { CacheExtension } from '@posthog/plugin-scaffold'
 import { RetryError } from '@posthog/plugin-scaffold'
-import { FetchFn, HttpResponse, PluginMeta, onEvent, runEveryMinute } from '../index'
+import { CACHE_KEYS, FetchFn, HttpResponse, PluginMeta, onEvent, runEveryMinute } from '../index'
 import { makeEvent, memoryCache, setup, useNock } from './helpers'
 
 useNock()
+afterEach(() => jest.restoreAllMocks())
 
-const QUEUE = 'intercom:retry-queue'
+const QUEUE = CACHE_KEYS.queue
 
 function reply(status: number, body: unknown = {}): HttpResponse {
     const text = body === '' ? '' : JSON.stringify(body)
@@ -156,11 +157,10 @@ describe('one drainer at a time', () => {
         const { meta, up } = await parkedBacklog(cache, 1)
         up()
         const now = Date.now()
-        await cache.incr(`intercom:drain-lock:${Math.floor(now / 600_000)}`) // taken, never released
+        await cache.incr(CACHE_KEYS.drainLock(now)) // taken, never released
         await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 0, remaining: 1 })
-        const later = jest.spyOn(Date, 'now').mockReturnValue(now + 600_000)
+        jest.spyOn(Date, 'now').mockReturnValue(now + 600_000)
         await expect(runEveryMinute(meta)).resolves.toMatchObject({ delivered: 1, remaining: 0 })
-        later.mockRestore()
     })
 })
 

@@ -1,12 +1,12 @@
 /** Contact and company sync on the wire: creates, updates, conflicts, attribute creation, companies, call counts. */
 import { RetryError } from '@posthog/plugin-scaffold'
 import nock from 'nock'
-import { isDeepStrictEqual } from 'util'
 import { onEvent, PluginConfig } from '../index'
 import {
     allLogs,
     contact,
     errorBody,
+    expectCall,
     expectEvent,
     expectSearch,
     makeEvent,
@@ -31,19 +31,6 @@ const identify = (set: Record<string, unknown>, extra = {}) =>
         properties: { $set: { email: EMAIL, ...set } },
         ...extra,
     })
-
-/** Expects one request whose JSON body is exactly `body`. */
-function expectCall(
-    method: 'post' | 'put',
-    path: string,
-    body: object,
-    reply: object = {},
-    status = 200
-): nock.Scope {
-    const scope = nock(US)
-    const matches = (received: nock.Body) => isDeepStrictEqual(received, body)
-    return (method === 'post' ? scope.post(path, matches) : scope.put(path, matches)).reply(status, reply)
-}
 
 useNock()
 
