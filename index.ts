@@ -58,15 +58,15 @@ const QUEUE_DRAIN_BUDGET_MS = 20_000
 /** onEvent drains this much at most (runtimes from March 2025 never call runEveryMinute)… */
 const EVENT_DRAIN_ITEMS = 50
 const EVENT_DRAIN_BUDGET_MS = 5_000
-/** …and a worker looks at the queue from onEvent at most once a second. */
+/** …on every event while there is a backlog, and at most once a second per worker while it is empty. */
 const EVENT_DRAIN_EVERY_MS = 1_000
 /** One drainer at a time; the lock's key changes every 10 minutes, so a dead holder's lock cannot last. */
 const DRAIN_LOCK_SECONDS = 60
 const DRAIN_LOCK_SLOT_MS = 10 * 60_000
 /** Where timers exist and nothing parks events (PostHog's current executor): bounded waits in place. */
 const MAX_WAIT_IN_PLACE_MS = 12_000
-const IN_PLACE_ATTEMPTS = 3
-const IN_PLACE_DELAY_MS = 1_000
+const IN_PLACE_ATTEMPTS = 4
+const IN_PLACE_DELAY_MS = 500
 const ECHO_PREFIX = '[Intercom]'
 /**
  * Every cache key the plugin uses. Hashes (hashOf, digest) stand in for emails, external IDs and group
@@ -178,7 +178,7 @@ export interface HttpResponse {
     json(): Promise<unknown>
     text(): Promise<string>
 }
-interface HttpRequest {
+export interface HttpRequest {
     method: string
     headers: Record<string, string>
     body?: string
@@ -233,7 +233,7 @@ interface EventDraft {
 type Identity = { kind: 'email'; value: string } | { kind: 'user_id'; value: string }
 
 /** What onEvent resolves to. PostHog ignores it; the local tools count it. */
-interface Outcome {
+export interface Outcome {
     /** `synced`: not a triggering event, but its person or company was synced. */
     status: 'delivered' | 'skipped' | 'queued' | 'synced'
     reason?: string
@@ -242,7 +242,7 @@ interface Outcome {
     attached?: boolean
 }
 
-interface DrainResult {
+export interface DrainResult {
     delivered: number
     retried: number
     dropped: number
@@ -1637,12 +1637,16 @@ function logDrain(ctx: Context, result: DrainResult): void {
     }
 }
 
-/** onEvent's share of the draining: a bounded batch, at most once a second per worker. */
+/** onEvent's share of the draining: a bounded batch on each event while a backlog waits. */
 async function drainSome(ctx: Context): Promise<void> {
     const cache = ctx.cache
     if (!cache || Date.now() < ctx.global.nextDrainAt) return
-    ctx.global.nextDrainAt = Date.now() + EVENT_DRAIN_EVERY_MS
-    if ((await rateLimitedUntil(ctx)) > Date.now() || (await queueLength(cache)) === 0) return
+    if ((await rateLimitedUntil(ctx)) > Date.now()) return
+    if ((await queueLength(cache)) === 0) {
+        // An empty queue is the usual case: look again in a second, not on every event.
+        ctx.global.nextDrainAt = Date.now() + EVENT_DRAIN_EVERY_MS
+        return
+    }
     const result = emptyDrain()
     await drainQueue(ctx, cache, { maxItems: EVENT_DRAIN_ITEMS, budgetMs: EVENT_DRAIN_BUDGET_MS }, result)
     if (result.delivered + result.retried + result.dropped > 0) {

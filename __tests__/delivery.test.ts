@@ -294,13 +294,13 @@ describe('the reaction to each failure kind (FAILURE_POLICY, beside classifyStat
 
 describe('failures without a cache (PostHog current executor): RetryError or a clear error', () => {
     test.each([408, 423, 500, 502, 503, 504])(
-        '%i three times → tried again in place after 1 s and 2 s, then RetryError',
+        '%i four times → tried again in place after 0.5, 1 and 1.5 s, then RetryError',
         async (status) => {
             const { meta, waits } = await executorSetup()
             expectSearch(EMAIL, [contact('c1')])
-            nock(US).post('/events').times(3).reply(status, errorBody('server_error', 'boom'))
+            nock(US).post('/events').times(4).reply(status, errorBody('server_error', 'boom'))
             await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
-            expect(waits).toEqual([1000, 2000])
+            expect(waits).toEqual([500, 1000, 1500])
         }
     )
 
@@ -320,7 +320,7 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         nock(US).post('/events').reply(503, errorBody('service_unavailable', 'down'))
         expectEvent(event())
         await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
-        expect(waits).toEqual([1000])
+        expect(waits).toEqual([500])
     })
 
     test.each<[number, RegExp]>([
