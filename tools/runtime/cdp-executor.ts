@@ -64,7 +64,8 @@ export interface CdpOutcome {
 }
 
 export interface CdpExecutorOptions {
-    source: string
+    /** index.ts itself, or a port package as PostHog's repository holds it (see loadPort). */
+    source: string | PortPackage
     inputs: Record<string, unknown>
     fetch: CdpFullFetch
     retry: RetryPolicy
@@ -100,7 +101,7 @@ const HOST_MODULES: Record<string, unknown> = {
 }
 
 /** Compiles index.ts as a module of the host app (TypeScript stripped, CommonJS), in the host realm. */
-export function loadModule(source: string): PluginModule {
+export function loadModule(source: string, modules: Record<string, unknown> = HOST_MODULES): PluginModule {
     const code = posthogBabel(source)
     const wrapper = `(function (exports, require, module) {\n${code}\n})`
     const factory = new vm.Script(wrapper, { filename: 'index.ts' }).runInThisContext() as (
@@ -112,12 +113,39 @@ export function loadModule(source: string): PluginModule {
     factory(
         module.exports,
         (name) => {
-            if (!(name in HOST_MODULES)) throw new Error(`Cannot find module '${name}'`)
-            return HOST_MODULES[name]
+            if (!(name in modules)) throw new Error(`Cannot find module '${name}'`)
+            return modules[name]
         },
         module
     )
     return module.exports
+}
+
+/** PostHog's own RetryError (`~/plugin-scaffold` in its repository): a class apart from the npm scaffold's. */
+export class PostHogRetryError extends Error {
+    constructor(message?: string) {
+        super(message)
+        this.name = 'RetryError'
+    }
+}
+
+/** `_destinations/<name>/{index.ts,template.ts}`: what `npm run port` writes. */
+export interface PortPackage {
+    index: string
+    template: string
+    /** The export of template.ts holding the plugin. */
+    exportName: string
+}
+
+/**
+ * Loads a port package the way PostHog compiles it into its app: template.ts's `./index` is index.ts,
+ * `~/plugin-scaffold` is PostHog's own scaffold, and only a RetryError of that class is re-queued.
+ */
+export function loadPort(port: PortPackage): PluginModule {
+    const index = loadModule(port.index)
+    const modules = { './index': index, '~/plugin-scaffold': { RetryError: PostHogRetryError } }
+    const template = loadModule(port.template, modules) as Record<string, unknown>
+    return template[port.exportName] as PluginModule
 }
 
 /** The message of any thrown value, whichever realm made it (jest runs tests in a realm of its own). */
@@ -150,7 +178,10 @@ export interface CdpExecutor {
 }
 
 export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
-    const plugin = loadModule(options.source)
+    const port = typeof options.source === 'string' ? null : options.source
+    const plugin = port ? loadPort(port) : loadModule(options.source as string)
+    // PostHog re-queues only its own RetryError class; for index.ts alone the name stands in (realms differ).
+    const retries = (error: unknown) => (port ? error instanceof PostHogRetryError : isRetryError(error))
     const templateId = options.templateId ?? INTERCOM_TEMPLATE_ID
     const scale = options.delayScale ?? 1
     const sleeper = createSleeper()
@@ -240,7 +271,7 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
                 runs.push(result)
                 if (result.error === undefined) return { runs, value: result.value }
                 const again =
-                    isRetryError(result.error) &&
+                    retries(result.error) &&
                     run < maxRuns(options.retry) &&
                     options.retry.kind === 'cdp-requeue'
                 if (!again) return { runs, error: result.error }
