@@ -1,5 +1,11 @@
 import js from '@eslint/js'
+import { readFileSync } from 'node:fs'
 import tseslint from 'typescript-eslint'
+
+/** One list, shared with the runtime test that checks each name is absent in PostHog's sandbox. */
+const SANDBOX_ABSENT = JSON.parse(
+    readFileSync(new URL('./tools/runtime/sandbox-absent-globals.json', import.meta.url), 'utf8')
+).globals
 
 export default tseslint.config(
     { ignores: ['node_modules/**', 'coverage/**', '*.config.js'] },
@@ -14,14 +20,7 @@ export default tseslint.config(
         // The plugin runs in PostHog's sandbox: no timers, no process, no relative imports.
         files: ['index.ts'],
         rules: {
-            'no-restricted-globals': [
-                'error',
-                'setTimeout',
-                'setInterval',
-                'process',
-                'AbortController',
-                'TextEncoder',
-            ],
+            'no-restricted-globals': ['error', ...SANDBOX_ABSENT],
             'no-restricted-imports': ['error', { patterns: ['./*', '../*'] }],
         },
     }

@@ -5,6 +5,7 @@
 import nock from 'nock'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
+import SANDBOX_ABSENT from '../../tools/runtime/sandbox-absent-globals.json'
 
 import { consoleTo, DEFAULT_PLUGIN_FILE, FetchFn } from '../../tools/load-plugin'
 import { isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from '../../tools/runtime/sandbox'
@@ -123,6 +124,32 @@ describe('loop-timeout and promise-timeout', () => {
         expect(await load(id, fixture('runtime-chained-await')).methods.onEvent!({})).toEqual({ opened })
     })
 })
+
+test.each(SANDBOXED)(
+    'variant %i: every global that eslint forbids in index.ts is absent from the sandbox (and present in Node)',
+    async (id) => {
+        const names: string[] = SANDBOX_ABSENT.globals
+        const source = `export async function onEvent(event, meta) {
+            const scope = globalThis
+            return meta.config.names.split(',').map((name) => name + ':' + typeof scope[name]).join(',')
+        }`
+        const runtime = await startVariant(id, { config: { names: names.join(',') }, source })
+        try {
+            const treatment = await runtime.onEvent({
+                uuid: 'u',
+                event: 'e',
+                distinct_id: 'd',
+                timestamp: '',
+                properties: {},
+            })
+            expect(String(treatment.value).split(',')).toEqual(names.map((name) => `${name}:undefined`))
+        } finally {
+            await runtime.teardown()
+        }
+        const host = globalThis as Record<string, unknown>
+        expect(names.filter((name) => name !== 'require' && host[name] === undefined)).toEqual([])
+    }
+)
 
 describe('what the VM gives a plugin', () => {
     const runtimes: VariantRuntime[] = []
