@@ -1,10 +1,11 @@
 import js from '@eslint/js'
 import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import tseslint from 'typescript-eslint'
 
 /** One list, shared with the runtime test that checks each name is absent in PostHog's sandbox. */
 const SANDBOX_ABSENT = JSON.parse(
-    readFileSync(new URL('./tools/runtime/sandbox-absent-globals.json', import.meta.url), 'utf8')
+    readFileSync(fileURLToPath(import.meta.resolve('./tools/runtime/sandbox-absent-globals.json')), 'utf8')
 ).globals
 
 export default tseslint.config(
