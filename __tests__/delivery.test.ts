@@ -292,6 +292,15 @@ describe('the reaction to each failure kind (FAILURE_POLICY, beside classifyStat
     })
 })
 
+/** POST /events answered 429 with the window resetting at `reset` (Unix seconds). */
+function expect429(reset: number): void {
+    nock(US)
+        .post('/events')
+        .reply(429, errorBody('rate_limit_exceeded', 'Exceeded rate limit'), {
+            'X-RateLimit-Reset': String(reset),
+        })
+}
+
 describe('failures without a cache (PostHog current executor): RetryError or a clear error', () => {
     test.each([408, 423, 500, 502, 503, 504])(
         '%i four times → tried again in place after 0.5, 1 and 1.5 s, then RetryError',
@@ -382,11 +391,7 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         const { meta, waits } = await executorSetup()
         const reset = Math.floor(Date.now() / 1000) + 5
         expectSearch(EMAIL, [contact('c1')])
-        nock(US)
-            .post('/events')
-            .reply(429, errorBody('rate_limit_exceeded', 'Exceeded rate limit'), {
-                'X-RateLimit-Reset': String(reset),
-            })
+        expect429(reset)
         expectEvent(event())
         await expect(onEvent(makeEvent(), meta)).resolves.toEqual({ status: 'delivered' })
         expectEvent(event())
@@ -399,11 +404,7 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
     test('429 with a reset beyond the 12 s bound → RetryError at once, no second call', async () => {
         const { meta, waits } = await executorSetup()
         expectSearch(EMAIL, [contact('c1')])
-        nock(US)
-            .post('/events')
-            .reply(429, errorBody('rate_limit_exceeded', 'Exceeded rate limit'), {
-                'X-RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 40),
-            })
+        expect429(Math.floor(Date.now() / 1000) + 40)
         await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/RetryError|backing off/)
         expect(waits).toEqual([])
     })
@@ -412,11 +413,7 @@ describe('failures without a cache (PostHog current executor): RetryError or a c
         const { meta } = await sandboxSetup()
         const reset = Math.floor(Date.now() / 1000) + 5
         expectSearch(EMAIL, [contact('c1')])
-        nock(US)
-            .post('/events')
-            .reply(429, errorBody('rate_limit_exceeded', 'Exceeded rate limit'), {
-                'X-RateLimit-Reset': String(reset),
-            })
+        expect429(reset)
         await expect(onEvent(makeEvent(), meta)).rejects.toThrow(RetryError)
         // Within the window: no call at all (disableNetConnect would fail it).
         await expect(onEvent(makeEvent(), meta)).rejects.toThrow(/backing off/)

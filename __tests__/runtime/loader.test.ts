@@ -125,6 +125,9 @@ describe('loop-timeout and promise-timeout', () => {
     })
 })
 
+/** The least event a runtime accepts: the probes only look at what the runtime gives them. */
+const BARE_EVENT = { uuid: 'u', event: 'e', distinct_id: 'd', timestamp: '', properties: {} }
+
 test.each(SANDBOXED)(
     'variant %i: every global that eslint forbids in index.ts is absent from the sandbox (and present in Node)',
     async (id) => {
@@ -135,13 +138,7 @@ test.each(SANDBOXED)(
         }`
         const runtime = await startVariant(id, { config: { names: names.join(',') }, source })
         try {
-            const treatment = await runtime.onEvent({
-                uuid: 'u',
-                event: 'e',
-                distinct_id: 'd',
-                timestamp: '',
-                properties: {},
-            })
+            const treatment = await runtime.onEvent(BARE_EVENT)
             expect(String(treatment.value).split(',')).toEqual(names.map((name) => `${name}:undefined`))
         } finally {
             await runtime.teardown()
@@ -165,13 +162,7 @@ describe('what the VM gives a plugin', () => {
                 .reply(200, { type: 'probe' }, { 'X-RateLimit-Remaining': '7' })
             const runtime = await startVariant(id, { config: {}, source: fixture('runtime-probe') })
             runtimes.push(runtime)
-            const treatment = await runtime.onEvent({
-                uuid: 'u',
-                event: 'e',
-                distinct_id: 'd',
-                timestamp: '',
-                properties: {},
-            })
+            const treatment = await runtime.onEvent(BARE_EVENT)
             expect(treatment.status).toBe('ok')
             const probe = JSON.parse(treatment.value as string)
             expect(probe.globals).toEqual({
