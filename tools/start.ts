@@ -383,9 +383,7 @@ function cdpSection(run: RunReport, reference: RunReport): string[] {
               .map(([reason, count]) => `${reason}: ${count}`)
               .join(', ')
     return [
-        ...heading(
-            "cdp mode (PostHog's current executor): no cache, no runEveryMinute, no retries by PostHog"
-        ),
+        ...heading("cdp mode (PostHog's current executor): no cache, no runEveryMinute"),
         `  Same events, fresh emulator, ${run.workers} worker; the plugin keeps its lookups in its own memory.`,
         ...formatPairs([
             ['Delivered', `${formatCount(run.delivered)}  (plugin-server mode: ${reference.delivered})`],
@@ -393,8 +391,10 @@ function cdpSection(run: RunReport, reference: RunReport): string[] {
             ['Failed', formatCount(total(run.failed))],
         ]),
         ...failures,
-        '  The purchase sent during the outage fails: this runtime has no cache, so no retry queue, and PostHog',
-        '  only records the RetryError. Delivery is idempotent (created_at), so a re-run of the event is safe.',
+        '  The purchase sent during the outage fails: this runtime has no cache, so no retry queue. In PostHog the',
+        '  plugin first tries again in place for about 3 s, and the newest executor runs a RetryError twice more',
+        '  (README, Reliability); this outage outlasts all of it. Delivery is idempotent (created_at), so a',
+        '  replay of the event is safe.',
         ...formatPairs([
             [
                 'Intercom calls',
