@@ -57,6 +57,11 @@ function exited(child: ChildProcess): Promise<void> {
 
 /** A redis-server on a private loopback port, no persistence, in a temporary folder. */
 export async function startRedis(): Promise<RedisServer> {
+    if (!redisAvailable()) {
+        throw new Error(
+            `${REDIS_BINARY} was not found: the runtime, fault and relay tests need a real Redis. Install it (Debian: apt-get install redis-server; .ci/run does this itself) or set REDIS_SERVER to its path.`
+        )
+    }
     const dir = mkdtempSync(path.join(tmpdir(), 'posthog-intercom-redis-'))
     let port = freePort()
     let child: ChildProcess | null = null
