@@ -31,7 +31,7 @@ export const REGION_HOSTS: Record<Region, string> = {
     AU: 'https://api.au.intercom.io',
 }
 /** How GET /me names each region in `app.region`. */
-const INTERCOM_REGION_NAMES: Record<string, Region> = { US: 'US', Europe: 'EU', AU: 'AU' }
+export const INTERCOM_REGION_NAMES: Record<string, Region> = { US: 'US', Europe: 'EU', AU: 'AU' }
 
 const API_VERSION = '2.11'
 const REQUEST_TIMEOUT_MS = 10_000

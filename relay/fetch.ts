@@ -2,9 +2,10 @@
 import { Agent as HttpAgent } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import nodeFetch from 'node-fetch'
-import type { FetchFn, HttpRequest, HttpResponse } from '../index'
+import { REGION_HOSTS, type FetchFn, type HttpRequest, type HttpResponse } from '../index'
 
-const INTERCOM_HOSTS = new Set(['api.intercom.io', 'api.eu.intercom.io', 'api.au.intercom.io'])
+/** Intercom's three API hosts, from the plugin's own region table: nothing else is ever called. */
+const INTERCOM_HOSTS = new Set(Object.values(REGION_HOSTS).map((base) => new URL(base).hostname))
 
 export interface FetchOptions {
     /** Loopback origin standing in for every Intercom host (the local emulator), or null. */

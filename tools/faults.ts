@@ -47,6 +47,7 @@ import {
     PluginExports,
     PluginMeta,
     redirectingFetch,
+    regionNameOf,
     toHeaderRecord,
 } from './load-plugin'
 import {
@@ -659,12 +660,6 @@ export interface FakeIntercom {
     calls: IntercomCall[]
 }
 
-const HOST_REGIONS: Record<string, 'US' | 'Europe' | 'AU'> = {
-    'api.intercom.io': 'US',
-    'api.eu.intercom.io': 'Europe',
-    'api.au.intercom.io': 'AU',
-}
-
 /** A contact id derived from the email, so that no email is ever echoed back in an id. */
 function contactIdOf(email: unknown): string {
     return createHash('sha256').update(String(email)).digest('hex').slice(0, 24)
@@ -705,7 +700,7 @@ function answer({ host, method, path, raw }: FakeRequest, options: FakeIntercomO
         case 'GET /me':
             return options.rejectToken
                 ? error(401, 'Access Token Invalid')
-                : json(200, { type: 'admin', app: { region: options.workspaceRegion ?? HOST_REGIONS[host] } })
+                : json(200, { type: 'admin', app: { region: options.workspaceRegion ?? regionNameOf(host) } })
         case 'POST /contacts/search': {
             const email = (body.query as Record<string, unknown> | undefined)?.value
             const contact = { type: 'contact', id: contactIdOf(email), role: 'user', updated_at: 1 }

@@ -29,6 +29,7 @@ import * as url from 'node:url'
 import * as vm from 'node:vm'
 import nodeFetch from 'node-fetch'
 
+import { INTERCOM_REGION_NAMES, REGION_HOSTS } from '../index'
 import { posthogBabel } from './runtime/transforms'
 
 /** The only modules a PostHog plugin may import. */
@@ -38,6 +39,12 @@ export type AllowedImport = (typeof ALLOWED_IMPORTS)[number]
 /** Intercom's documented API hosts (US, EU, AU). */
 export const INTERCOM_HOSTS = ['api.intercom.io', 'api.eu.intercom.io', 'api.au.intercom.io'] as const
 export type IntercomHost = (typeof INTERCOM_HOSTS)[number]
+
+/** How Intercom's GET /me names the region of a host (`US`, `Europe`, `AU`), from index.ts's own tables. */
+export function regionNameOf(host: string): string | undefined {
+    const region = Object.entries(REGION_HOSTS).find(([, base]) => new URL(base).hostname === host)?.[0]
+    return Object.entries(INTERCOM_REGION_NAMES).find(([, code]) => code === region)?.[0]
+}
 
 /** The plugin under test: the repository's index.ts. */
 export const DEFAULT_PLUGIN_FILE = path.resolve(__dirname, '..', 'index.ts')

@@ -6,6 +6,7 @@ import {
     cdpFetch,
     hostNodeFetch,
     INTERCOM_HOSTS,
+    regionNameOf,
     legacyImportHazards,
     loadPlugin,
     PluginExports,
@@ -260,4 +261,13 @@ describe('cdpFetch', () => {
         reply = 'hang'
         await expect(cdpFetch(hostNodeFetch)(server.url, { timeoutMs: 50 })).rejects.toThrow()
     })
+})
+
+test.each([
+    ['api.intercom.io', 'US'],
+    ['api.eu.intercom.io', 'Europe'],
+    ['api.au.intercom.io', 'AU'],
+    ['api.intercom.com', undefined],
+])("GET /me's region name for %s, from index.ts's tables: %p", (host, name) => {
+    expect(regionNameOf(host)).toBe(name)
 })

@@ -8,7 +8,15 @@
  */
 import { createHash } from 'node:crypto'
 
-import { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost, isIntercomHost } from '../load-plugin'
+import {
+    FetchFn,
+    FetchInit,
+    FetchResponse,
+    HeadersLike,
+    IntercomHost,
+    isIntercomHost,
+    regionNameOf,
+} from '../load-plugin'
 import { sleep } from './pace'
 
 // ---------------------------------------------------------------------------------------------------
@@ -196,13 +204,6 @@ function reply(status: number, body?: unknown): FetchResponse {
     return new Response(text, { status, headers: { 'content-type': 'application/json' } })
 }
 
-/** How GET /me names the region of each host. */
-const REGION_NAMES: Record<IntercomHost, string> = {
-    'api.intercom.io': 'US',
-    'api.eu.intercom.io': 'Europe',
-    'api.au.intercom.io': 'AU',
-}
-
 function fakeId(prefix: string, seed: string): string {
     return `${prefix}-${createHash('sha256').update(seed).digest('hex').slice(0, 16)}`
 }
@@ -250,7 +251,7 @@ export function dryRunFetch(onWrite: (write: DryRunWrite) => void): FetchFn {
                 return reply(200, {
                     type: 'admin',
                     id: '0',
-                    app: { type: 'app', region: REGION_NAMES[url.hostname] },
+                    app: { type: 'app', region: regionNameOf(url.hostname) },
                 })
             case 'POST /contacts/search': {
                 const query = body.query as JsonObject | undefined
