@@ -21,6 +21,7 @@
  * The emulator runs in a child process (this file, with --emulator-child), so the host process's CPU is the
  * plugin's (plus node-fetch and the harness) and the emulator's CPU is measured apart.
  */
+import { seededRandom } from './lib/random'
 import { Presets, SingleBar } from 'cli-progress'
 import { ChildProcess, fork } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -111,19 +112,6 @@ export const BENCH_CONFIG: Record<string, string> = {
 export interface Workload {
     events: HarnessEvent[]
     contacts: SeedContact[]
-}
-
-/** xorshift32: a fixed seed gives the same interleaving on every run. */
-function seededRandom(seed: number): () => number {
-    let state = seed >>> 0 || 1
-    return () => {
-        state ^= state << 13
-        state >>>= 0
-        state ^= state >>> 17
-        state ^= state << 5
-        state >>>= 0
-        return state / 2 ** 32
-    }
 }
 
 function shuffle<T>(items: T[], random: () => number): T[] {

@@ -8,6 +8,7 @@
  * Spec: intercom-openapi-2.11.yaml (shared with the project),
  * https://developers.intercom.com/docs/references/2.11/rest-api
  */
+import { seededRandom } from './lib/random'
 import { randomUUID } from 'node:crypto'
 import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http'
 import { AddressInfo } from 'node:net'
@@ -331,18 +332,6 @@ function readObject(body: JsonObject, key: string): JsonObject | undefined {
 /** Counts code points, as a person reading "255 characters" would, not UTF-16 units. */
 function charLength(text: string): number {
     return [...text].length
-}
-
-/** mulberry32: tiny, fast and good enough to spread faults evenly; the same seed replays the same faults. */
-function seededRandom(seed: number): () => number {
-    let state = seed >>> 0
-    return () => {
-        state = (state + 0x6d2b79f5) >>> 0
-        let t = state
-        t = Math.imul(t ^ (t >>> 15), t | 1)
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-    }
 }
 
 function emptyStats(): EmulatorStats {

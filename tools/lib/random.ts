@@ -1,0 +1,13 @@
+/** One seeded random generator for the tools: the same seed replays the same faults and workloads. */
+
+/** mulberry32: tiny, fast and even enough to spread faults and interleave events. */
+export function seededRandom(seed: number): () => number {
+    let state = seed >>> 0
+    return () => {
+        state = (state + 0x6d2b79f5) >>> 0
+        let t = state
+        t = Math.imul(t ^ (t >>> 15), t | 1)
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+        return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+    }
+}
