@@ -6,7 +6,7 @@ import nock from 'nock'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
 
-import { consoleTo, DEFAULT_PLUGIN_FILE, FetchFn } from '../../tools/load-plugin'
+import { consoleTo, DEFAULT_PLUGIN_FILE, FetchFn } from '../../tools/runtime/load-plugin'
 import { isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from '../../tools/runtime/sandbox'
 import { startVariant, VariantRuntime } from '../../tools/runtime/start-variant'
 import { doubleEvaluatedAwaits, transformPluginCode } from '../../tools/runtime/transforms'

@@ -8,7 +8,14 @@
  */
 import { createHash } from 'node:crypto'
 
-import { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost, isIntercomHost } from '../load-plugin'
+import {
+    FetchFn,
+    FetchInit,
+    FetchResponse,
+    HeadersLike,
+    IntercomHost,
+    isIntercomHost,
+} from '../runtime/load-plugin'
 import { sleep } from './pace'
 
 // ---------------------------------------------------------------------------------------------------

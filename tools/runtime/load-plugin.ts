@@ -29,7 +29,7 @@ import * as url from 'node:url'
 import * as vm from 'node:vm'
 import nodeFetch from 'node-fetch'
 
-import { posthogBabel } from './runtime/transforms'
+import { posthogBabel } from './transforms'
 
 /** The only modules a PostHog plugin may import. */
 export const ALLOWED_IMPORTS = ['@posthog/plugin-scaffold', 'node-fetch', 'crypto', 'url'] as const
@@ -40,7 +40,7 @@ export const INTERCOM_HOSTS = ['api.intercom.io', 'api.eu.intercom.io', 'api.au.
 export type IntercomHost = (typeof INTERCOM_HOSTS)[number]
 
 /** The plugin under test: the repository's index.ts. */
-export const DEFAULT_PLUGIN_FILE = path.resolve(__dirname, '..', 'index.ts')
+export const DEFAULT_PLUGIN_FILE = path.resolve(__dirname, '..', '..', 'index.ts')
 
 // ---------------------------------------------------------------------------------------------
 // Fetch shapes
