@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 
-import { DEFAULT_PLUGIN_FILE, INTERCOM_HOSTS } from '../tools/load-plugin'
+import { DEFAULT_PLUGIN_FILE, INTERCOM_HOSTS } from '../tools/runtime/load-plugin'
 import {
     BadInputReport,
     findLeaks,
@@ -15,7 +15,7 @@ import {
     runBadInputs,
     runScenario,
     startSandboxPlugin,
-} from '../tools/faults'
+} from '../tools/faults/faults'
 import {
     BAD_CONFIG_CASES,
     CANARY_TOKEN,
@@ -27,7 +27,7 @@ import {
     SANDBOX_RUNTIMES,
     SCENARIOS,
     VALUE_MARK,
-} from '../tools/scenarios'
+} from '../tools/faults/scenarios'
 
 describe('the auditor', () => {
     test.each([

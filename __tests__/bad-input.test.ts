@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check'
 
-import { caseConfig, runBadConfig, runBadEvent, SandboxPool } from '../tools/faults'
+import { caseConfig, runBadConfig, runBadEvent, SandboxPool } from '../tools/faults/faults'
 import {
     BAD_CONFIG_CASES,
     BAD_EVENT_CASES,
@@ -20,7 +20,7 @@ import {
     ruleOf,
     SANDBOX_RUNTIMES,
     SandboxRuntime,
-} from '../tools/scenarios'
+} from '../tools/faults/scenarios'
 
 const SEED = 20240501
 const pool = new SandboxPool()
@@ -109,7 +109,7 @@ describe('bad events: a documented outcome, valid requests, no crash', () => {
 })
 
 /**
- * Known plugin bugs (tools/scenarios.ts KNOWN_BUGS), reported to the owner of index.ts:
+ * Known plugin bugs (tools/faults/scenarios.ts KNOWN_BUGS), reported to the owner of index.ts:
  * - huge-numbers: timestamp 1e300 → created_at 1e+297; revenue 1e20 → amount 1e+22; 1e307 → null.
  * - far-future: "3000-01-01" is sent as created_at 32503680000, which Intercom (the emulator) refuses.
  * - non-string-event-reason: `event: 42` is skipped as "Intercom echo event".

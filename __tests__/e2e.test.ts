@@ -2,8 +2,8 @@
  * End to end: the real index.ts, loaded as PostHog loads it (harness), against the local Intercom
  * emulator on loopback. The three cases the core issue names: a lead, revenue, and a retry after 429.
  */
-import { createHarness, Harness, HarnessEvent, HarnessMode } from '../tools/harness'
-import { Emulator, startEmulator } from '../tools/emulator'
+import { createHarness, Harness, HarnessEvent, HarnessMode } from '../tools/runtime/harness'
+import { Emulator, startEmulator } from '../tools/intercom/emulator'
 
 const TOKEN = 'test-token'
 const CREATED_AT = 1714564800

@@ -1,5 +1,5 @@
 /**
- * The fault campaign of tools/faults.ts, reduced to 60 events a run, inside `npm test`: every scenario in
+ * The fault campaign of tools/faults/faults.ts, reduced to 60 events a run, inside `npm test`: every scenario in
  * every PostHog runtime, end to end through the harness and the Intercom emulator, with seeded faults.
  * Whatever the runtime allows to be delivered is stored exactly once; everything else is reported with a
  * reason; nothing is lost, duplicated, retried without bound, leaked or sent off Intercom; every run ends.
@@ -7,7 +7,7 @@
  */
 import { spawnSync } from 'node:child_process'
 
-import { parseFaultsArgs, runScenario, ScenarioResult } from '../tools/faults'
+import { parseFaultsArgs, runScenario, ScenarioResult } from '../tools/faults/faults'
 import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from '../tools/runtime/campaign'
 import { VariantId } from '../tools/runtime/variants'
 import {
@@ -17,7 +17,7 @@ import {
     SCENARIOS,
     VARIANT_SCENARIOS,
     VariantScenarioName,
-} from '../tools/scenarios'
+} from '../tools/faults/scenarios'
 
 /** Small enough for ~20 s on 2 cores, large enough that every fault hits several events. */
 const EVENTS = 60
@@ -163,7 +163,9 @@ describe("the variant matrix: PostHog's real runtimes with a real Redis (reduced
 
 describe('npm run faults: the command line', () => {
     const run = (...args: string[]) =>
-        spawnSync(process.execPath, ['--import', 'tsx', 'tools/faults.ts', ...args], { encoding: 'utf8' })
+        spawnSync(process.execPath, ['--import', 'tsx', 'tools/faults/faults.ts', ...args], {
+            encoding: 'utf8',
+        })
 
     test('--help prints the usage, with every scenario, and exits 0', () => {
         const result = run('--help')

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs'
 import { Response } from 'node-fetch'
 
-import { createMemoryStorage, createMemoryStore, createPluginCache } from '../tools/harness'
+import { createMemoryStorage, createMemoryStore, createPluginCache } from '../tools/runtime/harness'
 import {
     ALLOWED_IMPORTS,
     CdpFetchOptions,
@@ -22,7 +22,7 @@ import {
     PluginMeta,
     toHeaderRecord,
     transpilePlugin,
-} from '../tools/load-plugin'
+} from '../tools/runtime/load-plugin'
 
 interface SeenRequest {
     url: string

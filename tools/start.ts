@@ -10,11 +10,11 @@ import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
 
-import { Emulator, StoredEvent, startEmulator } from './emulator'
-import { createHarness, Harness, HarnessEvent, HarnessMode, HarnessSummary, LogLine } from './harness'
+import { Emulator, StoredEvent, startEmulator } from './intercom/emulator'
+import { createHarness, Harness, HarnessEvent, HarnessMode, HarnessSummary, LogLine } from './runtime/harness'
 import { numberFlag, parseFlags, printedHelp, runCli } from './lib/flags'
-import { formatCount, formatPairs, formatRatio, formatTable, heading, sortedCounts } from './report'
-import { SAMPLE_CONTACTS } from './sample-contacts'
+import { formatCount, formatPairs, formatRatio, formatTable, heading, sortedCounts } from './lib/report'
+import { SAMPLE_CONTACTS } from './intercom/sample-contacts'
 
 export const SAMPLE_EVENTS_FILE = path.join(__dirname, 'sample-events.jsonl')
 

@@ -1,6 +1,6 @@
 /** At least 200 generated bad HTTP inputs: each gets a clear 4xx, the relay never crashes, calls nobody, leaks nothing. */
 import { connect } from 'node:net'
-import { Emulator, startEmulator } from '../../tools/emulator'
+import { Emulator, startEmulator } from '../../tools/intercom/emulator'
 import { postJson, TEST_SECRET, webhookItem } from '../../relay/harness'
 import { MAX_BATCH } from '../../relay/payload'
 import { settingsFor, startRelay, TestRelay } from './helpers'

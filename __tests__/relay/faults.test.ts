@@ -3,7 +3,7 @@
  * Redis. Each ends by counting what was acknowledged (2xx) against what Intercom (the emulator) received.
  */
 import Redis from 'ioredis'
-import { Emulator, startEmulator } from '../../tools/emulator'
+import { Emulator, startEmulator } from '../../tools/intercom/emulator'
 import { redisAvailable, RedisServer, startRedis } from '../../tools/lib/redis-server'
 import {
     postJson,

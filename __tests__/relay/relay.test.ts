@@ -1,7 +1,7 @@
 /** The relay end to end over HTTP: auth, every outcome, the 503 path, config at start, shutdown; real Redis and the emulator. */
 import Redis from 'ioredis'
 import pino from 'pino'
-import { Emulator, startEmulator } from '../../tools/emulator'
+import { Emulator, startEmulator } from '../../tools/intercom/emulator'
 import { redisAvailable, RedisServer, startRedis } from '../../tools/lib/redis-server'
 import { PLUGIN_KEYS, pluginConfigFrom, relaySettingsFrom, envName } from '../../relay/config'
 import { postJson, TEST_SECRET, webhookItem } from '../../relay/harness'

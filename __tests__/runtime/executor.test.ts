@@ -6,7 +6,7 @@ import nock from 'nock'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
 
-import { hostNodeFetch } from '../../tools/load-plugin'
+import { hostNodeFetch } from '../../tools/runtime/load-plugin'
 import { createCdpExecutor, TEST_FUNCTION_ANSWER } from '../../tools/runtime/cdp-executor'
 import { cdpFullFetch } from '../../tools/runtime/fetch'
 import { RuntimeEvent, startVariant, StartOptions, VariantRuntime } from '../../tools/runtime/start-variant'

@@ -1,5 +1,5 @@
 /** The real index.ts, loaded the way each of PostHog's six runtimes loads it, delivers one event to the emulator. */
-import { Emulator, startEmulator } from '../../tools/emulator'
+import { Emulator, startEmulator } from '../../tools/intercom/emulator'
 import { RedisServer, startRedis } from '../../tools/lib/redis-server'
 import { BACKLOG_CONFIG, BACKLOG_EMAIL, backlogEvents } from '../../tools/runtime/backlog'
 import { startVariant } from '../../tools/runtime/start-variant'

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
 import SANDBOX_ABSENT from '../../tools/runtime/sandbox-absent-globals.json'
 
-import { consoleTo, DEFAULT_PLUGIN_FILE, FetchFn } from '../../tools/load-plugin'
+import { consoleTo, DEFAULT_PLUGIN_FILE, FetchFn } from '../../tools/runtime/load-plugin'
 import { isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from '../../tools/runtime/sandbox'
 import { startVariant, VariantRuntime } from '../../tools/runtime/start-variant'
 import { doubleEvaluatedAwaits, transformPluginCode } from '../../tools/runtime/transforms'

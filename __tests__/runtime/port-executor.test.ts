@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 
 import { buildPort } from '../../port/build'
-import { hostNodeFetch } from '../../tools/load-plugin'
+import { hostNodeFetch } from '../../tools/runtime/load-plugin'
 import {
     CdpExecutor,
     CdpGlobals,

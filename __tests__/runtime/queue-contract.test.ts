@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 
-import { Emulator, startEmulator } from '../../tools/emulator'
+import { Emulator, startEmulator } from '../../tools/intercom/emulator'
 import { RedisServer, startRedis } from '../../tools/lib/redis-server'
 import {
     BACKLOG_CONFIG,

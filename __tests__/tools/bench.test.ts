@@ -12,7 +12,7 @@ import {
     ScenarioResult,
     USAGE,
     workloadFloor,
-} from '../../tools/bench'
+} from '../../tools/bench/bench'
 
 // Tiny sizes: far below the emulator's rate limit, so the call counts are exact. Timings are not asserted.
 const EVENTS = 40

@@ -2,8 +2,8 @@
  * The emulator against a real loopback server: every rule the plugin's end-to-end tests rely on, asserted on
  * status, body and counters. A manual clock makes rate-limit windows and search lag deterministic.
  */
-import { Emulator, EmulatorOptions, SeedContact, startEmulator } from '../../tools/emulator'
-import { parseCliArgs, parseSeedFile } from '../../tools/emulator-cli'
+import { Emulator, EmulatorOptions, SeedContact, startEmulator } from '../../tools/intercom/emulator'
+import { parseCliArgs, parseSeedFile } from '../../tools/intercom/emulator-cli'
 
 const TOKEN = 'test-token'
 /** Aligned on 1 s and 10 s windows, so a test starts at the beginning of a rate-limit window. */

@@ -10,7 +10,7 @@ import {
     HarnessOptions,
     PluginCache,
     retryDelayMs,
-} from '../../tools/harness'
+} from '../../tools/runtime/harness'
 import { Loopback, Reply, startLoopback } from '../fixtures/loopback'
 
 const fixture = (name: string): string => path.join(__dirname, '..', 'fixtures', `${name}.ts`)

@@ -12,7 +12,7 @@ import {
     PluginExports,
     redirectingFetch,
     transpilePlugin,
-} from '../../tools/load-plugin'
+} from '../../tools/runtime/load-plugin'
 import { Loopback, Reply, startLoopback } from '../fixtures/loopback'
 
 const fixture = (name: string): string => path.join(__dirname, '..', 'fixtures', `${name}.ts`)

@@ -9,8 +9,8 @@ import * as path from 'node:path'
 import { brotliCompressSync } from 'node:zlib'
 import nock from 'nock'
 
-import { Emulator, SeedContact, startEmulator, StoredEvent } from '../../tools/emulator'
-import { FetchFn, FetchInit, hostNodeFetch, redirectingFetch } from '../../tools/load-plugin'
+import { Emulator, SeedContact, startEmulator, StoredEvent } from '../../tools/intercom/emulator'
+import { FetchFn, FetchInit, hostNodeFetch, redirectingFetch } from '../../tools/runtime/load-plugin'
 import { checkToken, exitCode, formatSummary, replay, ReplayOptions, ReplaySummary } from '../../tools/replay'
 import { FailedEvent } from '../../tools/replay/checkpoint'
 import {

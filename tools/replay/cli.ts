@@ -3,8 +3,8 @@ import { readFileSync } from 'node:fs'
 
 import manifest from '../../plugin.json'
 import { ConfigError } from '../../index'
-import { readSeedFile } from '../emulator-cli'
-import { describeError } from '../harness'
+import { readSeedFile } from '../intercom/emulator-cli'
+import { describeError } from '../runtime/harness'
 import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 import { CheckpointError } from './checkpoint'
 import { redact } from './fetch'
@@ -32,7 +32,7 @@ Input: files, folders (every file under them) or quoted globs, as arguments or w
 Target (default: the real Intercom)
   --emulator                 a local Intercom emulator instead, with a contact for each email of the files
   --seed-contacts <file>     ... or with these contacts: [{"email": "a@b.com", "role": "user"}, ...]
-  --emulator-url <url>       an emulator already running (npx tsx tools/emulator-cli.ts), seeded there; its
+  --emulator-url <url>       an emulator already running (npx tsx tools/intercom/emulator-cli.ts), seeded there; its
                              token in INTERCOM_API_KEY or --token (default test-token). Checkpoints are kept.
   --dry-run                  show what would be sent (event, created_at, masked email, metadata keys);
                              Intercom is answered inside the process and no request leaves it

@@ -16,7 +16,7 @@ import {
     IntercomHost,
     isIntercomHost,
     regionNameOf,
-} from '../load-plugin'
+} from '../runtime/load-plugin'
 import { sleep } from './pace'
 
 // ---------------------------------------------------------------------------------------------------

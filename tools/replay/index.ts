@@ -8,8 +8,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 
 import { parseConfig, parseRegion, REGION_HOSTS } from '../../index'
-import { Emulator, Region as EmulatorRegion, SeedContact, startEmulator } from '../emulator'
-import { createMemoryStorage, describeError } from '../harness'
+import { Emulator, Region as EmulatorRegion, SeedContact, startEmulator } from '../intercom/emulator'
+import { createMemoryStorage, describeError } from '../runtime/harness'
 import { UsageError } from '../lib/flags'
 import {
     consoleTo,
@@ -21,7 +21,7 @@ import {
     PluginExports,
     PluginMeta,
     redirectingFetch,
-} from '../load-plugin'
+} from '../runtime/load-plugin'
 import {
     checkpointPaths,
     configDigest,
@@ -64,7 +64,7 @@ export type ReplayTarget =
     | {
           kind: 'emulator'
           emulator?: Emulator
-          /** An emulator already running (`npx tsx tools/emulator-cli.ts`), seeded there; its token in the config. */
+          /** An emulator already running (`npx tsx tools/intercom/emulator-cli.ts`), seeded there; its token in the config. */
           url?: string
           seedContacts?: SeedContact[]
           deriveContacts?: boolean

@@ -8,8 +8,8 @@ import { ProcessedPluginEvent, Properties, RetryError } from '@posthog/plugin-sc
 import { AsyncLocalStorage } from 'node:async_hooks'
 
 import { findEmail, planWork, Settings } from '../../index'
-import { describeError, MAX_ATTEMPTS, retryDelayMs } from '../harness'
-import { PluginExports, PluginMeta } from '../load-plugin'
+import { describeError, MAX_ATTEMPTS, retryDelayMs } from '../runtime/harness'
+import { PluginExports, PluginMeta } from '../runtime/load-plugin'
 import { FailedEvent, FileState } from './checkpoint'
 import { WindowGate } from './fetch'
 import { InputRecord, InputSource } from './input'

@@ -3,7 +3,7 @@
  * while Intercom answers 5xx, drain it (runEveryMinute where the runtime calls it, else new events
  * through onEvent), and count what Intercom stored against what was sent.
  */
-import type { Emulator } from '../emulator'
+import type { Emulator } from '../intercom/emulator'
 import type { RedisCache } from './cache'
 import type { RuntimeEvent, Treatment, VariantRuntime } from './start-variant'
 

@@ -1,5 +1,5 @@
 /**
- * The fault campaign's variant matrix: each scenario of VARIANT_SCENARIOS (tools/scenarios.ts) run in
+ * The fault campaign's variant matrix: each scenario of VARIANT_SCENARIOS (tools/faults/scenarios.ts) run in
  * each of PostHog's six runtimes it applies to, with the real loader (tools/runtime), a private real
  * Redis and the Intercom emulator, and for kill -9 a real worker process. Counts only: what Intercom
  * stored against what was sent, what the runtime or plugin reported, and what is lost (neither).
@@ -9,10 +9,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 
-import { Emulator, startEmulator } from '../emulator'
+import { Emulator, startEmulator } from '../intercom/emulator'
 import { RedisServer, startRedis } from '../lib/redis-server'
-import { formatTable } from '../report'
-import type { VariantScenario } from '../scenarios'
+import { formatTable } from '../lib/report'
+import type { VariantScenario } from '../faults/scenarios'
 import {
     BACKLOG_CONFIG,
     BACKLOG_EMAIL,

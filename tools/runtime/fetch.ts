@@ -1,6 +1,6 @@
 /**
  * The HTTP clients PostHog handed plugins, each optionally redirected to the Intercom emulator by
- * tools/load-plugin.ts's `redirectingFetch` (nock intercepts them when no emulator is given):
+ * tools/runtime/load-plugin.ts's `redirectingFetch` (nock intercepts them when no emulator is given):
  * node-fetch 2 (variants 1-2), an undici-like fetch (variants 3-4: a standard Response, its own 10 s
  * timeout, `timeout` ignored) and the CDP `meta.fetch` (variants 5-6: a plain object, `timeoutMs`).
  */
@@ -12,7 +12,7 @@ import {
     FetchFn,
     hostNodeFetch,
     redirectingFetch,
-} from '../load-plugin'
+} from './load-plugin'
 import { FETCH_TIMEOUT_MS, FetchKind } from './variants'
 
 /**

@@ -15,7 +15,7 @@ import * as crypto from 'node:crypto'
 import * as url from 'node:url'
 import { VM } from 'vm2'
 
-import type { ConsoleLike, FetchFn } from '../load-plugin'
+import type { ConsoleLike, FetchFn } from './load-plugin'
 import { transformPluginCode } from './transforms'
 import { TASK_TIMEOUT_SECONDS, VariantSpec } from './variants'
 

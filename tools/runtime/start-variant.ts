@@ -8,8 +8,8 @@
 import { readFileSync } from 'node:fs'
 import { format } from 'node:util'
 
-import { createMemoryStorage, describeError } from '../harness'
-import { consoleTo, DEFAULT_PLUGIN_FILE, EmulatorTarget, FetchFn } from '../load-plugin'
+import { createMemoryStorage, describeError } from './harness'
+import { consoleTo, DEFAULT_PLUGIN_FILE, EmulatorTarget, FetchFn } from './load-plugin'
 import { createRedisCache, PluginCache, RedisCache, RedisMode } from './cache'
 import { CdpExecutor, CdpRunResult, createCdpExecutor } from './cdp-executor'
 import { fetchesFor } from './fetch'

@@ -21,7 +21,7 @@
  * The emulator runs in a child process (this file, with --emulator-child), so the host process's CPU is the
  * plugin's (plus node-fetch and the harness) and the emulator's CPU is measured apart.
  */
-import { seededRandom } from './lib/random'
+import { seededRandom } from '../lib/random'
 import { Presets, SingleBar } from 'cli-progress'
 import { ChildProcess, fork } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -29,12 +29,12 @@ import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 import fetch from 'node-fetch'
 
-import { Emulator, EmulatorOptions, EmulatorStats, SeedContact, startEmulator } from './emulator'
-import { createHarness, Harness, HarnessEvent, HarnessMode, HarnessSummary } from './harness'
-import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from './lib/flags'
-import { FetchFn, FetchResponse, hostNodeFetch, redirectingFetch } from './load-plugin'
-import { replay } from './replay'
-import { formatCount, formatPercent, formatRatio, formatTable, heading } from './report'
+import { Emulator, EmulatorOptions, EmulatorStats, SeedContact, startEmulator } from '../intercom/emulator'
+import { createHarness, Harness, HarnessEvent, HarnessMode, HarnessSummary } from '../runtime/harness'
+import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
+import { FetchFn, FetchResponse, hostNodeFetch, redirectingFetch } from '../runtime/load-plugin'
+import { replay } from '../replay'
+import { formatCount, formatPercent, formatRatio, formatTable, heading } from '../lib/report'
 
 // ---------------------------------------------------------------------------------------------------
 // Options
@@ -81,7 +81,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
     // to 1,653 calls (measured): 80/s stays clear of the limit while the caches fill.
     pacedRate: 80,
     scenarios: [...SCENARIOS],
-    out: path.resolve(__dirname, '..', 'bench-results.json'),
+    out: path.resolve(__dirname, '..', '..', 'bench-results.json'),
     emulator: 'child',
     cpuPasses: 3,
     progress: true,
@@ -1304,7 +1304,7 @@ function printIntroduction(options: BenchOptions): void {
         "  cdp            index.ts in PostHog's current executor: no cache (each worker remembers its own lookups),",
         '                 no runEveryMinute, no retries; same burst, same spread over workers.',
         `  cdp-paced      the same runtime fed ${options.pacedRate} events/s, below the limit.`,
-        "  no-cache       not the plugin: a reference client in tools/bench.ts making the old plugin's two calls per",
+        "  no-cache       not the plugin: a reference client in tools/bench/bench.ts making the old plugin's two calls per",
         `                 event (search, then POST /events by id), ${options.workers * options.concurrency} in flight, waiting out spent windows as the`,
         '                 plugin does. Only the cache differs.',
         '  replay         the workload as an export file through npm run replay (tools/replay), to the real-Intercom',

@@ -2,7 +2,7 @@
  * The fault campaign: proves under faults, load and bad input that the plugin loses nothing, duplicates
  * nothing and leaks nothing.
  *
- * - Fault scenarios (tools/scenarios.ts) run end to end: index.ts in PostHog's sandbox through the
+ * - Fault scenarios (tools/faults/scenarios.ts) run end to end: index.ts in PostHog's sandbox through the
  *   harness, in each runtime, against the Intercom emulator with seeded faults. Afterwards every valid
  *   event is either stored once in the emulator or reported (a failed event, a "Dropped queued event"
  *   log line, or still queued): `lost` counts the rest.
@@ -21,7 +21,7 @@
 import { createHash } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 
-import { Emulator, RecordedRequest, startEmulator, StoredContact, StoredEvent } from './emulator'
+import { Emulator, RecordedRequest, startEmulator, StoredContact, StoredEvent } from '../intercom/emulator'
 import {
     CacheStore,
     createHarness,
@@ -34,7 +34,7 @@ import {
     Harness,
     HarnessSummary,
     LogLine,
-} from './harness'
+} from '../runtime/harness'
 import {
     cdpFetch,
     ConsoleLike,
@@ -49,7 +49,7 @@ import {
     redirectingFetch,
     regionNameOf,
     toHeaderRecord,
-} from './load-plugin'
+} from '../runtime/load-plugin'
 import {
     BAD_CONFIG_CASES,
     BAD_EVENT_CASES,
@@ -88,8 +88,8 @@ import {
     VARIANT_SCENARIOS,
     Workload,
 } from './scenarios'
-import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from './runtime/campaign'
-import { isVariantId, VARIANT_IDS, VariantId } from './runtime/variants'
+import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from '../runtime/campaign'
+import { isVariantId, VARIANT_IDS, VariantId } from '../runtime/variants'
 
 // ---------------------------------------------------------------------------------------------------
 // HTTP: a client with the campaign's compressed timeout, and an audit of every host asked for

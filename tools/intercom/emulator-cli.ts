@@ -1,7 +1,7 @@
 /**
  * Runs the Intercom emulator by hand, to point the plugin or a tool at it:
  *
- *   npx tsx tools/emulator-cli.ts --port 4010 --rate-limit 1666 --error-rate 0.2 --seed-file contacts.json
+ *   npx tsx tools/intercom/emulator-cli.ts --port 4010 --rate-limit 1666 --error-rate 0.2 --seed-file contacts.json
  *
  * Prints the URL and the token, logs one line per request (method, path, status; never bodies), and prints
  * the stats when stopped with Ctrl-C.
@@ -16,9 +16,9 @@ import {
     SeedContact,
     startEmulator,
 } from './emulator'
-import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from './lib/flags'
+import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 
-export const USAGE = `Usage: npx tsx tools/emulator-cli.ts [options]
+export const USAGE = `Usage: npx tsx tools/intercom/emulator-cli.ts [options]
 
   --host <addr>            loopback address to listen on (default 127.0.0.1)
   --port <n>               port (default 0: a free one)
@@ -151,7 +151,7 @@ async function serve(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
-    void runCli('npx tsx tools/emulator-cli.ts', () => serve(process.argv.slice(2))).then((code) => {
+    void runCli('npx tsx tools/intercom/emulator-cli.ts', () => serve(process.argv.slice(2))).then((code) => {
         if (code !== 0) process.exit(code)
     })
 }

@@ -1,5 +1,5 @@
 /**
- * The data of the fault campaign (tools/faults.ts runs it): the PostHog runtimes, the table of fault
+ * The data of the fault campaign (tools/faults/faults.ts runs it): the PostHog runtimes, the table of fault
  * scenarios, the workload each one sends, the bad-input corpus (hand-written cases plus fast-check
  * arbitraries), and Intercom's rules for request bodies. Pure functions and constants only: no I/O.
  *
@@ -8,9 +8,9 @@
  */
 import fc from 'fast-check'
 
-import { BAD_CONFIGS, badConfig, errorAnywhere } from '../__tests__/fixtures/bad-configs'
-import type { EmulatorOptions } from './emulator'
-import type { HarnessEvent, HarnessMode } from './harness'
+import { BAD_CONFIGS, badConfig, errorAnywhere } from '../../__tests__/fixtures/bad-configs'
+import type { EmulatorOptions } from '../intercom/emulator'
+import type { HarnessEvent, HarnessMode } from '../runtime/harness'
 
 // ---------------------------------------------------------------------------------------------------
 // Canaries

@@ -29,8 +29,8 @@ import * as url from 'node:url'
 import * as vm from 'node:vm'
 import nodeFetch from 'node-fetch'
 
-import { INTERCOM_REGION_NAMES, REGION_HOSTS } from '../index'
-import { posthogBabel } from './runtime/transforms'
+import { INTERCOM_REGION_NAMES, REGION_HOSTS } from '../../index'
+import { posthogBabel } from './transforms'
 
 /** The only modules a PostHog plugin may import. */
 export const ALLOWED_IMPORTS = ['@posthog/plugin-scaffold', 'node-fetch', 'crypto', 'url'] as const
@@ -47,7 +47,7 @@ export function regionNameOf(host: string): string | undefined {
 }
 
 /** The plugin under test: the repository's index.ts. */
-export const DEFAULT_PLUGIN_FILE = path.resolve(__dirname, '..', 'index.ts')
+export const DEFAULT_PLUGIN_FILE = path.resolve(__dirname, '..', '..', 'index.ts')
 
 // ---------------------------------------------------------------------------------------------
 // Fetch shapes

@@ -8,7 +8,7 @@
  * Spec: intercom-openapi-2.11.yaml (shared with the project),
  * https://developers.intercom.com/docs/references/2.11/rest-api
  */
-import { seededRandom } from './lib/random'
+import { seededRandom } from '../lib/random'
 import { randomUUID } from 'node:crypto'
 import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http'
 import { AddressInfo } from 'node:net'
