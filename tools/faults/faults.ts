@@ -88,6 +88,7 @@ import {
     VARIANT_SCENARIOS,
     Workload,
 } from './scenarios'
+import { numberFlag } from '../lib/flags'
 import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from '../runtime/campaign'
 import { isVariantId, VARIANT_IDS, VariantId } from '../runtime/variants'
 
@@ -1191,14 +1192,6 @@ export interface CliArgs {
 const VALUE_FLAGS = ['events', 'out', 'client', 'scenario', 'variants', 'generated']
 const SWITCHES = ['help', 'small']
 
-function positiveInteger(name: string, text: string | undefined, fallback: number): number {
-    if (text === undefined) return fallback
-    const value = Number(text)
-    if (!Number.isInteger(value) || value < 0)
-        throw new Error(`--${name} needs a whole number, not '${text}'`)
-    return value
-}
-
 function parseVariants(text: string | undefined): VariantId[] {
     if (text === undefined) return [...VARIANT_IDS]
     const ids = text.split(',').map((part) => Number(part.trim()))
@@ -1227,13 +1220,13 @@ export function parseFaultsArgs(argv: readonly string[]): CliArgs {
         throw new Error(`--client is undici or node-fetch, not '${client}'`)
     return {
         help: switches.has('help'),
-        events: positiveInteger('events', values.get('events'), 200),
+        events: numberFlag('events', values.get('events'), { integer: true, min: 0 }) ?? 200,
         out: values.get('out') ?? 'faults-results.json',
         client: client as ClientName | undefined,
         scenario,
         variants: parseVariants(values.get('variants')),
         small: switches.has('small'),
-        generated: positiveInteger('generated', values.get('generated'), 300),
+        generated: numberFlag('generated', values.get('generated'), { integer: true, min: 0 }) ?? 300,
     }
 }
 
