@@ -1435,18 +1435,16 @@ function parseQueued(raw: unknown): QueuedDelivery | null {
     }
 }
 
-/** PostHog's cache refuses more than 1,000 elements in one lpush. */
+/** PostHog's cache refuses more than 1,000 elements in one lpush (1.0's set-aside list is moved in such chunks). */
 const LPUSH_MAX = 1000
 
 type Parked = 'parked' | 'queue full' | 'cache unavailable'
 
-/** Pushes items at the head of a list; `room` refuses them when the queue would pass its bound. */
-async function push(cache: CacheExtension, key: string, raws: string[], room: boolean): Promise<Parked> {
+/** Parks one entry at the head of the queue; `room` refuses it when the queue is at its bound. */
+async function park(cache: CacheExtension, raw: string, room: boolean): Promise<Parked> {
     try {
-        if (room && (await cache.llen(key)) + raws.length > QUEUE_MAX_LENGTH) return 'queue full'
-        for (let i = 0; i < raws.length; i += LPUSH_MAX) {
-            await cache.lpush(key, raws.slice(i, i + LPUSH_MAX))
-        }
+        if (room && (await cache.llen(CACHE_KEYS.queue)) >= QUEUE_MAX_LENGTH) return 'queue full'
+        await cache.lpush(CACHE_KEYS.queue, [raw])
         return 'parked'
     } catch {
         return 'cache unavailable'
@@ -1554,7 +1552,7 @@ async function settle(
     if (verdict.kind === 'drop') countDrop(ctx, result, item?.uuid, verdict.reason)
     if (verdict.kind === 'retry' && item && mayRetry(item)) {
         const again = JSON.stringify({ ...item, attempts: item.attempts + 1 })
-        if ((await push(cache, CACHE_KEYS.queue, [again], false)) !== 'parked') return false
+        if ((await park(cache, again, false)) !== 'parked') return false
         result.retried++
     } else if (verdict.kind === 'retry') {
         countDrop(ctx, result, item?.uuid, `still failing after ${(item?.attempts ?? 0) + 1} attempts`)
@@ -2251,7 +2249,7 @@ async function handleFailure(
         attempts: 1,
         queuedAt: Date.now(),
     }
-    const parked = ctx.cache ? await push(ctx.cache, CACHE_KEYS.queue, [JSON.stringify(item)], true) : null
+    const parked = ctx.cache ? await park(ctx.cache, JSON.stringify(item), true) : null
     if (parked === 'parked') {
         if (notRecentlyLogged(ctx.global, `queued:${error.kind}`)) {
             ctx.log('info', `Queued event ${failed.uuid} for retry: ${error.message} (${QUIET_NOTE})`)

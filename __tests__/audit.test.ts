@@ -157,8 +157,7 @@ describe('the audit is not blind: deliberately broken copies of index.ts are cau
     }, 60_000)
 
     test('a plugin that says "queued" but queues nothing is caught losing events', async () => {
-        const enqueue =
-            'ctx.cache ? await push(ctx.cache, CACHE_KEYS.queue, [JSON.stringify(item)], true) : null'
+        const enqueue = 'ctx.cache ? await park(ctx.cache, JSON.stringify(item), true) : null'
         const pluginFile = mutant('forgets-queue', enqueue, "ctx.cache ? 'parked' : null")
         const burst = SCENARIOS.find((s) => s.name === '5xx-burst')!
         const result = await runScenario(burst, runtime, { events: 30, pluginFile })
