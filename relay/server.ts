@@ -296,12 +296,13 @@ export async function createRelay(settings: RelaySettings, options: RelayOptions
     })
 
     // The plugin's queue is read, delivered, then removed: a drain killed midway loses nothing.
-    const drainOnce = () => runEveryMinute(meta)
     const drain = () =>
-        shared.locks.ifFree('drain', drainOnce).then((result) => {
-            if (result) metrics.drained(result)
-            return result
-        })
+        shared.locks
+            .ifFree('drain', () => runEveryMinute(meta))
+            .then((result) => {
+                if (result) metrics.drained(result)
+                return result
+            })
     const drainLoop = startDrainLoop(drain, {
         intervalMs: settings.drainIntervalMs,
         retryMs: settings.retryIntervalMs,
