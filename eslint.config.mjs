@@ -1,3 +1,4 @@
+// Lint rules: typescript-eslint everywhere, and for index.ts the globals that PostHog's sandbox lacks.
 import js from '@eslint/js'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
