@@ -3,6 +3,7 @@ import { Presets, SingleBar } from 'cli-progress'
 
 import type { FailedEvent, FailureKind } from './checkpoint'
 import type { CallCounts } from './fetch'
+import { sortedCounts, sumCounts } from '../lib/report'
 import { displayPath } from './files'
 import type { InputKind } from './input'
 
@@ -52,14 +53,7 @@ export interface ReplaySummary {
     durationMs: number
 }
 
-function add(counts: Record<string, number>, key: string, by = 1): void {
-    counts[key] = (counts[key] ?? 0) + by
-}
-
-export function total(counts: Record<string, number>): number {
-    return Object.values(counts).reduce((sum, value) => sum + value, 0)
-}
-
+/** A file's summary before its run. */
 export function emptyFileSummary(file: string): FileSummary {
     return {
         file,
@@ -99,37 +93,20 @@ export function outcomeOf(value: unknown): { status: OutcomeStatus; reason: stri
     }
 }
 
-/** Counts one file's run as it goes. */
-export class Tally {
-    readonly summary: FileSummary
+export function countSkip(file: FileSummary, reason: string): void {
+    file.skipped[reason || 'no reason given'] = (file.skipped[reason || 'no reason given'] ?? 0) + 1
+}
 
-    constructor(file: string) {
-        this.summary = emptyFileSummary(file)
-    }
+export function countFailure(file: FileSummary, failure: FailedEvent): void {
+    file.reasons[failure.reason] = (file.reasons[failure.reason] ?? 0) + 1
+    if (file.firstFailures.length < SHOWN_FAILURES) file.firstFailures.push(failure)
+}
 
-    delivered(): void {
-        this.summary.delivered++
-    }
-
-    synced(): void {
-        this.summary.synced++
-    }
-
-    skip(reason: string): void {
-        add(this.summary.skipped, reason || 'no reason given')
-    }
-
-    fail(failure: FailedEvent): void {
-        add(this.summary.reasons, failure.reason)
-        if (this.summary.firstFailures.length < SHOWN_FAILURES) this.summary.firstFailures.push(failure)
-    }
-
-    /** Failures over every run, from the checkpoint's list. */
-    failedSoFar(failures: FailedEvent[]): void {
-        const counts = { unreadable: 0, refused: 0, failed: 0 }
-        for (const failure of failures) counts[failure.kind]++
-        this.summary.failed = counts
-    }
+/** Failures over every run, by kind, from the checkpoint's list. */
+export function failedByKind(failures: FailedEvent[]): Record<FailureKind, number> {
+    const counts = { unreadable: 0, refused: 0, failed: 0 }
+    for (const failure of failures) counts[failure.kind]++
+    return counts
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -137,8 +114,7 @@ export class Tally {
 // ---------------------------------------------------------------------------------------------------
 
 function breakdown(counts: Record<string, number>): string {
-    return Object.entries(counts)
-        .sort(([, a], [, b]) => b - a)
+    return sortedCounts(counts)
         .map(([key, count]) => `${count} × ${key}`)
         .join('; ')
 }
@@ -176,7 +152,7 @@ function fileLines(file: FileSummary): string[] {
         row('rows read', file.rowsRead, earlier),
         row('delivered', file.delivered),
         row('synced', file.synced),
-        row('skipped', total(file.skipped), breakdown(file.skipped)),
+        row('skipped', sumCounts(file.skipped), breakdown(file.skipped)),
         row('retried', file.retried, file.retried ? 'onEvent attempts repeated after a RetryError' : ''),
         row('not delivered', unreadable + refused + failed, breakdown(file.reasons)),
     ]
@@ -186,7 +162,7 @@ function fileLines(file: FileSummary): string[] {
             `  line ${failure.line}${failure.uuid ? ` (uuid ${failure.uuid})` : ''}: ${failure.kind}: ${failure.reason}`
         )
     }
-    const more = total(file.reasons) - file.firstFailures.length
+    const more = sumCounts(file.reasons) - file.firstFailures.length
     if (more > 0) lines.push(`  ... and ${more} more`)
     if (file.failedFile && unreadable + refused + failed > 0)
         lines.push(`  all failed events: ${file.failedFile}`)
@@ -269,7 +245,7 @@ function payload(file: FileSummary): Record<string, number | string> {
         name: displayPath(file.file),
         rows: file.rowsRead,
         delivered: file.delivered,
-        failed: total(file.reasons),
+        failed: sumCounts(file.reasons),
     }
 }
 
