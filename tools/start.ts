@@ -1,11 +1,8 @@
-/**
- * `npm start`: the plugin on bundled sample events against a local Intercom emulator, no token needed.
- *
- * Starts the emulator on a free loopback port, seeds the Intercom contacts of the sample, runs index.ts
- * through the PostHog host harness (plugin-server mode, then a short cdp section), and prints what happened:
- * delivered, skipped by reason, queued and retried, Intercom calls by route, and what Intercom stored.
- * Every server it starts is closed before it returns; the API key is a random one and is never printed.
- */
+/** `npm start`: the plugin on bundled sample events against a local Intercom emulator, no token needed. */
+// Starts the emulator on a free loopback port, seeds the Intercom contacts of the sample, runs index.ts
+// through the PostHog host harness (plugin-server mode, then a short cdp section), and prints what happened:
+// delivered, skipped by reason, queued and retried, Intercom calls by route, and what Intercom stored.
+// Every server it starts is closed before it returns; the API key is a random one and is never printed.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
@@ -130,9 +127,7 @@ export function readSampleEvents(file = SAMPLE_EVENTS_FILE): HarnessEvent[] {
         })
 }
 
-// ---------------------------------------------------------------------------------------------------
-// One run: a fresh emulator and harness for one runtime mode
-// ---------------------------------------------------------------------------------------------------
+// --- One run: a fresh emulator and harness for one runtime mode
 
 /** The events in order, one at a time, so each person's events happen in the order PostHog saw them. */
 async function feed(harness: Harness, emulator: Emulator, events: HarnessEvent[]): Promise<void> {
@@ -208,9 +203,7 @@ async function runMode(mode: HarnessMode, workers: number, events: HarnessEvent[
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Printing
-// ---------------------------------------------------------------------------------------------------
+// --- Printing
 
 function introduction(events: HarnessEvent[], workers: number): string[] {
     const people = new Set(SAMPLE_CONTACTS.map((contact) => contact.email)).size
@@ -338,9 +331,7 @@ function cdpSection(run: RunReport, reference: RunReport): string[] {
     ]
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Checks and entry point
-// ---------------------------------------------------------------------------------------------------
+// --- Checks and entry point
 
 function problemsOf(runs: RunReport[]): string[] {
     return runs.flatMap((run, index) => [

@@ -1,18 +1,15 @@
-/**
- * `npm run bench`: what the plugin costs Intercom and the host, against the local emulator.
- *
- *   npm run bench                                  # 10,000 events from 500 people, every scenario (~8 min)
- *   npm run bench -- --quick                       # 1,000 events from 100 people, three scenarios (< 1 min)
- *   npm run bench -- --scenarios replay            # the replay's use of Intercom's rate limit
- *   npm run bench -- --scenarios plugin-server,no-cache --minute-ms 60000 --out /tmp/bench.json
- *
- * Scenarios (scenarios.ts), each against a fresh emulator at its default rate limit (1,666 calls per 10 s
- * window, real time): `plugin-server`, `cdp`, `cdp-paced` (index.ts in the harness), `no-cache` (a reference
- * client making the old plugin's two calls per event), `replay` (tools/replay on the workload as an export)
- * and `cpu` (the plugin's own CPU per event). The emulator runs in a child process (emulator.ts), so the host
- * process's CPU is the plugin's and the emulator's is measured apart. The workload is in workload.ts, the
- * targets and tables in report.ts.
- */
+/** `npm run bench`: what the plugin costs Intercom and the host, against the local emulator. */
+//   npm run bench                                  # 10,000 events from 500 people, every scenario (~8 min)
+//   npm run bench -- --quick                       # 1,000 events from 100 people, three scenarios (< 1 min)
+//   npm run bench -- --scenarios replay            # the replay's use of Intercom's rate limit
+//   npm run bench -- --scenarios plugin-server,no-cache --minute-ms 60000 --out /tmp/bench.json
+//
+// Scenarios (scenarios.ts), each against a fresh emulator at its default rate limit (1,666 calls per 10 s
+// window, real time): `plugin-server`, `cdp`, `cdp-paced` (index.ts in the harness), `no-cache` (a reference
+// client making the old plugin's two calls per event), `replay` (tools/replay on the workload as an export)
+// and `cpu` (the plugin's own CPU per event). The emulator runs in a child process (emulator.ts), so the host
+// process's CPU is the plugin's and the emulator's is measured apart. The workload is in workload.ts, the
+// targets and tables in report.ts.
 import { writeFileSync } from 'node:fs'
 import * as path from 'node:path'
 

@@ -35,9 +35,7 @@ export interface BenchResults {
     targets: Target[]
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Targets
-// ---------------------------------------------------------------------------------------------------
+// --- Targets
 
 /** The workload's own floor: every person searched once, every event posted once (1 + people/events). */
 export function workloadFloor(options: Pick<BenchOptions, 'events' | 'people'>): number {
@@ -108,9 +106,7 @@ export function evaluateTargets(results: ScenarioResult[], options: BenchOptions
     return targets
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Printing
-// ---------------------------------------------------------------------------------------------------
+// --- Printing
 
 const micros = (value: number | null): string => (value === null ? 'n/a' : value.toFixed(0))
 const right = <T>(header: string, cell: (item: T) => string): ItemColumn<T> => ({

@@ -23,22 +23,18 @@ export interface BenchOptions {
     people: number
     /** Workers of each harness run (and, times `concurrency`, the reference client's parallel requests). */
     workers: number
-    /** Events in flight per worker: the harness default. */
     concurrency: number
     /** How harness runs spread events over workers: PostHog's plugin server did not keep a person on one. */
     distribute: 'round-robin' | 'distinct_id'
-    /** How often the plugin-server harness runs runEveryMinute. PostHog: 60,000. */
+    /** How often the plugin-server harness runs runEveryMinute (PostHog: 60,000); `pacedRate`: events/s in cdp-paced. */
     minuteMs: number
-    /** Events per second fed in `cdp-paced`. */
     pacedRate: number
     scenarios: ScenarioName[]
-    /** JSON results file; null writes none. */
     out: string | null
     /** `child` keeps the emulator's CPU out of the host's measurement; `in-process` is for tests. */
     emulator: 'child' | 'in-process'
     /** Passes of the `cpu` scenario whose median is reported (one more warms up). */
     cpuPasses: number
-    /** Progress bars on stderr (only drawn on a terminal). */
     progress: boolean
     seed: number
     print: (line: string) => void
@@ -46,15 +42,13 @@ export interface BenchOptions {
 
 export interface ScenarioResult {
     name: ScenarioName
-    /** Runtime and feed, in words. */
     setup: string
     events: number
-    /** Events that should reach Intercom: every event of the workload. */
     expected: number
     /** As the client reported: onEvent, plus runEveryMinute for the plugin-server queue. */
     delivered: number
     deliveredFromQueue: number
-    /** Events the emulator stored; `lost` = expected − stored. */
+    /** Events the emulator stored; `lost` = expected (every event of the workload) − stored. */
     stored: number
     lost: number
     /** POSTs Intercom accepted but deduplicated (a retry of an event already stored). */
@@ -62,7 +56,6 @@ export interface ScenarioResult {
     failed: Record<string, number>
     /** GET /me, one per worker at setup: not counted in `calls`. */
     setupCalls: number
-    /** Every call after setup, whatever the answer. */
     calls: number
     callsByRoute: Record<string, Record<string, number>>
     rateLimited: number
@@ -82,22 +75,19 @@ export interface ScenarioResult {
     emulatorCpuMicrosPerCall: number | null
     /** Calls (setup excluded) in each of the emulator's 10 s windows, from the first event on. */
     callsPerWindow: number[]
-    /** plugin-server: host CPU until every event had its first outcome, and while the queue drained (µs). */
+    /** plugin-server: host CPU (µs) until every event had its first outcome and while the queue drained; what each
+     * runEveryMinute run delivered from the queue; the onEvent results parked in it. */
     phaseCpuMicros?: { feed: number; drain: number }
-    /** plugin-server: events each runEveryMinute run delivered from the queue. */
     queueRuns?: number[]
-    /** plugin-server: onEvent results that were parked in the queue. */
     queued?: number
     logLines: number
 }
 
 /** Host CPU per event in steady state (median over passes after a warm-up pass), µs. */
 export interface CpuMeasurement {
-    /** index.ts in the plugin-server harness. */
     pluginMicrosPerEvent: number
     /** The same harness running a plugin that only POSTs each event: harness and HTTP client overhead. */
     nullPluginMicrosPerEvent: number
-    /** The difference: the plugin's own work. */
     ownMicrosPerEvent: number
 }
 
@@ -115,9 +105,7 @@ export interface Context {
     startEmulator(overrides?: EmulatorOverrides): Promise<EmulatorHandle>
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Measuring one scenario
-// ---------------------------------------------------------------------------------------------------
+// --- Measuring one scenario
 
 export function median(values: number[]): number {
     const sorted = [...values].sort((a, b) => a - b)
@@ -238,9 +226,7 @@ function resultOf(
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// index.ts in the harness: plugin-server, cdp, cdp-paced
-// ---------------------------------------------------------------------------------------------------
+// --- index.ts in the harness: plugin-server, cdp, cdp-paced
 
 /** Events all at once (the workers' slots pace them), or at a steady rate; counts each first outcome. */
 async function feed(harness: Harness, events: HarnessEvent[], progress: Progress, rate?: number) {
@@ -329,9 +315,7 @@ function runHarness(name: 'plugin-server' | 'cdp' | 'cdp-paced', ctx: Context): 
     })
 }
 
-// ---------------------------------------------------------------------------------------------------
-// no-cache: the old plugin's two calls per event, waiting out spent windows as the plugin does
-// ---------------------------------------------------------------------------------------------------
+// --- no-cache: the old plugin's two calls per event, waiting out spent windows as the plugin does
 
 /** One POST, through the rate-limit gate, repeated after the window resets when Intercom answers 429. */
 async function post(url: string, body: unknown, gate: WindowGate): Promise<{ status: number; text: string }> {
@@ -391,9 +375,7 @@ function runNoCache(ctx: Context): Promise<ScenarioResult> {
     }))
 }
 
-// ---------------------------------------------------------------------------------------------------
-// replay: the workload as an export file, sent as a backfill would be
-// ---------------------------------------------------------------------------------------------------
+// --- replay: the workload as an export file, sent as a backfill would be
 
 /**
  * `npm run replay` on the workload written as JSON Lines, to the real-Intercom target (host guard and all)
@@ -428,9 +410,7 @@ export function runScenario(name: Exclude<ScenarioName, 'cpu'>, ctx: Context): P
     return runHarness(name, ctx)
 }
 
-// ---------------------------------------------------------------------------------------------------
-// cpu: the plugin minus a plugin that only posts, over HTTP and against an in-process stub of Intercom
-// ---------------------------------------------------------------------------------------------------
+// --- cpu: the plugin minus a plugin that only posts, over HTTP and against an in-process stub of Intercom
 
 /** A plugin that does the least an Intercom plugin can: one POST per event, nothing else. */
 const NULL_PLUGIN = `import fetch from 'node-fetch'

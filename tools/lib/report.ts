@@ -1,7 +1,4 @@
-/**
- * Plain-text tables and figures for the tools' reports: aligned columns, no colours, so the output reads the
- * same in a terminal, a CI log and the README it is pasted into.
- */
+/** Plain-text tables and figures for the tools' reports: no colours, so a terminal, a CI log and a README agree. */
 
 export type Align = 'left' | 'right'
 

@@ -1,10 +1,8 @@
-/**
- * The replay's checkpoint: which events of one file are done for one target and one config, and which failed
- * and why. A checkpoint is keyed by the file (path, size, first 64 KiB), the target (dry run, an emulator, or a
- * real workspace: region plus a hash of the token) and a digest of the plugin config, so a trial run never
- * counts for a real one and a changed config replays everything. Failed events are listed in a JSON Lines file
- * next to it (line, uuid, reason; never an email or a property value) and are retried by the next run.
- */
+/** The replay's checkpoint: which events of one file are done for one target and config, which failed and why. */
+// Keyed by the file (path, size, first 64 KiB), the target (dry run, an emulator, or a real workspace: region
+// plus a hash of the token) and a digest of the plugin config, so a trial run never counts for a real one and
+// a changed config replays everything. Failed events are listed in a JSON Lines file next to it (line, uuid,
+// reason; never an email or a property value) and are retried by the next run.
 import { createHash } from 'node:crypto'
 import {
     closeSync,

@@ -1,11 +1,8 @@
-/**
- * `replay()`: PostHog event exports replayed into Intercom through the plugin itself.
- *
- * index.ts is loaded as PostHog loads it (Babel, then a sandbox) and each row goes through its onEvent, so
- * what reaches Intercom is what PostHog would have sent. Targets: the real Intercom, a local emulator, or a
- * dry run answered inside the process. Each file has its own checkpoint of the events done, keyed by target
- * and config; the token and emails are never printed. The command line is in cli.ts.
- */
+/** `replay()`: PostHog event exports replayed into Intercom through the plugin itself. */
+// index.ts is loaded as PostHog loads it (Babel, then a sandbox) and each row goes through its onEvent, so
+// what reaches Intercom is what PostHog would have sent. Targets: the real Intercom, a local emulator, or a
+// dry run answered inside the process. Each file has its own checkpoint of the events done, keyed by target
+// and config; the token and emails are never printed. The command line is in cli.ts.
 import { AsyncLocalStorage } from 'node:async_hooks'
 
 import { parseConfig, parseRegion, REGION_HOSTS } from '../../index'

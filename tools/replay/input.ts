@@ -1,9 +1,7 @@
-/**
- * Reads PostHog event exports for the replay: JSON Lines (plain, gzip or Brotli, PostHog's batch-export
- * compressions), Parquet (PostHog's other batch-export format) and the CSV of PostHog's UI. The format is told
- * by the content, not the name. Records stream one by one with their line (Parquet: row) number, so a 1 GB
- * export never sits in memory and the checkpoint can name each event.
- */
+/** Reads PostHog event exports for the replay, record by record, the format told by the content. */
+// JSON Lines (plain, gzip or Brotli, PostHog's batch-export compressions), Parquet (PostHog's other
+// batch-export format) and the CSV of PostHog's UI. Records stream with their line (Parquet: row) number, so
+// a 1 GB export never sits in memory and the checkpoint can name each event.
 import { parse as parseCsv } from 'csv-parse'
 import { closeSync, createReadStream, openSync, readSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -51,9 +49,7 @@ export interface InputSource {
 /** Raised when a file cannot be read at all (not an export, unknown format): nothing of it was sent. */
 export class InputError extends Error {}
 
-// ---------------------------------------------------------------------------------------------------
-// Detection by content
-// ---------------------------------------------------------------------------------------------------
+// --- Detection by content
 
 const HEAD_BYTES = 64 * 1024
 
@@ -125,9 +121,7 @@ export function detectInput(file: string, format?: InputFormat): InputKind {
     )
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Records
-// ---------------------------------------------------------------------------------------------------
+// --- Records
 
 function recordOf(raw: unknown, line: number): InputRecord {
     const row = toExportRow(raw)
@@ -207,9 +201,7 @@ async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): As
     yield* skipsBefore(Infinity)
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Parquet, through hyparquet
-// ---------------------------------------------------------------------------------------------------
+// --- Parquet, through hyparquet
 
 /** The part of hyparquet used here (its types ship as an ES module that a CommonJS build cannot name). */
 interface Hyparquet {
@@ -250,9 +242,7 @@ async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Opening a file
-// ---------------------------------------------------------------------------------------------------
+// --- Opening a file
 
 function decompressed(raw: Readable, compression: Compression): Readable {
     if (compression === 'none') return raw

@@ -109,9 +109,7 @@ export function failedByKind(failures: FailedEvent[]): Record<FailureKind, numbe
     return counts
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Summary text
-// ---------------------------------------------------------------------------------------------------
+// --- Summary text
 
 function breakdown(counts: Record<string, number>): string {
     return sortedCounts(counts)
@@ -229,9 +227,7 @@ export function formatSummary(summary: ReplaySummary): string {
     return lines.join('\n')
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Progress bar
-// ---------------------------------------------------------------------------------------------------
+// --- Progress bar
 
 export interface Progress {
     update(bytes: number, file: FileSummary): void

@@ -1,9 +1,7 @@
-/**
- * One file's replay: rows become the events PostHog would hand to onEvent, go through the plugin concurrently,
- * and each one settles in the checkpoint only once it is delivered, skipped with a reason, or failed with a
- * reason that the failed-events file keeps. Transient failures are retried in place, as PostHog retried a
- * RetryError; the plugin runs without a cache, so it keeps no retry queue of its own that could hide an event.
- */
+/** One file's replay: each row through onEvent, settled in the checkpoint once delivered, skipped or failed. */
+// Rows go through the plugin concurrently; a failure keeps its reason in the failed-events file. Transient
+// failures are retried in place, as PostHog retried a RetryError; the plugin runs without a cache, so it keeps
+// no retry queue of its own that could hide an event.
 import { ProcessedPluginEvent, RetryError } from '@posthog/plugin-scaffold'
 import { AsyncLocalStorage } from 'node:async_hooks'
 
