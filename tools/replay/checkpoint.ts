@@ -19,14 +19,14 @@ import {
 import * as path from 'node:path'
 
 /** Identifies the export, so that a checkpoint is never applied to another file or a changed one. */
-export interface FileFingerprint {
+interface FileFingerprint {
     file: string
     size: number
     /** SHA-256 of the first 64 KiB. */
     head: string
 }
 
-export interface CheckpointKey extends FileFingerprint {
+interface CheckpointKey extends FileFingerprint {
     /** `dry-run`, `emulator <url>` or `intercom <region> <token hash>`. */
     target: string
     /** SHA-256 of the plugin config without the token (the token is part of the target). */
@@ -97,7 +97,7 @@ function keyId(key: CheckpointKey): string {
     return sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
 }
 
-export interface CheckpointPaths {
+interface CheckpointPaths {
     checkpoint: string
     failed: string
 }

@@ -113,7 +113,7 @@ const FLAGS = {
 
 type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>['values']
 
-export interface CliRequest {
+interface CliRequest {
     help: boolean
     verbose: boolean
     options: ReplayOptions

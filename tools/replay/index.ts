@@ -40,8 +40,8 @@ import {
 } from './report'
 import { FileRun, RunPlugin, Shared } from './run'
 
-export { exitCode, formatSummary, nextSteps } from './report'
-export type { FileSummary, ReplaySummary } from './report'
+export { exitCode, formatSummary } from './report'
+export type { ReplaySummary } from './report'
 
 export const DEFAULTS = {
     /** Events in flight: enough to spend a 10 s window of Intercom's in well under a second. */
@@ -261,7 +261,7 @@ async function startPlugin(
 // --- replay() --------------------------------------------------------------------------------------
 
 /** One line per write a dry run did not make: row, route, event, created_at, masked contact, metadata keys. */
-export function describeWrite(write: DryRunWrite, line: number | undefined): string {
+function describeWrite(write: DryRunWrite, line: number | undefined): string {
     const where = line === undefined ? 'setup' : `line ${line}`
     if (write.eventName !== undefined) {
         const created = write.createdAt ?? 0

@@ -17,7 +17,7 @@ import {
 import { ExportRow, toExportRow, unflattenColumns } from './rows'
 
 export type InputFormat = 'jsonl' | 'csv' | 'parquet'
-export type Compression = 'none' | 'gzip' | 'brotli'
+type Compression = 'none' | 'gzip' | 'brotli'
 export const INPUT_FORMATS: readonly InputFormat[] = ['jsonl', 'csv', 'parquet']
 
 export interface InputKind {
@@ -133,7 +133,7 @@ function recordOf(raw: unknown, line: number): InputRecord {
 }
 
 /** Splits a byte stream on `\n`; `\n` never occurs inside a multi-byte UTF-8 sequence, so each line decodes alone. */
-export async function* splitLines(source: AsyncIterable<Buffer>): AsyncGenerator<string> {
+async function* splitLines(source: AsyncIterable<Buffer>): AsyncGenerator<string> {
     let carry: Buffer = Buffer.alloc(0)
     for await (const chunk of source) {
         const data = carry.length > 0 ? Buffer.concat([carry, chunk]) : chunk

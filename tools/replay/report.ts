@@ -168,7 +168,7 @@ function fileLines(file: FileSummary): string[] {
 }
 
 /** What the user should do now, one line per situation, most urgent first. */
-export function nextSteps(summary: ReplaySummary): string[] {
+function nextSteps(summary: ReplaySummary): string[] {
     const files = summary.files
     const sum = (pick: (file: FileSummary) => number): number => files.reduce((n, file) => n + pick(file), 0)
     const failed = sum((file) => file.failed.failed)

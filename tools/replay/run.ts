@@ -33,7 +33,7 @@ function needsIntercom(event: ProcessedPluginEvent, settings: Settings): boolean
 }
 
 /** The replay's options, checked (see ReplayOptions). */
-export interface RunSettings {
+interface RunSettings {
     /** The plugin's config, parsed by index.ts itself: tells which rows may call Intercom. */
     settings: Settings
     concurrency: number
@@ -66,7 +66,7 @@ export interface Shared {
 }
 
 /** One file's own parts: what it has done (`state`, `file`), where it is read and shown. */
-export interface FileParts {
+interface FileParts {
     state: FileState
     file: FileSummary
     progress: Progress
@@ -76,7 +76,7 @@ export interface FileParts {
 /** How an event ended: settled (done, or failed with a reason), or left for the next run (interrupted). */
 type Settlement = { failure?: FailedEvent } | 'unsettled'
 
-export interface RunEnd {
+interface RunEnd {
     readToEnd: boolean
     stoppedBecause?: string
 }
