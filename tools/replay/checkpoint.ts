@@ -5,18 +5,17 @@
 // reason; never an email or a property value) and are retried by the next run.
 import { createHash } from 'node:crypto'
 import {
-    closeSync,
     existsSync,
     mkdirSync,
-    openSync,
     readdirSync,
     readFileSync,
-    readSync,
     renameSync,
     statSync,
     writeFileSync,
 } from 'node:fs'
 import * as path from 'node:path'
+
+import { readHead } from './input'
 
 /** Identifies the export, so that a checkpoint is never applied to another file or a changed one. */
 interface FileFingerprint {
@@ -57,21 +56,11 @@ interface CheckpointFile {
 
 export class CheckpointError extends Error {}
 
-const HEAD_BYTES = 64 * 1024
+const sha256 = (text: string | Buffer): string => createHash('sha256').update(text).digest('hex')
 
 export function fingerprint(file: string): FileFingerprint {
-    const fd = openSync(file, 'r')
-    try {
-        const head = Buffer.alloc(HEAD_BYTES)
-        const length = readSync(fd, head, 0, HEAD_BYTES, 0)
-        const digest = createHash('sha256').update(head.subarray(0, length)).digest('hex')
-        return { file: path.resolve(file), size: statSync(file).size, head: digest }
-    } finally {
-        closeSync(fd)
-    }
+    return { file: path.resolve(file), size: statSync(file).size, head: sha256(readHead(file)) }
 }
-
-const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex')
 
 /** Where the events go: the token itself is never stored, only enough of its hash to tell workspaces apart. */
 export function targetKey(

@@ -53,7 +53,8 @@ export class InputError extends Error {}
 
 const HEAD_BYTES = 64 * 1024
 
-function readHead(file: string): Buffer {
+/** The first 64 KiB of a file: enough to tell its format, and the checkpoint's fingerprint of it. */
+export function readHead(file: string): Buffer {
     const fd = openSync(file, 'r')
     try {
         const head = Buffer.alloc(HEAD_BYTES)
