@@ -1,7 +1,4 @@
-/**
- * Plain-text tables for the local tools (`npm start`, `npm run bench`): aligned columns, no colours, so the
- * output reads the same in a terminal, a CI log and the README it is pasted into.
- */
+/** Plain-text tables and figures for the tools' reports: no colours, so a terminal, a CI log and a README agree. */
 
 export type Align = 'left' | 'right'
 
@@ -17,20 +14,46 @@ function pad(text: string, width: number, align: Align): string {
     return align === 'right' ? text.padStart(width) : text.padEnd(width)
 }
 
-/** A header row, a rule, then the rows; columns are two spaces apart. Trailing spaces are trimmed. */
-export function formatTable(columns: Column[], rows: string[][], indent = ''): string[] {
+/**
+ * A header row, a rule, then the rows. `plain`: columns two spaces apart, trailing spaces trimmed;
+ * `markdown`: a `| a | b |` table with a `|---|---|` rule, as pasted into a README or an issue.
+ */
+export function formatTable(
+    columns: Column[],
+    rows: string[][],
+    indent = '',
+    style: 'plain' | 'markdown' = 'plain'
+): string[] {
     const widths = columns.map((column, i) =>
         Math.max(column.header.length, ...rows.map((row) => (row[i] ?? '').length))
     )
-    const line = (cells: string[]): string =>
-        indent +
-        columns
-            .map((column, i) => pad(cells[i] ?? '', widths[i], column.align ?? 'left'))
-            .join('  ')
-            .trimEnd()
+    const cells = (row: string[]): string[] =>
+        columns.map((column, i) => pad(row[i] ?? '', widths[i], column.align ?? 'left'))
+    if (style === 'markdown') {
+        const line = (row: string[]): string => `${indent}| ${cells(row).join(' | ')} |`
+        const rule = `${indent}|${widths.map((width) => '-'.repeat(width + 2)).join('|')}|`
+        return [line(columns.map((column) => column.header)), rule, ...rows.map(line)]
+    }
+    const line = (row: string[]): string => (indent + cells(row).join('  ')).trimEnd()
     const rule =
         indent + widths.map((width, i) => '-'.repeat(Math.min(width, columns[i].ruleMax ?? width))).join('  ')
-    return [line(columns.map((column) => column.header)), rule, ...rows.map((row) => line(row))]
+    return [line(columns.map((column) => column.header)), rule, ...rows.map(line)]
+}
+
+/** A column of a table with one row per item: its header and how an item's cell reads. */
+export interface ItemColumn<T> extends Column {
+    cell: (item: T) => string | number
+}
+
+/** One row per item, each cell from its column (see formatTable). */
+export function formatItems<T>(
+    columns: ItemColumn<T>[],
+    items: readonly T[],
+    indent = '',
+    style: 'plain' | 'markdown' = 'plain'
+): string[] {
+    const rows = items.map((item) => columns.map((column) => String(column.cell(item))))
+    return formatTable(columns, rows, indent, style)
 }
 
 /** `label ........ value` lines with the values in one column. */
@@ -51,6 +74,11 @@ export function formatRatio(numerator: number, denominator: number, digits = 2):
 
 export function formatPercent(part: number, whole: number, digits = 2): string {
     return whole === 0 ? 'n/a' : `${((100 * part) / whole).toFixed(digits)}%`
+}
+
+/** The sum of a table of counts. */
+export function sumCounts(counts: Record<string, number> | undefined): number {
+    return Object.values(counts ?? {}).reduce((sum, count) => sum + count, 0)
 }
 
 /** Counts by key, largest first, as `key: n` items. */

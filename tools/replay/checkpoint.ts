@@ -1,34 +1,31 @@
-/**
- * The replay's checkpoint: which events of one file are done for one target and one config, and which failed
- * and why. A checkpoint is keyed by the file (path, size, first 64 KiB), the target (dry run, an emulator, or a
- * real workspace: region plus a hash of the token) and a digest of the plugin config, so a trial run never
- * counts for a real one and a changed config replays everything. Failed events are listed in a JSON Lines file
- * next to it (line, uuid, reason; never an email or a property value) and are retried by the next run.
- */
+/** The replay's checkpoint: which events of one file are done for one target and config, which failed and why. */
+// Keyed by the file (path, size, first 64 KiB), the target (dry run, an emulator, or a real workspace: region
+// plus a hash of the token) and a digest of the plugin config, so a trial run never counts for a real one and
+// a changed config replays everything. Failed events are listed in a JSON Lines file next to it (line, uuid,
+// reason; never an email or a property value) and are retried by the next run.
 import { createHash } from 'node:crypto'
 import {
-    closeSync,
     existsSync,
     mkdirSync,
-    openSync,
     readdirSync,
     readFileSync,
-    readSync,
     renameSync,
     statSync,
     writeFileSync,
 } from 'node:fs'
 import * as path from 'node:path'
 
+import { readHead } from './input'
+
 /** Identifies the export, so that a checkpoint is never applied to another file or a changed one. */
-export interface FileFingerprint {
+interface FileFingerprint {
     file: string
     size: number
     /** SHA-256 of the first 64 KiB. */
     head: string
 }
 
-export interface CheckpointKey extends FileFingerprint {
+interface CheckpointKey extends FileFingerprint {
     /** `dry-run`, `emulator <url>` or `intercom <region> <token hash>`. */
     target: string
     /** SHA-256 of the plugin config without the token (the token is part of the target). */
@@ -59,21 +56,11 @@ interface CheckpointFile {
 
 export class CheckpointError extends Error {}
 
-const HEAD_BYTES = 64 * 1024
+const sha256 = (text: string | Buffer): string => createHash('sha256').update(text).digest('hex')
 
 export function fingerprint(file: string): FileFingerprint {
-    const fd = openSync(file, 'r')
-    try {
-        const head = Buffer.alloc(HEAD_BYTES)
-        const length = readSync(fd, head, 0, HEAD_BYTES, 0)
-        const digest = createHash('sha256').update(head.subarray(0, length)).digest('hex')
-        return { file: path.resolve(file), size: statSync(file).size, head: digest }
-    } finally {
-        closeSync(fd)
-    }
+    return { file: path.resolve(file), size: statSync(file).size, head: sha256(readHead(file)) }
 }
-
-const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex')
 
 /** Where the events go: the token itself is never stored, only enough of its hash to tell workspaces apart. */
 export function targetKey(
@@ -99,7 +86,7 @@ function keyId(key: CheckpointKey): string {
     return sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
 }
 
-export interface CheckpointPaths {
+interface CheckpointPaths {
     checkpoint: string
     failed: string
 }

@@ -113,7 +113,7 @@ const FLAGS = {
 
 type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>['values']
 
-export interface CliRequest {
+interface CliRequest {
     help: boolean
     verbose: boolean
     options: ReplayOptions
@@ -227,11 +227,6 @@ export function parseCli(
     }
     if (!help && inputs.length === 0) {
         throw new UsageError('Name the export files to replay: as arguments, or with --file <path>.')
-    }
-    if (!help && !options.config.triggeringEvents?.trim()) {
-        throw new UsageError(
-            '--events is missing: name the events to send, e.g. --events signed_up,purchase.'
-        )
     }
     return { help, verbose: Boolean(flags.verbose), options }
 }

@@ -7,7 +7,7 @@ import { UsageError } from '../lib/flags'
 const GLOB_CHARS = /[*?[]/
 
 /** `**` any folders, `*` any name part, `?` one character, `[abc]` a class; matched on `/`-separated paths. */
-export function globToRegExp(pattern: string): RegExp {
+function globToRegExp(pattern: string): RegExp {
     let source = ''
     for (let i = 0; i < pattern.length; i++) {
         const char = pattern[i]

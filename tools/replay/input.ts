@@ -1,9 +1,7 @@
-/**
- * Reads PostHog event exports for the replay: JSON Lines (plain, gzip or Brotli, PostHog's batch-export
- * compressions), Parquet (PostHog's other batch-export format) and the CSV of PostHog's UI. The format is told
- * by the content, not the name. Records stream one by one with their line (Parquet: row) number, so a 1 GB
- * export never sits in memory and the checkpoint can name each event.
- */
+/** Reads PostHog event exports for the replay, record by record, the format told by the content. */
+// JSON Lines (plain, gzip or Brotli, PostHog's batch-export compressions), Parquet (PostHog's other
+// batch-export format) and the CSV of PostHog's UI. Records stream with their line (Parquet: row) number, so
+// a 1 GB export never sits in memory and the checkpoint can name each event.
 import { parse as parseCsv } from 'csv-parse'
 import { closeSync, createReadStream, openSync, readSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -19,7 +17,7 @@ import {
 import { ExportRow, toExportRow, unflattenColumns } from './rows'
 
 export type InputFormat = 'jsonl' | 'csv' | 'parquet'
-export type Compression = 'none' | 'gzip' | 'brotli'
+type Compression = 'none' | 'gzip' | 'brotli'
 export const INPUT_FORMATS: readonly InputFormat[] = ['jsonl', 'csv', 'parquet']
 
 export interface InputKind {
@@ -51,13 +49,12 @@ export interface InputSource {
 /** Raised when a file cannot be read at all (not an export, unknown format): nothing of it was sent. */
 export class InputError extends Error {}
 
-// ---------------------------------------------------------------------------------------------------
-// Detection by content
-// ---------------------------------------------------------------------------------------------------
+// --- Detection by content
 
 const HEAD_BYTES = 64 * 1024
 
-function readHead(file: string): Buffer {
+/** The first 64 KiB of a file: enough to tell its format, and the checkpoint's fingerprint of it. */
+export function readHead(file: string): Buffer {
     const fd = openSync(file, 'r')
     try {
         const head = Buffer.alloc(HEAD_BYTES)
@@ -125,9 +122,7 @@ export function detectInput(file: string, format?: InputFormat): InputKind {
     )
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Records
-// ---------------------------------------------------------------------------------------------------
+// --- Records
 
 function recordOf(raw: unknown, line: number): InputRecord {
     const row = toExportRow(raw)
@@ -139,7 +134,7 @@ function recordOf(raw: unknown, line: number): InputRecord {
 }
 
 /** Splits a byte stream on `\n`; `\n` never occurs inside a multi-byte UTF-8 sequence, so each line decodes alone. */
-export async function* splitLines(source: AsyncIterable<Buffer>): AsyncGenerator<string> {
+async function* splitLines(source: AsyncIterable<Buffer>): AsyncGenerator<string> {
     let carry: Buffer = Buffer.alloc(0)
     for await (const chunk of source) {
         const data = carry.length > 0 ? Buffer.concat([carry, chunk]) : chunk
@@ -207,9 +202,7 @@ async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): As
     yield* skipsBefore(Infinity)
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Parquet, through hyparquet
-// ---------------------------------------------------------------------------------------------------
+// --- Parquet, through hyparquet
 
 /** The part of hyparquet used here (its types ship as an ES module that a CommonJS build cannot name). */
 interface Hyparquet {
@@ -250,9 +243,7 @@ async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Opening a file
-// ---------------------------------------------------------------------------------------------------
+// --- Opening a file
 
 function decompressed(raw: Readable, compression: Compression): Readable {
     if (compression === 'none') return raw

@@ -1,18 +1,7 @@
-/** Pacing for the replay: a steady rate with pauses, a bound on work in flight, and sleeps that can be cut short. */
+/** Pacing for the replay: a steady rate with pauses, and a bound on work in flight. */
+import { sleep } from '../lib/sleep'
 
-/** Resolves after `ms`, or at once when `signal` aborts; never rejects. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    if (ms <= 0 || signal?.aborted) return Promise.resolve()
-    return new Promise((resolve) => {
-        const done = (): void => {
-            clearTimeout(timer)
-            signal?.removeEventListener('abort', done)
-            resolve()
-        }
-        const timer = setTimeout(done, ms)
-        signal?.addEventListener('abort', done, { once: true })
-    })
-}
+export { sleep }
 
 /**
  * Hands out start times `1000 / perSecond` ms apart. Each caller reserves its slot synchronously, so callers

@@ -3,6 +3,7 @@ import { Presets, SingleBar } from 'cli-progress'
 
 import type { FailedEvent, FailureKind } from './checkpoint'
 import type { CallCounts } from './fetch'
+import { sortedCounts, sumCounts } from '../lib/report'
 import { displayPath } from './files'
 import type { InputKind } from './input'
 
@@ -52,14 +53,7 @@ export interface ReplaySummary {
     durationMs: number
 }
 
-function add(counts: Record<string, number>, key: string, by = 1): void {
-    counts[key] = (counts[key] ?? 0) + by
-}
-
-export function total(counts: Record<string, number>): number {
-    return Object.values(counts).reduce((sum, value) => sum + value, 0)
-}
-
+/** A file's summary before its run. */
 export function emptyFileSummary(file: string): FileSummary {
     return {
         file,
@@ -99,46 +93,26 @@ export function outcomeOf(value: unknown): { status: OutcomeStatus; reason: stri
     }
 }
 
-/** Counts one file's run as it goes. */
-export class Tally {
-    readonly summary: FileSummary
-
-    constructor(file: string) {
-        this.summary = emptyFileSummary(file)
-    }
-
-    delivered(): void {
-        this.summary.delivered++
-    }
-
-    synced(): void {
-        this.summary.synced++
-    }
-
-    skip(reason: string): void {
-        add(this.summary.skipped, reason || 'no reason given')
-    }
-
-    fail(failure: FailedEvent): void {
-        add(this.summary.reasons, failure.reason)
-        if (this.summary.firstFailures.length < SHOWN_FAILURES) this.summary.firstFailures.push(failure)
-    }
-
-    /** Failures over every run, from the checkpoint's list. */
-    failedSoFar(failures: FailedEvent[]): void {
-        const counts = { unreadable: 0, refused: 0, failed: 0 }
-        for (const failure of failures) counts[failure.kind]++
-        this.summary.failed = counts
-    }
+export function countSkip(file: FileSummary, reason: string): void {
+    file.skipped[reason || 'no reason given'] = (file.skipped[reason || 'no reason given'] ?? 0) + 1
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Summary text
-// ---------------------------------------------------------------------------------------------------
+export function countFailure(file: FileSummary, failure: FailedEvent): void {
+    file.reasons[failure.reason] = (file.reasons[failure.reason] ?? 0) + 1
+    if (file.firstFailures.length < SHOWN_FAILURES) file.firstFailures.push(failure)
+}
+
+/** Failures over every run, by kind, from the checkpoint's list. */
+export function failedByKind(failures: FailedEvent[]): Record<FailureKind, number> {
+    const counts = { unreadable: 0, refused: 0, failed: 0 }
+    for (const failure of failures) counts[failure.kind]++
+    return counts
+}
+
+// --- Summary text
 
 function breakdown(counts: Record<string, number>): string {
-    return Object.entries(counts)
-        .sort(([, a], [, b]) => b - a)
+    return sortedCounts(counts)
         .map(([key, count]) => `${count} × ${key}`)
         .join('; ')
 }
@@ -176,7 +150,7 @@ function fileLines(file: FileSummary): string[] {
         row('rows read', file.rowsRead, earlier),
         row('delivered', file.delivered),
         row('synced', file.synced),
-        row('skipped', total(file.skipped), breakdown(file.skipped)),
+        row('skipped', sumCounts(file.skipped), breakdown(file.skipped)),
         row('retried', file.retried, file.retried ? 'onEvent attempts repeated after a RetryError' : ''),
         row('not delivered', unreadable + refused + failed, breakdown(file.reasons)),
     ]
@@ -186,7 +160,7 @@ function fileLines(file: FileSummary): string[] {
             `  line ${failure.line}${failure.uuid ? ` (uuid ${failure.uuid})` : ''}: ${failure.kind}: ${failure.reason}`
         )
     }
-    const more = total(file.reasons) - file.firstFailures.length
+    const more = sumCounts(file.reasons) - file.firstFailures.length
     if (more > 0) lines.push(`  ... and ${more} more`)
     if (file.failedFile && unreadable + refused + failed > 0)
         lines.push(`  all failed events: ${file.failedFile}`)
@@ -194,7 +168,7 @@ function fileLines(file: FileSummary): string[] {
 }
 
 /** What the user should do now, one line per situation, most urgent first. */
-export function nextSteps(summary: ReplaySummary): string[] {
+function nextSteps(summary: ReplaySummary): string[] {
     const files = summary.files
     const sum = (pick: (file: FileSummary) => number): number => files.reduce((n, file) => n + pick(file), 0)
     const failed = sum((file) => file.failed.failed)
@@ -253,9 +227,7 @@ export function formatSummary(summary: ReplaySummary): string {
     return lines.join('\n')
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Progress bar
-// ---------------------------------------------------------------------------------------------------
+// --- Progress bar
 
 export interface Progress {
     update(bytes: number, file: FileSummary): void
@@ -269,7 +241,7 @@ function payload(file: FileSummary): Record<string, number | string> {
         name: displayPath(file.file),
         rows: file.rowsRead,
         delivered: file.delivered,
-        failed: total(file.reasons),
+        failed: sumCounts(file.reasons),
     }
 }
 

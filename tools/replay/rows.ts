@@ -56,9 +56,7 @@ export function normalizeTimestamp(value: unknown): string | undefined {
     return `${match[1]}T${match[2]}${fraction}Z`
 }
 
-// ---------------------------------------------------------------------------------------------------
-// The CSV of PostHog's UI: nested values flattened into dotted columns
-// ---------------------------------------------------------------------------------------------------
+// --- The CSV of PostHog's UI: nested values flattened into dotted columns
 
 /**
  * PostHog's CSV exporter (posthog/tasks/exports/csv_exporter.py) flattens each row with rest_framework_csv's
@@ -120,9 +118,7 @@ export function unflattenColumns(raw: Record<string, string>): JsonObject {
     return flat
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Any export row → ExportRow
-// ---------------------------------------------------------------------------------------------------
+// --- Any export row → ExportRow
 
 function optionalString(value: unknown): string | undefined {
     if (typeof value === 'string') return value === '' ? undefined : value

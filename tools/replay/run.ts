@@ -1,61 +1,29 @@
-/**
- * One file's replay: rows become the events PostHog would hand to onEvent, go through the plugin concurrently,
- * and each one settles in the checkpoint only once it is delivered, skipped with a reason, or failed with a
- * reason that the failed-events file keeps. Transient failures are retried in place, as PostHog retried a
- * RetryError; the plugin runs without a cache, so it keeps no retry queue of its own that could hide an event.
- */
-import { ProcessedPluginEvent, Properties, RetryError } from '@posthog/plugin-scaffold'
+/** One file's replay: each row through onEvent, settled in the checkpoint once delivered, skipped or failed. */
+// Rows go through the plugin concurrently; a failure keeps its reason in the failed-events file. Transient
+// failures are retried in place, as PostHog retried a RetryError; the plugin runs without a cache, so it keeps
+// no retry queue of its own that could hide an event.
+import { ProcessedPluginEvent, RetryError } from '@posthog/plugin-scaffold'
 import { AsyncLocalStorage } from 'node:async_hooks'
 
 import { findEmail, planWork, Settings } from '../../index'
-import { describeError, MAX_ATTEMPTS, retryDelayMs } from '../runtime/harness'
+import { sleep } from '../lib/sleep'
+import { describeError, MAX_ATTEMPTS, retryDelayMs, toPluginEvent } from '../runtime/harness'
 import { PluginExports, PluginMeta } from '../runtime/load-plugin'
 import { FailedEvent, FileState } from './checkpoint'
 import { WindowGate } from './fetch'
 import { InputRecord, InputSource } from './input'
-import { Pacer, sleep, Slots } from './pace'
-import { outcomeOf, Progress, Tally } from './report'
-import { ExportRow } from './rows'
-
-// ---------------------------------------------------------------------------------------------------
-// Rows to events
-// ---------------------------------------------------------------------------------------------------
+import { Pacer, Slots } from './pace'
+import { countFailure, countSkip, FileSummary, outcomeOf, Progress } from './report'
 
 /**
- * The event as PostHog's current executor hands it to onEvent, person included (ProcessedPluginEvent.person).
+ * The event as PostHog's current executor hands it to onEvent, person included; none without a timestamp.
  * The export's ClickHouse timestamp is already ISO 8601 UTC, as PostHog converts it.
  */
-export function toPluginEvent(row: ExportRow & { timestamp: string }): ProcessedPluginEvent {
-    const props = row.properties
-    const objectProp = (value: unknown): Properties | undefined =>
-        typeof value === 'object' && value !== null && !Array.isArray(value)
-            ? (value as Properties)
-            : undefined
-    const teamId = row.team_id ?? 1
-    return {
-        distinct_id: row.distinct_id,
-        ip: typeof props.$ip === 'string' ? props.$ip : null,
-        team_id: teamId,
-        event: row.event,
-        properties: props,
-        timestamp: row.timestamp,
-        $set: objectProp(props.$set),
-        $set_once: objectProp(props.$set_once),
-        uuid: row.uuid,
-        person: row.person_properties
-            ? {
-                  uuid: row.person_id ?? '',
-                  team_id: teamId,
-                  properties: row.person_properties,
-                  created_at: '',
-              }
-            : undefined,
-    }
-}
-
-function eventOf(record: InputRecord): ProcessedPluginEvent | undefined {
-    const row = record.row
-    return row?.timestamp === undefined ? undefined : toPluginEvent({ ...row, timestamp: row.timestamp })
+function eventOf({ row }: InputRecord): ProcessedPluginEvent | undefined {
+    if (row?.timestamp === undefined) return undefined
+    const person = row.person_properties && { uuid: row.person_id ?? '', properties: row.person_properties }
+    const event = { ...row, timestamp: row.timestamp, person }
+    return toPluginEvent(event, 'cdp', true) as unknown as ProcessedPluginEvent
 }
 
 /** True when the plugin may call Intercom for this event: only those are paced by --rate. */
@@ -64,21 +32,15 @@ function needsIntercom(event: ProcessedPluginEvent, settings: Settings): boolean
     return work.deliver || work.syncPerson || work.syncCompany || work.companyKey !== null
 }
 
-// ---------------------------------------------------------------------------------------------------
-// The run
-// ---------------------------------------------------------------------------------------------------
-
-/** What the run needs of the replay's options. */
-export interface RunSettings {
+/** The replay's options, checked (see ReplayOptions). */
+interface RunSettings {
     /** The plugin's config, parsed by index.ts itself: tells which rows may call Intercom. */
     settings: Settings
     concurrency: number
     /** Rows left to hand on in this replay, over every file (a trial run). */
     budget: { left: number }
     signal?: AbortSignal
-    /** Factor on PostHog's 5/10/20/40 s waits between onEvent attempts after a RetryError. */
     retryDelayScale: number
-    /** Stop reading a file after this many events in a row were not delivered (Intercom down, key revoked). */
     stopAfterFailures: number
     checkpointEvery: number
 }
@@ -89,7 +51,8 @@ export interface RunPlugin {
     meta: PluginMeta
 }
 
-export interface RunParts {
+/** What every file of one replay shares. */
+export interface Shared {
     run: RunSettings
     plugin: RunPlugin
     /** Adds an emulator contact for an email of the file, when the emulator is seeded from the file. */
@@ -97,18 +60,23 @@ export interface RunParts {
     gate: WindowGate
     /** Events per second, when --rate caps them. */
     eventPacer?: Pacer
+    /** Tells a dry-run write which row it came from, across the plugin's awaits. */
     rowContext: AsyncLocalStorage<number>
-    state: FileState
-    tally: Tally
-    progress: Progress
-    input: InputSource
     redactText: (text: string) => string
 }
 
-/** How an event ended: settled (done, or failed with a reason), or left for the next run (interrupted: the file is then not read to its end). */
+/** One file's own parts: what it has done (`state`, `file`), where it is read and shown. */
+interface FileParts {
+    state: FileState
+    file: FileSummary
+    progress: Progress
+    input: InputSource
+}
+
+/** How an event ended: settled (done, or failed with a reason), or left for the next run (interrupted). */
 type Settlement = { failure?: FailedEvent } | 'unsettled'
 
-export interface RunEnd {
+interface RunEnd {
     readToEnd: boolean
     stoppedBecause?: string
 }
@@ -120,21 +88,24 @@ export class FileRun {
     private failuresInARow = 0
     private lastFailure = ''
 
-    constructor(private readonly parts: RunParts) {
-        this.slots = new Slots(parts.run.concurrency)
+    constructor(
+        private readonly shared: Shared,
+        private readonly parts: FileParts
+    ) {
+        this.slots = new Slots(shared.run.concurrency)
     }
 
     /** Reads and dispatches every record not done yet; resolves once every event in flight has settled. */
     async run(): Promise<RunEnd> {
         const end = await this.readAll()
         await Promise.all(this.working)
-        const readToEnd = end.readToEnd && !this.parts.run.signal?.aborted
+        const readToEnd = end.readToEnd && !this.shared.run.signal?.aborted
         this.parts.state.save(readToEnd)
         return { ...end, readToEnd }
     }
 
     private stopReason(): string | undefined {
-        const { budget, signal, stopAfterFailures } = this.parts.run
+        const { budget, signal, stopAfterFailures } = this.shared.run
         if (signal?.aborted) return 'interrupted'
         if (this.failuresInARow >= stopAfterFailures) {
             return `${this.failuresInARow} events in a row not delivered, the last because ${this.lastFailure}`
@@ -144,7 +115,7 @@ export class FileRun {
     }
 
     private async readAll(): Promise<RunEnd> {
-        const { state, tally, input } = this.parts
+        const { state, file, input } = this.parts
         let previous = 0
         try {
             for await (const record of input.records) {
@@ -152,7 +123,7 @@ export class FileRun {
                 for (let gap = previous + 1; gap < record.line; gap++) state.settle(gap)
                 previous = Math.max(previous, record.line)
                 if (state.isDone(record.line)) {
-                    tally.summary.doneEarlier++
+                    file.doneEarlier++
                     continue
                 }
                 // Checked once a slot is free: the events that just settled may have changed the answer.
@@ -167,28 +138,34 @@ export class FileRun {
             return { readToEnd: true }
         } catch (error) {
             // An unreadable file (truncated gzip, a broken stream): what was read still settles properly.
-            const reason = this.parts.redactText(describeError(error).replace(/^Error: /, ''))
+            const reason = this.shared.redactText(describeError(error).replace(/^Error: /, ''))
             return { readToEnd: false, stoppedBecause: `unreadable after line ${previous}: ${reason}` }
         }
     }
 
     /** Starts one event in the slot acquired for it. */
     private async dispatch(record: InputRecord): Promise<void> {
-        const { run, eventPacer } = this.parts
+        const { run, eventPacer } = this.shared
         const event = eventOf(record)
         if (event && eventPacer && needsIntercom(event, run.settings)) await eventPacer.take()
         run.budget.left--
-        this.parts.tally.summary.rowsRead++
-        const work = this.process(record, event)
-            .catch((error: unknown): Settlement => ({
-                // A fault of the replay itself: listed as failed, so the next run sends the event again.
-                failure: {
-                    line: record.line,
-                    uuid: record.uuid ?? '',
-                    kind: 'failed',
-                    reason: `replay error: ${this.message(error)}`,
-                },
-            }))
+        this.parts.file.rowsRead++
+        const failed = (kind: FailedEvent['kind'], reason: string): Settlement => ({
+            failure: { line: record.line, uuid: record.uuid ?? '', kind, reason },
+        })
+        const work = (async (): Promise<Settlement> => {
+            if (!record.row) return failed('unreadable', `unreadable row: ${record.error}`)
+            if (!event) {
+                // The plugin would use "now", which differs on every run: Intercom could not deduplicate a re-run.
+                countSkip(this.parts.file, 'no timestamp in the export')
+                return {}
+            }
+            const email = this.shared.seed && findEmail(event, event.person, run.settings.emailProperty)
+            if (email) this.shared.seed?.(email)
+            return this.shared.rowContext.run(record.line, () => this.sendEvent(event, record.line))
+        })()
+            // A fault of the replay itself: listed as failed, so the next run sends the event again.
+            .catch((error: unknown) => failed('failed', `replay error: ${this.message(error)}`))
             .then((settlement) => this.settle(record, settlement))
             .finally(() => {
                 this.slots.release()
@@ -197,66 +174,37 @@ export class FileRun {
         this.working.add(work)
     }
 
-    private async process(record: InputRecord, event: ProcessedPluginEvent | undefined): Promise<Settlement> {
-        const uuid = record.uuid ?? ''
-        if (!record.row) {
-            return {
-                failure: {
-                    line: record.line,
-                    uuid,
-                    kind: 'unreadable',
-                    reason: `unreadable row: ${record.error}`,
-                },
-            }
-        }
-        if (!event) {
-            // The plugin would use "now", which differs on every run: Intercom could not deduplicate a re-run.
-            this.parts.tally.skip('no timestamp in the export')
-            return {}
-        }
-        this.seedContact(event)
-        return this.parts.rowContext.run(record.line, () => this.sendEvent(event, record.line))
-    }
-
-    private seedContact(event: ProcessedPluginEvent): void {
-        const seed = this.parts.seed
-        const email = seed ? findEmail(event, event.person, this.parts.run.settings.emailProperty) : null
-        if (seed && email) seed(email)
-    }
-
     private message(error: unknown): string {
-        return this.parts.redactText(
+        return this.shared.redactText(
             describeError(error).replace(/^(Error: |RetryError: )?(Intercom: )?/, '')
         )
     }
 
     /** onEvent, with PostHog's plugin-server retries (5 attempts, 5/10/20/40 s apart) after a RetryError. */
     private async sendEvent(event: ProcessedPluginEvent, line: number): Promise<Settlement> {
-        const { plugin, tally, run, gate } = this.parts
-        const uuid = event.uuid ?? ''
+        const { plugin, run, gate } = this.shared
+        const file = this.parts.file
+        const failure = (kind: FailedEvent['kind'], reason: string): Settlement => ({
+            failure: { line, uuid: event.uuid ?? '', kind, reason },
+        })
         // index.ts reads the person from meta, PostHog's executor puts it on the event: both are given.
         const meta = { ...plugin.meta, person: event.person }
         for (let attempt = 1; ; attempt++) {
             try {
                 const { status, reason } = outcomeOf(await plugin.onEvent({ ...event }, meta))
-                if (status === 'delivered') tally.delivered()
-                else if (status === 'synced') tally.synced()
-                else if (status === 'skipped') tally.skip(reason)
-                else if (status === 'queued') {
-                    // The replay gives the plugin no cache, so it has no queue: a queued event is not delivered.
-                    return {
-                        failure: { line, uuid, kind: 'failed', reason: `queued by the plugin: ${reason}` },
-                    }
-                } else tally.skip('no outcome reported by the plugin')
+                // The replay gives the plugin no cache, so it has no queue: a queued event is not delivered.
+                if (status === 'queued') return failure('failed', `queued by the plugin: ${reason}`)
+                if (status === 'delivered' || status === 'synced') file[status]++
+                else countSkip(file, status === 'skipped' ? reason : 'no outcome reported by the plugin')
                 return {}
             } catch (error) {
-                if (!(error instanceof RetryError)) {
-                    return { failure: { line, uuid, kind: 'refused', reason: this.message(error) } }
-                }
+                if (!(error instanceof RetryError)) return failure('refused', this.message(error))
                 if (run.signal?.aborted) return 'unsettled'
                 if (attempt >= MAX_ATTEMPTS) {
-                    const reason = `${this.message(error)} (still failing after ${attempt} attempts)`
-                    return { failure: { line, uuid, kind: 'failed', reason } }
+                    return failure(
+                        'failed',
+                        `${this.message(error)} (still failing after ${attempt} attempts)`
+                    )
                 }
                 // Never sooner than the rate-limit window allows: a retry into a spent window is wasted.
                 const wait = Math.max(
@@ -265,26 +213,26 @@ export class FileRun {
                 )
                 await sleep(wait, run.signal)
                 if (run.signal?.aborted) return 'unsettled' // the wait was cut short: redone by the next run
-                tally.summary.retried++
+                file.retried++
             }
         }
     }
 
     private settle(record: InputRecord, settlement: Settlement): void {
-        const { state, tally, input, progress, run } = this.parts
+        const { state, file, input, progress } = this.parts
         if (settlement !== 'unsettled') {
             const failure = settlement.failure
             state.settle(record.line, failure)
-            if (failure) tally.fail(failure)
+            if (failure) countFailure(file, failure)
             if (failure && failure.kind !== 'unreadable') {
                 this.failuresInARow++
                 this.lastFailure = failure.reason
             } else if (!failure) this.failuresInARow = 0
-            if (++this.sinceSave >= run.checkpointEvery) {
+            if (++this.sinceSave >= this.shared.run.checkpointEvery) {
                 this.sinceSave = 0
                 state.save(false)
             }
         }
-        progress.update(input.bytesDone(), tally.summary)
+        progress.update(input.bytesDone(), file)
     }
 }

@@ -1,0 +1,155 @@
+/** The bench's emulator, in a child process (so its CPU is measured apart) or in this one, and what it recorded. */
+import { fork } from 'node:child_process'
+
+import { Emulator, EmulatorOptions, EmulatorStats, SeedContact, startEmulator } from '../intercom/emulator'
+import { TOKEN } from './workload'
+
+export const SEARCH_ROUTE = 'POST /contacts/search'
+
+export interface EmulatorSnapshot {
+    stats: EmulatorStats
+    /** Events stored, deduplicated like Intercom. */
+    stored: number
+    /** Calls by route, then by the status answered. */
+    calls: Record<string, Record<string, number>>
+    /** Distinct emails among the searches answered 200. */
+    searchedEmails: number
+    /** For each repeated successful search of an email: ms since the previous search of that email. */
+    repeatGapsMs: number[]
+    /** Calls in each 10 s rate-limit window (aligned on the clock, as the emulator counts), from `since`. */
+    callsPerWindow: number[]
+    /** CPU of the emulator's process since it started (µs); null when it shares the host process. */
+    cpuMicros: number | null
+}
+
+export interface EmulatorHandle {
+    url: string
+    /** What the emulator recorded; windows are counted from `since` (ms). */
+    snapshot(since?: number): Promise<EmulatorSnapshot>
+    close(): Promise<void>
+}
+
+/** Only plain data: the options cross to the child process as a message. */
+export type EmulatorOverrides = Pick<EmulatorOptions, 'rateLimit'>
+
+export function searchedEmail(body: unknown): string | null {
+    const value = (body as { query?: { value?: unknown } } | null)?.query?.value
+    return typeof value === 'string' ? value.toLowerCase() : null
+}
+
+/** Counts per window of the emulator's fixed, clock-aligned rate-limit windows, empty windows included. */
+function countPerWindow(times: number[], windowMs: number): number[] {
+    const first = Math.floor(Math.min(...times) / windowMs)
+    const counts: number[] = []
+    for (const at of times) {
+        const index = Math.floor(at / windowMs) - first
+        while (counts.length <= index) counts.push(0)
+        counts[index]++
+    }
+    return counts
+}
+
+function takeSnapshot(emulator: Emulator, cpuMicros: number | null, since: number): EmulatorSnapshot {
+    const calls: Record<string, Record<string, number>> = {}
+    const lastSearch = new Map<string, number>()
+    const repeatGapsMs: number[] = []
+    const requests = emulator.requests()
+    for (const request of requests) {
+        // `/contacts/<id>` → `/contacts/{id}`, so calls group by route like the emulator's stats.
+        const route = `${request.method} ${request.path.replace(/^\/contacts\/(?!search$)[^/]+/, '/contacts/{id}')}`
+        const byStatus = (calls[route] ??= {})
+        const status = request.status === 0 ? 'dropped' : String(request.status)
+        byStatus[status] = (byStatus[status] ?? 0) + 1
+        const email = request.status === 200 && route === SEARCH_ROUTE ? searchedEmail(request.body) : null
+        if (email === null) continue
+        const previous = lastSearch.get(email)
+        if (previous !== undefined) repeatGapsMs.push(request.at - previous)
+        lastSearch.set(email, request.at)
+    }
+    const times = requests.filter((request) => request.at >= since).map((request) => request.at)
+    return {
+        stats: emulator.stats(),
+        stored: emulator.events().length,
+        calls,
+        searchedEmails: lastSearch.size,
+        repeatGapsMs,
+        callsPerWindow:
+            times.length === 0 ? [] : countPerWindow(times, emulator.options.windowSeconds * 1000),
+        cpuMicros,
+    }
+}
+
+/** A fresh emulator for one scenario, holding the workload's contacts. */
+export async function startBenchEmulator(
+    where: 'child' | 'in-process',
+    contacts: SeedContact[],
+    events: number,
+    overrides: EmulatorOverrides = {}
+): Promise<EmulatorHandle> {
+    // Every request must stay countable: the default record limit could be outgrown by a large run.
+    const options: EmulatorOptions = {
+        tokens: [TOKEN],
+        contacts,
+        recordLimit: Math.max(100_000, events * 5),
+        ...overrides,
+    }
+    if (where === 'child') return childEmulator(options)
+    const emulator = await startEmulator(options)
+    return {
+        url: emulator.url,
+        snapshot: async (since = 0) => takeSnapshot(emulator, null, since),
+        close: () => emulator.close(),
+    }
+}
+
+/**
+ * The emulator in a child process running this file. The parent asks one thing at a time: the first message
+ * starts the emulator (answered with its URL), each later one asks for a snapshot; disconnecting closes it.
+ */
+async function childEmulator(options: EmulatorOptions): Promise<EmulatorHandle> {
+    // tsx passes its loader in execArgv, which fork() hands on: the child runs this same TypeScript file.
+    const child = fork(__filename, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
+    const ask = <T>(message: object): Promise<T> =>
+        new Promise<T>((resolve, reject) => {
+            child.once('message', (reply) => resolve(reply as T))
+            void exited.then((code) => reject(new Error(`emulator child exited (${code})`)))
+            child.send(message)
+        })
+    try {
+        const url = await ask<string>({ options })
+        return {
+            url,
+            snapshot: (since = 0) => ask<EmulatorSnapshot>({ since }),
+            close: async () => {
+                child.disconnect()
+                await exited
+            },
+        }
+    } catch (error) {
+        child.kill()
+        throw error
+    }
+}
+
+function serveEmulatorInChild(): void {
+    const cpuAtStart = process.cpuUsage()
+    let emulator: Promise<Emulator> | undefined
+    process.on('message', async (message: { options?: EmulatorOptions; since?: number }) => {
+        if (message.options) {
+            emulator = startEmulator(message.options)
+            process.send?.((await emulator).url)
+        } else if (emulator) {
+            const cpu = process.cpuUsage(cpuAtStart)
+            process.send?.(takeSnapshot(await emulator, cpu.user + cpu.system, message.since ?? 0))
+        }
+    })
+    // Parent gone (finished, crashed or killed): nothing must outlive it.
+    process.on('disconnect', () => {
+        void (emulator?.then((running) => running.close()) ?? Promise.resolve()).finally(() =>
+            process.exit(0)
+        )
+    })
+}
+
+if (require.main === module && process.send) serveEmulatorInChild()

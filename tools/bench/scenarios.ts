@@ -1,0 +1,521 @@
+/** The bench's scenarios: each runs the workload against a fresh emulator and measures calls, losses and CPU. */
+import { Presets, SingleBar } from 'cli-progress'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import * as path from 'node:path'
+import fetch from 'node-fetch'
+
+import { formatCount, sumCounts } from '../lib/report'
+import { sleep } from '../lib/sleep'
+import { WindowGate } from '../replay/fetch'
+import { replay } from '../replay'
+import { createHarness, Harness, HarnessEvent } from '../runtime/harness'
+import { FetchFn, FetchResponse, hostNodeFetch, redirectingFetch } from '../runtime/load-plugin'
+import { EmulatorHandle, EmulatorOverrides, EmulatorSnapshot, SEARCH_ROUTE, searchedEmail } from './emulator'
+import { BENCH_CONFIG, TOKEN, Workload } from './workload'
+
+export const SCENARIOS = ['plugin-server', 'cdp', 'cdp-paced', 'no-cache', 'replay', 'cpu'] as const
+export type ScenarioName = (typeof SCENARIOS)[number]
+export const SETUP_ROUTE = 'GET /me'
+
+export interface BenchOptions {
+    events: number
+    people: number
+    /** Workers of each harness run (and, times `concurrency`, the reference client's parallel requests). */
+    workers: number
+    concurrency: number
+    /** How harness runs spread events over workers: PostHog's plugin server did not keep a person on one. */
+    distribute: 'round-robin' | 'distinct_id'
+    /** How often the plugin-server harness runs runEveryMinute (PostHog: 60,000); `pacedRate`: events/s in cdp-paced. */
+    minuteMs: number
+    pacedRate: number
+    scenarios: ScenarioName[]
+    out: string | null
+    /** `child` keeps the emulator's CPU out of the host's measurement; `in-process` is for tests. */
+    emulator: 'child' | 'in-process'
+    /** Passes of the `cpu` scenario whose median is reported (one more warms up). */
+    cpuPasses: number
+    progress: boolean
+    seed: number
+    print: (line: string) => void
+}
+
+export interface ScenarioResult {
+    name: ScenarioName
+    setup: string
+    events: number
+    expected: number
+    /** As the client reported: onEvent, plus runEveryMinute for the plugin-server queue. */
+    delivered: number
+    deliveredFromQueue: number
+    /** Events the emulator stored; `lost` = expected (every event of the workload) − stored. */
+    stored: number
+    lost: number
+    /** POSTs Intercom accepted but deduplicated (a retry of an event already stored). */
+    deduplicated: number
+    failed: Record<string, number>
+    /** GET /me, one per worker at setup: not counted in `calls`. */
+    setupCalls: number
+    calls: number
+    callsByRoute: Record<string, Record<string, number>>
+    rateLimited: number
+    /** Distinct emails searched with success: the floor of lookups with a shared cache. */
+    searchedEmails: number
+    /** Successful searches beyond one per email (concurrent lookups of one email on different workers). */
+    duplicateSearches: number
+    /** How long after the previous search of the same email each repeated search came, in ms. */
+    repeatedSearchGapMs: { median: number; max: number } | null
+    callsPerDelivered: number | null
+    wallSeconds: number
+    /** Until every event had its first outcome (delivered, queued, failed); the rest is draining the queue. */
+    feedSeconds: number
+    eventsPerSecond: number
+    /** Host process CPU per event: the plugin, its HTTP client and the harness (emulator excluded if `child`). */
+    hostCpuMicrosPerEvent: number
+    emulatorCpuMicrosPerCall: number | null
+    /** Calls (setup excluded) in each of the emulator's 10 s windows, from the first event on. */
+    callsPerWindow: number[]
+    /** plugin-server: host CPU (µs) until every event had its first outcome and while the queue drained; what each
+     * runEveryMinute run delivered from the queue; the onEvent results parked in it. */
+    phaseCpuMicros?: { feed: number; drain: number }
+    queueRuns?: number[]
+    queued?: number
+    logLines: number
+}
+
+/** Host CPU per event in steady state (median over passes after a warm-up pass), µs. */
+export interface CpuMeasurement {
+    pluginMicrosPerEvent: number
+    /** The same harness running a plugin that only POSTs each event: harness and HTTP client overhead. */
+    nullPluginMicrosPerEvent: number
+    ownMicrosPerEvent: number
+}
+
+export interface CpuResult {
+    /** Against the emulator over HTTP with its rate limit lifted (emulator in a child process unless in-process). */
+    http: CpuMeasurement
+    /** Against an in-process stub of Intercom: no sockets at all. */
+    stub: CpuMeasurement
+    passes: number
+}
+
+export interface Context {
+    options: BenchOptions
+    workload: Workload
+    startEmulator(overrides?: EmulatorOverrides): Promise<EmulatorHandle>
+}
+
+// --- Measuring one scenario
+
+function median(values: number[]): number {
+    const sorted = [...values].sort((a, b) => a - b)
+    const middle = Math.floor(sorted.length / 2)
+    return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+/** Wall time and this process's CPU (µs) since it was started. */
+function stopwatch(): { started: number; ms(): number; cpu(): number } {
+    const started = Date.now()
+    const cpuStart = process.cpuUsage()
+    const cpu = (): number => {
+        const used = process.cpuUsage(cpuStart)
+        return used.user + used.system
+    }
+    return { started, ms: () => Date.now() - started, cpu }
+}
+type Stopwatch = ReturnType<typeof stopwatch>
+
+interface Progress {
+    update(value: number, detail: string): void
+    stop(): void
+}
+
+function progressBar(options: BenchOptions, title: string, total: number): Progress {
+    if (!options.progress || !process.stderr.isTTY) return { update: () => undefined, stop: () => undefined }
+    const bar = new SingleBar(
+        {
+            stream: process.stderr,
+            format: `${title.padEnd(14)} [{bar}] {value}/{total} delivered | {detail}`,
+            clearOnComplete: true,
+            hideCursor: true,
+        },
+        Presets.shades_classic
+    )
+    bar.start(total, 0, { detail: '' })
+    return { update: (value, detail) => bar.update(value, { detail }), stop: () => bar.stop() }
+}
+
+/** What a scenario's client reported; the emulator's side is measured around it. */
+type Outcome = Pick<ScenarioResult, 'delivered' | 'failed'> &
+    Partial<
+        Pick<ScenarioResult, 'deliveredFromQueue' | 'logLines' | 'phaseCpuMicros' | 'queueRuns' | 'queued'>
+    > & {
+        feedMs?: number
+    }
+
+/** A scenario's client, ready to run once its setup calls are made. */
+interface Prepared {
+    run(watch: Stopwatch, progress: Progress): Promise<Outcome>
+    close?(): Promise<void>
+}
+
+/** `prepare` makes its setup calls, then `run` is measured: host CPU and wall time here, calls in the emulator. */
+async function measure(
+    ctx: Context,
+    scenario: { name: ScenarioName; setup: string },
+    prepare: (url: string) => Promise<Prepared>
+): Promise<ScenarioResult> {
+    const emulator = await ctx.startEmulator()
+    const progress = progressBar(ctx.options, scenario.name, ctx.workload.events.length)
+    let prepared: Prepared | undefined
+    try {
+        prepared = await prepare(emulator.url)
+        const before = await emulator.snapshot()
+        const watch = stopwatch()
+        const { feedMs, ...outcome } = await prepared.run(watch, progress)
+        const [wallMs, hostCpu] = [watch.ms(), watch.cpu()]
+        return resultOf(ctx.workload.events.length, { ...scenario, ...outcome }, before, {
+            after: await emulator.snapshot(watch.started),
+            wallMs,
+            feedMs: feedMs ?? wallMs,
+            hostCpu,
+        })
+    } finally {
+        progress.stop()
+        await prepared?.close?.()
+        await emulator.close()
+    }
+}
+
+function resultOf(
+    events: number,
+    outcome: Omit<Outcome, 'feedMs'> & { name: ScenarioName; setup: string },
+    before: EmulatorSnapshot,
+    measured: { after: EmulatorSnapshot; wallMs: number; feedMs: number; hostCpu: number }
+): ScenarioResult {
+    const { after, wallMs } = measured
+    // GET /me is setup: once per harness worker before the first event, once for the replay as it starts.
+    const setupCalls = sumCounts(after.calls[SETUP_ROUTE])
+    const calls = after.stats.calls - setupCalls
+    const gaps = after.repeatGapsMs
+    const emulatorCpu =
+        after.cpuMicros !== null && before.cpuMicros !== null ? after.cpuMicros - before.cpuMicros : null
+    return {
+        deliveredFromQueue: 0,
+        logLines: 0,
+        ...outcome,
+        events,
+        expected: events,
+        stored: after.stored,
+        lost: events - after.stored,
+        deduplicated: after.stats.eventsDeduplicated,
+        setupCalls,
+        calls,
+        callsByRoute: after.calls,
+        rateLimited: after.stats.rateLimited - before.stats.rateLimited,
+        searchedEmails: after.searchedEmails,
+        duplicateSearches: (after.calls[SEARCH_ROUTE]?.['200'] ?? 0) - after.searchedEmails,
+        repeatedSearchGapMs: gaps.length === 0 ? null : { median: median(gaps), max: Math.max(...gaps) },
+        callsPerDelivered: after.stored === 0 ? null : calls / after.stored,
+        wallSeconds: wallMs / 1000,
+        feedSeconds: measured.feedMs / 1000,
+        eventsPerSecond: after.stored / (wallMs / 1000),
+        hostCpuMicrosPerEvent: measured.hostCpu / events,
+        emulatorCpuMicrosPerCall: emulatorCpu === null || calls === 0 ? null : emulatorCpu / calls,
+        callsPerWindow: after.callsPerWindow,
+    }
+}
+
+// --- index.ts in the harness: plugin-server, cdp, cdp-paced
+
+/** Events all at once (the workers' slots pace them), or at a steady rate; counts each first outcome. */
+async function feed(harness: Harness, events: HarnessEvent[], progress: Progress, rate?: number) {
+    const started = Date.now()
+    const counts = { delivered: 0, queued: 0 }
+    const pending: Promise<void>[] = []
+    for (let i = 0; i < events.length; i++) {
+        if (rate !== undefined) await sleep(started + (i * 1000) / rate - Date.now())
+        const sent = harness.send(events[i]).then(({ status }) => {
+            if (status === 'delivered' || status === 'queued') counts[status]++
+            const doing = status === 'queued' ? 'queueing what Intercom cannot take now' : 'sending'
+            progress.update(counts.delivered, doing)
+        })
+        pending.push(sent)
+    }
+    await Promise.all(pending)
+    return counts
+}
+
+/**
+ * runEveryMinute on a clock started with the feed, as PostHog's schedule would run it, until the queue is
+ * empty (or a bound far above what draining needs, so a stuck queue ends the run instead of hanging it).
+ */
+async function drainQueue(
+    harness: Harness,
+    ctx: Context,
+    started: number,
+    progress: Progress,
+    delivered: number
+) {
+    const runs: number[] = []
+    const maxRuns = Math.ceil(ctx.workload.events.length / 500) + 20
+    for (let run = 1; run <= maxRuns; run++) {
+        await sleep(started + run * ctx.options.minuteMs - Date.now())
+        const report = await harness.runMinute()
+        runs.push(report?.delivered ?? 0)
+        delivered += report?.delivered ?? 0
+        const remaining = report?.remaining ?? 0
+        progress.update(delivered, `runEveryMinute: ${formatCount(remaining)} waiting in the retry queue`)
+        if (remaining === 0) break
+    }
+    return runs
+}
+
+function runHarness(name: 'plugin-server' | 'cdp' | 'cdp-paced', ctx: Context): Promise<ScenarioResult> {
+    const { options, workload } = ctx
+    const queue = name === 'plugin-server'
+    const rate = name === 'cdp-paced' ? options.pacedRate : undefined
+    const setup = {
+        'plugin-server': `${options.workers} workers sharing a cache, events fed as fast as taken, retry queue drained by runEveryMinute`,
+        cdp: `${options.workers} workers, no cache (each keeps its own lookups), no runEveryMinute, no retries, events fed as fast as taken`,
+        'cdp-paced': `as cdp, events fed at ${options.pacedRate}/s (below the limit)`,
+    }[name]
+    return measure(ctx, { name, setup }, async (emulatorUrl) => {
+        const harness = await createHarness({
+            mode: queue ? 'plugin-server' : 'cdp',
+            workers: options.workers,
+            concurrency: options.concurrency,
+            distribute: options.distribute,
+            config: BENCH_CONFIG,
+            emulatorUrl,
+            minuteMs: 0, // the drain below is the clock
+            maxLogLines: 100,
+        })
+        const run = async (watch: Stopwatch, progress: Progress): Promise<Outcome> => {
+            const first = await feed(harness, workload.events, progress, rate)
+            const [feedMs, feedCpu] = [watch.ms(), watch.cpu()]
+            // Nothing queued: the run ends with the feed, not at the next runEveryMinute.
+            const queueRuns =
+                queue && first.queued > 0
+                    ? await drainQueue(harness, ctx, watch.started, progress, first.delivered)
+                    : []
+            const summary = harness.summary()
+            const outcome = {
+                delivered: summary.delivered + summary.minute.delivered,
+                deliveredFromQueue: summary.minute.delivered,
+                failed: summary.failed,
+                logLines: sumCounts(summary.logLevels),
+                feedMs,
+            }
+            if (!queue) return outcome
+            const phaseCpuMicros = { feed: feedCpu, drain: watch.cpu() - feedCpu }
+            return { ...outcome, queueRuns, queued: summary.queued, phaseCpuMicros }
+        }
+        return { run, close: () => harness.close() }
+    })
+}
+
+// --- no-cache: the old plugin's two calls per event, waiting out spent windows as the plugin does
+
+/** One POST, through the rate-limit gate, repeated after the window resets when Intercom answers 429. */
+async function post(url: string, body: unknown, gate: WindowGate): Promise<{ status: number; text: string }> {
+    for (;;) {
+        await gate.acquire()
+        const response = await fetch(url, {
+            method: 'POST',
+            headers: {
+                Authorization: `Bearer ${TOKEN}`,
+                Accept: 'application/json',
+                'Content-Type': 'application/json',
+                'Intercom-Version': '2.11',
+            },
+            body: JSON.stringify(body),
+        })
+        gate.release(response.status, response.headers)
+        const text = await response.text()
+        if (response.status !== 429) return { status: response.status, text }
+    }
+}
+
+/** Search by email, then POST /events by contact id (users before leads): two calls, every time. */
+async function deliverUncached(baseUrl: string, event: HarnessEvent, gate: WindowGate): Promise<boolean> {
+    const query = { field: 'email', operator: '=', value: String(event.properties?.email) }
+    const search = await post(`${baseUrl}/contacts/search`, { query }, gate)
+    const contacts = (JSON.parse(search.text) as { data?: Array<{ id: string; role: string }> }).data ?? []
+    const contact = contacts.find((c) => c.role === 'user') ?? contacts[0]
+    if (search.status !== 200 || !contact) return false
+    const created_at = Math.floor(Date.parse(event.timestamp) / 1000)
+    const posted = await post(
+        `${baseUrl}/events`,
+        { event_name: event.event, created_at, id: contact.id },
+        gate
+    )
+    return posted.status === 202
+}
+
+function runNoCache(ctx: Context): Promise<ScenarioResult> {
+    const events = ctx.workload.events
+    const parallel = ctx.options.workers * ctx.options.concurrency
+    const setup = `${parallel} requests in flight; search + POST per event (old plugin), waits out 429s`
+    return measure(ctx, { name: 'no-cache', setup }, async (url) => ({
+        run: async (_watch, progress) => {
+            const gate = new WindowGate()
+            const outcome = { delivered: 0, failed: {} as Record<string, number> }
+            let next = 0
+            const lane = async (): Promise<void> => {
+                while (next < events.length) {
+                    if (await deliverUncached(url, events[next++], gate)) outcome.delivered++
+                    else outcome.failed['not delivered'] = (outcome.failed['not delivered'] ?? 0) + 1
+                    progress.update(outcome.delivered, 'search + POST /events for every event')
+                }
+            }
+            await Promise.all(Array.from({ length: parallel }, lane))
+            return outcome
+        },
+    }))
+}
+
+// --- replay: the workload as an export file, sent as a backfill would be
+
+/**
+ * `npm run replay` on the workload written as JSON Lines, to the real-Intercom target (host guard and all)
+ * with Intercom's hosts redirected to the emulator: what a backfill makes of Intercom's rate limit.
+ */
+function runReplay(ctx: Context): Promise<ScenarioResult> {
+    const setup = 'npm run replay of the workload as one JSON Lines file, default settings'
+    return measure(ctx, { name: 'replay', setup }, async (url) => {
+        const directory = mkdtempSync(path.join(tmpdir(), 'intercom-bench-replay-'))
+        const exportFile = path.join(directory, 'export.jsonl')
+        writeFileSync(exportFile, `${ctx.workload.events.map((event) => JSON.stringify(event)).join('\n')}\n`)
+        const run = async (): Promise<Outcome> => {
+            const summary = await replay({
+                inputs: [exportFile],
+                config: BENCH_CONFIG,
+                target: { kind: 'intercom' },
+                fetch: redirectingFetch(url, hostNodeFetch),
+                checkpointDir: false,
+                progress: false,
+                print: () => undefined,
+                notice: () => undefined,
+            })
+            return { delivered: summary.files[0].delivered, failed: summary.files[0].reasons }
+        }
+        return { run, close: async () => rmSync(directory, { recursive: true, force: true }) }
+    })
+}
+
+export function runScenario(name: Exclude<ScenarioName, 'cpu'>, ctx: Context): Promise<ScenarioResult> {
+    if (name === 'no-cache') return runNoCache(ctx)
+    if (name === 'replay') return runReplay(ctx)
+    return runHarness(name, ctx)
+}
+
+// --- cpu: the plugin minus a plugin that only posts, over HTTP and against an in-process stub of Intercom
+
+/** A plugin that does the least an Intercom plugin can: one POST per event, nothing else. */
+const NULL_PLUGIN = `import fetch from 'node-fetch'
+export async function onEvent(event) {
+    const response = await fetch('https://api.intercom.io/events', {
+        method: 'POST',
+        headers: { Authorization: 'Bearer ${TOKEN}', 'Content-Type': 'application/json' },
+        body: JSON.stringify({ event_name: event.event, created_at: 0, id: event.distinct_id }),
+        timeout: 10000,
+    })
+    await response.text()
+    return { status: 'delivered' }
+}
+`
+
+function stubHeaders(values: Record<string, string>): FetchResponse['headers'] {
+    return {
+        get: (name) => values[name.toLowerCase()] ?? null,
+        forEach: (callback) => Object.entries(values).forEach(([name, value]) => callback(value, name)),
+    }
+}
+
+/** Answers like Intercom with a window that never runs out: GET /me, search (one user), POST /events. */
+const stubIntercom: FetchFn = async (input, init) => {
+    const route = new URL(String(input)).pathname
+    let status = 202
+    let body = ''
+    if (route === '/me') {
+        status = 200
+        body = JSON.stringify({ type: 'admin', app: { region: 'US' } })
+    } else if (route === '/contacts/search') {
+        status = 200
+        const email = searchedEmail(JSON.parse(init?.body ?? '{}')) ?? ''
+        body = JSON.stringify({ type: 'list', data: [{ type: 'contact', id: `c-${email}`, role: 'user' }] })
+    }
+    const headers = stubHeaders({
+        'x-ratelimit-limit': '1666',
+        'x-ratelimit-remaining': '1666',
+        'x-ratelimit-reset': String(Math.ceil(Date.now() / 1000) + 10),
+    })
+    return { status, ok: status < 300, headers, json: async () => JSON.parse(body), text: async () => body }
+}
+
+/** Where the harness sends the plugin's calls during a CPU measurement. */
+type CpuTarget = { emulatorUrl: string; fetch?: FetchFn }
+
+async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target: CpuTarget): Promise<number> {
+    const { workers, concurrency, cpuPasses } = ctx.options
+    const harness = await createHarness({
+        mode: 'plugin-server',
+        workers,
+        concurrency,
+        config: BENCH_CONFIG,
+        pluginFile,
+        ...target,
+        minuteMs: 0,
+        maxLogLines: 0,
+    })
+    try {
+        const samples: number[] = []
+        for (let pass = 0; pass <= cpuPasses; pass++) {
+            // Fresh uuids per pass, so nothing is mistaken for a repeat.
+            const suffix = pass.toString(16).padStart(4, '0')
+            const events = ctx.workload.events.map((event) => ({
+                ...event,
+                uuid: event.uuid.slice(0, -4) + suffix,
+            }))
+            const watch = stopwatch()
+            await harness.run(events)
+            // Pass 0 warms the JIT and the contact cache; the median of the rest is steady state.
+            if (pass > 0) samples.push(watch.cpu() / events.length)
+        }
+        return median(samples)
+    } finally {
+        await harness.close()
+    }
+}
+
+async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarget): Promise<CpuMeasurement> {
+    const plugin = await cpuPerEvent(ctx, undefined, target)
+    const nullPlugin = await cpuPerEvent(ctx, nullPluginFile, target)
+    return {
+        pluginMicrosPerEvent: plugin,
+        nullPluginMicrosPerEvent: nullPlugin,
+        ownMicrosPerEvent: plugin - nullPlugin,
+    }
+}
+
+export async function runCpu(ctx: Context): Promise<CpuResult> {
+    const directory = mkdtempSync(path.join(tmpdir(), 'intercom-bench-'))
+    // The rate limit is lifted here: this measures CPU, and waiting out windows would only add idle time.
+    const emulator = await ctx.startEmulator({ rateLimit: 1_000_000_000 })
+    try {
+        const nullPluginFile = path.join(directory, 'null-plugin.ts')
+        writeFileSync(nullPluginFile, NULL_PLUGIN)
+        return {
+            http: await measurePair(ctx, nullPluginFile, { emulatorUrl: emulator.url }),
+            stub: await measurePair(ctx, nullPluginFile, {
+                emulatorUrl: 'http://intercom-stub.invalid',
+                fetch: stubIntercom,
+            }),
+            passes: ctx.options.cpuPasses,
+        }
+    } finally {
+        await emulator.close()
+        rmSync(directory, { recursive: true, force: true })
+    }
+}
