@@ -399,7 +399,7 @@ export class Intercom {
             (counts[key] = (counts[key] ?? 0) + 1)
         increment(this.counters.byRoute, found?.name ?? 'unknown')
         increment(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
-        const { authorization: _token, ...kept } = headers
+        const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => name !== 'authorization'))
         this.record({ method, path: url.pathname, status, body: recordedBody(raw), at, headers: kept })
         return outcome
     }

@@ -240,6 +240,8 @@ const CONTACT_FIELDS = [
     'signed_up_at',
     'last_seen_at',
 ] as const
+const SHOWN_FIELDS = ['id', ...CONTACT_FIELDS, 'created_at', 'updated_at'] as const
+type ShownField = (typeof SHOWN_FIELDS)[number]
 export type ContactInput = Partial<Pick<ContactRecord, (typeof CONTACT_FIELDS)[number]>> & {
     custom_attributes?: JsonObject
 }
@@ -431,10 +433,13 @@ export class Contacts {
     }
 
     toContact(record: ContactRecord): StoredContact {
-        const { companyIds, searchableAt: _lag, seq: _seq, ...fields } = record
+        const { companyIds } = record
         return {
             type: 'contact',
-            ...fields,
+            ...(Object.fromEntries(SHOWN_FIELDS.map((key) => [key, record[key]])) as Pick<
+                ContactRecord,
+                ShownField
+            >),
             workspace_id: APP_ID,
             custom_attributes: structuredClone(record.custom_attributes),
             companies: {
