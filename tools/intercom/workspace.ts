@@ -91,7 +91,7 @@ export interface WorkspaceOptions {
     clock: () => number
     searchLagMs: number
     maxEventNames: number
-    /** Every searched email or external id is a user, and every custom attribute exists. */
+    /** Every searched email or external id is a user; any custom attribute exists, of any type. */
     openWorld: boolean
 }
 
@@ -199,19 +199,20 @@ export class Attributes {
 
     /**
      * Each key must be an existing custom attribute of the model, with a value of its type (null clears it).
-     * Intercom's contact endpoints never create attributes on the fly; with `define`, unknown ones are created.
+     * Contact endpoints never create attributes on the fly, the companies endpoint does (`define`). In an open
+     * world the real workspace's attributes are unknown: any non-standard name is taken as it comes.
      */
     check(model: AttributeModel, values: JsonObject, define: boolean): void {
         for (const [name, value] of Object.entries(values)) {
-            if (define && !this.byName.has(name) && !isStandard(model, name)) {
-                this.define({ name, model, data_type: inferDataType(value) })
-            }
-            const attribute = this.byName.get(name)
             if (isStandard(model, name)) {
                 throw invalid(
                     `'${name}' is a standard ${model} attribute, not a custom one: send it as a top-level field.`
                 )
             }
+            if (this.options.openWorld) continue
+            if (define && !this.byName.has(name))
+                this.define({ name, model, data_type: inferDataType(value) })
+            const attribute = this.byName.get(name)
             if (!attribute || attribute.model !== model)
                 throw invalid(`Custom attribute '${name}' does not exist`)
             if (value !== null && !fitsDataType(attribute.data_type, value)) {
@@ -303,7 +304,7 @@ export class Contacts {
     create(input: ContactInput): StoredContact {
         const candidate = { ...input, role: input.role ?? 'user' }
         this.checkIdentity(candidate, undefined)
-        this.attributes.check('contact', input.custom_attributes ?? {}, this.options.openWorld)
+        this.attributes.check('contact', input.custom_attributes ?? {}, false)
         const now = seconds(this.options)
         const searchableAt = this.options.clock() + this.options.searchLagMs
         const record = this.insert({ ...candidate, created_at: now, updated_at: now, searchableAt })
@@ -343,7 +344,7 @@ export class Contacts {
         for (const key of CONTACT_FIELDS)
             if (input[key] !== undefined) Object.assign(next, { [key]: input[key] })
         this.checkIdentity(next, id)
-        this.attributes.check('contact', input.custom_attributes ?? {}, this.options.openWorld)
+        this.attributes.check('contact', input.custom_attributes ?? {}, false)
         this.byEmail.remove(record)
         this.byExternalId.remove(record)
         // Intercom merges custom attributes: keys not sent keep their value.
