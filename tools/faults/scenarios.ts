@@ -118,102 +118,31 @@ export interface FaultScenario {
     rateLimited?: boolean
 }
 
+// prettier-ignore
 export const SCENARIOS: readonly FaultScenario[] = [
-    {
-        name: '5xx-burst',
-        fault: '5xx',
-        summary:
-            '20% of calls answer 500/502/503 while events come in; the burst is over when the queue drains',
-        faults: { errorRate: 0.2 },
-        recover: { errorRate: 0 },
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 4,
-    },
-    {
-        name: '429-storm',
-        fault: '429',
+    { name: '5xx-burst', fault: '5xx', workers: 2, waves: 2, contacts: 'seeded', eventNames: 4,
+        summary: '20% of calls answer 500/502/503 while events come in; the burst is over when the queue drains',
+        faults: { errorRate: 0.2 }, recover: { errorRate: 0 } },
+    { name: '429-storm', fault: '429', workers: 3, waves: 1, contacts: 'seeded', eventNames: 3, rateLimited: true,
         summary: '20 calls a 1 s window shared by 3 workers: 429s with X-RateLimit-Reset',
-        faults: { rateLimit: 20, windowSeconds: 1 },
-        workers: 3,
-        waves: 1,
-        contacts: 'seeded',
-        eventNames: 3,
-        rateLimited: true,
-    },
-    {
-        name: 'slow-timeouts',
-        fault: 'timeout',
+        faults: { rateLimit: 20, windowSeconds: 1 } },
+    // Mid-run, once contacts are cached, so that event POSTs time out after Intercom stored them.
+    { name: 'slow-timeouts', fault: 'timeout', workers: 2, waves: 2, contacts: 'seeded', eventNames: 3,
         summary: `answers take ${SLOW_LATENCY_MS} ms, past the client timeout, for a third of the run`,
-        faults: {},
-        // Mid-run, once contacts are cached, so that event POSTs time out after Intercom stored them.
-        midRun: [
-            { share: 0.3, patch: { latencyMs: SLOW_LATENCY_MS } },
-            { share: 0.6, patch: { latencyMs: 0 } },
-        ],
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 3,
-    },
-    {
-        name: 'dropped-connections',
-        fault: 'dropped',
-        summary: '15% of connections are closed without an answer',
-        faults: { dropRate: 0.15 },
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 3,
-    },
-    {
-        name: 'search-lag',
-        fault: 'created',
+        faults: {}, midRun: [{ share: 0.3, patch: { latencyMs: SLOW_LATENCY_MS } }, { share: 0.6, patch: { latencyMs: 0 } }] },
+    { name: 'dropped-connections', fault: 'dropped', workers: 2, waves: 2, contacts: 'seeded', eventNames: 3,
+        summary: '15% of connections are closed without an answer', faults: { dropRate: 0.15 } },
+    { name: 'search-lag', fault: 'created', workers: 2, waves: 2, contacts: 'unknown', eventNames: 3, searchesPerEmail: 4,
         summary: 'unknown emails, contacts created as leads by the plugin, search lags them 1.5 s',
-        faults: { searchLagMs: 1500 },
-        config: { createContacts: 'as lead' },
-        workers: 2,
-        waves: 2,
-        contacts: 'unknown',
-        eventNames: 3,
-        searchesPerEmail: 4,
-    },
-    {
-        name: 'token-revoked',
-        fault: '401',
+        faults: { searchLagMs: 1500 }, config: { createContacts: 'as lead' } },
+    { name: 'token-revoked', fault: '401', workers: 2, waves: 2, contacts: 'seeded', eventNames: 3, permanent: true,
         summary: '10% 5xx, then the token is revoked halfway: 401 from then on, queue included',
-        faults: { errorRate: 0.1 },
-        midRun: [{ share: 0.5, patch: { tokens: ['a-token-nobody-has'] } }],
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 3,
-        permanent: true,
-    },
-    {
-        name: 'event-name-limit',
-        fault: '422',
-        summary: 'the workspace allows 3 event names; 6 are sent: 422 for the rest',
-        faults: { maxEventNames: 3 },
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 6,
-        permanent: true,
-    },
-    {
-        name: 'shared-cache',
-        fault: 'none',
-        summary: '4 workers, one shared cache, no faults: one contact lookup per email',
-        faults: {},
-        workers: 4,
-        // Waves no larger than the number of people: a person's first event is not raced by their second.
-        waves: 6,
-        contacts: 'seeded',
-        eventNames: 3,
-        searchesPerEmail: 1.25,
-    },
+        faults: { errorRate: 0.1 }, midRun: [{ share: 0.5, patch: { tokens: ['a-token-nobody-has'] } }] },
+    { name: 'event-name-limit', fault: '422', workers: 2, waves: 2, contacts: 'seeded', eventNames: 6, permanent: true,
+        summary: 'the workspace allows 3 event names; 6 are sent: 422 for the rest', faults: { maxEventNames: 3 } },
+    // Waves no larger than the number of people: a person's first event is not raced by their second.
+    { name: 'shared-cache', fault: 'none', workers: 4, waves: 6, contacts: 'seeded', eventNames: 3, searchesPerEmail: 1.25,
+        summary: '4 workers, one shared cache, no faults: one contact lookup per email', faults: {} },
 ]
 
 // ---------------------------------------------------------------------------------------------------
@@ -790,51 +719,17 @@ export interface VariantScenario {
 /** The retry queue's length bound in index.ts: past it an event is refused with a reason. */
 export const QUEUE_MAX_LENGTH = 10_000
 
+// prettier-ignore
 export const VARIANT_SCENARIOS: readonly VariantScenario[] = [
-    {
-        name: 'backlog-1000',
-        summary: 'Intercom answers 503 while 1,000 events arrive (parked), then recovers; the queue drains',
-        variants: [1, 2, 3, 4],
-        events: 1000,
-        smallEvents: 50,
-        concurrency: 10,
-    },
-    {
-        name: 'kill-9-mid-drain',
-        summary: 'a worker process draining a parked backlog is killed with SIGKILL; a new worker finishes',
-        variants: [1, 2, 3, 4],
-        events: 1000,
-        smallEvents: 200,
-        concurrency: 1,
-    },
-    {
-        name: 'redis-restart',
-        summary:
-            'Redis is killed and restarted (empty, no persistence) while events flow and Intercom is healthy',
-        variants: [1, 2, 3, 4],
-        events: 1000,
-        smallEvents: 60,
-        concurrency: 4,
-    },
-    {
-        name: 'queue-full-10000',
-        summary:
-            'Intercom is down while 10,050 events arrive: the queue holds 10,000, the rest are refused with a reason',
-        variants: [1, 2, 3, 4],
-        events: QUEUE_MAX_LENGTH + 50,
-        smallEvents: 0,
-        concurrency: 10,
-    },
-    {
-        name: 'burst-10000-rate-limit',
-        summary:
-            "10,000 events at once against Intercom's rate limit (1,666 calls / 10 s) in the current executor",
-        variants: [5, 6],
-        events: 10_000,
-        smallEvents: 40,
-        rateLimit: 1666,
-        smallRateLimit: 25,
-        windowSeconds: 10,
-        concurrency: 32,
-    },
+    { name: 'backlog-1000', variants: [1, 2, 3, 4], events: 1000, smallEvents: 50, concurrency: 10,
+        summary: 'Intercom answers 503 while 1,000 events arrive (parked), then recovers; the queue drains' },
+    { name: 'kill-9-mid-drain', variants: [1, 2, 3, 4], events: 1000, smallEvents: 200, concurrency: 1,
+        summary: 'a worker process draining a parked backlog is killed with SIGKILL; a new worker finishes' },
+    { name: 'redis-restart', variants: [1, 2, 3, 4], events: 1000, smallEvents: 60, concurrency: 4,
+        summary: 'Redis is killed and restarted (empty, no persistence) while events flow and Intercom is healthy' },
+    { name: 'queue-full-10000', variants: [1, 2, 3, 4], events: QUEUE_MAX_LENGTH + 50, smallEvents: 0, concurrency: 10,
+        summary: 'Intercom is down while 10,050 events arrive: the queue holds 10,000, the rest are refused with a reason' },
+    { name: 'burst-10000-rate-limit', variants: [5, 6], events: 10_000, smallEvents: 40, concurrency: 32,
+        rateLimit: 1666, smallRateLimit: 25, windowSeconds: 10,
+        summary: "10,000 events at once against Intercom's rate limit (1,666 calls / 10 s) in the current executor" },
 ]
