@@ -43,43 +43,42 @@ import {
 export type Region = 'US' | 'Europe' | 'AU'
 export const REGIONS: readonly Region[] = ['US', 'Europe', 'AU']
 
-export interface EmulatorOptions {
-    /** Default '127.0.0.1'; only loopback addresses are accepted (the HTTP emulator's). */
-    host?: string
-    /** Default 0: a free port. */
-    port?: number
-    /** Accepted Bearer tokens, default ['test-token']; '*' accepts any. */
-    tokens?: string[]
-    /** Returned by GET /me as app.region, default 'US'. */
-    region?: Region
-    /** Calls per window, default 1666 (Intercom: 10,000 a minute, enforced in 10 s windows). */
-    rateLimit?: number
-    /** Default 10. */
-    windowSeconds?: number
-    /** Share 0..1 of requests answered 500/502/503, default 0. */
-    errorRate?: number
-    /** Added delay per response, default 0. */
-    latencyMs?: number
-    /** Share 0..1 of requests whose connection is closed without an answer, default 0. */
-    dropRate?: number
-    /** Contacts created through POST /contacts become searchable only after this delay, default 0. */
-    searchLagMs?: number
-    /** Default 120. */
-    maxEventNames?: number
-    contacts?: SeedContact[]
-    /** Seed of the deterministic PRNG used for faults, default 1. */
-    seed?: number
-    /** Metadata strings over 255 characters are rejected (default) or truncated. */
-    longStrings?: LongStringPolicy
-    /** The clock in ms (rate-limit windows, search lag, timestamps); default Date.now. */
-    clock?: () => number
-    /** How many recorded requests are kept (the oldest go first), default 100,000. */
-    recordLimit?: number
-    /** Every searched email or external id is a user, every custom attribute exists; default false. */
-    openWorld?: boolean
+/** Every option with its default. */
+const DEFAULT_OPTIONS = {
+    /** Only loopback addresses are accepted (the HTTP emulator's). */
+    host: '127.0.0.1',
+    /** 0: a free port. */
+    port: 0,
+    /** Accepted Bearer tokens; '*' accepts any. */
+    tokens: ['test-token'] as string[],
+    /** GET /me's app.region. */
+    region: 'US' as Region,
+    /** Calls per window (Intercom: 10,000 a minute, enforced in 10 s windows). */
+    rateLimit: 1666,
+    windowSeconds: 10,
+    /** Share 0..1 of requests answered 500/502/503. */
+    errorRate: 0,
+    /** Added delay per response. */
+    latencyMs: 0,
+    /** Share 0..1 of requests whose connection is closed without an answer. */
+    dropRate: 0,
+    /** Contacts created through POST /contacts become searchable only after this delay. */
+    searchLagMs: 0,
+    maxEventNames: 120,
+    /** Seed of the deterministic PRNG used for faults. */
+    seed: 1,
+    /** Metadata strings over 255 characters are rejected or truncated. */
+    longStrings: 'reject' as LongStringPolicy,
+    /** The clock in ms (rate-limit windows, search lag, timestamps). */
+    clock: (): number => Date.now(),
+    /** How many recorded requests are kept (the oldest go first). */
+    recordLimit: 100_000,
+    /** Every searched email or external id is a user; any custom attribute exists, of any type. */
+    openWorld: false,
 }
 
-export type ResolvedOptions = Required<Omit<EmulatorOptions, 'contacts'>>
+export type ResolvedOptions = typeof DEFAULT_OPTIONS
+export type EmulatorOptions = Partial<ResolvedOptions> & { contacts?: SeedContact[] }
 
 /** A stand-in for the real Intercom (replay dry run, fault audit, bench): knows everyone, never runs out. */
 export const STAND_IN_OPTIONS: EmulatorOptions = {
@@ -127,24 +126,6 @@ interface Reply {
 /** Once through the gates: an answer (`delayed`: latency applies), or a connection closed without one. */
 export type Outcome = { kind: 'reply'; reply: Reply; delayed: boolean } | { kind: 'drop' }
 
-const DEFAULT_OPTIONS: ResolvedOptions = {
-    host: '127.0.0.1',
-    port: 0,
-    tokens: ['test-token'],
-    region: 'US',
-    rateLimit: 1666,
-    windowSeconds: 10,
-    errorRate: 0,
-    latencyMs: 0,
-    dropRate: 0,
-    searchLagMs: 0,
-    maxEventNames: 120,
-    seed: 1,
-    longStrings: 'reject',
-    clock: () => Date.now(),
-    recordLimit: 100_000,
-    openWorld: false,
-}
 const FAULT_STATUSES = [500, 502, 503]
 
 // --- options ------------------------------------------------------------------------------------------
@@ -512,40 +493,21 @@ export class Intercom {
         for (const contact of patch.contacts ?? []) this.addContact(contact)
     }
 
-    addContact(contact: SeedContact): { id: string } {
-        return this.workspace.contacts.seed(contact)
-    }
-
+    addContact = (contact: SeedContact): { id: string } => this.workspace.contacts.seed(contact)
     /** Declare a custom data attribute, as if created in Intercom's settings. */
-    addDataAttribute(attribute: DataAttribute): void {
-        this.workspace.attributes.define(attribute)
-    }
-
-    contacts(): StoredContact[] {
-        return this.workspace.contacts.all().map((record) => this.workspace.contacts.toContact(record))
-    }
-
-    companies(): StoredCompany[] {
-        return this.workspace.companies.all()
-    }
-
-    events(): StoredEvent[] {
-        return this.workspace.events.all()
-    }
-
-    requests(): RecordedRequest[] {
-        return this.recorded.map((request) => structuredClone(request))
-    }
+    addDataAttribute = (attribute: DataAttribute): void => void this.workspace.attributes.define(attribute)
+    contacts = (): StoredContact[] =>
+        this.workspace.contacts.all().map((c) => this.workspace.contacts.toContact(c))
+    companies = (): StoredCompany[] => this.workspace.companies.all()
+    events = (): StoredEvent[] => this.workspace.events.all()
+    requests = (): RecordedRequest[] => this.recorded.map((request) => structuredClone(request))
+    stats = (): EmulatorStats => structuredClone(this.counters)
 
     /** Custom data attributes only (standard ones never matter for validation). */
     dataAttributes(): DataAttribute[] {
         return this.workspace.attributes
             .list()
             .map(({ name, data_type, model }) => ({ name, data_type, model }))
-    }
-
-    stats(): EmulatorStats {
-        return structuredClone(this.counters)
     }
 
     /** Called after each request is answered (or dropped); returns an unsubscribe function. */
