@@ -7,6 +7,7 @@
 import fc from 'fast-check'
 
 import { caseConfig, runBadConfig, runBadEvent, SandboxPool } from '../tools/faults/faults'
+import { requestViolations, ruleOf } from '../tools/intercom/rules'
 import {
     BAD_CONFIG_CASES,
     BAD_EVENT_CASES,
@@ -16,8 +17,6 @@ import {
     generatedEventCases,
     knownBugOf,
     KNOWN_BUGS,
-    requestViolations,
-    ruleOf,
     SANDBOX_RUNTIMES,
     SandboxRuntime,
 } from '../tools/faults/scenarios'

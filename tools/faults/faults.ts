@@ -18,10 +18,12 @@
  * the tables and writes the JSON (`--help` lists the options); __tests__/faults.test.ts runs a reduced
  * campaign inside `npm test`.
  */
-import { createHash } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 
 import { Emulator, RecordedRequest, startEmulator, StoredContact, StoredEvent } from '../intercom/emulator'
+import { createIntercom, STAND_IN_OPTIONS } from '../intercom/model'
+import { requestViolations } from '../intercom/rules'
+import { formatTable as formatColumns } from '../lib/report'
 import {
     CacheStore,
     createHarness,
@@ -76,7 +78,6 @@ import {
     MINUTE_MS,
     PlannedEvent,
     QUEUE_MAX_ATTEMPTS,
-    requestViolations,
     Runtime,
     RUNTIMES,
     RuntimeName,
@@ -661,71 +662,12 @@ export interface FakeIntercom {
     calls: IntercomCall[]
 }
 
-/** A contact id derived from the email, so that no email is ever echoed back in an id. */
-function contactIdOf(email: unknown): string {
-    return createHash('sha256').update(String(email)).digest('hex').slice(0, 24)
-}
-
-function json(status: number, body: unknown): FetchResponse {
-    return new Response(body === undefined ? '' : JSON.stringify(body), {
-        status,
-        headers: { 'content-type': 'application/json' },
-    })
-}
-
-function parseBody(raw: string | undefined): Record<string, unknown> {
-    try {
-        const value: unknown = raw ? JSON.parse(raw) : {}
-        return typeof value === 'object' && value !== null ? (value as Record<string, unknown>) : {}
-    } catch {
-        return {}
-    }
-}
-
-interface FakeRequest {
-    host: string
-    method: string
-    path: string
-    raw: string | undefined
-}
-
-/** Intercom's answers for every route the plugin calls; a 404 for anything else. */
-function answer({ host, method, path, raw }: FakeRequest, options: FakeIntercomOptions): FetchResponse {
-    const body = parseBody(raw)
-    // /contacts/search is a route of its own, not a contact id.
-    const generic = path === '/contacts/search' ? path : path.replace(/^\/contacts\/[^/]+/, '/contacts/{id}')
-    const route = `${method} ${generic}`
-    const error = (status: number, message: string) =>
-        json(status, { type: 'error.list', errors: [{ code: 'x', message }] })
-    switch (route) {
-        case 'GET /me':
-            return options.rejectToken
-                ? error(401, 'Access Token Invalid')
-                : json(200, { type: 'admin', app: { region: options.workspaceRegion ?? regionNameOf(host) } })
-        case 'POST /contacts/search': {
-            const email = (body.query as Record<string, unknown> | undefined)?.value
-            const contact = { type: 'contact', id: contactIdOf(email), role: 'user', updated_at: 1 }
-            return json(200, { type: 'list', data: [contact], total_count: 1 })
-        }
-        case 'POST /events':
-            return options.eventStatus && options.eventStatus !== 202
-                ? error(options.eventStatus, 'unavailable')
-                : json(202, undefined)
-        case 'POST /contacts':
-        case 'PUT /contacts/{id}':
-            return json(200, { type: 'contact', id: contactIdOf(body.email ?? path) })
-        case 'POST /companies':
-            return json(200, { type: 'company', id: contactIdOf(body.company_id) })
-        case 'POST /data_attributes':
-        case 'POST /contacts/{id}/companies':
-            return json(200, { type: 'ok' })
-        default:
-            return error(404, 'Resource Not Found')
-    }
-}
-
-/** Records every request with the rules its body breaks; refuses hosts other than Intercom's. */
+/**
+ * The Intercom model in the process, open world (every searched email is a user) and any token accepted:
+ * records every request with the rules it breaks, and refuses hosts other than Intercom's.
+ */
 export function fakeIntercom(options: FakeIntercomOptions = {}): FakeIntercom {
+    const intercom = createIntercom({ ...STAND_IN_OPTIONS, tokens: options.rejectToken ? [] : ['*'] })
     const calls: IntercomCall[] = []
     const fake = async (input: string | URL, init: FetchInit = {}): Promise<FetchResponse> => {
         const url = new URL(String(input))
@@ -734,7 +676,17 @@ export function fakeIntercom(options: FakeIntercomOptions = {}): FakeIntercom {
         const violations = requestViolations(method, url.pathname, toHeaderRecord(init.headers), init.body)
         calls.push({ url: url.origin + url.pathname, method, path: url.pathname, violations, offHost })
         if (offHost) throw new Error(`refused: ${url.hostname} is not an Intercom host`)
-        return answer({ host: url.hostname, method, path: url.pathname, raw: init.body }, options)
+        const region = options.workspaceRegion ?? regionNameOf(url.hostname)
+        intercom.configure({ region: region as FakeIntercomOptions['workspaceRegion'] })
+        if (
+            options.eventStatus &&
+            options.eventStatus !== 202 &&
+            `${method} ${url.pathname}` === 'POST /events'
+        ) {
+            const errors = [{ code: 'service_unavailable', message: 'unavailable' }]
+            return Response.json({ type: 'error.list', errors }, { status: options.eventStatus })
+        }
+        return intercom.fetch(url, init)
     }
     return { fetch: fake, calls }
 }
@@ -1126,18 +1078,13 @@ const COLUMNS: ReadonlyArray<[string, (r: ScenarioResult) => string | number]> =
     ['s', (r) => (r.durationMs / 1000).toFixed(1)],
 ]
 
-export function formatTable(results: readonly ScenarioResult[]): string {
-    const rows = [
-        COLUMNS.map(([title]) => title),
-        ...results.map((r) => COLUMNS.map(([, cell]) => String(cell(r)))),
-    ]
-    const widths = COLUMNS.map((_, i) => Math.max(...rows.map((row) => row[i].length)))
-    const line = (row: string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i])).join(' | ')} |`
-    return [
-        line(rows[0]),
-        `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
-        ...rows.slice(1).map(line),
-    ].join('\n')
+/** One row per scenario run, right-aligned figures. */
+function formatTable(results: readonly ScenarioResult[]): string {
+    const columns = COLUMNS.map(([header], i) => ({ header, align: i < 2 ? 'left' : 'right' }) as const)
+    return formatColumns(
+        columns,
+        results.map((r) => COLUMNS.map(([, cell]) => String(cell(r))))
+    ).join('\n')
 }
 
 export function formatReport(report: CampaignReport): string {

@@ -1,7 +1,8 @@
 /**
  * The data of the fault campaign (tools/faults/faults.ts runs it): the PostHog runtimes, the table of fault
  * scenarios, the workload each one sends, the bad-input corpus (hand-written cases plus fast-check
- * arbitraries), and Intercom's rules for request bodies. Pure functions and constants only: no I/O.
+ * arbitraries) and the known plugin bugs. Pure functions and constants only: no I/O (Intercom's request rules
+ * are tools/intercom/rules.ts).
  *
  * Canary values (a token, a marker inside every email, a marker inside property values) let the leak
  * audit grep every log line and error message for things that must never be there.
@@ -10,6 +11,7 @@ import fc from 'fast-check'
 
 import { BAD_CONFIGS, badConfig, errorAnywhere } from '../../__tests__/fixtures/bad-configs'
 import type { EmulatorOptions } from '../intercom/emulator'
+import { RuleCode, ruleOf } from '../intercom/rules'
 import type { HarnessEvent, HarnessMode } from '../runtime/harness'
 
 // ---------------------------------------------------------------------------------------------------
@@ -116,102 +118,31 @@ export interface FaultScenario {
     rateLimited?: boolean
 }
 
+// prettier-ignore
 export const SCENARIOS: readonly FaultScenario[] = [
-    {
-        name: '5xx-burst',
-        fault: '5xx',
-        summary:
-            '20% of calls answer 500/502/503 while events come in; the burst is over when the queue drains',
-        faults: { errorRate: 0.2 },
-        recover: { errorRate: 0 },
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 4,
-    },
-    {
-        name: '429-storm',
-        fault: '429',
+    { name: '5xx-burst', fault: '5xx', workers: 2, waves: 2, contacts: 'seeded', eventNames: 4,
+        summary: '20% of calls answer 500/502/503 while events come in; the burst is over when the queue drains',
+        faults: { errorRate: 0.2 }, recover: { errorRate: 0 } },
+    { name: '429-storm', fault: '429', workers: 3, waves: 1, contacts: 'seeded', eventNames: 3, rateLimited: true,
         summary: '20 calls a 1 s window shared by 3 workers: 429s with X-RateLimit-Reset',
-        faults: { rateLimit: 20, windowSeconds: 1 },
-        workers: 3,
-        waves: 1,
-        contacts: 'seeded',
-        eventNames: 3,
-        rateLimited: true,
-    },
-    {
-        name: 'slow-timeouts',
-        fault: 'timeout',
+        faults: { rateLimit: 20, windowSeconds: 1 } },
+    // Mid-run, once contacts are cached, so that event POSTs time out after Intercom stored them.
+    { name: 'slow-timeouts', fault: 'timeout', workers: 2, waves: 2, contacts: 'seeded', eventNames: 3,
         summary: `answers take ${SLOW_LATENCY_MS} ms, past the client timeout, for a third of the run`,
-        faults: {},
-        // Mid-run, once contacts are cached, so that event POSTs time out after Intercom stored them.
-        midRun: [
-            { share: 0.3, patch: { latencyMs: SLOW_LATENCY_MS } },
-            { share: 0.6, patch: { latencyMs: 0 } },
-        ],
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 3,
-    },
-    {
-        name: 'dropped-connections',
-        fault: 'dropped',
-        summary: '15% of connections are closed without an answer',
-        faults: { dropRate: 0.15 },
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 3,
-    },
-    {
-        name: 'search-lag',
-        fault: 'created',
+        faults: {}, midRun: [{ share: 0.3, patch: { latencyMs: SLOW_LATENCY_MS } }, { share: 0.6, patch: { latencyMs: 0 } }] },
+    { name: 'dropped-connections', fault: 'dropped', workers: 2, waves: 2, contacts: 'seeded', eventNames: 3,
+        summary: '15% of connections are closed without an answer', faults: { dropRate: 0.15 } },
+    { name: 'search-lag', fault: 'created', workers: 2, waves: 2, contacts: 'unknown', eventNames: 3, searchesPerEmail: 4,
         summary: 'unknown emails, contacts created as leads by the plugin, search lags them 1.5 s',
-        faults: { searchLagMs: 1500 },
-        config: { createContacts: 'as lead' },
-        workers: 2,
-        waves: 2,
-        contacts: 'unknown',
-        eventNames: 3,
-        searchesPerEmail: 4,
-    },
-    {
-        name: 'token-revoked',
-        fault: '401',
+        faults: { searchLagMs: 1500 }, config: { createContacts: 'as lead' } },
+    { name: 'token-revoked', fault: '401', workers: 2, waves: 2, contacts: 'seeded', eventNames: 3, permanent: true,
         summary: '10% 5xx, then the token is revoked halfway: 401 from then on, queue included',
-        faults: { errorRate: 0.1 },
-        midRun: [{ share: 0.5, patch: { tokens: ['a-token-nobody-has'] } }],
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 3,
-        permanent: true,
-    },
-    {
-        name: 'event-name-limit',
-        fault: '422',
-        summary: 'the workspace allows 3 event names; 6 are sent: 422 for the rest',
-        faults: { maxEventNames: 3 },
-        workers: 2,
-        waves: 2,
-        contacts: 'seeded',
-        eventNames: 6,
-        permanent: true,
-    },
-    {
-        name: 'shared-cache',
-        fault: 'none',
-        summary: '4 workers, one shared cache, no faults: one contact lookup per email',
-        faults: {},
-        workers: 4,
-        // Waves no larger than the number of people: a person's first event is not raced by their second.
-        waves: 6,
-        contacts: 'seeded',
-        eventNames: 3,
-        searchesPerEmail: 1.25,
-    },
+        faults: { errorRate: 0.1 }, midRun: [{ share: 0.5, patch: { tokens: ['a-token-nobody-has'] } }] },
+    { name: 'event-name-limit', fault: '422', workers: 2, waves: 2, contacts: 'seeded', eventNames: 6, permanent: true,
+        summary: 'the workspace allows 3 event names; 6 are sent: 422 for the rest', faults: { maxEventNames: 3 } },
+    // Waves no larger than the number of people: a person's first event is not raced by their second.
+    { name: 'shared-cache', fault: 'none', workers: 4, waves: 6, contacts: 'seeded', eventNames: 3, searchesPerEmail: 1.25,
+        summary: '4 workers, one shared cache, no faults: one contact lookup per email', faults: {} },
 ]
 
 // ---------------------------------------------------------------------------------------------------
@@ -330,226 +261,6 @@ export function buildWorkload(scenario: FaultScenario, size: number, nowMs: numb
 export const EXPECTED_SKIP: Record<Exclude<EventKind, 'valid'>, string> = {
     'no-email': 'no valid email',
     'ignored-domain': 'ignored email domain',
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Intercom's rules for what the plugin sends (REFERENCE.md; the emulator's stricter readings kept)
-// ---------------------------------------------------------------------------------------------------
-
-export const RULES = {
-    maxMetadataKeys: 10,
-    maxString: 255,
-    /** Above this a created_at is milliseconds or nonsense (year 2286); the emulator refuses it too. */
-    maxUnixSeconds: 9_999_999_999,
-    apiVersion: '2.11',
-} as const
-
-/** Violation codes, `[code] detail`: the code says which rule, the detail where. */
-export type RuleCode =
-    | 'headers'
-    | 'json'
-    | 'unknown-key'
-    | 'event_name'
-    | 'created_at.integer'
-    | 'created_at.range'
-    | 'identifier'
-    | 'metadata.shape'
-    | 'metadata.key'
-    | 'metadata.string'
-    | 'metadata.number'
-    | 'metadata.nested'
-    | 'money.integer'
-    | 'date.integer'
-    | 'attribute.value'
-    | 'search'
-
-function violation(code: RuleCode, detail: string): string {
-    return `[${code}] ${detail}`
-}
-
-export function ruleOf(text: string): RuleCode | null {
-    const match = /^\[([^\]]+)\]/.exec(text)
-    return match ? (match[1] as RuleCode) : null
-}
-
-type Json = Record<string, unknown>
-
-function isPlainObject(value: unknown): value is Json {
-    return typeof value === 'object' && value !== null && !Array.isArray(value)
-}
-
-function codePoints(text: string): number {
-    return [...text].length
-}
-
-function unknownKeys(body: Json, allowed: readonly string[]): string[] {
-    return Object.keys(body)
-        .filter((key) => !allowed.includes(key))
-        .map((key) => violation('unknown-key', `'${key}'`))
-}
-
-function checkCreatedAt(value: unknown): string[] {
-    if (!Number.isSafeInteger(value)) return [violation('created_at.integer', `got ${String(value)}`)]
-    const seconds = value as number
-    return seconds < 0 || seconds > RULES.maxUnixSeconds
-        ? [violation('created_at.range', `${seconds} is not between 0 and ${RULES.maxUnixSeconds}`)]
-        : []
-}
-
-function checkIdentifier(body: Json): string[] {
-    const present = ['id', 'user_id', 'email'].filter((key) => body[key] !== undefined && body[key] !== null)
-    if (present.length !== 1) return [violation('identifier', `expected exactly one, got ${present.length}`)]
-    const value = body[present[0]]
-    return typeof value === 'string' && value !== ''
-        ? []
-        : [violation('identifier', `${present[0]} is not a non-empty string`)]
-}
-
-function checkMetadataValue(key: string, value: unknown): string[] {
-    if (typeof value === 'string') {
-        return codePoints(value) <= RULES.maxString
-            ? []
-            : [violation('metadata.string', `'${key}' is ${codePoints(value)} characters`)]
-    }
-    if (typeof value === 'number') {
-        // Keys ending in _date hold Unix seconds (Intercom's date type).
-        if (key.endsWith('_date') && !Number.isSafeInteger(value)) {
-            return [violation('date.integer', `'${key}' is ${value}`)]
-        }
-        return Number.isFinite(value) ? [] : [violation('metadata.number', `'${key}'`)]
-    }
-    if (typeof value === 'boolean') return []
-    if (isPlainObject(value) && Object.keys(value).sort().join() === 'amount,currency') {
-        const ok = Number.isSafeInteger(value.amount) && typeof value.currency === 'string'
-        return ok ? [] : [violation('money.integer', `'${key}' amount ${String(value.amount)}`)]
-    }
-    if (isPlainObject(value) && Object.keys(value).sort().join() === 'url,value') {
-        return typeof value.url === 'string' &&
-            /^https?:\/\//.test(value.url) &&
-            typeof value.value === 'string'
-            ? []
-            : [violation('metadata.nested', `'${key}' is not a rich link`)]
-    }
-    return [violation('metadata.nested', `'${key}' is ${Array.isArray(value) ? 'an array' : typeof value}`)]
-}
-
-function checkMetadata(metadata: unknown): string[] {
-    if (metadata === undefined) return []
-    if (!isPlainObject(metadata)) return [violation('metadata.shape', 'not an object')]
-    const keys = Object.keys(metadata)
-    const problems =
-        keys.length > RULES.maxMetadataKeys ? [violation('metadata.shape', `${keys.length} keys`)] : []
-    for (const key of keys) {
-        if (key.trim() === '' || /[.$]/.test(key)) problems.push(violation('metadata.key', `'${key}'`))
-        problems.push(...checkMetadataValue(key, metadata[key]))
-    }
-    return problems
-}
-
-/** POST /events: https://developers.intercom.com/docs/references/2.11/rest-api/api.intercom.io/data-events */
-export function eventBodyViolations(body: Json): string[] {
-    const name = body.event_name
-    return [
-        ...unknownKeys(body, ['event_name', 'created_at', 'id', 'user_id', 'email', 'metadata']),
-        ...(typeof name === 'string' && name.trim() !== '' ? [] : [violation('event_name', 'empty')]),
-        ...checkCreatedAt(body.created_at),
-        ...checkIdentifier(body),
-        ...checkMetadata(body.metadata),
-    ]
-}
-
-/** Custom attribute values: flat strings ≤ 255, finite numbers, booleans; dates as Unix seconds. */
-function checkAttributes(attributes: unknown): string[] {
-    if (attributes === undefined) return []
-    if (!isPlainObject(attributes))
-        return [violation('attribute.value', 'custom_attributes is not an object')]
-    return Object.entries(attributes).flatMap(([key, value]): string[] => {
-        if (/(_at|_date)$/i.test(key)) {
-            return Number.isSafeInteger(value) && (value as number) >= 0
-                ? []
-                : [violation('date.integer', `attribute '${key}' is ${String(value)}`)]
-        }
-        if (typeof value === 'string' && codePoints(value) <= RULES.maxString) return []
-        if ((typeof value === 'number' && Number.isFinite(value)) || typeof value === 'boolean') return []
-        return [violation('attribute.value', `attribute '${key}'`)]
-    })
-}
-
-const CONTACT_KEYS = ['role', 'email', 'external_id', 'name', 'phone', 'custom_attributes']
-
-function contactBodyViolations(body: Json): string[] {
-    const strings = ['email', 'external_id', 'name', 'phone'].filter(
-        (key) =>
-            body[key] !== undefined &&
-            (typeof body[key] !== 'string' || codePoints(body[key] as string) > 255)
-    )
-    return [
-        ...unknownKeys(body, CONTACT_KEYS),
-        ...strings.map((key) => violation('attribute.value', `'${key}' is not a string of ≤ 255`)),
-        ...checkAttributes(body.custom_attributes),
-    ]
-}
-
-function companyBodyViolations(body: Json): string[] {
-    return [
-        ...unknownKeys(body, ['company_id', 'name', 'custom_attributes']),
-        ...(typeof body.company_id === 'string' && body.company_id !== ''
-            ? []
-            : [violation('attribute.value', 'company_id')]),
-        ...checkAttributes(body.custom_attributes),
-    ]
-}
-
-function searchBodyViolations(body: Json): string[] {
-    const query = body.query
-    const ok =
-        isPlainObject(query) &&
-        query.field === 'email' &&
-        query.operator === '=' &&
-        typeof query.value === 'string' &&
-        query.value !== ''
-    return ok ? unknownKeys(body, ['query', 'pagination']) : [violation('search', 'not an email = query')]
-}
-
-function headerViolations(headers: Record<string, string>, hasBody: boolean): string[] {
-    const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]))
-    const problems: string[] = []
-    if (!/^Bearer \S+$/.test(lower.authorization ?? '')) problems.push('Authorization')
-    if (lower.accept !== 'application/json') problems.push('Accept')
-    if (lower['intercom-version'] !== RULES.apiVersion) problems.push('Intercom-Version')
-    if (hasBody && !/^application\/json/.test(lower['content-type'] ?? '')) problems.push('Content-Type')
-    return problems.map((name) => violation('headers', name))
-}
-
-type BodyCheck = (body: Json) => string[]
-
-/** Which rules apply to which route; routes not listed only need a JSON object body, if any. */
-function bodyCheckFor(method: string, path: string): BodyCheck | undefined {
-    if (method === 'POST' && path === '/events') return eventBodyViolations
-    if (method === 'POST' && path === '/contacts/search') return searchBodyViolations
-    if ((method === 'POST' && path === '/contacts') || (method === 'PUT' && /^\/contacts\/[^/]+$/.test(path)))
-        return contactBodyViolations
-    if (method === 'POST' && path === '/companies') return companyBodyViolations
-    return undefined
-}
-
-/** Every rule a request breaks; the body is checked as sent (JSON text), so NaN → null shows. */
-export function requestViolations(
-    method: string,
-    path: string,
-    headers: Record<string, string>,
-    rawBody: string | undefined
-): string[] {
-    const problems = headerViolations(headers, rawBody !== undefined)
-    if (rawBody === undefined) return problems
-    let body: unknown
-    try {
-        body = JSON.parse(rawBody)
-    } catch {
-        return [...problems, violation('json', 'body is not JSON')]
-    }
-    if (!isPlainObject(body)) return [...problems, violation('json', 'body is not an object')]
-    return [...problems, ...(bodyCheckFor(method, path)?.(body) ?? [])]
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1008,51 +719,17 @@ export interface VariantScenario {
 /** The retry queue's length bound in index.ts: past it an event is refused with a reason. */
 export const QUEUE_MAX_LENGTH = 10_000
 
+// prettier-ignore
 export const VARIANT_SCENARIOS: readonly VariantScenario[] = [
-    {
-        name: 'backlog-1000',
-        summary: 'Intercom answers 503 while 1,000 events arrive (parked), then recovers; the queue drains',
-        variants: [1, 2, 3, 4],
-        events: 1000,
-        smallEvents: 50,
-        concurrency: 10,
-    },
-    {
-        name: 'kill-9-mid-drain',
-        summary: 'a worker process draining a parked backlog is killed with SIGKILL; a new worker finishes',
-        variants: [1, 2, 3, 4],
-        events: 1000,
-        smallEvents: 200,
-        concurrency: 1,
-    },
-    {
-        name: 'redis-restart',
-        summary:
-            'Redis is killed and restarted (empty, no persistence) while events flow and Intercom is healthy',
-        variants: [1, 2, 3, 4],
-        events: 1000,
-        smallEvents: 60,
-        concurrency: 4,
-    },
-    {
-        name: 'queue-full-10000',
-        summary:
-            'Intercom is down while 10,050 events arrive: the queue holds 10,000, the rest are refused with a reason',
-        variants: [1, 2, 3, 4],
-        events: QUEUE_MAX_LENGTH + 50,
-        smallEvents: 0,
-        concurrency: 10,
-    },
-    {
-        name: 'burst-10000-rate-limit',
-        summary:
-            "10,000 events at once against Intercom's rate limit (1,666 calls / 10 s) in the current executor",
-        variants: [5, 6],
-        events: 10_000,
-        smallEvents: 40,
-        rateLimit: 1666,
-        smallRateLimit: 25,
-        windowSeconds: 10,
-        concurrency: 32,
-    },
+    { name: 'backlog-1000', variants: [1, 2, 3, 4], events: 1000, smallEvents: 50, concurrency: 10,
+        summary: 'Intercom answers 503 while 1,000 events arrive (parked), then recovers; the queue drains' },
+    { name: 'kill-9-mid-drain', variants: [1, 2, 3, 4], events: 1000, smallEvents: 200, concurrency: 1,
+        summary: 'a worker process draining a parked backlog is killed with SIGKILL; a new worker finishes' },
+    { name: 'redis-restart', variants: [1, 2, 3, 4], events: 1000, smallEvents: 60, concurrency: 4,
+        summary: 'Redis is killed and restarted (empty, no persistence) while events flow and Intercom is healthy' },
+    { name: 'queue-full-10000', variants: [1, 2, 3, 4], events: QUEUE_MAX_LENGTH + 50, smallEvents: 0, concurrency: 10,
+        summary: 'Intercom is down while 10,050 events arrive: the queue holds 10,000, the rest are refused with a reason' },
+    { name: 'burst-10000-rate-limit', variants: [5, 6], events: 10_000, smallEvents: 40, concurrency: 32,
+        rateLimit: 1666, smallRateLimit: 25, windowSeconds: 10,
+        summary: "10,000 events at once against Intercom's rate limit (1,666 calls / 10 s) in the current executor" },
 ]

@@ -16,7 +16,7 @@ import {
     SeedContact,
     startEmulator,
 } from './emulator'
-import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
+import { choiceFlag, FlagTable, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 
 export const USAGE = `Usage: npx tsx tools/intercom/emulator-cli.ts [options]
 
@@ -60,24 +60,19 @@ export function parseSeedFile(text: string, path: string): SeedContact[] {
     return list as SeedContact[]
 }
 
-const FLAGS = {
-    host: { type: 'string' },
-    port: { type: 'string' },
-    token: { type: 'string', multiple: true },
-    region: { type: 'string' },
-    'rate-limit': { type: 'string' },
-    'window-seconds': { type: 'string' },
-    'error-rate': { type: 'string' },
-    'drop-rate': { type: 'string' },
-    'latency-ms': { type: 'string' },
-    'search-lag-ms': { type: 'string' },
-    'max-event-names': { type: 'string' },
-    'long-strings': { type: 'string' },
-    seed: { type: 'string' },
-    'seed-file': { type: 'string' },
-    quiet: { type: 'boolean' },
-    help: { type: 'boolean' },
+/** Number flags and the option each sets. */
+const NUMBER_FLAGS = {
+    ...{ port: 'port', 'rate-limit': 'rateLimit', 'window-seconds': 'windowSeconds', seed: 'seed' },
+    ...{ 'error-rate': 'errorRate', 'drop-rate': 'dropRate', 'latency-ms': 'latencyMs' },
+    ...{ 'search-lag-ms': 'searchLagMs', 'max-event-names': 'maxEventNames' },
 } as const
+
+const FLAGS: FlagTable = {
+    ...Object.fromEntries(Object.keys(NUMBER_FLAGS).map((name) => [name, { type: 'string' }])),
+    ...{ host: { type: 'string' }, token: { type: 'string', multiple: true }, region: { type: 'string' } },
+    ...{ 'long-strings': { type: 'string' }, 'seed-file': { type: 'string' } },
+    ...{ quiet: { type: 'boolean' }, help: { type: 'boolean' } },
+}
 
 /** A seed file read and checked; any problem is a UsageError naming the file. */
 export function readSeedFile(file: string, readFile: (path: string) => string): SeedContact[] {
@@ -93,25 +88,22 @@ export function parseCliArgs(
     argv: string[],
     readFile = (path: string) => readFileSync(path, 'utf8')
 ): CliSettings {
-    const { values } = parseFlags(argv, FLAGS)
-    const seedFile = values['seed-file']
+    const values = parseFlags(argv, FLAGS).values as Record<string, string | string[] | boolean | undefined>
+    const text = (name: string) => values[name] as string | undefined
+    const numbers = Object.entries(NUMBER_FLAGS).map(([flag, option]) => [
+        option,
+        numberFlag(flag, text(flag)),
+    ])
+    const seedFile = text('seed-file')
     const options: EmulatorOptions = {
-        host: values.host,
-        port: numberFlag('port', values.port),
-        tokens: values.token,
-        region: choiceFlag<Region>('region', values.region, REGIONS),
-        rateLimit: numberFlag('rate-limit', values['rate-limit']),
-        windowSeconds: numberFlag('window-seconds', values['window-seconds']),
-        errorRate: numberFlag('error-rate', values['error-rate']),
-        dropRate: numberFlag('drop-rate', values['drop-rate']),
-        latencyMs: numberFlag('latency-ms', values['latency-ms']),
-        searchLagMs: numberFlag('search-lag-ms', values['search-lag-ms']),
-        maxEventNames: numberFlag('max-event-names', values['max-event-names']),
-        longStrings: choiceFlag<LongStringPolicy>('long-strings', values['long-strings'], [
+        ...Object.fromEntries(numbers),
+        host: text('host'),
+        tokens: values.token as string[] | undefined,
+        region: choiceFlag<Region>('region', text('region'), REGIONS),
+        longStrings: choiceFlag<LongStringPolicy>('long-strings', text('long-strings'), [
             'reject',
             'truncate',
         ]),
-        seed: numberFlag('seed', values.seed),
         contacts: seedFile === undefined ? undefined : readSeedFile(seedFile, readFile),
     }
     return { options, quiet: Boolean(values.quiet), help: Boolean(values.help) }

@@ -6,8 +6,6 @@
  * - `CallMeter` and `WindowGate`: count every call by route and spend each of Intercom's rate-limit windows
  *   up to the point where the plugin would back off, then wait for the reset.
  */
-import { createHash } from 'node:crypto'
-
 import {
     FetchFn,
     FetchInit,
@@ -18,6 +16,7 @@ import {
     regionNameOf,
 } from '../runtime/load-plugin'
 import { sleep } from './pace'
+import { createIntercom, Region, STAND_IN_OPTIONS } from '../intercom/model'
 
 // ---------------------------------------------------------------------------------------------------
 // Routes and masking
@@ -199,110 +198,64 @@ function jsonBody(init: FetchInit | undefined): JsonObject {
     }
 }
 
-function reply(status: number, body?: unknown): FetchResponse {
-    const text = body === undefined ? null : JSON.stringify(body)
-    return new Response(text, { status, headers: { 'content-type': 'application/json' } })
-}
-
-function fakeId(prefix: string, seed: string): string {
-    return `${prefix}-${createHash('sha256').update(seed).digest('hex').slice(0, 16)}`
-}
-
-const CONTACT_PREFIX = 'dry-run-contact-'
-const HASH_LENGTH = 12
-
-/**
- * A stable fake contact id that carries the masked email (base64url, safe in a URL path), so that a dry run
- * over millions of people keeps no table of them.
- */
-function fakeContactId(email: unknown): string {
-    const text = typeof email === 'string' ? email : ''
-    const hash = createHash('sha256').update(text).digest('hex').slice(0, HASH_LENGTH)
-    return CONTACT_PREFIX + hash + Buffer.from(text ? maskEmail(text) : '(unknown)').toString('base64url')
-}
-
-function maskedEmailOf(id: unknown): string {
-    const text = String(id)
-    if (!text.startsWith(CONTACT_PREFIX)) return '(unknown)'
-    return Buffer.from(text.slice(CONTACT_PREFIX.length + HASH_LENGTH), 'base64url').toString('utf8')
-}
-
 function keysOf(value: unknown): string[] {
     return typeof value === 'object' && value !== null ? Object.keys(value) : []
 }
 
+/** What a write would have done, with the contact's email masked; undefined for reads. */
+function describeWrite(
+    route: string,
+    body: JsonObject,
+    contactOf: (id: string) => string,
+    pathId: string
+): DryRunWrite | undefined {
+    const attributeKeys = keysOf(body.custom_attributes)
+    switch (route) {
+        case 'POST /events':
+            return {
+                route,
+                contact: body.id ? contactOf(String(body.id)) : maskEmail(String(body.email ?? '')),
+                eventName: String(body.event_name),
+                createdAt: Number(body.created_at),
+                metadataKeys: keysOf(body.metadata),
+            }
+        case 'POST /contacts':
+            return { route, contact: body.email ? maskEmail(String(body.email)) : '(unknown)', attributeKeys }
+        case 'PUT /contacts/{id}':
+            return { route, contact: contactOf(pathId), attributeKeys }
+        case 'POST /contacts/{id}/companies':
+            return { route, contact: contactOf(pathId) }
+        case 'POST /companies':
+            return { route, contact: '', attributeKeys }
+        case 'POST /data_attributes':
+            return { route, contact: '', attributeKeys: [String(body.name)] }
+    }
+    return undefined
+}
+
 /**
- * Answers like Intercom without a network: every searched email "exists" (a stable fake id), every write
- * succeeds, and each write is reported through `onWrite` with the contact's email masked. Hosts other than
- * Intercom's are refused, as they would be in a real run.
+ * Answers like Intercom without a network: the Intercom model in the process as a stand-in (every searched
+ * person is a user, any token works), each write reported through `onWrite` with the contact's email masked.
+ * Hosts other than Intercom's are refused, as they would be in a real run. Events are not kept: the memory of
+ * a long dry run grows with the people, not with the events.
  */
 export function dryRunFetch(onWrite: (write: DryRunWrite) => void): FetchFn {
+    const intercom = createIntercom(STAND_IN_OPTIONS)
+    const { contacts } = intercom.workspace
+    const contactOf = (id: string) =>
+        contacts.has(id) ? maskEmail(contacts.get(id).email ?? '') : '(unknown)'
     return async (input, init) => {
         const url = new URL(String(input))
         if (url.protocol !== 'https:' || !isIntercomHost(url.hostname)) {
             throw new Error(`Refused a request to ${url.host}: only Intercom's API hosts are called`)
         }
-        const method = (init?.method ?? 'GET').toUpperCase()
-        const route = routeOf(method, url.toString())
-        const body = jsonBody(init)
+        intercom.configure({ region: regionNameOf(url.hostname) as Region })
+        const route = routeOf(init?.method ?? 'GET', url.toString())
         const pathId = url.pathname.split('/')[2] ?? ''
-        switch (route) {
-            case 'GET /me':
-                return reply(200, {
-                    type: 'admin',
-                    id: '0',
-                    app: { type: 'app', region: regionNameOf(url.hostname) },
-                })
-            case 'POST /contacts/search': {
-                const query = body.query as JsonObject | undefined
-                const id = fakeContactId(query?.value)
-                return reply(200, {
-                    type: 'list',
-                    data: [{ type: 'contact', id, role: 'user' }],
-                    total_count: 1,
-                })
-            }
-            case 'POST /events':
-                onWrite({
-                    route,
-                    contact: body.id ? maskedEmailOf(body.id) : maskEmail(String(body.email ?? '')),
-                    eventName: String(body.event_name),
-                    createdAt: Number(body.created_at),
-                    metadataKeys: keysOf(body.metadata),
-                })
-                return reply(202)
-            case 'POST /contacts': {
-                const id = fakeContactId(body.email)
-                onWrite({
-                    route,
-                    contact: maskedEmailOf(id),
-                    attributeKeys: keysOf(body.custom_attributes),
-                })
-                return reply(200, { type: 'contact', id })
-            }
-            case 'PUT /contacts/{id}':
-                onWrite({
-                    route,
-                    contact: maskedEmailOf(pathId),
-                    attributeKeys: keysOf(body.custom_attributes),
-                })
-                return reply(200, { type: 'contact', id: pathId })
-            case 'POST /contacts/{id}/companies':
-                onWrite({ route, contact: maskedEmailOf(pathId) })
-                return reply(200, { type: 'company', id: String(body.id) })
-            case 'POST /companies': {
-                const id = fakeId('dry-run-company', String(body.company_id))
-                onWrite({ route, contact: '', attributeKeys: keysOf(body.custom_attributes) })
-                return reply(200, { type: 'company', id, company_id: body.company_id })
-            }
-            case 'POST /data_attributes':
-                onWrite({ route, contact: '', attributeKeys: [String(body.name)] })
-                return reply(200, { type: 'data_attribute', name: body.name, model: body.model })
-            default:
-                return reply(404, {
-                    type: 'error.list',
-                    errors: [{ code: 'not_found', message: 'Resource Not Found' }],
-                })
-        }
+        const write = describeWrite(route, jsonBody(init), contactOf, pathId)
+        if (write) onWrite(write)
+        const response = await intercom.fetch(url, init)
+        intercom.reset()
+        return response
     }
 }

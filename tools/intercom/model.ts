@@ -1,0 +1,532 @@
+/**
+ * The one Intercom model every stand-in uses: `createIntercom(options)` gives the workspace, the gates (auth,
+ * rate limit, seeded faults), the routes, and a `fetch` that answers in the process. The emulator serves the
+ * same model over HTTP; the fault campaign's fake, the replay's dry run and the bench use it in-process.
+ */
+import type { FetchFn, FetchInit } from '../runtime/load-plugin'
+import { seededRandom } from '../lib/random'
+import { randomUUID } from 'node:crypto'
+import {
+    acceptViolations,
+    authViolations,
+    EVENT_IDENTIFIERS,
+    findRoute,
+    isRecord,
+    LongStringPolicy,
+    MAX_METADATA_KEYS,
+    MAX_STRING,
+    Pagination,
+    paginationOf,
+    parseBody,
+    RouteMatch,
+    RouteName,
+    SearchNode,
+    Violation,
+} from './rules'
+import {
+    ApiError,
+    APP_ID,
+    AttributeModel,
+    AttributeRecord,
+    ContactInput,
+    createWorkspace,
+    DataAttribute,
+    SeedContact,
+    StoredCompany,
+    StoredContact,
+    StoredEvent,
+    STANDARD_ATTRIBUTES,
+    Workspace,
+    WorkspaceCounters,
+} from './workspace'
+
+export type Region = 'US' | 'Europe' | 'AU'
+export const REGIONS: readonly Region[] = ['US', 'Europe', 'AU']
+
+/** Every option with its default. */
+const DEFAULT_OPTIONS = {
+    /** Only loopback addresses are accepted (the HTTP emulator's). */
+    host: '127.0.0.1',
+    /** 0: a free port. */
+    port: 0,
+    /** Accepted Bearer tokens; '*' accepts any. */
+    tokens: ['test-token'] as string[],
+    /** GET /me's app.region. */
+    region: 'US' as Region,
+    /** Calls per window (Intercom: 10,000 a minute, enforced in 10 s windows). */
+    rateLimit: 1666,
+    windowSeconds: 10,
+    /** Share 0..1 of requests answered 500/502/503. */
+    errorRate: 0,
+    /** Added delay per response. */
+    latencyMs: 0,
+    /** Share 0..1 of requests whose connection is closed without an answer. */
+    dropRate: 0,
+    /** Contacts created through POST /contacts become searchable only after this delay. */
+    searchLagMs: 0,
+    maxEventNames: 120,
+    /** Seed of the deterministic PRNG used for faults. */
+    seed: 1,
+    /** Metadata strings over 255 characters are rejected or truncated. */
+    longStrings: 'reject' as LongStringPolicy,
+    /** The clock in ms (rate-limit windows, search lag, timestamps). */
+    clock: (): number => Date.now(),
+    /** How many recorded requests are kept (the oldest go first). */
+    recordLimit: 100_000,
+    /** Every searched email or external id is a user; any custom attribute exists, of any type. */
+    openWorld: false,
+}
+
+export type ResolvedOptions = typeof DEFAULT_OPTIONS
+export type EmulatorOptions = Partial<ResolvedOptions> & { contacts?: SeedContact[] }
+
+/** A stand-in for the real Intercom (replay dry run, fault audit, bench): knows everyone, never runs out. */
+export const STAND_IN_OPTIONS: EmulatorOptions = {
+    tokens: ['*'],
+    openWorld: true,
+    rateLimit: Number.MAX_SAFE_INTEGER,
+    recordLimit: 1,
+}
+
+export interface RecordedRequest {
+    method: string
+    /** Path without the query string. */
+    path: string
+    /** HTTP status answered; 0 when the connection was dropped. */
+    status: number
+    /** Parsed JSON body, the raw text when it was not JSON, or null when there was none. */
+    body: unknown
+    /** Clock time (ms) when the request arrived. */
+    at: number
+    /** Request headers, lower-case, without `authorization`. */
+    headers: Record<string, string>
+}
+
+export interface EmulatorStats extends WorkspaceCounters {
+    calls: number
+    byRoute: Record<string, number>
+    /** Keyed by status code, plus `dropped` for closed connections. */
+    byStatus: Record<string, number>
+    rateLimited: number
+}
+
+/** A request as the model reads it: header names lower-case. */
+export interface IntercomRequest {
+    method: string
+    url: URL
+    headers: Record<string, string>
+    raw: string
+}
+
+interface Reply {
+    status: number
+    body?: unknown
+}
+
+/** Once through the gates: an answer (`delayed`: latency applies), or a connection closed without one. */
+export type Outcome = { kind: 'reply'; reply: Reply; delayed: boolean } | { kind: 'drop' }
+
+const FAULT_STATUSES = [500, 502, 503]
+
+// --- options ------------------------------------------------------------------------------------------
+
+function checkPositive(name: string, value: number, integer: boolean): void {
+    if (!(value > 0) || !Number.isFinite(value) || (integer && !Number.isInteger(value))) {
+        throw new RangeError(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${value}`)
+    }
+}
+
+/** Throws on values that would make the model misbehave silently; it must never listen beyond loopback. */
+function validateOptions(options: ResolvedOptions): void {
+    if (
+        !['127.0.0.1', '::1', 'localhost'].includes(options.host) &&
+        !/^127(\.\d{1,3}){3}$/.test(options.host)
+    ) {
+        throw new RangeError(`the emulator only listens on loopback, not on '${options.host}'`)
+    }
+    if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
+        throw new RangeError(`port must be an integer 0..65535, got ${options.port}`)
+    }
+    if (!Array.isArray(options.tokens) || options.tokens.some((t) => typeof t !== 'string' || t === '')) {
+        throw new RangeError('tokens must be a list of non-empty strings')
+    }
+    if (!REGIONS.includes(options.region)) throw new RangeError(`region must be one of ${REGIONS.join(', ')}`)
+    checkPositive('rateLimit', options.rateLimit, true)
+    checkPositive('windowSeconds', options.windowSeconds, false)
+    checkPositive('maxEventNames', options.maxEventNames, true)
+    checkPositive('recordLimit', options.recordLimit, true)
+    for (const name of ['errorRate', 'dropRate'] as const) {
+        const value = options[name]
+        if (!(value >= 0 && value <= 1)) throw new RangeError(`${name} must be between 0 and 1, got ${value}`)
+    }
+    if (!(options.latencyMs >= 0) || !(options.searchLagMs >= 0)) {
+        throw new RangeError('latencyMs and searchLagMs must be >= 0')
+    }
+    if (options.longStrings !== 'reject' && options.longStrings !== 'truncate') {
+        throw new RangeError("longStrings must be 'reject' or 'truncate'")
+    }
+}
+
+/** Only the keys actually given, so that `{ port: undefined }` keeps the default. */
+function definedOnly(patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> {
+    return Object.fromEntries(
+        Object.entries(patch).filter(([key, value]) => key !== 'contacts' && value !== undefined)
+    )
+}
+
+function emptyStats(): EmulatorStats {
+    const counters = { eventsAccepted: 0, eventsDeduplicated: 0, contactsCreated: 0, contactsUpdated: 0 }
+    return { calls: 0, byRoute: {}, byStatus: {}, rateLimited: 0, searches: 0, ...counters }
+}
+
+// --- routes -------------------------------------------------------------------------------------------
+
+interface RouteInput {
+    body: Record<string, unknown>
+    params: string[]
+    query: URLSearchParams
+    options: ResolvedOptions
+}
+
+const ok = (body: unknown): Reply => ({ status: 200, body })
+
+function me(region: Region): Reply {
+    const app = { type: 'app', id_code: APP_ID, name: 'Intercom emulator', created_at: 1700000000 }
+    return ok({
+        ...{ type: 'admin', id: '991200001', email: 'admin@example.test', name: 'Emulator Admin' },
+        email_verified: true,
+        app: { ...app, secure: false, identity_verification: false, timezone: 'UTC', region },
+        avatar: { type: 'avatar', image_url: null },
+        has_inbox_seat: true,
+    })
+}
+
+function pageOf(contacts: StoredContact[], { perPage, offset }: Pagination): Reply {
+    const page = Math.floor(offset / perPage) + 1
+    const next = offset + perPage
+    const pages: Record<string, unknown> = {
+        type: 'pages',
+        page,
+        per_page: perPage,
+        total_pages: Math.ceil(contacts.length / perPage),
+    }
+    if (next < contacts.length) {
+        pages.next = { page: page + 1, starting_after: Buffer.from(String(next)).toString('base64') }
+    }
+    return ok({ type: 'list', data: contacts.slice(offset, next), total_count: contacts.length, pages })
+}
+
+function attributeBody(attribute: DataAttribute & Partial<AttributeRecord>, custom: boolean): unknown {
+    const dates = custom ? { created_at: attribute.created_at, updated_at: attribute.created_at } : {}
+    return {
+        ...(custom ? { id: attribute.id } : {}),
+        type: 'data_attribute',
+        name: attribute.name,
+        full_name: custom ? `custom_attributes.${attribute.name}` : attribute.name,
+        label: attribute.name,
+        description: attribute.description ?? '',
+        data_type: attribute.data_type,
+        ...{
+            api_writable: true,
+            ui_writable: false,
+            messenger_writable: attribute.messenger_writable ?? false,
+        },
+        ...{ custom, archived: false, ...dates, model: attribute.model },
+    }
+}
+
+function listDataAttributes(ws: Workspace, { query }: RouteInput): Reply {
+    const model = query.get('model')
+    if (model !== null && model !== 'contact' && model !== 'company' && model !== 'conversation') {
+        throw new ApiError(400, 'parameter_invalid', 'model must be one of contact, company, conversation')
+    }
+    const models: AttributeModel[] =
+        model === null ? ['contact', 'company'] : model === 'conversation' ? [] : [model]
+    const standard = models.flatMap((m) =>
+        Object.entries(STANDARD_ATTRIBUTES[m]).map(([name, type]) =>
+            attributeBody({ name, data_type: type, model: m }, false)
+        )
+    )
+    const custom = models.flatMap((m) => ws.attributes.list(m).map((a) => attributeBody(a, true)))
+    return ok({ type: 'list', data: [...standard, ...custom] })
+}
+
+/** Stores the first 10 metadata keys, like Intercom ("we ignore any further keys"); long strings cut. */
+function trackEvent(ws: Workspace, { body }: RouteInput): Reply {
+    const kind = EVENT_IDENTIFIERS.find((key) => body[key] !== undefined && body[key] !== null) ?? 'id'
+    const metadata = Object.entries(isRecord(body.metadata) ? body.metadata : {})
+        .slice(0, MAX_METADATA_KEYS)
+        .map(([key, value]) => [
+            key,
+            typeof value === 'string' ? [...value].slice(0, MAX_STRING).join('') : value,
+        ])
+    ws.events.track({
+        event_name: body.event_name as string,
+        created_at: body.created_at as number,
+        contact_id: ws.contacts.findForEvent(kind, body[kind] as string).id,
+        metadata: structuredClone(Object.fromEntries(metadata)),
+    })
+    return { status: 202 }
+}
+
+/** Each route's answer, once its body passed the rules (so the casts hold). */
+const HANDLERS: Record<RouteName, (ws: Workspace, input: RouteInput) => Reply> = {
+    'GET /me': (_, { options }) => me(options.region),
+    'POST /contacts/search': (ws, { body }) =>
+        pageOf(ws.contacts.search(body.query as SearchNode), paginationOf(body.pagination) as Pagination),
+    'POST /contacts': (ws, { body }) => ok(ws.contacts.create(body as ContactInput)),
+    'GET /contacts/{id}': (ws, { params }) => ok(ws.contacts.get(params[0])),
+    'PUT /contacts/{id}': (ws, { body, params }) => ok(ws.contacts.update(params[0], body as ContactInput)),
+    'POST /contacts/{id}/companies': (ws, { body, params }) =>
+        ok(ws.companies.attach(params[0], body.id as string)),
+    'POST /companies': (ws, { body }) => ok(ws.companies.upsert(body)),
+    'GET /data_attributes': listDataAttributes,
+    'POST /data_attributes': (ws, { body }) => {
+        const { name, model, data_type, description } = body as unknown as DataAttribute & {
+            description?: string
+        }
+        return ok(attributeBody(ws.attributes.define({ name, model, data_type }, description ?? ''), true))
+    },
+    'POST /events': trackEvent,
+}
+
+// --- gates --------------------------------------------------------------------------------------------
+
+/** Fixed windows aligned on the clock, like Intercom's 10-second windows. */
+class FixedWindowLimiter {
+    private windowStart = Number.NaN
+    private used = 0
+
+    constructor(private readonly options: ResolvedOptions) {}
+
+    private roll(): number {
+        const windowMs = this.options.windowSeconds * 1000
+        const start = Math.floor(this.options.clock() / windowMs) * windowMs
+        if (start !== this.windowStart) {
+            this.windowStart = start
+            this.used = 0
+        }
+        return windowMs
+    }
+
+    /** Counts one call; false when the window's budget is already spent. */
+    take(): boolean {
+        this.roll()
+        if (this.used >= this.options.rateLimit) return false
+        this.used += 1
+        return true
+    }
+
+    headers(): Record<string, string> {
+        const windowMs = this.roll()
+        const limit = this.options.rateLimit
+        return {
+            'X-RateLimit-Limit': String(limit),
+            'X-RateLimit-Remaining': String(Math.max(0, limit - this.used)),
+            'X-RateLimit-Reset': String(Math.ceil((this.windowStart + windowMs) / 1000)),
+        }
+    }
+
+    clear(): void {
+        this.windowStart = Number.NaN
+        this.used = 0
+    }
+}
+
+function errorReply({ status, code, message }: Pick<Violation, 'status' | 'code' | 'message'>): Reply {
+    return { status, body: { type: 'error.list', request_id: randomUUID(), errors: [{ code, message }] } }
+}
+
+function recordedBody(raw: string): unknown {
+    if (raw === '') return null
+    try {
+        return JSON.parse(raw)
+    } catch {
+        return raw
+    }
+}
+
+// --- the model ----------------------------------------------------------------------------------------
+
+export class Intercom {
+    readonly options: ResolvedOptions
+    readonly workspace: Workspace
+    private readonly counters = emptyStats()
+    private readonly limiter: FixedWindowLimiter
+    private readonly listeners = new Set<(request: RecordedRequest) => void>()
+    private readonly timers = new Set<NodeJS.Timeout>()
+    private recorded: RecordedRequest[] = []
+    private random: () => number
+
+    constructor(options: EmulatorOptions = {}) {
+        this.options = { ...DEFAULT_OPTIONS, ...definedOnly(options) }
+        this.options.tokens = [...this.options.tokens]
+        validateOptions(this.options)
+        this.workspace = createWorkspace(this.options, this.counters)
+        this.limiter = new FixedWindowLimiter(this.options)
+        this.random = seededRandom(this.options.seed)
+        for (const contact of options.contacts ?? []) this.addContact(contact)
+    }
+
+    /** Answers one request as Intercom would, and counts and records it. */
+    answer(request: IntercomRequest): Outcome {
+        const { method, url, headers, raw } = request
+        const at = this.options.clock()
+        const found = findRoute(method, url.pathname)
+        const outcome = this.decide(request, found)
+        const status = outcome.kind === 'drop' ? 0 : outcome.reply.status
+        this.counters.calls += 1
+        const increment = (counts: Record<string, number>, key: string) =>
+            (counts[key] = (counts[key] ?? 0) + 1)
+        increment(this.counters.byRoute, found?.name ?? 'unknown')
+        increment(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
+        const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => name !== 'authorization'))
+        this.record({ method, path: url.pathname, status, body: recordedBody(raw), at, headers: kept })
+        return outcome
+    }
+
+    /** The gates in order: auth, then the rate limit, then injected faults, then the request itself. */
+    private decide({ method, url, headers, raw }: IntercomRequest, found: RouteMatch | undefined): Outcome {
+        const [unauthorized] = authViolations(headers, this.options.tokens)
+        if (unauthorized) return { kind: 'reply', reply: errorReply(unauthorized), delayed: false }
+        if (!this.limiter.take()) {
+            this.counters.rateLimited += 1
+            const message = `Exceeded rate limit of ${this.options.rateLimit} in ${this.options.windowSeconds}_seconds`
+            return {
+                kind: 'reply',
+                reply: errorReply({ status: 429, code: 'rate_limit_exceeded', message }),
+                delayed: true,
+            }
+        }
+        // Three draws per request whatever the rates, so a seed replays the same sequence when rates change.
+        const [dropDraw, errorDraw, statusDraw] = [this.random(), this.random(), this.random()]
+        if (dropDraw < this.options.dropRate) return { kind: 'drop' }
+        if (errorDraw < this.options.errorRate) {
+            const status = FAULT_STATUSES[Math.floor(statusDraw * FAULT_STATUSES.length)]
+            const message = 'Sorry, the API service is temporarily unavailable'
+            return {
+                kind: 'reply',
+                reply: errorReply({ status, code: 'service_unavailable', message }),
+                delayed: true,
+            }
+        }
+        return { kind: 'reply', reply: this.dispatch({ method, url, headers, raw }, found), delayed: true }
+    }
+
+    private dispatch({ method, url, headers, raw }: IntercomRequest, found: RouteMatch | undefined): Reply {
+        const { body, problems } = parseBody(raw, headers)
+        const checks = [
+            ...acceptViolations(headers),
+            ...problems,
+            ...(found?.check?.(body, this.options.longStrings) ?? []),
+        ]
+        const refusal = checks.find((violation) => !violation.auditOnly)
+        if (refusal) return errorReply(refusal)
+        if (!found)
+            return errorReply({
+                status: 404,
+                code: 'not_found',
+                message: `Resource Not Found: ${method} ${url.pathname}`,
+            })
+        try {
+            const input = { body, params: found.params, query: url.searchParams, options: this.options }
+            return HANDLERS[found.name](this.workspace, input)
+        } catch (error) {
+            if (error instanceof ApiError) return errorReply(error)
+            throw error
+        }
+    }
+
+    /** X-RateLimit-* of the current window, as on every answer. */
+    rateLimitHeaders(): Record<string, string> {
+        return this.limiter.headers()
+    }
+
+    /** A wait that stop() cancels. */
+    delay(ms: number): Promise<void> {
+        return new Promise((resolve) => {
+            const timer = setTimeout(() => {
+                this.timers.delete(timer)
+                resolve()
+            }, ms)
+            this.timers.add(timer)
+        })
+    }
+
+    stop(): void {
+        for (const timer of this.timers) clearTimeout(timer)
+        this.timers.clear()
+    }
+
+    /** The model without a socket: a dropped connection rejects like undici's `fetch failed`. */
+    readonly fetch: FetchFn = async (input, init: FetchInit = {}) => {
+        const headers = Object.fromEntries(
+            new Headers(init.headers as ConstructorParameters<typeof Headers>[0])
+        )
+        const request = { method: (init.method ?? 'GET').toUpperCase(), url: new URL(String(input)), headers }
+        const outcome = this.answer({ ...request, raw: init.body ?? '' })
+        if (outcome.kind === 'drop') throw new TypeError('fetch failed: connection closed without an answer')
+        if (outcome.delayed && this.options.latencyMs > 0) await this.delay(this.options.latencyMs)
+        const text = outcome.reply.body === undefined ? null : JSON.stringify(outcome.reply.body)
+        const responseHeaders = {
+            'Content-Type': 'application/json; charset=utf-8',
+            ...this.rateLimitHeaders(),
+        }
+        return new Response(text, { status: outcome.reply.status, headers: responseHeaders })
+    }
+
+    private record(request: RecordedRequest): void {
+        this.recorded.push(request)
+        if (this.recorded.length > this.options.recordLimit) this.recorded.shift()
+        for (const listener of this.listeners) listener(request)
+    }
+
+    /** Change faults, tokens, limits… mid-run (e.g. revoke the token: 401 from now on). */
+    configure(patch: Partial<EmulatorOptions>): void {
+        const next = { ...this.options, ...definedOnly(patch) }
+        if (next.host !== this.options.host || next.port !== this.options.port) {
+            throw new Error('host and port cannot change while the emulator is running')
+        }
+        validateOptions(next)
+        Object.assign(this.options, next)
+        if (patch.seed !== undefined) this.random = seededRandom(patch.seed)
+        for (const contact of patch.contacts ?? []) this.addContact(contact)
+    }
+
+    addContact = (contact: SeedContact): { id: string } => this.workspace.contacts.seed(contact)
+    /** Declare a custom data attribute, as if created in Intercom's settings. */
+    addDataAttribute = (attribute: DataAttribute): void => void this.workspace.attributes.define(attribute)
+    contacts = (): StoredContact[] =>
+        this.workspace.contacts.all().map((c) => this.workspace.contacts.toContact(c))
+    companies = (): StoredCompany[] => this.workspace.companies.all()
+    events = (): StoredEvent[] => this.workspace.events.all()
+    requests = (): RecordedRequest[] => this.recorded.map((request) => structuredClone(request))
+    stats = (): EmulatorStats => structuredClone(this.counters)
+
+    /** Custom data attributes only (standard ones never matter for validation). */
+    dataAttributes(): DataAttribute[] {
+        return this.workspace.attributes
+            .list()
+            .map(({ name, data_type, model }) => ({ name, data_type, model }))
+    }
+
+    /** Called after each request is answered (or dropped); returns an unsubscribe function. */
+    onRequest(listener: (request: RecordedRequest) => void): () => void {
+        this.listeners.add(listener)
+        return () => this.listeners.delete(listener)
+    }
+
+    /** Clears recorded requests, events, stats, rate-limit windows; keeps contacts, companies, attributes. */
+    reset(): void {
+        this.recorded = []
+        Object.assign(this.counters, emptyStats())
+        this.workspace.events.clear()
+        this.limiter.clear()
+        this.random = seededRandom(this.options.seed)
+    }
+}
+
+/** The model in the process: no socket, no port; `fetch` answers as the emulator would. */
+export function createIntercom(options: EmulatorOptions = {}): Intercom {
+    return new Intercom(options)
+}
