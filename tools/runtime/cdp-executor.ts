@@ -168,6 +168,15 @@ function testFunctionAnswer(): CdpFullResponse {
     }
 }
 
+/** PostHog's LegacyPluginLogger: no `info`; `log` is written at level info. */
+export function legacyLogger(write: (level: CdpLogLevel, args: unknown[]) => void) {
+    const at =
+        (level: CdpLogLevel) =>
+        (...args: unknown[]) =>
+            write(level, args)
+    return { debug: at('debug'), log: at('info'), warn: at('warn'), error: at('error') }
+}
+
 export interface CdpExecutor {
     /** One run, as `execute()` does it. */
     execute(globals: CdpGlobals, run?: number): Promise<CdpRunResult>
@@ -189,22 +198,12 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
     let setup: Promise<unknown> | null = null
     const setupLogs: CdpLog[] = []
 
-    const loggerInto = (logs: CdpLog[]) => {
-        const add =
-            (level: CdpLogLevel) =>
-            (...args: unknown[]) => {
-                const log = {
-                    level,
-                    message: args
-                        .map((arg) => (typeof arg === 'string' ? arg : JSON.stringify(arg)))
-                        .join(' '),
-                }
-                logs.push(log)
-                options.onLog?.(log)
-            }
-        // PostHog's LegacyPluginLogger: no `info`; `log` is written at level info.
-        return { debug: add('debug'), log: add('info'), warn: add('warn'), error: add('error') }
-    }
+    const loggerInto = (logs: CdpLog[]) =>
+        legacyLogger((level, args) => {
+            const message = args.map((arg) => (typeof arg === 'string' ? arg : JSON.stringify(arg))).join(' ')
+            logs.push({ level, message })
+            options.onLog?.({ level, message })
+        })
     const geoip = { locate: () => null }
     const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip }
 

@@ -16,6 +16,7 @@ import * as url from 'node:url'
 import { VM } from 'vm2'
 
 import type { ConsoleLike, FetchFn } from './load-plugin'
+import { withTimeout } from './sleeper'
 import { transformPluginCode } from './transforms'
 import { TASK_TIMEOUT_SECONDS, VariantSpec } from './variants'
 
@@ -43,28 +44,11 @@ export function createAsyncGuard(
     TimeoutError: new (message: string) => Error
 ): { guard: (value: unknown, name?: unknown) => Promise<unknown> } & GuardClock {
     const pending = new Set<NodeJS.Timeout>()
-    const guard = async (value: unknown, name?: unknown): Promise<unknown> => {
-        let timer: NodeJS.Timeout | undefined
-        const timeout = new Promise((_, reject) => {
-            timer = setTimeout(() => {
-                const seconds = timeoutMs / 1000
-                reject(
-                    new TimeoutError(
-                        `Script execution timed out after promise waited for ${seconds} second${seconds === 1 ? '' : 's'} (name: ${String(name)})`
-                    )
-                )
-            }, timeoutMs)
-            pending.add(timer)
-        })
-        try {
-            return await Promise.race([value, timeout])
-        } finally {
-            clearTimeout(timer)
-            if (timer) pending.delete(timer)
-        }
-    }
+    const seconds = timeoutMs / 1000
+    const message = (name: unknown) =>
+        `Script execution timed out after promise waited for ${seconds} second${seconds === 1 ? '' : 's'} (name: ${String(name)})`
     return {
-        guard,
+        guard: (value, name) => withTimeout(value, timeoutMs, () => new TimeoutError(message(name)), pending),
         clear: () => {
             for (const timer of pending) clearTimeout(timer)
             pending.clear()
