@@ -18,13 +18,12 @@ import { format } from 'node:util'
 
 import { createMemoryStore, createPluginCache, createRedisStore, PluginCache } from './cache'
 import { legacyLogger } from './cdp-executor'
+import { undiciLikeFetch } from './fetch'
 import {
     cdpFetch,
     consoleTo,
     EmulatorTarget,
     FetchFn,
-    FetchInit,
-    FetchResponse,
     hostNodeFetch,
     loadPlugin,
     PluginEventArg,
@@ -33,10 +32,9 @@ import {
     RedirectedCall,
     RedirectingFetch,
     redirectingFetch,
-    toHeaderRecord,
 } from './load-plugin'
 import { createSleeper, Sleeper, Slots, withTimeout } from './sleeper'
-import { FETCH_TIMEOUT_MS, maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
+import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
 
 // The cache's store, for the fault campaign's cache audit.
 export type { CacheStore } from './cache'
@@ -127,23 +125,13 @@ export interface EventRecord {
     reason?: string
 }
 
-/** What runEveryMinute may resolve to; undefined means "nothing left". */
-export interface MinuteReport {
-    delivered?: number
-    retried?: number
-    dropped?: number
-    remaining?: number
-}
+const MINUTE_COUNTS = ['delivered', 'retried', 'dropped', 'remaining'] as const
 
-export interface MinuteSummary {
-    runs: number
-    delivered: number
-    retried: number
-    dropped: number
-    /** Sum over scheduled workers of the last `remaining` each reported. */
-    remaining: number
-    failed: Record<string, number>
-}
+/** What runEveryMinute may resolve to; undefined means "nothing left". */
+export type MinuteReport = Partial<Record<(typeof MINUTE_COUNTS)[number], number>>
+
+/** runEveryMinute's runs, failures and summed counts; `remaining` sums what each scheduled worker last said. */
+export type MinuteSummary = Required<MinuteReport> & { runs: number; failed: Record<string, number> }
 
 export interface HarnessSummary {
     mode: HarnessMode
@@ -281,22 +269,13 @@ export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson
     }
 }
 
-/** The 2024-2025 plugin server's node-fetch: the standard fetch with a fixed timeout. */
-function undiciFetch(input: string | URL, init: FetchInit = {}): Promise<FetchResponse> {
-    return fetch(String(input), {
-        method: init.method,
-        headers: toHeaderRecord(init.headers),
-        body: init.body,
-        redirect: init.redirect,
-        signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
-    })
-}
-
 /** What `node-fetch` gives the plugin: the emulator redirect over the chosen client, or the caller's fetch. */
 function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: RedirectingFetch } {
     const underlying =
         options.fetch ??
-        (options.mode === 'plugin-server' && options.httpClient === 'undici' ? undiciFetch : hostNodeFetch)
+        (options.mode === 'plugin-server' && options.httpClient === 'undici'
+            ? undiciLikeFetch(hostNodeFetch)
+            : hostNodeFetch)
     if (options.emulatorUrl !== undefined) {
         const redirect = redirectingFetch(options.emulatorUrl, underlying)
         return { fetch: redirect, redirect }
@@ -353,8 +332,6 @@ function outcomeOf(value: unknown): { status: OutcomeStatus; reason?: string } {
     if (typeof status !== 'string' || status === 'failed') return { status: 'done' }
     return { status, reason: typeof reason === 'string' ? reason : undefined }
 }
-
-const MINUTE_COUNTS = ['delivered', 'retried', 'dropped', 'remaining'] as const
 
 /** The numbers runEveryMinute resolved to, if it resolved to an object. */
 function minuteReportOf(value: unknown): MinuteReport | undefined {
