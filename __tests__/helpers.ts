@@ -3,7 +3,7 @@ import type { CacheExtension, ProcessedPluginEvent } from '@posthog/plugin-scaff
 import nock from 'nock'
 import { isDeepStrictEqual } from 'util'
 import { FetchFn, Global, PluginConfig, PluginMeta, sealEmail, setupPlugin } from '../index'
-import { createMemoryStore, createPluginCache } from '../tools/runtime/harness'
+import { createMemoryStore, createPluginCache } from '../tools/runtime/cache'
 
 export const TOKEN = 'tok_SECRET_123'
 export const US = 'https://api.intercom.io'

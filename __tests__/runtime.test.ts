@@ -7,7 +7,8 @@
 import { readFileSync } from 'node:fs'
 import { Response } from 'node-fetch'
 
-import { createMemoryStorage, createMemoryStore, createPluginCache } from '../tools/runtime/harness'
+import { createMemoryStore, createPluginCache } from '../tools/runtime/cache'
+import { createMemoryStorage } from '../tools/runtime/harness'
 import {
     ALLOWED_IMPORTS,
     CdpFetchOptions,

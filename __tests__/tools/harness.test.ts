@@ -1,14 +1,16 @@
 import * as path from 'node:path'
 
 import {
-    createHarness,
     createMemoryStore,
     createPluginCache,
     createRedisStore,
+    PluginCache,
+} from '../../tools/runtime/cache'
+import {
+    createHarness,
     Harness,
     HarnessEvent,
     HarnessOptions,
-    PluginCache,
     retryDelayMs,
 } from '../../tools/runtime/harness'
 import { Loopback, Reply, startLoopback } from '../fixtures/loopback'

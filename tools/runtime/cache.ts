@@ -1,10 +1,12 @@
 /**
  * PostHog's `meta.cache` extension (plugin-server `src/worker/vm/extensions/cache.ts` and the Redis
- * helpers of its `db.ts`) over a real Redis through ioredis:
+ * helpers of its `db.ts`), over a real Redis through ioredis or over an in-memory store that answers
+ * as Redis does (for `npm start` without Redis):
  *
- * - keys `@plugin/<plugin id>/<team id>/<key>`; `set` stores JSON (unless `jsonSerialize: false`),
- *   with `SET … EX ttl` when a TTL is given; `get` parses it back, and a missing key reads as null
- *   whatever default is given (ioredis answers null, PostHog only fell back on undefined);
+ * - keys `<namespace><key>`, PostHog's namespace being `@plugin/<plugin id>/<team id>/`; `set` stores
+ *   JSON (unless `jsonSerialize: false`), with `SET … EX ttl` when a TTL is given; `get` parses it back,
+ *   and a missing or empty value reads as null whatever default is given (ioredis answers null, PostHog
+ *   only fell back on undefined);
  * - `lpush` takes one string or an array of at most 1,000 (IllegalOperationError past that), elements
  *   stored as raw strings; `lrange`, `llen`, `lrem`, `incr`, `expire` as Redis answers them;
  * - `lpop(key, count)` is Redis `LPOP key count`. In `redis-6.0` mode that command is refused with the
@@ -22,7 +24,21 @@ export class IllegalOperationError extends Error {
 /** Redis's own reply to `LPOP key count` before 6.2. */
 export const REDIS_60_LPOP_ERROR = "ERR wrong number of arguments for 'lpop' command"
 
-export const LPUSH_MAX_ELEMENTS = 1000
+/** The Redis commands the cache extension uses, on string values. */
+export interface CacheStore {
+    get(key: string): Promise<string | null>
+    set(key: string, value: string, ttlSeconds?: number): Promise<void>
+    incr(key: string): Promise<number>
+    expire(key: string, ttlSeconds: number): Promise<boolean>
+    lpush(key: string, values: string[]): Promise<number>
+    lrange(key: string, start: number, stop: number): Promise<string[]>
+    llen(key: string): Promise<number>
+    lpop(key: string, count: number): Promise<string[] | null>
+    lrem(key: string, count: number, value: string): Promise<number>
+    /** Deletes every key that starts with the prefix. */
+    clear(prefix: string): Promise<void>
+    close(): Promise<void>
+}
 
 export interface CacheOptions {
     jsonSerialize?: boolean
@@ -41,34 +57,11 @@ export interface PluginCache {
     lpop(key: string, count: number): Promise<string[] | null>
 }
 
-export interface RedisCacheOptions {
-    redisUrl: string
-    pluginId?: number
-    teamId?: number
-    mode?: RedisMode
-}
-
-export interface RedisCache {
-    cache: PluginCache
-    /** The full Redis key of a plugin key, for tests and fault scenarios. */
-    keyOf(key: string): string
-    /** The underlying client (tests read raw keys and TTLs with it). */
-    client: Redis
-    close(): Promise<void>
-}
-
-/** The error ioredis raises for a Redis error reply, without depending on its internals. */
-function redisReplyError(message: string): Error {
-    const error = new Error(message)
-    error.name = 'ReplyError'
-    return error
-}
-
-function lpushElements(elementOrArray: unknown): string | string[] {
-    if (typeof elementOrArray === 'string') return elementOrArray
+function lpushElements(elementOrArray: unknown): string[] {
+    if (typeof elementOrArray === 'string') return [elementOrArray]
     if (!Array.isArray(elementOrArray))
         throw new Error('cache.lpush expects a string value or an array of strings')
-    if (elementOrArray.length > LPUSH_MAX_ELEMENTS)
+    if (elementOrArray.length > 1000)
         throw new IllegalOperationError('Too many elements in array for cache.lpush. Maximum: 1000')
     return elementOrArray.map((element) => String(element))
 }
@@ -78,12 +71,122 @@ function expectNumber(value: unknown, message: string): void {
 }
 
 function parseValue(value: string | null, jsonSerialize: boolean): unknown {
-    if (value === null) return null
+    if (!value) return null
     if (!jsonSerialize) return value
     try {
         return JSON.parse(value)
     } catch {
         return null
+    }
+}
+
+/** The cache extension over a store, every key under `namespace`. */
+export function createPluginCache(store: CacheStore, namespace: string): PluginCache {
+    const keyOf = (key: string): string => `${namespace}${key}`
+    return {
+        async set(key, value, ttlSeconds, options = {}) {
+            const stored = (options.jsonSerialize ?? true) ? JSON.stringify(value) : String(value)
+            await store.set(keyOf(key), stored, ttlSeconds)
+        },
+        async get(key, _defaultValue, options = {}) {
+            return parseValue(await store.get(keyOf(key)), options.jsonSerialize ?? true)
+        },
+        incr: (key) => store.incr(keyOf(key)),
+        expire: (key, ttlSeconds) => store.expire(keyOf(key), ttlSeconds),
+        lpush: async (key, elementOrArray) => store.lpush(keyOf(key), lpushElements(elementOrArray)),
+        async lrange(key, startIndex, endIndex) {
+            const message = 'cache.lrange expects a number for the start and end indexes'
+            expectNumber(startIndex, message)
+            expectNumber(endIndex, message)
+            return store.lrange(keyOf(key), startIndex, endIndex)
+        },
+        llen: (key) => store.llen(keyOf(key)),
+        async lrem(key, count, elementKey) {
+            expectNumber(count, 'cache.lrem expects a number for the "count" argument')
+            return store.lrem(keyOf(key), count, elementKey)
+        },
+        async lpop(key, count) {
+            expectNumber(count, 'cache.lpop expects a number for the "count" argument')
+            return store.lpop(keyOf(key), count)
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stores
+// ---------------------------------------------------------------------------------------------
+
+const WRONG_TYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
+
+/** Removes `count` occurrences like LREM: from the head if positive, the tail if negative, all if 0. */
+function removeOccurrences(list: string[], count: number, value: string): number {
+    const indexes = list.map((item, index) => (item === value ? index : -1)).filter((index) => index >= 0)
+    const chosen = (count < 0 ? indexes.reverse() : indexes).slice(
+        0,
+        count === 0 ? Infinity : Math.abs(count)
+    )
+    for (const index of [...chosen].sort((a, b) => b - a)) list.splice(index, 1)
+    return chosen.length
+}
+
+/** An in-process stand-in for Redis with the same answers, TTLs checked on access. */
+export function createMemoryStore(now: () => number = Date.now): CacheStore {
+    const entries = new Map<string, { value: string | string[]; expiresAt?: number }>()
+    const live = (key: string) => {
+        const entry = entries.get(key)
+        if (entry?.expiresAt !== undefined && entry.expiresAt <= now()) entries.delete(key)
+        return entries.get(key)
+    }
+    const stringAt = (key: string): string | null => {
+        const value = live(key)?.value ?? null
+        if (Array.isArray(value)) throw new Error(WRONG_TYPE)
+        return value
+    }
+    const listAt = (key: string): string[] | undefined => {
+        const value = live(key)?.value
+        if (typeof value === 'string') throw new Error(WRONG_TYPE)
+        return value
+    }
+    /** Runs `change` on the list at `key` in place; Redis deletes a list once it is empty. */
+    const onList = <T>(key: string, change: (list: string[]) => T): T => {
+        const list = listAt(key) ?? []
+        const result = change(list)
+        if (list.length === 0) entries.delete(key)
+        else if (!entries.has(key)) entries.set(key, { value: list })
+        return result
+    }
+
+    return {
+        get: async (key) => stringAt(key),
+        set: async (key, value, ttlSeconds) => {
+            entries.set(key, { value, expiresAt: ttlSeconds ? now() + ttlSeconds * 1000 : undefined })
+        },
+        incr: async (key) => {
+            const current = stringAt(key) ?? '0'
+            if (!/^-?\d+$/.test(current)) throw new Error('ERR value is not an integer or out of range')
+            entries.set(key, { value: String(Number(current) + 1), expiresAt: live(key)?.expiresAt })
+            return Number(current) + 1
+        },
+        expire: async (key, ttlSeconds) => {
+            const entry = live(key)
+            if (entry) entry.expiresAt = now() + ttlSeconds * 1000
+            return entry !== undefined
+        },
+        lpush: async (key, values) => onList(key, (list) => list.unshift(...[...values].reverse())),
+        lrange: async (key, start, stop) => {
+            const list = listAt(key) ?? []
+            // Redis's LRANGE: inclusive, negative indexes count from the end.
+            const from = Math.max(start < 0 ? list.length + start : start, 0)
+            const to = Math.min(stop < 0 ? list.length + stop : stop, list.length - 1)
+            return from > to ? [] : list.slice(from, to + 1)
+        },
+        llen: async (key) => listAt(key)?.length ?? 0,
+        lpop: async (key, count) => (listAt(key) ? onList(key, (list) => list.splice(0, count)) : null),
+        lrem: async (key, count, value) => onList(key, (list) => removeOccurrences(list, count, value)),
+        clear: async (prefix) => {
+            for (const key of [...entries.keys()]) if (key.startsWith(prefix)) entries.delete(key)
+        },
+        close: async () => undefined,
     }
 }
 
@@ -98,51 +201,67 @@ export function connectRedis(redisUrl: string): Redis {
     return client
 }
 
-export function createRedisCache(options: RedisCacheOptions): RedisCache {
-    const { pluginId = 1, teamId = 1, mode = 'redis-7' } = options
-    const client = connectRedis(options.redisUrl)
-    const keyOf = (key: string): string => `@plugin/${pluginId}/${teamId}/${key}`
-
-    const cache: PluginCache = {
-        async set(key, value, ttlSeconds, setOptions = {}) {
-            const stored = (setOptions.jsonSerialize ?? true) ? JSON.stringify(value) : String(value)
-            if (ttlSeconds) await client.set(keyOf(key), stored, 'EX', ttlSeconds)
-            else await client.set(keyOf(key), stored)
-        },
-        async get(key, _defaultValue, getOptions = {}) {
-            return parseValue(await client.get(keyOf(key)), getOptions.jsonSerialize ?? true)
-        },
-        incr: (key) => client.incr(keyOf(key)),
-        async expire(key, ttlSeconds) {
-            return (await client.expire(keyOf(key), ttlSeconds)) === 1
-        },
-        async lpush(key, elementOrArray) {
-            const elements = lpushElements(elementOrArray)
-            return client.lpush(keyOf(key), ...(Array.isArray(elements) ? elements : [elements]))
-        },
-        async lrange(key, startIndex, endIndex) {
-            const message = 'cache.lrange expects a number for the start and end indexes'
-            expectNumber(startIndex, message)
-            expectNumber(endIndex, message)
-            return client.lrange(keyOf(key), startIndex, endIndex)
-        },
-        llen: (key) => client.llen(keyOf(key)),
-        async lrem(key, count, elementKey) {
-            expectNumber(count, 'cache.lrem expects a number for the "count" argument')
-            return client.lrem(keyOf(key), count, elementKey)
-        },
-        async lpop(key, count) {
-            expectNumber(count, 'cache.lpop expects a number for the "count" argument')
-            if (mode === 'redis-6.0') throw redisReplyError(REDIS_60_LPOP_ERROR)
-            return client.lpop(keyOf(key), count)
-        },
-    }
+/** The store on a real Redis, so workers share it the way PostHog's servers did. */
+export function createRedisStore(
+    redisUrl: string,
+    mode: RedisMode = 'redis-7'
+): CacheStore & { client: Redis } {
+    const client = connectRedis(redisUrl)
     return {
-        cache,
-        keyOf,
         client,
+        get: (key) => client.get(key),
+        set: async (key, value, ttlSeconds) => {
+            if (ttlSeconds) await client.set(key, value, 'EX', ttlSeconds)
+            else await client.set(key, value)
+        },
+        incr: (key) => client.incr(key),
+        expire: async (key, ttlSeconds) => (await client.expire(key, ttlSeconds)) === 1,
+        lpush: (key, values) => client.lpush(key, ...values),
+        lrange: (key, start, stop) => client.lrange(key, start, stop),
+        llen: (key) => client.llen(key),
+        lpop: async (key, count) => {
+            if (mode === 'redis-6.0')
+                throw Object.assign(new Error(REDIS_60_LPOP_ERROR), { name: 'ReplyError' })
+            return client.lpop(key, count)
+        },
+        lrem: (key, count, value) => client.lrem(key, count, value),
+        clear: async (prefix) => {
+            let cursor = '0'
+            do {
+                const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500)
+                if (keys.length > 0) await client.del(...keys)
+                cursor = next
+            } while (cursor !== '0')
+        },
         close: async () => {
             client.disconnect()
         },
+    }
+}
+
+export interface RedisCache {
+    cache: PluginCache
+    /** The full Redis key of a plugin key, for tests and fault scenarios. */
+    keyOf(key: string): string
+    /** The underlying client (tests read raw keys and TTLs with it). */
+    client: Redis
+    close(): Promise<void>
+}
+
+/** PostHog's cache of one plugin of one team, on a real Redis. */
+export function createRedisCache(options: {
+    redisUrl: string
+    pluginId?: number
+    teamId?: number
+    mode?: RedisMode
+}): RedisCache {
+    const { pluginId = 1, teamId = 1 } = options
+    const store = createRedisStore(options.redisUrl, options.mode)
+    const namespace = `@plugin/${pluginId}/${teamId}/`
+    return {
+        cache: createPluginCache(store, namespace),
+        keyOf: (key) => `${namespace}${key}`,
+        client: store.client,
+        close: store.close,
     }
 }

@@ -11,13 +11,11 @@
  * puts a run that threw RetryError back on its queue: 3 runs in all, the n-th re-run after
  * min(1000·n + random·1000, 30000) ms. Delays here are scaled by `delayScale` so tests stay fast.
  */
-import * as scaffold from '@posthog/plugin-scaffold'
 import { RetryError } from '@posthog/plugin-scaffold'
-import * as crypto from 'node:crypto'
-import * as url from 'node:url'
 import * as vm from 'node:vm'
 
 import type { CdpFullFetch, CdpFullResponse } from './fetch'
+import { hostModules } from './load-plugin'
 import { createSleeper } from './sleeper'
 import { posthogBabel } from './transforms'
 import { maxRuns, RetryPolicy, retryDelayMs } from './variants'
@@ -93,12 +91,7 @@ function refusedFetch(): never {
     throw new Error('A ported plugin must use meta.fetch: node-fetch is not wired to the network here')
 }
 
-const HOST_MODULES: Record<string, unknown> = {
-    '@posthog/plugin-scaffold': scaffold,
-    'node-fetch': Object.assign(refusedFetch, { default: refusedFetch }),
-    crypto,
-    url,
-}
+const HOST_MODULES: Record<string, unknown> = hostModules(refusedFetch)
 
 /** Compiles index.ts as a module of the host app (TypeScript stripped, CommonJS), in the host realm. */
 export function loadModule(source: string, modules: Record<string, unknown> = HOST_MODULES): PluginModule {
@@ -168,6 +161,15 @@ function testFunctionAnswer(): CdpFullResponse {
     }
 }
 
+/** PostHog's LegacyPluginLogger: no `info`; `log` is written at level info. */
+export function legacyLogger(write: (level: CdpLogLevel, args: unknown[]) => void) {
+    const at =
+        (level: CdpLogLevel) =>
+        (...args: unknown[]) =>
+            write(level, args)
+    return { debug: at('debug'), log: at('info'), warn: at('warn'), error: at('error') }
+}
+
 export interface CdpExecutor {
     /** One run, as `execute()` does it. */
     execute(globals: CdpGlobals, run?: number): Promise<CdpRunResult>
@@ -189,22 +191,12 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
     let setup: Promise<unknown> | null = null
     const setupLogs: CdpLog[] = []
 
-    const loggerInto = (logs: CdpLog[]) => {
-        const add =
-            (level: CdpLogLevel) =>
-            (...args: unknown[]) => {
-                const log = {
-                    level,
-                    message: args
-                        .map((arg) => (typeof arg === 'string' ? arg : JSON.stringify(arg)))
-                        .join(' '),
-                }
-                logs.push(log)
-                options.onLog?.(log)
-            }
-        // PostHog's LegacyPluginLogger: no `info`; `log` is written at level info.
-        return { debug: add('debug'), log: add('info'), warn: add('warn'), error: add('error') }
-    }
+    const loggerInto = (logs: CdpLog[]) =>
+        legacyLogger((level, args) => {
+            const message = args.map((arg) => (typeof arg === 'string' ? arg : JSON.stringify(arg))).join(' ')
+            logs.push({ level, message })
+            options.onLog?.({ level, message })
+        })
     const geoip = { locate: () => null }
     const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip }
 

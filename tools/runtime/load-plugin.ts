@@ -30,11 +30,12 @@ import * as vm from 'node:vm'
 import nodeFetch from 'node-fetch'
 
 import { INTERCOM_REGION_NAMES, REGION_HOSTS } from '../../index'
-import { posthogBabel } from './transforms'
+import { importRefusal, posthogBabel } from './transforms'
+import { FETCH_TIMEOUT_MS } from './variants'
 
 /** The only modules a PostHog plugin may import. */
 export const ALLOWED_IMPORTS = ['@posthog/plugin-scaffold', 'node-fetch', 'crypto', 'url'] as const
-export type AllowedImport = (typeof ALLOWED_IMPORTS)[number]
+type AllowedImport = (typeof ALLOWED_IMPORTS)[number]
 
 /** Intercom's documented API hosts (US, EU, AU). */
 export const INTERCOM_HOSTS = ['api.intercom.io', 'api.eu.intercom.io', 'api.au.intercom.io'] as const
@@ -49,11 +50,7 @@ export function regionNameOf(host: string): string | undefined {
 /** The plugin under test: the repository's index.ts. */
 export const DEFAULT_PLUGIN_FILE = path.resolve(__dirname, '..', '..', 'index.ts')
 
-// ---------------------------------------------------------------------------------------------
-// Fetch shapes
-// ---------------------------------------------------------------------------------------------
-
-export type HeadersInit = Record<string, string> | Array<[string, string]> | HeadersLike
+type HeadersInit = Record<string, string> | Array<[string, string]> | HeadersLike
 
 /** Request options a plugin may pass to node-fetch (or to the later undici-based fetch). */
 export interface FetchInit {
@@ -108,10 +105,6 @@ export interface CdpResponse {
 
 export type CdpFetchFn = (input: string, options?: CdpFetchOptions) => Promise<CdpResponse>
 
-// ---------------------------------------------------------------------------------------------
-// The plugin's exports
-// ---------------------------------------------------------------------------------------------
-
 export type PluginMeta = Record<string, unknown>
 export type PluginEventArg = Record<string, unknown>
 
@@ -124,16 +117,10 @@ export interface PluginExports {
     [name: string]: unknown
 }
 
-/** The console the sandbox sees; PostHog routed it to the plugin's log. */
-export interface ConsoleLike {
-    log(...args: unknown[]): void
-    info(...args: unknown[]): void
-    warn(...args: unknown[]): void
-    error(...args: unknown[]): void
-    debug(...args: unknown[]): void
-}
+type ConsoleLevel = 'log' | 'info' | 'warn' | 'error' | 'debug'
 
-export type ConsoleLevel = keyof ConsoleLike
+/** The console the sandbox sees; PostHog routed it to the plugin's log. */
+export type ConsoleLike = Record<ConsoleLevel, (...args: unknown[]) => void>
 
 /** A sandbox console whose every call goes to `write`, with its level and arguments. */
 export function consoleTo(write: (level: ConsoleLevel, args: unknown[]) => void): ConsoleLike {
@@ -144,7 +131,7 @@ export function consoleTo(write: (level: ConsoleLevel, args: unknown[]) => void)
     return { log: at('log'), info: at('info'), warn: at('warn'), error: at('error'), debug: at('debug') }
 }
 
-export interface LoadPluginOptions {
+interface LoadPluginOptions {
     /** Plugin file to load; defaults to the repository's index.ts. Ignored when `source` is given. */
     file?: string
     /** Plugin source text, instead of reading `file`. */
@@ -155,29 +142,21 @@ export interface LoadPluginOptions {
     console?: ConsoleLike
 }
 
-// ---------------------------------------------------------------------------------------------
-// Transpiling
-// ---------------------------------------------------------------------------------------------
-
-export type ImportForm = 'default' | 'namespace' | 'named' | 'require' | 'dynamic'
+type ImportForm = 'default' | 'namespace' | 'named' | 'require' | 'dynamic'
 
 /** One import the plugin makes, as written in its source. */
-export interface ImportUse {
+interface ImportUse {
     source: string
     forms: ImportForm[]
 }
 
-export interface TranspiledPlugin {
+interface TranspiledPlugin {
     code: string
     imports: ImportUse[]
 }
 
-export function isAllowedImport(name: string): name is AllowedImport {
+function isAllowedImport(name: string): name is AllowedImport {
     return (ALLOWED_IMPORTS as readonly string[]).includes(name)
-}
-
-function importRefusal(source: string): Error {
-    return new Error(`Cannot import '${source}'! This package is not provided by PostHog in plugins.`)
 }
 
 function importFormsOf(node: babel.types.ImportDeclaration): ImportForm[] {
@@ -262,32 +241,22 @@ export function legacyImportHazards(imports: readonly ImportUse[]): string[] {
         )
 }
 
-// ---------------------------------------------------------------------------------------------
-// Evaluating in the sandbox
-// ---------------------------------------------------------------------------------------------
+/** node-fetch's module shape: the function, with itself as `.default`. */
+export function nodeFetchModule(fetch: FetchFn): FetchFn & { default: FetchFn } {
+    const module = ((input, init) => fetch(input, init)) as FetchFn & { default: FetchFn }
+    module.default = module
+    return module
+}
+
+/** The modules a plugin may import, as Node gives them; `node-fetch` is the given fetch. */
+export function hostModules(fetch: FetchFn): Record<AllowedImport, unknown> {
+    return { '@posthog/plugin-scaffold': scaffold, 'node-fetch': nodeFetchModule(fetch), crypto, url }
+}
 
 function refusingFetch(): Promise<FetchResponse> {
     return Promise.reject(
         new Error('Network access is disabled in the plugin sandbox: pass `fetch` to loadPlugin')
     )
-}
-
-/** The `node-fetch` module as the sandbox sees it: just the callable, like PostHog's tracked fetch. */
-function nodeFetchModule(fetch: FetchFn): FetchFn {
-    return (input, init) => fetch(input, init)
-}
-
-function createSandboxRequire(fetch: FetchFn): (name: string) => unknown {
-    const modules: Record<AllowedImport, unknown> = {
-        '@posthog/plugin-scaffold': scaffold,
-        'node-fetch': nodeFetchModule(fetch),
-        crypto,
-        url,
-    }
-    return (name: string) => {
-        if (!isAllowedImport(name)) throw importRefusal(name)
-        return modules[name]
-    }
 }
 
 /**
@@ -296,13 +265,17 @@ function createSandboxRequire(fetch: FetchFn): (name: string) => unknown {
  * fetch, TextEncoder, URLSearchParams, AbortController, structuredClone) do not.
  */
 function createSandbox(options: LoadPluginOptions): vm.Context {
+    const modules = hostModules(options.fetch ?? refusingFetch)
     const context = vm.createContext(
         {
             console: options.console ?? console,
             URL,
             Buffer,
             RetryError,
-            require: createSandboxRequire(options.fetch ?? refusingFetch),
+            require: (name: string) => {
+                if (!isAllowedImport(name)) throw importRefusal(name)
+                return modules[name]
+            },
         },
         { name: 'posthog-plugin', codeGeneration: { strings: true, wasm: false } }
     )
@@ -311,35 +284,12 @@ function createSandbox(options: LoadPluginOptions): vm.Context {
     return context
 }
 
-interface ExportSources {
-    exports: unknown
-    module: { exports: unknown }
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-    return typeof value === 'object' && value !== null
-}
-
 /**
- * PostHog looks for hooks on `exports`, `exports.default` and `module.exports`, in that order,
- * and on the global object only when none of them holds anything.
+ * Where PostHog looks for hooks, as code for the sandbox: `exports`, `exports.default` and
+ * `module.exports`, in that order, and the global object only when none of them holds anything.
  */
-function collectExports(context: vm.Context): PluginExports {
-    const sources = vm.runInContext('({ exports, module })', context) as ExportSources
-    const destinations = [
-        sources.exports,
-        isRecord(sources.exports) ? sources.exports.default : undefined,
-        sources.module.exports,
-    ].filter(isRecord)
-    if (!destinations.some((destination) => Object.keys(destination).length > 0)) destinations.push(context)
-    const collected: PluginExports = {}
-    for (const destination of [...destinations].reverse()) {
-        for (const [name, value] of Object.entries(destination)) {
-            if (value) collected[name] = value
-        }
-    }
-    return collected
-}
+export const EXPORT_PLACES = `((places) => (places.some((d) => Object.keys(d).length > 0) ? places : [...places, globalThis]))(
+    [exports, exports.default, module.exports].filter((d) => typeof d === 'object' && d !== null))`
 
 /** Transpiles and evaluates a plugin in the sandbox; returns its exported hooks. */
 export function loadPlugin(options: LoadPluginOptions = {}): PluginExports {
@@ -350,12 +300,12 @@ export function loadPlugin(options: LoadPluginOptions = {}): PluginExports {
     vm.runInContext(`const module = { exports: {} };\nlet exports = {};\n${code}`, context, {
         filename: 'index.ts',
     })
-    return collectExports(context)
+    const collected: PluginExports = {}
+    for (const place of (vm.runInContext(EXPORT_PLACES, context) as PluginExports[]).reverse()) {
+        for (const [name, value] of Object.entries(place)) if (value) collected[name] = value
+    }
+    return collected
 }
-
-// ---------------------------------------------------------------------------------------------
-// Fetch adapters
-// ---------------------------------------------------------------------------------------------
 
 /** Where the three Intercom hosts go: one emulator for all, or one URL per host. */
 export type EmulatorTarget = string | Partial<Record<IntercomHost, string>>
@@ -376,14 +326,6 @@ export interface RedirectingFetch extends FetchFn {
 
 export function isIntercomHost(host: string): host is IntercomHost {
     return (INTERCOM_HOSTS as readonly string[]).includes(host)
-}
-
-function emulatorBaseFor(target: EmulatorTarget, host: IntercomHost): string | undefined {
-    return typeof target === 'string' ? target : target[host]
-}
-
-function joinUrl(base: string, pathAndQuery: string): string {
-    return base.replace(/\/+$/, '') + pathAndQuery
 }
 
 /** Copies any accepted header form into a plain object (names kept as given). */
@@ -416,10 +358,10 @@ export function redirectingFetch(emulator: EmulatorTarget, realFetch: FetchFn): 
             throw new Error(`Refused request to ${host}: only Intercom's API hosts are reachable`)
         if (requested.protocol !== 'https:')
             throw new Error(`Refused ${requested.protocol} request to ${host}: Intercom needs https`)
-        const base = emulatorBaseFor(emulator, host)
+        const base = typeof emulator === 'string' ? emulator : emulator[host]
         if (!base) throw new Error(`Refused request to ${host}: no emulator serves this region`)
         const pathAndQuery = requested.pathname + requested.search
-        const forwardedTo = joinUrl(base, pathAndQuery)
+        const forwardedTo = base.replace(/\/+$/, '') + pathAndQuery
         calls.push({ host, method: (init.method ?? 'GET').toUpperCase(), path: pathAndQuery, forwardedTo })
         const headers = { ...toHeaderRecord(init.headers), 'X-Forwarded-Host': host }
         return realFetch(forwardedTo, { ...init, headers })
@@ -447,9 +389,6 @@ function onceReadableBody(response: FetchResponse): Pick<CdpResponse, 'json' | '
     return { text, json: async () => JSON.parse(await text()) as unknown }
 }
 
-/** PostHog's cdp runtime used a 10 s default for requests without `timeoutMs`. */
-export const CDP_DEFAULT_TIMEOUT_MS = 10_000
-
 /**
  * Adapts a node-fetch style fetch to the shape of PostHog's cdp `meta.fetch`: a plain response
  * object, redirects not followed, `timeoutMs` honoured (through both node-fetch's `timeout` and
@@ -457,7 +396,7 @@ export const CDP_DEFAULT_TIMEOUT_MS = 10_000
  */
 export function cdpFetch(realFetch: FetchFn): CdpFetchFn {
     return async (input, options = {}) => {
-        const timeoutMs = options.timeoutMs ?? CDP_DEFAULT_TIMEOUT_MS
+        const timeoutMs = options.timeoutMs ?? FETCH_TIMEOUT_MS
         const response = await realFetch(input, {
             method: options.method ?? 'GET',
             headers: options.headers,

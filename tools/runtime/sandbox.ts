@@ -15,11 +15,10 @@ import * as crypto from 'node:crypto'
 import * as url from 'node:url'
 import { VM } from 'vm2'
 
-import type { ConsoleLike, FetchFn } from './load-plugin'
+import { ALLOWED_IMPORTS, ConsoleLike, EXPORT_PLACES, FetchFn, nodeFetchModule } from './load-plugin'
+import { withTimeout } from './sleeper'
 import { transformPluginCode } from './transforms'
 import { TASK_TIMEOUT_SECONDS, VariantSpec } from './variants'
-
-export const HOST_IMPORT_NAMES = ['@posthog/plugin-scaffold', 'node-fetch', 'crypto', 'url'] as const
 
 /** PostHog's guard timeout: a plain Error in 2021, a RetryError from 2022 on. */
 export function timeoutErrorClass(isRetryError: boolean): new (message: string) => Error {
@@ -43,40 +42,16 @@ export function createAsyncGuard(
     TimeoutError: new (message: string) => Error
 ): { guard: (value: unknown, name?: unknown) => Promise<unknown> } & GuardClock {
     const pending = new Set<NodeJS.Timeout>()
-    const guard = async (value: unknown, name?: unknown): Promise<unknown> => {
-        let timer: NodeJS.Timeout | undefined
-        const timeout = new Promise((_, reject) => {
-            timer = setTimeout(() => {
-                const seconds = timeoutMs / 1000
-                reject(
-                    new TimeoutError(
-                        `Script execution timed out after promise waited for ${seconds} second${seconds === 1 ? '' : 's'} (name: ${String(name)})`
-                    )
-                )
-            }, timeoutMs)
-            pending.add(timer)
-        })
-        try {
-            return await Promise.race([value, timeout])
-        } finally {
-            clearTimeout(timer)
-            if (timer) pending.delete(timer)
-        }
-    }
+    const seconds = timeoutMs / 1000
+    const message = (name: unknown) =>
+        `Script execution timed out after promise waited for ${seconds} second${seconds === 1 ? '' : 's'} (name: ${String(name)})`
     return {
-        guard,
+        guard: (value, name) => withTimeout(value, timeoutMs, () => new TimeoutError(message(name)), pending),
         clear: () => {
             for (const timer of pending) clearTimeout(timer)
             pending.clear()
         },
     }
-}
-
-/** node-fetch's module shape: the function, with itself as `.default`. */
-function nodeFetchModule(fetch: FetchFn): FetchFn & { default: FetchFn } {
-    const module = ((input, init) => fetch(input, init)) as FetchFn & { default: FetchFn }
-    module.default = module
-    return module
 }
 
 function withoutDefault(module: object): Record<string, unknown> {
@@ -153,8 +128,7 @@ export interface SandboxOptions {
 
 /** Runs inside the VM: finds the exports, builds meta with a sandbox `global`, binds and guards the hooks. */
 const COLLECT_EXPORTS = `(function (guard) {
-    const places = [exports, exports.default, module.exports].filter((d) => typeof d === 'object' && d !== null)
-    if (!places.some((d) => Object.keys(d).length > 0)) places.push(globalThis)
+    const places = ${EXPORT_PLACES}
     const exported = (key) => { for (const d of places) if (d[key]) return d[key] }
     const meta = Object.assign({}, __pluginHostMeta, { global: {} })
     const bind = (fn) => fn ? (...args) => fn(...args, meta) : undefined
@@ -180,7 +154,7 @@ export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
         throw new Error(`Variant ${variant.id} does not run plugins in vm2`)
     const seconds = options.taskTimeoutSeconds ?? TASK_TIMEOUT_SECONDS
     const code = transformPluginCode(options.source, {
-        importNames: HOST_IMPORT_NAMES,
+        importNames: ALLOWED_IMPORTS,
         guard: variant.guard,
         imports: variant.imports,
         loopTimeoutSeconds: seconds,

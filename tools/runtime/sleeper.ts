@@ -1,4 +1,4 @@
-/** Host-side sleeps for the runtime models: re-run delays that teardown can end at once. */
+/** Host-side timing for the runtime models: sleeps that teardown can end at once, time limits, and slots. */
 export interface Sleeper {
     sleep(ms: number): Promise<void>
     /** Resolves every pending sleep now. */
@@ -23,5 +23,46 @@ export function createSleeper(): Sleeper {
             }
             pending.clear()
         },
+    }
+}
+
+/** Races `value` against `ms`, rejecting with `timeout()` past it; the timer is cleared once the race is decided. */
+export async function withTimeout<T>(
+    value: T | Promise<T>,
+    ms: number,
+    timeout: () => Error,
+    timers?: Set<NodeJS.Timeout>
+): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const limit = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(timeout()), ms)
+        timers?.add(timer)
+    })
+    try {
+        return await Promise.race([value, limit])
+    } finally {
+        clearTimeout(timer)
+        if (timer) timers?.delete(timer)
+    }
+}
+
+/** Limits how many calls run at once. */
+export class Slots {
+    private active = 0
+    private readonly waiting: Array<() => void> = []
+
+    constructor(private readonly limit: number) {}
+
+    async run<T>(task: () => Promise<T>): Promise<T> {
+        if (this.active < this.limit) this.active++
+        // A freed slot is handed straight to the next waiter, so `active` never exceeds the limit.
+        else await new Promise<void>((resolve) => this.waiting.push(resolve))
+        try {
+            return await task()
+        } finally {
+            const next = this.waiting.shift()
+            if (next) next()
+            else this.active--
+        }
     }
 }

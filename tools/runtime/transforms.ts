@@ -33,7 +33,8 @@ type T = typeof BabelTypes
 /** Marks nodes this file created, so the visitors do not wrap their own output again. */
 const WRAPPED = new WeakSet<object>()
 
-function refusal(source: string): Error {
+/** PostHog's answer to an import it does not provide. */
+export function importRefusal(source: string): Error {
     return new Error(`Cannot import '${source}'! This package is not provided by PostHog in plugins.`)
 }
 
@@ -66,7 +67,7 @@ export function replaceImports(options: TransformOptions): (api: { types: T }) =
             ImportDeclaration: {
                 exit(path: NodePath<BabelTypes.ImportDeclaration>) {
                     const source = path.node.source.value
-                    if (!known.has(source)) throw refusal(source)
+                    if (!known.has(source)) throw importRefusal(source)
                     const declarators = importedMembers(t, path.node, options.imports).map(
                         ([local, member]) =>
                             t.variableDeclarator(t.identifier(local), hostLookup(t, source, member))
@@ -82,7 +83,7 @@ export function replaceImports(options: TransformOptions): (api: { types: T }) =
                     return
                 const [first] = node.arguments
                 if (node.arguments.length !== 1 || !t.isStringLiteral(first)) return
-                if (!known.has(first.value)) throw refusal(first.value)
+                if (!known.has(first.value)) throw importRefusal(first.value)
                 path.replaceWith(hostLookup(t, first.value, null))
             },
         },
