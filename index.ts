@@ -47,9 +47,10 @@ const SEARCH_LAG_SECONDS = 15 * 60
 const DEFAULT_BACKOFF_MS = 10_000
 const MAX_BACKOFF_MS = 60_000
 const LOCAL_CACHE_MAX_ENTRIES = 10_000
-const QUEUE_MAX_LENGTH = 10_000
+/** Exported for the fault campaign, which fills the queue to this bound. */
+export const QUEUE_MAX_LENGTH = 10_000
 const QUEUE_MAX_AGE_SECONDS = 24 * 3600
-const QUEUE_MAX_ATTEMPTS = 10
+export const QUEUE_MAX_ATTEMPTS = 10
 /** Items read from the queue at once (LRANGE), then delivered QUEUE_CONCURRENCY at a time. */
 const QUEUE_BATCH = 100
 const QUEUE_CONCURRENCY = 10
