@@ -1,5 +1,4 @@
-/**
- * PostHog → Intercom: sends chosen PostHog events to Intercom as data events on the right contact.
+/** PostHog → Intercom: sends chosen PostHog events to Intercom as data events on the right contact.
  *
  * Loaded by PostHog as ONE file (Babel, then a sandbox): only @posthog/plugin-scaffold, node-fetch,
  * crypto and url may be imported, and there are no timers, no `process`, no AbortController.

@@ -1,3 +1,4 @@
+// Jest: ts-jest runs every __tests__/**/*.test.ts; type checking is left to `tsc --noEmit`.
 /** @type {import('jest').Config} */
 module.exports = {
     preset: 'ts-jest',

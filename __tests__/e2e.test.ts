@@ -1,5 +1,4 @@
-/**
- * End to end: the real index.ts, loaded as PostHog loads it (harness), against the local Intercom
+/** End to end: the real index.ts, loaded as PostHog loads it (harness), against the local Intercom
  * emulator on loopback. The three cases the core issue names: a lead, revenue, and a retry after 429.
  */
 import { createHarness, Harness, HarnessEvent, HarnessMode } from '../tools/runtime/harness'

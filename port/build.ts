@@ -1,5 +1,4 @@
-/**
- * Builds the port of this plugin for PostHog's current executor (its `_destinations/<name>/` format):
+/** Builds the port of this plugin for PostHog's current executor (its `_destinations/<name>/` format):
  * `npm run port -- --out <dir>` writes `<dir>/index.ts` (this repository's, byte for byte) and
  * `<dir>/template.ts`, whose `inputs_schema` is generated from plugin.json so that the two cannot drift.
  */

@@ -1,5 +1,4 @@
-/**
- * Relay benchmark (`npm run bench:relay`): ratios measured in one run against the emulator and a private Redis.
+/** Relay benchmark (`npm run bench:relay`): ratios measured in one run against the emulator and a private Redis.
  *   1. events/s and acknowledgement latency p50/p99 for 1 and 2 instances (emulator without rate limit);
  *   2. CPU per event, 2 instances vs 1 (sharing Redis should cost nothing measurable);
  *   3. CPU per event, relay vs calling onEvent in-process (the same plugin, cache on the same Redis);

@@ -1,5 +1,4 @@
-/**
- * The relay: an HTTP endpoint for PostHog's HTTP Webhook destination that runs the plugin (index.ts) as an
+/** The relay: an HTTP endpoint for PostHog's HTTP Webhook destination that runs the plugin (index.ts) as an
  * ordinary module. It answers 2xx only once every event of a request is delivered, parked in Redis or
  * refused for good, and 503 otherwise, so that PostHog retries (CDP retries 408/429/5xx and network errors).
  */

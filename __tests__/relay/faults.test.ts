@@ -1,5 +1,4 @@
-/**
- * Faults, with real processes: kill -9 of an instance under load, Redis restarted mid-run, two instances on one
+/** Faults, with real processes: kill -9 of an instance under load, Redis restarted mid-run, two instances on one
  * Redis. Each ends by counting what was acknowledged (2xx) against what Intercom (the emulator) received.
  */
 import Redis from 'ioredis'

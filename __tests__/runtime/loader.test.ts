@@ -1,5 +1,4 @@
-/**
- * The variant 1-4 loader: PostHog's Babel transforms and vm2 VM, checked with small fixture plugins
+/** The variant 1-4 loader: PostHog's Babel transforms and vm2 VM, checked with small fixture plugins
  * (imports refused, loop and promise timeouts, the globals given, the 2021 guard's double evaluation).
  */
 import nock from 'nock'

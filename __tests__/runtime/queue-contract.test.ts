@@ -1,5 +1,4 @@
-/**
- * The retry queue's contract (issue 9), checked in PostHog's real runtimes with a real Redis:
+/** The retry queue's contract (issue 9), checked in PostHog's real runtimes with a real Redis:
  * a parked backlog reaches Intercom exactly once in every variant with a cache, also on Redis 6.0
  * and in variant 4 (no runEveryMinute); a worker killed with SIGKILL mid-drain loses nothing; where
  * timers exist (5-6) a 429 or a 5xx is waited out in place; a test-function run is not an error.

@@ -1,3 +1,4 @@
+/** The benchmark (`npm run bench`): its results file, call arithmetic, workload and flags. */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import * as path from 'node:path'

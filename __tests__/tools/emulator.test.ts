@@ -1,5 +1,4 @@
-/**
- * The emulator against a real loopback server: every rule the plugin's end-to-end tests rely on, asserted on
+/** The emulator against a real loopback server: every rule the plugin's end-to-end tests rely on, asserted on
  * status, body and counters. A manual clock makes rate-limit windows and search lag deterministic.
  */
 import { Emulator, EmulatorOptions, SeedContact, startEmulator } from '../../tools/intercom/emulator'

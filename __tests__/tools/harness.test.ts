@@ -1,3 +1,4 @@
+/** The plugin-server harness: delivery through node-fetch, outcomes, RetryError delays, timeouts and runEveryMinute. */
 import * as path from 'node:path'
 
 import {

@@ -1,3 +1,4 @@
+/** The vm2 loader of variants 1-4: the sandbox, the imports PostHog allows, and the redirected fetch. */
 import { RetryError } from '@posthog/plugin-scaffold'
 import { createHash } from 'node:crypto'
 import * as path from 'node:path'

@@ -1,3 +1,4 @@
+/** The demo (`npm start`): skips, queue, call counts and stored contacts, with no token or email printed. */
 import { spawnSync } from 'node:child_process'
 import * as path from 'node:path'
 
