@@ -1,92 +1,81 @@
 /** The fault campaign (`npm run faults`): under faults, load and bad input the plugin loses, duplicates, leaks nothing.
- *
- * - Fault scenarios (scenarios.ts) run index.ts in PostHog's sandbox through the harness, in each runtime,
- *   against the Intercom emulator with seeded faults. Every valid event must end stored once or reported (a
- *   failed event, a "Dropped queued event" log line, or still queued): `lost` counts the rest.
- * - The bad-input corpus runs the sandboxed plugin against the in-process Intercom model, which checks every
- *   request body against Intercom's rules.
- * - Every log line and error message is searched for the canary token, emails and values; every request's
- *   host must be one of Intercom's three.
- * - The variant matrix (tools/runtime/campaign.ts) runs VARIANT_SCENARIOS in PostHog's six real runtimes.
- *
- * `--help` lists the options; __tests__/faults.test.ts runs a reduced campaign inside `npm test`.
+ * Fault scenarios run index.ts in PostHog's sandbox (harness, each runtime) against the Intercom emulator with
+ * seeded faults: every valid event ends stored once or reported, `lost` counts the rest. The bad-input corpus
+ * runs against the in-process Intercom model, which checks every request. Every text the plugin produced is
+ * searched for the canaries, every request's host must be Intercom's. The variant matrix is
+ * tools/runtime/campaign.ts. __tests__/faults.test.ts runs a reduced campaign inside `npm test`.
  */
 import { writeFileSync } from 'node:fs'
 
-import { Emulator, RecordedRequest, startEmulator, StoredContact, StoredEvent } from '../intercom/emulator'
+import type { Emulator, RecordedRequest, StoredContact, StoredEvent } from '../intercom/emulator'
+import { startEmulator } from '../intercom/emulator'
 import { createIntercom, STAND_IN_OPTIONS } from '../intercom/model'
 import { requestViolations } from '../intercom/rules'
 import { choiceFlag, FlagTable, numberFlag, parseFlags, printedHelp, UsageError } from '../lib/flags'
 import { formatItems } from '../lib/report'
 import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from '../runtime/campaign'
+import type { CacheStore, DrainResult, EventRecord, Harness, LogLine } from '../runtime/harness'
 import {
-    CacheStore,
     createHarness,
     createMemoryStorage,
     createMemoryStore,
     createPluginCache,
     describeError,
-    DrainResult,
-    EventRecord,
-    Harness,
-    LogLine,
 } from '../runtime/harness'
-import {
-    cdpFetch,
+import type {
     ConsoleLike,
-    consoleTo,
     FetchFn,
     FetchInit,
     FetchResponse,
+    PluginExports,
+    PluginMeta,
+} from '../runtime/load-plugin'
+import {
+    cdpFetch,
+    consoleTo,
     hostNodeFetch,
     isIntercomHost,
     loadPlugin,
-    PluginExports,
-    PluginMeta,
     redirectingFetch,
     regionNameOf,
     toHeaderRecord,
 } from '../runtime/load-plugin'
 import { isVariantId, VARIANT_IDS, VariantId } from '../runtime/variants'
 import { QUEUE_MAX_ATTEMPTS } from '../../index'
+import type { BadConfigCase, BadEventCase, ClientName, FaultKind, FaultScenario } from './scenarios'
+import type { PlannedEvent, Runtime, SandboxRuntime, Workload } from './scenarios'
 import {
     BAD_CONFIG_CASES,
     BAD_EVENT_CASES,
-    BadConfigCase,
-    BadEventCase,
     buildWorkload,
-    CALLS_PER_TRY,
     campaignConfig,
-    ClientName,
     CANARY_TOKEN,
     CLIENT_TIMEOUT_MS,
-    CONCURRENCY,
     CORPUS_CONFIG,
     corpusEvent,
-    DELAY_SCALE,
     EMAIL_MARK,
     EMAIL_SHAPE,
-    EXPECTED_SKIP,
-    FaultKind,
-    FaultScenario,
     FULL_TIMEOUT_MS,
     generatedEventCases,
     knownBugOf,
-    MAX_DRAIN_ROUNDS,
-    MINUTE_MS,
-    PlannedEvent,
-    Runtime,
     RUNTIMES,
     SANDBOX_RUNTIMES,
-    SandboxRuntime,
     SCENARIOS,
     SKIP_REASONS,
     VALUE_MARK,
     VARIANT_SCENARIOS,
-    Workload,
 } from './scenarios'
 
-/** Adds `n` to `counts[key]`. */
+/** runEveryMinute's "minute", and the scale of PostHog's 5/10/20/40 s RetryError delays. */
+const MINUTE_MS = 100
+const DELAY_SCALE = 0.002
+/** Events in flight per worker. */
+const CONCURRENCY = 4
+/** A 429 whose reset has passed makes the plugin wait 10 s (~100 minutes): 400 covers that and still ends. */
+const MAX_DRAIN_ROUNDS = 400
+/** The plugin retries a dropped connection once, at once. */
+const CALLS_PER_TRY = 2
+
 function bump(counts: Record<string, number>, key: string, n = 1): void {
     counts[key] = (counts[key] ?? 0) + n
 }
@@ -96,24 +85,23 @@ function bump(counts: Record<string, number>, key: string, n = 1): void {
 /** Anything but https on one of Intercom's three hosts: refused, and reported. */
 const offIntercom = (url: URL) => !isIntercomHost(url.hostname) || url.protocol !== 'https:'
 
-/**
- * The HTTP client under the plugin, its timeout cut to `timeoutMs`. node-fetch 2 (2021-23 plugin server)
- * honours the plugin's `timeout`; the standard fetch (undici) ignores it, so PostHog's own limit is played
- * by an AbortSignal, and a caller's signal (the cdp adapter's) still applies.
- */
+/** The HTTP client under the plugin, its timeout cut to `timeoutMs`. node-fetch 2 (2021-23) honours the plugin's
+ * `timeout`; the standard fetch (undici) ignores it, so PostHog's own limit is an AbortSignal, and a caller's
+ * signal (the cdp adapter's) still applies. */
 function httpClient(client: ClientName, timeoutMs: number): FetchFn {
     if (client === 'node-fetch') {
         return (input, init: FetchInit = {}) =>
             hostNodeFetch(input, { ...init, timeout: Math.min(init.timeout ?? timeoutMs, timeoutMs) })
     }
-    return (input, init: FetchInit = {}) => {
+    return (input, { method, headers, body, redirect, signal }: FetchInit = {}) => {
         const timeout = AbortSignal.timeout(timeoutMs)
+        const both = signal ? AbortSignal.any([signal, timeout]) : timeout
         return fetch(String(input), {
-            method: init.method,
-            headers: toHeaderRecord(init.headers),
-            body: init.body,
-            redirect: init.redirect,
-            signal: init.signal ? AbortSignal.any([init.signal, timeout]) : timeout,
+            method,
+            body,
+            redirect,
+            headers: toHeaderRecord(headers),
+            signal: both,
         })
     }
 }
@@ -143,22 +131,12 @@ function auditedFetch(emulatorUrl: string, client: ClientName, timeoutMs: number
 
 // --- Leak audit ---
 
-export type SecretKind = 'token' | 'email' | 'property value'
+const SECRETS = { token: CANARY_TOKEN, email: EMAIL_MARK, 'property value': VALUE_MARK }
+export type SecretKind = keyof typeof SECRETS
 
-const SECRETS: Record<SecretKind, string> = {
-    token: CANARY_TOKEN,
-    email: EMAIL_MARK,
-    'property value': VALUE_MARK,
-}
-
-/**
- * One line per text that holds the token, an email or a property value. Logs may hold none of them; the
- * cache may hold property values (queued metadata, by design) but neither the token nor an email.
- */
-export function findLeaks(
-    texts: Iterable<string>,
-    kinds: readonly SecretKind[] = ['token', 'email', 'property value']
-): string[] {
+/** One line per text that holds a canary of `kinds`. Logs may hold none; the cache may hold property values
+ * (queued metadata, by design) but neither the token nor an email. */
+export function findLeaks(texts: Iterable<string>, kinds = Object.keys(SECRETS) as SecretKind[]): string[] {
     const leaks: string[] = []
     for (const text of texts) {
         const found: string[] = kinds.filter((kind) => text.includes(SECRETS[kind]))
@@ -173,10 +151,7 @@ export function findLeaks(
 export interface RunOptions {
     /** Events per scenario. */
     events: number
-    /**
-     * Forces one HTTP client for every runtime (default: each runtime's own). `undici` does not go through
-     * Node's http module, so a test file that leaves nock's patch of it behind cannot break the campaign.
-     */
+    /** One HTTP client for every runtime (default: each runtime's own); undici is immune to nock's patch. */
     client?: ClientName
     /** Emulator fault seed. */
     seed?: number
@@ -210,14 +185,11 @@ function seedContacts(emulator: Emulator, workload: Workload): Map<string, strin
 
 /** Applies each mid-run change once the emulator has seen share × events requests. */
 function scheduleMidRun(emulator: Emulator, scenario: FaultScenario, events: number): () => void {
-    const changes = (scenario.midRun ?? []).map(({ share, patch }) => ({
-        threshold: Math.max(1, Math.round(share * events)),
-        patch,
-    }))
     let seen = 0
     return emulator.onRequest(() => {
         seen++
-        for (const change of changes) if (seen === change.threshold) emulator.configure(change.patch)
+        for (const { share, patch } of scenario.midRun ?? [])
+            if (seen === Math.max(1, Math.round(share * events))) emulator.configure(patch)
     })
 }
 
@@ -300,11 +272,8 @@ export function reasonClass(reason: string): string {
 const DROPPED = /^Dropped queued event (\S+): (.+)$/
 const BULK_DROP = /^Retry queue is full or unavailable: dropped (\d+) events/
 
-/**
- * Every event reported as not (or not surely) delivered, uuid → reason: failed and skipped records, and the
- * retry queue's "Dropped queued event" lines. Drops that name no uuid (an unreadable item, a bulk drop) are
- * only counted.
- */
+/** Events reported as not (surely) delivered, uuid → reason: failed and skipped records, and the queue's
+ * "Dropped queued event" lines; drops that name no uuid (unreadable item, bulk drop) are only counted. */
 function collectReports(records: readonly EventRecord[], logs: LogLine[]) {
     const byUuid = new Map<string, string>()
     let unattributed = 0
@@ -395,18 +364,6 @@ function checkValidEvents(
     return result
 }
 
-/** Invalid events not skipped with the reason their kind calls for. */
-function checkSkippedEvents(invalid: PlannedEvent[], records: readonly EventRecord[]): string[] {
-    const byUuid = new Map(records.map((record) => [record.uuid, record]))
-    return invalid
-        .filter((planned) => {
-            const record = byUuid.get(planned.event.uuid)
-            const expected = EXPECTED_SKIP[planned.kind as keyof typeof EXPECTED_SKIP]
-            return record?.status !== 'skipped' || record.reason !== expected
-        })
-        .map((planned) => planned.event.uuid)
-}
-
 function account({ scenario, runtime, workload, users, emulator, harness, audit, logs, drain }: Run) {
     const summary = harness.summary()
     const records = harness.records()
@@ -414,6 +371,11 @@ function account({ scenario, runtime, workload, users, emulator, harness, audit,
     const stats = emulator.stats()
     const status = (code: string) => stats.byStatus[code] ?? 0
     const valid = workload.events.filter((planned) => planned.kind === 'valid')
+    const outcomes = new Map(records.map((record) => [record.uuid, `${record.status}: ${record.reason}`]))
+    // Invalid events must be skipped with the reason their kind names.
+    const misskipped = workload.events.filter(({ kind, event }) => {
+        return kind !== 'valid' && outcomes.get(event.uuid) !== `skipped: ${kind}`
+    })
     const stored = storedByKey(emulator.events(), emulator.contacts())
     const reports = collectReports(records, logs)
     const delivery = checkValidEvents(valid, stored, users, reports)
@@ -447,10 +409,7 @@ function account({ scenario, runtime, workload, users, emulator, harness, audit,
         queuedNotDrained: drain.remaining,
         // Items still queued or dropped in bulk are reported, but not by uuid.
         lost: Math.max(0, delivery.lostUuids.length - drain.remaining - reports.unattributed),
-        skipMismatches: checkSkippedEvents(
-            workload.events.filter((planned) => planned.kind !== 'valid'),
-            records
-        ),
+        skipMismatches: misskipped.map((planned) => planned.event.uuid),
         /** Failures reported without a reason. */
         unreasoned: reports.unreasoned,
         /** RetryError retries by PostHog plus retry-queue retries. */
@@ -494,10 +453,8 @@ export type ScenarioResult = ReturnType<typeof account> & { durationMs: number }
 
 // --- Bad input: the sandboxed plugin against the in-process Intercom model ---
 
-export interface FakeIntercomOptions {
-    workspaceRegion?: 'US' | 'Europe' | 'AU'
-    rejectToken?: boolean
-    /** Status of POST /events (default 202), e.g. 503 to fill the retry queue. */
+/** `eventStatus`: POST /events answers it instead of 202 (e.g. 503, to fill the retry queue). */
+export type FakeIntercomOptions = Pick<BadConfigCase, 'workspaceRegion' | 'rejectToken'> & {
     eventStatus?: number
 }
 
@@ -516,7 +473,7 @@ function fakeIntercom(options: FakeIntercomOptions) {
         calls.push({ url: url.origin + url.pathname, violations, offHost })
         if (offHost) throw new Error(`refused: ${url.hostname} is not an Intercom host`)
         const region = options.workspaceRegion ?? regionNameOf(url.hostname)
-        intercom.configure({ region: region as FakeIntercomOptions['workspaceRegion'] })
+        intercom.configure({ region: region as BadConfigCase['workspaceRegion'] })
         const { eventStatus } = options
         if (eventStatus && eventStatus !== 202 && method === 'POST' && url.pathname === '/events') {
             const errors = [{ code: 'service_unavailable', message: 'unavailable' }]
@@ -589,14 +546,12 @@ export async function startSandboxPlugin(
 function outcomeProblems(c: BadEventCase, status: string, reason: string | undefined): string[] {
     const problems: string[] = []
     if (!['delivered', 'skipped', 'synced'].includes(status)) problems.push(`status ${status}`)
-    if (status === 'skipped' && !(SKIP_REASONS as readonly string[]).includes(reason ?? '')) {
+    if (status === 'skipped' && !(SKIP_REASONS as readonly string[]).includes(reason ?? ''))
         problems.push(`skipped without a documented reason (${reason ?? 'none'})`)
-    }
     if (c.expect.status === 'delivered' && status !== 'delivered')
         problems.push(`expected delivered, got ${status} (${reason})`)
-    if (c.expect.status === 'skipped' && (status !== 'skipped' || reason !== c.expect.reason)) {
+    if (c.expect.status === 'skipped' && (status !== 'skipped' || reason !== c.expect.reason))
         problems.push(`expected skipped "${c.expect.reason}", got ${status} (${reason ?? 'no reason'})`)
-    }
     return problems
 }
 
@@ -627,17 +582,8 @@ export async function runBadEvent(instance: SandboxPlugin, c: BadEventCase) {
         ...violations.map((v) => `invalid request: ${v}`),
         ...offHost.map((url) => `request off Intercom: ${url}`),
     ]
-    return {
-        name: c.name,
-        runtime: instance.runtime,
-        status,
-        reason,
-        crash,
-        violations,
-        requests: calls.length,
-        offHost,
-        problems,
-    }
+    const { name } = c
+    return { name, runtime: instance.runtime, status, reason, crash, violations, offHost, problems }
 }
 
 /** Set-up plugins by runtime and config, so that a corpus reuses instances as PostHog does. */
@@ -675,8 +621,7 @@ function configProblems(c: BadConfigCase, setupError: string | undefined, hosts:
 
 /** setupPlugin with a bad (or odd) config, then one good event when setup succeeded. */
 export async function runBadConfig(runtime: SandboxRuntime, c: BadConfigCase) {
-    const { workspaceRegion, rejectToken } = c
-    const instance = await startSandboxPlugin(runtime, c.config, { workspaceRegion, rejectToken })
+    const instance = await startSandboxPlugin(runtime, c.config, c)
     const { setupError, intercom } = instance
     const goodEvent = { name: c.name, event: corpusEvent(), expect: { status: 'any' } } as const
     const eventProblems = setupError ? [] : (await runBadEvent(instance, goodEvent)).problems
@@ -756,7 +701,6 @@ export type BadInputReport = Awaited<ReturnType<typeof runBadInputs>>
 
 export interface CampaignOptions extends RunOptions {
     scenarios?: readonly FaultScenario[]
-    runtimes?: readonly Runtime[]
     /** Generated bad events on top of the hand-written corpus. */
     generated?: number
     onResult?: (result: ScenarioResult) => void
@@ -767,7 +711,7 @@ export async function runCampaign(options: CampaignOptions) {
     const generated = options.generated ?? 200
     const scenarios: ScenarioResult[] = []
     for (const scenario of options.scenarios ?? SCENARIOS) {
-        for (const runtime of options.runtimes ?? RUNTIMES) {
+        for (const runtime of RUNTIMES) {
             const result = await runScenario(scenario, runtime, { ...options, seed })
             scenarios.push(result)
             options.onResult?.(result)
@@ -892,24 +836,6 @@ export function parseFaultsArgs(argv: readonly string[]) {
     }
 }
 
-/** The variant matrix: each selected scenario in each selected variant it applies to. */
-export async function runVariantCampaign(
-    options: { scenario?: string; variants: readonly VariantId[]; small: boolean },
-    onResult?: (result: VariantScenarioResult) => void
-): Promise<VariantScenarioResult[]> {
-    const results: VariantScenarioResult[] = []
-    for (const scenario of VARIANT_SCENARIOS) {
-        if (options.scenario && scenario.name !== options.scenario) continue
-        if (options.small && scenario.smallEvents === 0) continue
-        for (const variant of options.variants.filter((v) => scenario.variants.includes(v))) {
-            const result = await runVariantScenario(scenario, variant, { small: options.small })
-            results.push(result)
-            onResult?.(result)
-        }
-    }
-    return results
-}
-
 /** A harness scenario runs alone; a variant scenario runs alone in the matrix; none named: everything. */
 async function main(args: ReturnType<typeof parseFaultsArgs>): Promise<void> {
     const progress = (name: string, durationMs: number) =>
@@ -924,12 +850,16 @@ async function main(args: ReturnType<typeof parseFaultsArgs>): Promise<void> {
               scenarios: SCENARIOS.filter((s) => !args.scenario || s.name === args.scenario),
               onResult: (r) => progress(`${r.scenario} / ${r.runtime}`, r.durationMs),
           })
-    const variants =
-        args.scenario !== undefined && !isVariantScenario
-            ? []
-            : await runVariantCampaign(args, (r) =>
-                  progress(`${r.scenario} / variant ${r.variant}`, r.durationMs)
-              )
+    // The variant matrix: each selected scenario in each selected variant it applies to.
+    const variants: VariantScenarioResult[] = []
+    for (const scenario of isVariantScenario || !args.scenario ? VARIANT_SCENARIOS : []) {
+        if ((args.scenario && scenario.name !== args.scenario) || (args.small && !scenario.smallEvents))
+            continue
+        for (const variant of args.variants.filter((v) => scenario.variants.includes(v))) {
+            variants.push(await runVariantScenario(scenario, variant, { small: args.small }))
+            progress(`${scenario.name} / variant ${variant}`, variants[variants.length - 1].durationMs)
+        }
+    }
     if (report) console.log(formatReport(report))
     if (variants.length > 0)
         console.log(`\nPostHog's six runtimes, a real Redis:\n${formatVariantMatrix(variants)}`)
