@@ -93,16 +93,10 @@ function httpClient(client: ClientName, timeoutMs: number): FetchFn {
         return (input, init: FetchInit = {}) =>
             hostNodeFetch(input, { ...init, timeout: Math.min(init.timeout ?? timeoutMs, timeoutMs) })
     }
-    return (input, { method, headers, body, redirect, signal }: FetchInit = {}) => {
+    return (input, { method, headers, body, redirect, signal: caller }: FetchInit = {}) => {
         const timeout = AbortSignal.timeout(timeoutMs)
-        const both = signal ? AbortSignal.any([signal, timeout]) : timeout
-        return fetch(String(input), {
-            method,
-            body,
-            redirect,
-            headers: toHeaderRecord(headers),
-            signal: both,
-        })
+        const signal = caller ? AbortSignal.any([caller, timeout]) : timeout
+        return fetch(String(input), { method, body, redirect, headers: toHeaderRecord(headers), signal })
     }
 }
 
@@ -115,8 +109,8 @@ function isTimeoutError(error: unknown): boolean {
 /** Records the origin of every off-Intercom URL and counts timeouts; sends the rest to the emulator. */
 function auditedFetch(emulatorUrl: string, client: ClientName, timeoutMs: number) {
     const redirect = redirectingFetch(emulatorUrl, httpClient(client, timeoutMs))
-    const audit = { offHost: [] as string[], timeouts: 0, fetch: undefined as unknown as FetchFn }
-    audit.fetch = async (input, init) => {
+    const audit = { offHost: [] as string[], timeouts: 0 }
+    const fetch: FetchFn = async (input, init) => {
         const url = new URL(String(input))
         if (offIntercom(url)) audit.offHost.push(url.origin)
         try {
@@ -126,7 +120,7 @@ function auditedFetch(emulatorUrl: string, client: ClientName, timeoutMs: number
             throw error
         }
     }
-    return audit
+    return Object.assign(audit, { fetch })
 }
 
 // --- Leak audit ---
