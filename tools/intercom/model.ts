@@ -29,7 +29,6 @@ import {
     AttributeModel,
     AttributeRecord,
     ContactInput,
-    createWorkspace,
     DataAttribute,
     SeedContact,
     StoredCompany,
@@ -362,7 +361,7 @@ export class Intercom {
         this.options = { ...DEFAULT_OPTIONS, ...definedOnly(options) }
         this.options.tokens = [...this.options.tokens]
         validateOptions(this.options)
-        this.workspace = createWorkspace(this.options, this.counters)
+        this.workspace = new Workspace(this.options, this.counters)
         this.limiter = new FixedWindowLimiter(this.options)
         this.random = seededRandom(this.options.seed)
         for (const contact of options.contacts ?? []) this.addContact(contact)
