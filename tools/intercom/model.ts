@@ -125,10 +125,8 @@ function validateOptions(o: ResolvedOptions): void {
     }
     const loopback = ['127.0.0.1', '::1', 'localhost'].includes(o.host) || /^127(\.\d{1,3}){3}$/.test(o.host)
     check(loopback, `the emulator only listens on loopback, not on '${o.host}'`)
-    check(
-        Number.isInteger(o.port) && o.port >= 0 && o.port <= 65535,
-        `port must be an integer 0..65535, got ${o.port}`
-    )
+    const portOk = Number.isInteger(o.port) && o.port >= 0 && o.port <= 65535
+    check(portOk, `port must be an integer 0..65535, got ${o.port}`)
     const tokensOk = Array.isArray(o.tokens) && o.tokens.every((t) => typeof t === 'string' && t !== '')
     check(tokensOk, 'tokens must be a list of non-empty strings')
     check(REGIONS.includes(o.region), `region must be one of ${REGIONS.join(', ')}`)
@@ -340,19 +338,21 @@ export class Intercom {
         const found = findRoute(method, url.pathname)
         const outcome = this.decide(request, found)
         const status = outcome.kind === 'drop' ? 0 : outcome.reply.status
+        const bump = (counts: Record<string, number>, key: string) => (counts[key] = (counts[key] ?? 0) + 1)
         this.counters.calls += 1
-        const increment = (counts: Record<string, number>, key: string) =>
-            (counts[key] = (counts[key] ?? 0) + 1)
-        increment(this.counters.byRoute, found?.name ?? 'unknown')
-        increment(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
+        bump(this.counters.byRoute, found?.name ?? 'unknown')
+        bump(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
         const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => name !== 'authorization'))
-        this.record({ method, path: url.pathname, status, body: recordedBody(raw), at, headers: kept })
+        const recorded = { method, path: url.pathname, status, body: recordedBody(raw), at, headers: kept }
+        this.recorded.push(recorded)
+        if (this.recorded.length > this.options.recordLimit) this.recorded.shift()
+        for (const listener of this.listeners) listener(recorded)
         return outcome
     }
 
     /** The gates in order: auth, then the rate limit, then injected faults, then the request itself. */
-    private decide({ method, url, headers, raw }: IntercomRequest, found: RouteMatch | undefined): Outcome {
-        const [unauthorized] = authViolations(headers, this.options.tokens)
+    private decide(request: IntercomRequest, found: RouteMatch | undefined): Outcome {
+        const [unauthorized] = authViolations(request.headers, this.options.tokens)
         if (unauthorized) return replied(errorReply(unauthorized), false)
         if (!this.limiter.take()) {
             this.counters.rateLimited += 1
@@ -367,17 +367,13 @@ export class Intercom {
             const message = 'Sorry, the API service is temporarily unavailable'
             return replied(errorReply({ status, code: 'service_unavailable', message }))
         }
-        return replied(this.dispatch({ method, url, headers, raw }, found))
+        return replied(this.dispatch(request, found))
     }
 
     private dispatch({ method, url, headers, raw }: IntercomRequest, found: RouteMatch | undefined): Reply {
         const { body, problems } = parseBody(raw, headers)
-        const checks = [
-            ...acceptViolations(headers),
-            ...problems,
-            ...(found?.check?.(body, this.options.longStrings) ?? []),
-        ]
-        const refusal = checks.find((violation) => !violation.auditOnly)
+        const enforced = found?.check?.(body, this.options.longStrings) ?? []
+        const refusal = [...acceptViolations(headers), ...problems, ...enforced].find((v) => !v.auditOnly)
         if (refusal) return errorReply(refusal)
         const message = `Resource Not Found: ${method} ${url.pathname}`
         if (!found) return errorReply({ status: 404, code: 'not_found', message })
@@ -419,18 +415,12 @@ export class Intercom {
         const headers = Object.fromEntries(
             new Headers(init.headers as ConstructorParameters<typeof Headers>[0])
         )
-        const request = { method: (init.method ?? 'GET').toUpperCase(), url: new URL(String(input)), headers }
-        const outcome = this.answer({ ...request, raw: init.body ?? '' })
+        const method = (init.method ?? 'GET').toUpperCase()
+        const outcome = this.answer({ method, url: new URL(String(input)), headers, raw: init.body ?? '' })
         if (outcome.kind === 'drop') throw new TypeError('fetch failed: connection closed without an answer')
         await this.latency(outcome)
         const { status, text, headers: sent } = this.wire(outcome.reply)
         return new Response(text || null, { status, headers: sent })
-    }
-
-    private record(request: RecordedRequest): void {
-        this.recorded.push(request)
-        if (this.recorded.length > this.options.recordLimit) this.recorded.shift()
-        for (const listener of this.listeners) listener(request)
     }
 
     /** Change faults, tokens, limits… mid-run (e.g. revoke the token: 401 from now on). */
@@ -456,11 +446,8 @@ export class Intercom {
     stats = (): EmulatorStats => structuredClone(this.counters)
 
     /** Custom data attributes only (standard ones never matter for validation). */
-    dataAttributes(): DataAttribute[] {
-        return this.workspace.attributes
-            .list()
-            .map(({ name, data_type, model }) => ({ name, data_type, model }))
-    }
+    dataAttributes = (): DataAttribute[] =>
+        this.workspace.attributes.list().map(({ name, data_type, model }) => ({ name, data_type, model }))
 
     /** Called after each request is answered (or dropped); returns an unsubscribe function. */
     onRequest(listener: (request: RecordedRequest) => void): () => void {

@@ -171,14 +171,13 @@ export class Attributes {
                     `To save this as new ${modelLabel(attribute.model)} data, use a different name.`
             )
         }
-        const created_at = seconds(this.ws)
-        const record = {
-            ...attribute,
+        const extra = {
             id: this.byName.size + 1,
             description,
             messenger_writable: false,
-            created_at,
+            created_at: seconds(this.ws),
         }
+        const record = { ...attribute, ...extra }
         this.byName.set(attribute.name, record)
         return record
     }
@@ -222,15 +221,8 @@ interface ContactRecord extends Omit<StoredContact, 'type' | 'workspace_id' | 'c
 }
 
 /** The fields a request sets (null when never set), then the others shown, in Intercom's order. */
-const CONTACT_FIELDS = [
-    'role',
-    'email',
-    'external_id',
-    'name',
-    'phone',
-    'signed_up_at',
-    'last_seen_at',
-] as const
+// prettier-ignore
+const CONTACT_FIELDS = ['role', 'email', 'external_id', 'name', 'phone', 'signed_up_at', 'last_seen_at'] as const
 const SHOWN_FIELDS = ['id', ...CONTACT_FIELDS, 'created_at', 'updated_at'] as const
 type ContactField = (typeof CONTACT_FIELDS)[number]
 export type ContactInput = Partial<Pick<ContactRecord, ContactField>> & { custom_attributes?: JsonObject }
@@ -301,11 +293,9 @@ export class Contacts {
         id = this.ws.newId()
     ): ContactRecord {
         const { created_at, updated_at, searchableAt } = fields
+        const given = Object.fromEntries(CONTACT_FIELDS.map((key) => [key, fields[key] ?? null]))
         const record: ContactRecord = {
-            ...(Object.fromEntries(CONTACT_FIELDS.map((key) => [key, fields[key] ?? null])) as Pick<
-                ContactRecord,
-                ContactField
-            >),
+            ...(given as Pick<ContactRecord, ContactField>),
             ...{ id, role: fields.role ?? 'user', created_at, updated_at, searchableAt, seq: ++this.seq },
             custom_attributes: { ...fields.custom_attributes },
             companyIds: [],
