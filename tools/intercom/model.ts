@@ -155,7 +155,7 @@ function emptyStats(): EmulatorStats {
 
 // --- routes -------------------------------------------------------------------------------------------
 
-interface RouteInput {
+type RouteInput = {
     body: Record<string, unknown>
     params: string[]
     query: URLSearchParams
@@ -185,22 +185,19 @@ function pageOf(contacts: StoredContact[], { perPage, offset }: Pagination): Rep
     return ok({ type: 'list', data: contacts.slice(offset, next), total_count: contacts.length, pages })
 }
 
+/** A data attribute as GET /data_attributes lists it: standard ones have no id and no dates. */
 function attributeBody(attribute: DataAttribute & Partial<AttributeRecord>, custom: boolean): unknown {
-    const dates = custom ? { created_at: attribute.created_at, updated_at: attribute.created_at } : {}
+    const { name, data_type, model, description = '', messenger_writable = false, created_at } = attribute
     return {
         ...(custom ? { id: attribute.id } : {}),
-        type: 'data_attribute',
-        name: attribute.name,
-        full_name: custom ? `custom_attributes.${attribute.name}` : attribute.name,
-        label: attribute.name,
-        description: attribute.description ?? '',
-        data_type: attribute.data_type,
         ...{
-            api_writable: true,
-            ui_writable: false,
-            messenger_writable: attribute.messenger_writable ?? false,
+            type: 'data_attribute',
+            name,
+            full_name: custom ? `custom_attributes.${name}` : name,
+            label: name,
         },
-        ...{ custom, archived: false, ...dates, model: attribute.model },
+        ...{ description, data_type, api_writable: true, ui_writable: false, messenger_writable, custom },
+        ...{ archived: false, ...(custom ? { created_at, updated_at: created_at } : {}), model },
     }
 }
 
@@ -209,8 +206,7 @@ function listDataAttributes(ws: Workspace, { query }: RouteInput): Reply {
     if (model !== null && model !== 'contact' && model !== 'company' && model !== 'conversation') {
         throw new ApiError(400, 'parameter_invalid', 'model must be one of contact, company, conversation')
     }
-    const models: AttributeModel[] =
-        model === null ? ['contact', 'company'] : model === 'conversation' ? [] : [model]
+    const models: AttributeModel[] = model === 'conversation' ? [] : model ? [model] : ['contact', 'company']
     const standard = models.flatMap((m) =>
         Object.entries(STANDARD_ATTRIBUTES[m]).map(([name, type]) =>
             attributeBody({ name, data_type: type, model: m }, false)
@@ -223,12 +219,11 @@ function listDataAttributes(ws: Workspace, { query }: RouteInput): Reply {
 /** Stores the first 10 metadata keys, like Intercom ("we ignore any further keys"); long strings cut. */
 function trackEvent(ws: Workspace, { body }: RouteInput): Reply {
     const kind = EVENT_IDENTIFIERS.find((key) => body[key] !== undefined && body[key] !== null) ?? 'id'
+    const cut = (value: unknown) =>
+        typeof value === 'string' ? [...value].slice(0, MAX_STRING).join('') : value
     const metadata = Object.entries(isRecord(body.metadata) ? body.metadata : {})
         .slice(0, MAX_METADATA_KEYS)
-        .map(([key, value]) => [
-            key,
-            typeof value === 'string' ? [...value].slice(0, MAX_STRING).join('') : value,
-        ])
+        .map(([key, value]) => [key, cut(value)])
     ws.events.track({
         event_name: body.event_name as string,
         created_at: body.created_at as number,

@@ -36,6 +36,7 @@ export interface Violation {
 }
 
 type JsonObject = Record<string, unknown>
+type HeaderMap = Record<string, string>
 
 function invalid(rule: RuleCode, message: string, status = 400, code = 'parameter_invalid'): Violation {
     return { rule, status, code, message }
@@ -58,18 +59,18 @@ const absent = (value: unknown): value is null | undefined => value === undefine
 // --- headers and body ---------------------------------------------------------------------------------
 
 /** A well-formed `Authorization: Bearer <token>` whose token is in `tokens` ('*': any) when they are given. */
-export function authViolations(headers: Record<string, string>, tokens?: readonly string[]): Violation[] {
+export function authViolations(headers: HeaderMap, tokens?: readonly string[]): Violation[] {
     const token = /^Bearer (\S+)$/.exec(headerOf(headers, 'authorization') ?? '')?.[1]
     const ok = token !== undefined && (!tokens || tokens.includes(token) || tokens.includes('*'))
     return ok ? [] : [{ rule: 'headers', status: 401, code: 'unauthorized', message: 'Access Token Invalid' }]
 }
 
-function headerOf(headers: Record<string, string>, name: string): string | undefined {
+function headerOf(headers: HeaderMap, name: string): string | undefined {
     return Object.entries(headers).find(([key]) => key.toLowerCase() === name)?.[1]
 }
 
 /** No Accept header means "anything" in HTTP; one that excludes JSON gets Intercom's 406. */
-export function acceptViolations(headers: Record<string, string>): Violation[] {
+export function acceptViolations(headers: HeaderMap): Violation[] {
     const accept = headerOf(headers, 'accept')
     const types = (accept ?? '').split(',').map((part) => part.split(';')[0].trim().toLowerCase())
     if (accept?.trim() && !types.some((t) => ['application/json', 'application/*', '*/*'].includes(t))) {
@@ -79,14 +80,10 @@ export function acceptViolations(headers: Record<string, string>): Violation[] {
 }
 
 /** The body as a JSON object ({} when blank), or why not; the Content-Type must say JSON. */
-export function parseBody(
-    raw: string | undefined,
-    headers: Record<string, string>
-): { body: JsonObject; problems: Violation[] } {
-    if (raw === undefined || raw.trim() === '') return { body: {}, problems: [] }
-    const problems = /[/+]json\b/i.test(headerOf(headers, 'content-type') ?? '')
-        ? []
-        : [invalid('headers', 'Content-Type must be application/json')]
+export function parseBody(raw: string, headers: HeaderMap): { body: JsonObject; problems: Violation[] } {
+    if (raw.trim() === '') return { body: {}, problems: [] }
+    const typed = /[/+]json\b/i.test(headerOf(headers, 'content-type') ?? '')
+    const problems = typed ? [] : [invalid('headers', 'Content-Type must be application/json')]
     let parsed: unknown
     try {
         parsed = JSON.parse(raw)
@@ -324,13 +321,16 @@ function searchViolations(body: JsonObject): Violation[] {
     return problems
 }
 
-// --- the other routes -------------------------------------------------------------------------------------
+// --- the other routes, and the table of routes ------------------------------------------------------------
 
 function companyViolations(body: JsonObject): Violation[] {
     const problems = fieldViolations(body, COMPANY_FIELDS)
     const id = body.company_id
     return absent(id) || id === '' ? [...problems, missing('attribute.value', 'company_id')] : problems
 }
+
+const NAME_RULE =
+    'Your name for this attribute must only contain alphanumeric characters, currency symbols, and hyphens'
 
 function dataAttributeViolations(body: JsonObject): Violation[] {
     const { name, model, data_type: dataType } = body
@@ -339,10 +339,8 @@ function dataAttributeViolations(body: JsonObject): Violation[] {
     if (model !== 'contact' && model !== 'company')
         wrong('The Data Attribute model field must be either contact or company')
     if (!DATA_TYPES.includes(dataType as DataType)) wrong("Data Type isn't an option")
-    if (typeof name !== 'string' || !/^[\p{L}\p{N}\p{Sc}_\- ]+$/u.test(name) || name.trim() === '')
-        wrong(
-            'Your name for this attribute must only contain alphanumeric characters, currency symbols, and hyphens'
-        )
+    const named = typeof name === 'string' && /^[\p{L}\p{N}\p{Sc}_\- ]+$/u.test(name) && name.trim() !== ''
+    if (!named) wrong(NAME_RULE)
     if (!absent(body.description) && !STRING.ok(body.description)) wrong('description must be a string')
     return problems
 }
@@ -352,8 +350,6 @@ function attachViolations(body: JsonObject): Violation[] {
     if (absent(id) || id === '') return [missing('identifier', '', 'company not specified')]
     return typeof id === 'string' ? [] : [invalid('identifier', 'id must be a string')]
 }
-
-// --- routes -----------------------------------------------------------------------------------------------
 
 type BodyCheck = (body: JsonObject, longStrings: LongStringPolicy) => Violation[]
 const contactViolations: BodyCheck = (body) => fieldViolations(body, CONTACT_FIELDS)
@@ -397,13 +393,8 @@ export function findRoute(method: string, path: string): RouteMatch | undefined 
 // --- the audit ------------------------------------------------------------------------------------------
 
 /** Every rule a request breaks, as `[rule] message`; the body is checked as sent (JSON text). */
-export function requestViolations(
-    method: string,
-    path: string,
-    headers: Record<string, string>,
-    rawBody: string | undefined
-): string[] {
-    const { body, problems } = parseBody(rawBody ?? '', headers)
+export function requestViolations(method: string, path: string, headers: HeaderMap, raw?: string): string[] {
+    const { body, problems } = parseBody(raw ?? '', headers)
     const route = problems.some((p) => p.rule === 'json') ? undefined : findRoute(method, path)
     const version = headerOf(headers, 'intercom-version') === API_VERSION
     return [

@@ -75,13 +75,10 @@ export interface StoredEvent {
 }
 
 /** What the workspace counts (the model adds calls, routes and statuses). */
-export interface WorkspaceCounters {
-    eventsAccepted: number
-    eventsDeduplicated: number
-    contactsCreated: number
-    contactsUpdated: number
-    searches: number
-}
+export type WorkspaceCounters = Record<
+    'eventsAccepted' | 'eventsDeduplicated' | 'contactsCreated' | 'contactsUpdated' | 'searches',
+    number
+>
 
 /** What the workspace reads of the model's options, live (configure() changes them mid-run). */
 type WorkspaceOptions = Pick<ResolvedOptions, 'clock' | 'searchLagMs' | 'maxEventNames' | 'openWorld'>
