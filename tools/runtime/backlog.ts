@@ -81,27 +81,13 @@ export interface DrainReport {
     errors: string[]
 }
 
-interface MinuteValue {
-    delivered?: number
-    dropped?: number
-    droppedByReason?: Record<string, number>
-    remaining?: number
-}
-
-function addReasons(into: Record<string, number>, from: Record<string, number> | undefined): void {
-    for (const [reason, count] of Object.entries(from ?? {})) into[reason] = (into[reason] ?? 0) + count
+function emptyReport(): DrainReport {
+    return { rounds: 0, delivered: 0, dropped: 0, droppedByReason: {}, remaining: -1, errors: [] }
 }
 
 /** Calls runEveryMinute until it reports nothing remaining, at most `maxRounds` times. */
 export async function drainByMinutes(runtime: VariantRuntime, maxRounds = 30): Promise<DrainReport> {
-    const report: DrainReport = {
-        rounds: 0,
-        delivered: 0,
-        dropped: 0,
-        droppedByReason: {},
-        remaining: -1,
-        errors: [],
-    }
+    const report = emptyReport()
     if (!runtime.runEveryMinute) throw new Error(`Variant ${runtime.variant.id} has no runEveryMinute`)
     while (report.rounds < maxRounds) {
         report.rounds++
@@ -110,10 +96,11 @@ export async function drainByMinutes(runtime: VariantRuntime, maxRounds = 30): P
             report.errors.push(treatment.error ?? 'failed')
             continue
         }
-        const value = (treatment.value ?? {}) as MinuteValue
+        const value = (treatment.value ?? {}) as Partial<Omit<DrainReport, 'rounds' | 'errors'>>
         report.delivered += value.delivered ?? 0
         report.dropped += value.dropped ?? 0
-        addReasons(report.droppedByReason, value.droppedByReason)
+        for (const [reason, n] of Object.entries(value.droppedByReason ?? {}))
+            report.droppedByReason[reason] = (report.droppedByReason[reason] ?? 0) + n
         report.remaining = value.remaining ?? 0
         if (report.remaining === 0) break
     }
@@ -126,39 +113,22 @@ export function queueLength(redis: RedisCache, key = 'intercom:retry-queue'): Pr
 }
 
 /**
- * Drains where runEveryMinute is never called (variant 4): new events arrive, one at a time, until
- * the queue is empty or `nudges` events have been sent. Returns the nudge events actually sent.
+ * Drains the variant's way: runEveryMinute where the runtime calls it, else (variant 4) new events,
+ * one at a time, until the queue is empty or every nudge is sent. `nudged`: the nudges actually sent.
  */
-export async function drainByEvents(
-    runtime: VariantRuntime,
-    nudges: readonly RuntimeEvent[]
-): Promise<RuntimeEvent[]> {
-    const sent: RuntimeEvent[] = []
-    for (const event of nudges) {
-        if (runtime.redis && (await queueLength(runtime.redis)) === 0) break
-        await runtime.onEvent(event)
-        sent.push(event)
-    }
-    return sent
-}
-
-/** Either way the variant offers. */
 export async function drain(
     runtime: VariantRuntime,
     nudges: readonly RuntimeEvent[] = []
 ): Promise<DrainReport & { nudged: RuntimeEvent[] }> {
     if (runtime.runEveryMinute) return { ...(await drainByMinutes(runtime)), nudged: [] }
-    const nudged = await drainByEvents(runtime, nudges)
-    const remaining = runtime.redis ? await queueLength(runtime.redis) : 0
-    return {
-        rounds: nudged.length,
-        delivered: 0,
-        dropped: 0,
-        droppedByReason: {},
-        remaining,
-        errors: [],
-        nudged,
+    const nudged: RuntimeEvent[] = []
+    for (const event of nudges) {
+        if (runtime.redis && (await queueLength(runtime.redis)) === 0) break
+        await runtime.onEvent(event)
+        nudged.push(event)
     }
+    const remaining = runtime.redis ? await queueLength(runtime.redis) : 0
+    return { ...emptyReport(), rounds: nudged.length, remaining, nudged }
 }
 
 export interface StoredReport {

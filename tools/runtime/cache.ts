@@ -1,16 +1,9 @@
 /**
- * PostHog's `meta.cache` extension (plugin-server `src/worker/vm/extensions/cache.ts` and the Redis
- * helpers of its `db.ts`), over a real Redis through ioredis or over an in-memory store that answers
- * as Redis does (for `npm start` without Redis):
- *
- * - keys `<namespace><key>`, PostHog's namespace being `@plugin/<plugin id>/<team id>/`; `set` stores
- *   JSON (unless `jsonSerialize: false`), with `SET … EX ttl` when a TTL is given; `get` parses it back,
- *   and a missing or empty value reads as null whatever default is given (ioredis answers null, PostHog
- *   only fell back on undefined);
- * - `lpush` takes one string or an array of at most 1,000 (IllegalOperationError past that), elements
- *   stored as raw strings; `lrange`, `llen`, `lrem`, `incr`, `expire` as Redis answers them;
- * - `lpop(key, count)` is Redis `LPOP key count`. In `redis-6.0` mode that command is refused with the
- *   error Redis 6.0 gives, as it has no count argument before 6.2.
+ * PostHog's `meta.cache` extension (plugin-server `extensions/cache.ts` and the Redis helpers of `db.ts`)
+ * over a real Redis, or over an in-memory store that answers as Redis does (`npm start` without Redis).
+ * Keys are `@plugin/<plugin id>/<team id>/<key>`. A missing or empty value reads as null whatever default
+ * is given (ioredis answers null; PostHog only fell back on undefined). `redis-6.0` mode refuses
+ * `LPOP key count` as Redis did before 6.2.
  */
 import Redis from 'ioredis'
 
@@ -66,8 +59,10 @@ function lpushElements(elementOrArray: unknown): string[] {
     return elementOrArray.map((element) => String(element))
 }
 
-function expectNumber(value: unknown, message: string): void {
-    if (typeof value !== 'number') throw new Error(message)
+/** PostHog's check on `count` of lrem and lpop. */
+function expectCount(command: string, count: unknown): void {
+    if (typeof count !== 'number')
+        throw new Error(`cache.${command} expects a number for the "count" argument`)
 }
 
 function parseValue(value: string | null, jsonSerialize: boolean): unknown {
@@ -95,36 +90,29 @@ export function createPluginCache(store: CacheStore, namespace: string): PluginC
         expire: (key, ttlSeconds) => store.expire(keyOf(key), ttlSeconds),
         lpush: async (key, elementOrArray) => store.lpush(keyOf(key), lpushElements(elementOrArray)),
         async lrange(key, startIndex, endIndex) {
-            const message = 'cache.lrange expects a number for the start and end indexes'
-            expectNumber(startIndex, message)
-            expectNumber(endIndex, message)
+            if (typeof startIndex !== 'number' || typeof endIndex !== 'number')
+                throw new Error('cache.lrange expects a number for the start and end indexes')
             return store.lrange(keyOf(key), startIndex, endIndex)
         },
         llen: (key) => store.llen(keyOf(key)),
         async lrem(key, count, elementKey) {
-            expectNumber(count, 'cache.lrem expects a number for the "count" argument')
+            expectCount('lrem', count)
             return store.lrem(keyOf(key), count, elementKey)
         },
         async lpop(key, count) {
-            expectNumber(count, 'cache.lpop expects a number for the "count" argument')
+            expectCount('lpop', count)
             return store.lpop(keyOf(key), count)
         },
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Stores
-// ---------------------------------------------------------------------------------------------
 
 const WRONG_TYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
 
 /** Removes `count` occurrences like LREM: from the head if positive, the tail if negative, all if 0. */
 function removeOccurrences(list: string[], count: number, value: string): number {
     const indexes = list.map((item, index) => (item === value ? index : -1)).filter((index) => index >= 0)
-    const chosen = (count < 0 ? indexes.reverse() : indexes).slice(
-        0,
-        count === 0 ? Infinity : Math.abs(count)
-    )
+    const limit = count === 0 ? Infinity : Math.abs(count)
+    const chosen = (count < 0 ? indexes.reverse() : indexes).slice(0, limit)
     for (const index of [...chosen].sort((a, b) => b - a)) list.splice(index, 1)
     return chosen.length
 }

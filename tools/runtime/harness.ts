@@ -64,10 +64,7 @@ export interface HarnessOptions {
     emulatorUrl?: EmulatorTarget
     /** The HTTP client underneath the redirect; replaces the redirect when `emulatorUrl` is unset. */
     fetch?: FetchFn
-    /**
-     * plugin-server HTTP client: `node-fetch` (2021-2023, honours `timeout`) or `undici` (2024-2025:
-     * the standard fetch with its own 10 s timeout, `timeout` ignored).
-     */
+    /** plugin-server client: `node-fetch` (2021-23, honours `timeout`) or `undici` (2024-25, own 10 s timeout). */
     httpClient?: 'node-fetch' | 'undici'
     /** Concurrent workers, each with its own plugin instance. Default 1. */
     workers?: number
@@ -109,10 +106,7 @@ export interface LogLine {
     text: string
 }
 
-/**
- * 'delivered' | 'skipped' | 'queued' as onEvent reported them, 'done' when it resolved without a
- * status, 'failed' when it threw for good; any other status string the plugin reports is kept.
- */
+/** onEvent's reported status ('delivered', 'skipped', 'queued', …), 'done' without one, 'failed' when it threw for good. */
 export type OutcomeStatus = string
 
 /** What happened to one event in the end. */
@@ -192,10 +186,6 @@ export interface Harness {
     close(): Promise<void>
 }
 
-// ---------------------------------------------------------------------------------------------
-// The runtime's constants and what the plugin sees
-// ---------------------------------------------------------------------------------------------
-
 /** The plugin server of 2022-23 (variant 2): 5 attempts, 5, 10, 20, 40 s apart. */
 const RETRY = VARIANTS[2].retry
 export const MAX_ATTEMPTS = maxRuns(RETRY)
@@ -223,12 +213,8 @@ export function createMemoryStorage() {
             const stored = values.get(key)
             return stored === undefined ? defaultValue : JSON.parse(stored)
         },
-        set: async (key: string, value: unknown): Promise<void> => {
-            values.set(key, JSON.stringify(value))
-        },
-        del: async (key: string): Promise<void> => {
-            values.delete(key)
-        },
+        set: async (key: string, value: unknown) => void values.set(key, JSON.stringify(value)),
+        del: async (key: string) => void values.delete(key),
     }
 }
 
@@ -285,29 +271,13 @@ function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: R
     return { fetch: options.fetch ?? refuse }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Tallies: what happened, for the summary
-// ---------------------------------------------------------------------------------------------
-
 type Tally = Omit<HarnessSummary, 'mode' | 'workers' | 'intercomHosts'>
 
 function emptyTally(): Tally {
-    return {
-        events: 0,
-        delivered: 0,
-        done: 0,
-        queued: 0,
-        queuedByReason: {},
-        skipped: {},
-        statuses: {},
-        retried: 0,
-        failed: {},
-        setupFailures: [],
-        minute: { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} },
-        logLevels: {},
-        logs: [],
-        logsDropped: 0,
-    }
+    const counts = { events: 0, delivered: 0, done: 0, queued: 0, retried: 0, logsDropped: 0 }
+    const tables = { queuedByReason: {}, skipped: {}, statuses: {}, failed: {}, logLevels: {} }
+    const minute = { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} }
+    return { ...counts, ...tables, minute, setupFailures: [], logs: [] }
 }
 
 function increment(counts: Record<string, number>, key: string): void {
@@ -346,11 +316,7 @@ function sum(values: number[]): number {
     return values.reduce((total, value) => total + value, 0)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The harness, by part: workers (loading, meta, setup, teardown), the event path with its
-// retries, and the minute schedule with its drain. `Run` is what they share.
-// ---------------------------------------------------------------------------------------------
-
+/** What the harness's parts (workers, the event path, the minute schedule) share. */
 interface Run {
     options: HarnessOptions
     mode: HarnessMode
@@ -384,45 +350,34 @@ function retries(run: Run, error: unknown, attempt: number): boolean {
     return retrying && error instanceof RetryError && attempt < MAX_ATTEMPTS && !run.closed
 }
 
-function metaFor(run: Run, index: number, shared: Shared): PluginMeta {
-    const config = { ...run.options.config }
-    const logger = legacyLogger((level, args) =>
-        run.log({ level, source: 'logger', text: format(...args) }, index)
-    )
-    if (run.mode === 'cdp')
-        return { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(shared.fetch) }
-    return {
-        config,
-        global: {},
-        attachments: {},
-        cache: shared.cache,
-        storage: shared.storage,
-        geoip: { locate: async () => null },
-        jobs: {},
-        metrics: {},
-        ...(run.options.metaLogger ? { logger } : {}),
-    }
-}
-
 function startWorker(run: Run, index: number, shared: Shared): Worker {
+    const logTo = (source: LogLine['source']) => (level: LogLevel, args: unknown[]) =>
+        run.log({ level, source, text: format(...args) }, index)
     const plugin = loadPlugin({
         file: run.options.pluginFile,
         fetch: shared.fetch,
-        console: consoleTo((level, args) =>
-            run.log({ level, source: 'console', text: format(...args) }, index)
-        ),
+        console: consoleTo(logTo('console')),
     })
-    const meta = metaFor(run, index, shared)
-    const worker = {
-        index,
-        plugin,
-        meta,
-        slots: new Slots(run.options.concurrency ?? 8),
-        ready: setUp(run, plugin, meta),
-    }
+    const config = { ...run.options.config }
+    const logger = legacyLogger(logTo('logger'))
+    const meta: PluginMeta =
+        run.mode === 'cdp'
+            ? { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(shared.fetch) }
+            : {
+                  config,
+                  global: {},
+                  attachments: {},
+                  cache: shared.cache,
+                  storage: shared.storage,
+                  geoip: { locate: async () => null },
+                  jobs: {},
+                  metrics: {},
+                  ...(run.options.metaLogger ? { logger } : {}),
+              }
+    const ready = setUp(run, plugin, meta)
     // A failed setup is reported per event and in the summary, never as an unhandled rejection.
-    worker.ready.catch((error: unknown) => run.tally.setupFailures.push(describeError(error)))
-    return worker
+    ready.catch((error: unknown) => run.tally.setupFailures.push(describeError(error)))
+    return { index, plugin, meta, ready, slots: new Slots(run.options.concurrency ?? 8) }
 }
 
 /** plugin-server retried a setupPlugin RetryError like an event; cdp calls it once. */
@@ -455,33 +410,27 @@ async function tearDown(run: Run, worker: Worker): Promise<void> {
     }
 }
 
-type AttemptResult = { kind: 'outcome'; value: unknown } | { kind: 'error'; error: unknown }
-
-async function attempt(
-    run: Run,
-    worker: Worker,
-    event: PluginEventArg,
-    attempt: number
-): Promise<AttemptResult> {
+/** One call of onEvent once the worker is set up; rejects with the call's error. */
+async function attempt(run: Run, worker: Worker, event: PluginEventArg, n: number): Promise<unknown> {
     const { onEvent } = worker.plugin
-    if (!onEvent) return { kind: 'outcome', value: undefined }
-    try {
-        await worker.ready
-    } catch (error) {
-        return { kind: 'error', error: new Error(`setup failed: ${describeError(error)}`) }
-    }
+    if (!onEvent) return undefined
+    await worker.ready.catch((error: unknown) => {
+        throw new Error(`setup failed: ${describeError(error)}`)
+    })
     const meta = callMeta(run, worker.meta)
     try {
-        return { kind: 'outcome', value: await guarded('onEvent', run.timeoutMs, () => onEvent(event, meta)) }
+        return await guarded('onEvent', run.timeoutMs, () => onEvent(event, meta))
     } catch (error) {
         if (error instanceof RetryError) {
             // The plugin server told the error which attempt it ended.
-            error._attempt = attempt
+            error._attempt = n
             error._maxAttempts = MAX_ATTEMPTS
         }
-        return { kind: 'error', error }
+        throw error
     }
 }
+
+const failure = (error: unknown) => ({ status: 'failed', reason: describeError(error) })
 
 /** The event path: each event to its final outcome, the worker's slot held only while onEvent runs. */
 function eventPath(
@@ -497,30 +446,28 @@ function eventPath(
             hash = (hash * 31 + event.distinct_id.charCodeAt(i)) >>> 0
         return pool[hash % pool.length]
     }
-    const record = (uuid: string, worker: number, attempts: number, result: AttemptResult): EventRecord => {
-        const outcome =
-            result.kind === 'error'
-                ? { status: 'failed', reason: describeError(result.error) }
-                : outcomeOf(result.value)
-        const done: EventRecord = { uuid, worker, attempts, ...outcome }
-        records.push(done)
-        countOutcome(run.tally, done)
-        return done
-    }
     return async (event) => {
         run.tally.events++
         const worker = pick(event)
         const pluginEvent = toPluginEvent(event, run.mode, run.options.withPerson ?? run.mode === 'cdp')
+        const record = (attempts: number, outcome: Pick<EventRecord, 'status' | 'reason'>): EventRecord => {
+            const done: EventRecord = { uuid: event.uuid, worker: worker.index, attempts, ...outcome }
+            records.push(done)
+            countOutcome(run.tally, done)
+            return done
+        }
         for (let n = 1; ; n++) {
-            const result = await worker.slots.run(() => attempt(run, worker, pluginEvent, n))
-            if (result.kind !== 'error' || !retries(run, result.error, n))
-                return record(event.uuid, worker.index, n, result)
+            try {
+                return record(
+                    n,
+                    outcomeOf(await worker.slots.run(() => attempt(run, worker, pluginEvent, n)))
+                )
+            } catch (error) {
+                if (!retries(run, error, n)) return record(n, failure(error))
+            }
             run.tally.retried++
             await run.sleeper.sleep(retryDelayMs(n, run.options.delayScale))
-            if (run.closed) {
-                const error = new Error('harness closed before the retry')
-                return record(event.uuid, worker.index, n, { kind: 'error', error })
-            }
+            if (run.closed) return record(n, failure(new Error('harness closed before the retry')))
         }
     }
 }
@@ -551,9 +498,8 @@ function minuteSchedule(run: Run, pool: Worker[]) {
             )
             const report = minuteReportOf(value)
             lastRemaining.set(worker.index, report?.remaining ?? 0)
-            minute.delivered += report?.delivered ?? 0
-            minute.retried += report?.retried ?? 0
-            minute.dropped += report?.dropped ?? 0
+            for (const name of ['delivered', 'retried', 'dropped'] as const)
+                minute[name] += report?.[name] ?? 0
             minute.remaining = sum([...lastRemaining.values()])
             return report
         } catch (error) {

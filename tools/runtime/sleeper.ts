@@ -1,4 +1,6 @@
 /** Host-side timing for the runtime models: sleeps that teardown can end at once, time limits, and slots. */
+import { sleep } from '../lib/sleep'
+
 export interface Sleeper {
     sleep(ms: number): Promise<void>
     /** Resolves every pending sleep now. */
@@ -6,22 +8,12 @@ export interface Sleeper {
 }
 
 export function createSleeper(): Sleeper {
-    const pending = new Map<NodeJS.Timeout, () => void>()
+    let cancel = new AbortController()
     return {
-        sleep: (ms) =>
-            new Promise<void>((resolve) => {
-                const timer = setTimeout(() => {
-                    pending.delete(timer)
-                    resolve()
-                }, ms)
-                pending.set(timer, resolve)
-            }),
+        sleep: (ms) => sleep(ms, cancel.signal),
         cancelAll() {
-            for (const [timer, resolve] of pending) {
-                clearTimeout(timer)
-                resolve()
-            }
-            pending.clear()
+            cancel.abort()
+            cancel = new AbortController()
         },
     }
 }

@@ -11,7 +11,7 @@ import { format } from 'node:util'
 import { createMemoryStorage, describeError } from './harness'
 import { consoleTo, DEFAULT_PLUGIN_FILE, EmulatorTarget, FetchFn } from './load-plugin'
 import { createRedisCache, PluginCache, RedisCache, RedisMode } from './cache'
-import { CdpExecutor, CdpRunResult, createCdpExecutor } from './cdp-executor'
+import { CdpExecutor, createCdpExecutor } from './cdp-executor'
 import { fetchesFor } from './fetch'
 import { Hook, isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from './sandbox'
 import { createSleeper } from './sleeper'
@@ -203,17 +203,6 @@ async function startSandboxed(common: Common): Promise<VariantRuntime> {
     }
 }
 
-function cdpGlobals(event: RuntimeEvent) {
-    const person = event.person
-        ? { id: event.person.id ?? event.distinct_id, properties: event.person.properties, name: '', url: '' }
-        : null
-    return { event, person }
-}
-
-function treatmentOf(runs: CdpRunResult[], error: unknown, value: unknown): Treatment {
-    return error === undefined ? ok(runs.length, value) : failed(runs.length, error)
-}
-
 async function startCdp(common: Common): Promise<VariantRuntime> {
     const { variant, options, logs, log } = common
     const { cdp } = fetchesFor(variant.fetch, options.emulatorUrl, options.fetch)
@@ -234,8 +223,14 @@ async function startCdp(common: Common): Promise<VariantRuntime> {
         // CDP runs setup lazily with the first invocation; a failure shows as each event's error.
         setupError: null,
         async onEvent(event) {
-            const outcome = await executor.invoke(cdpGlobals(event))
-            return treatmentOf(outcome.runs, outcome.error, outcome.value)
+            const { person } = event
+            const { runs, error, value } = await executor.invoke({
+                event,
+                person: person
+                    ? { id: person.id ?? event.distinct_id, properties: person.properties, name: '', url: '' }
+                    : null,
+            })
+            return error === undefined ? ok(runs.length, value) : failed(runs.length, error)
         },
         cache: null,
         redis: null,
