@@ -189,15 +189,12 @@ function importGate(recorded: ImportUse[]): babel.PluginObj {
 
 const transpileCache = new Map<string, { code: string; imports: ImportUse[] }>()
 
-/** Transpiles plugin source exactly as PostHog's plugin server configures Babel. */
+/** Transpiles plugin source exactly as PostHog's plugin server configures Babel (once per source). */
 export function transpilePlugin(source: string): { code: string; imports: ImportUse[] } {
-    let transpiled = transpileCache.get(source)
-    if (!transpiled) {
-        const imports: ImportUse[] = []
-        transpiled = { code: posthogBabel(source, [() => importGate(imports)]), imports }
-        transpileCache.set(source, transpiled)
-    }
-    return transpiled
+    const imports: ImportUse[] = []
+    if (!transpileCache.has(source))
+        transpileCache.set(source, { code: posthogBabel(source, [() => importGate(imports)]), imports })
+    return transpileCache.get(source)!
 }
 
 /**

@@ -175,18 +175,12 @@ export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): 
 
 const transformed = new Map<string, string>()
 
-/** PostHog's Babel call for sandboxed plugins: the presets plus its three plugins. */
+/** PostHog's Babel call for sandboxed plugins: the presets plus its three plugins (once per source and options). */
 export function transformPluginCode(source: string, options: TransformOptions): string {
-    const memoKey = JSON.stringify([options, source])
-    const cached = transformed.get(memoKey)
-    if (cached !== undefined) return cached
-    const code = posthogBabel(source, [
-        replaceImports(options),
-        loopTimeout(options),
-        promiseTimeout(options),
-    ])
-    transformed.set(memoKey, code)
-    return code
+    const key = JSON.stringify([options, source])
+    const plugins = [replaceImports(options), loopTimeout(options), promiseTimeout(options)]
+    if (!transformed.has(key)) transformed.set(key, posthogBabel(source, plugins))
+    return transformed.get(key)!
 }
 
 /**
