@@ -28,10 +28,7 @@ const NO_STORAGE = { get: async (_key: string, fallback: unknown) => fallback, s
 
 type CdpLogLevel = 'debug' | 'info' | 'warn' | 'error'
 
-interface CdpLog {
-    level: CdpLogLevel
-    message: string
-}
+type CdpLog = { level: CdpLogLevel; message: string }
 
 /** The invocation's globals, as far as the executor reads them. */
 export interface CdpGlobals {
@@ -163,17 +160,15 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
     const geoip = { locate: () => null }
     const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip }
 
-    const startSetup = (): Promise<unknown> => {
-        // Setup receives the real fetch, never the test-function stand-in; its result is kept for good.
-        setup ??= Promise.resolve().then(() => plugin.setupPlugin?.({ ...baseMeta, fetch: options.fetch }))
-        return setup
-    }
-
     const execute = async (globals: CdpGlobals, run = 1): Promise<CdpRunResult> => {
         const logs: CdpLog[] = []
         const logger = loggerInto(logs)
         try {
-            await startSetup().catch((error: unknown) => {
+            // Setup receives the real fetch, never the test-function stand-in; its result is kept for good.
+            setup ??= Promise.resolve().then(() =>
+                plugin.setupPlugin?.({ ...baseMeta, fetch: options.fetch })
+            )
+            await setup.catch((error: unknown) => {
                 throw Object.assign(new Error(`Plugin ${templateId} setup failed: ${describe(error)}`), {
                     cause: error,
                 })

@@ -136,10 +136,14 @@ interface LoadPluginOptions {
 }
 
 /** One import the plugin makes, as written in its source. */
-interface ImportUse {
-    source: string
-    forms: Array<'default' | 'namespace' | 'named' | 'require' | 'dynamic'>
-}
+type ImportUse = { source: string; forms: Array<'default' | 'namespace' | 'named' | 'require' | 'dynamic'> }
+
+/** The import form each kind of specifier writes. */
+const FORM = {
+    ImportDefaultSpecifier: 'default',
+    ImportNamespaceSpecifier: 'namespace',
+    ImportSpecifier: 'named',
+} as const
 
 function isAllowedImport(name: string): name is AllowedImport {
     return (ALLOWED_IMPORTS as readonly string[]).includes(name)
@@ -159,14 +163,10 @@ function importGate(recorded: ImportUse[]): babel.PluginObj {
         name: 'posthog-import-gate',
         visitor: {
             ImportDeclaration({ node }) {
-                const forms = node.specifiers.map((specifier) =>
-                    specifier.type === 'ImportDefaultSpecifier'
-                        ? 'default'
-                        : specifier.type === 'ImportNamespaceSpecifier'
-                          ? 'namespace'
-                          : 'named'
+                record(
+                    node.source.value,
+                    node.specifiers.map((specifier) => FORM[specifier.type])
                 )
-                record(node.source.value, forms)
             },
             ExportAllDeclaration({ node }) {
                 record(node.source.value, ['namespace'])
@@ -203,55 +203,23 @@ export function transpilePlugin(source: string): { code: string; imports: Import
  * (`import { createHash } from 'crypto'`) work in every runtime.
  */
 export function legacyImportHazards(imports: readonly ImportUse[]): string[] {
-    return imports
-        .filter((use) => use.source === 'crypto' || use.source === '@posthog/plugin-scaffold')
-        .flatMap((use) =>
-            use.forms
-                .filter((form) => form === 'default' || form === 'namespace')
-                .map(
-                    (form) => `${form} import of '${use.source}' is undefined in the 2021-2023 plugin server`
-                )
-        )
+    const withoutDefault = ['crypto', '@posthog/plugin-scaffold']
+    return imports.flatMap(({ source, forms }) =>
+        forms
+            .filter((form) => withoutDefault.includes(source) && (form === 'default' || form === 'namespace'))
+            .map((form) => `${form} import of '${source}' is undefined in the 2021-2023 plugin server`)
+    )
 }
 
 /** node-fetch's module shape: the function, with itself as `.default`. */
 export function nodeFetchModule(fetch: FetchFn): FetchFn & { default: FetchFn } {
-    const module = ((input, init) => fetch(input, init)) as FetchFn & { default: FetchFn }
-    module.default = module
-    return module
+    const module: FetchFn = (input, init) => fetch(input, init)
+    return Object.assign(module, { default: module })
 }
 
 /** The modules a plugin may import, as Node gives them; `node-fetch` is the given fetch. */
 export function hostModules(fetch: FetchFn): Record<AllowedImport, unknown> {
     return { '@posthog/plugin-scaffold': scaffold, 'node-fetch': nodeFetchModule(fetch), crypto, url }
-}
-
-/**
- * A context with the host globals vm2 gave plugins and nothing else. V8's builtins (Date, JSON,
- * Promise, Intl, ...) exist in every context; Node's additions (timers, process, fetch, ...) do not.
- */
-function createSandbox(options: LoadPluginOptions): vm.Context {
-    const refuse = () =>
-        Promise.reject(
-            new Error('Network access is disabled in the plugin sandbox: pass `fetch` to loadPlugin')
-        )
-    const modules = hostModules(options.fetch ?? refuse)
-    const context = vm.createContext(
-        {
-            console: options.console ?? console,
-            URL,
-            Buffer,
-            RetryError,
-            require: (name: string) => {
-                if (!isAllowedImport(name)) throw importRefusal(name)
-                return modules[name]
-            },
-        },
-        { name: 'posthog-plugin', codeGeneration: { strings: true, wasm: false } }
-    )
-    // vm2 exposed the sandbox's global object as `global`, as Node does.
-    context.global = vm.runInContext('globalThis', context)
-    return context
 }
 
 /**
@@ -261,18 +229,36 @@ function createSandbox(options: LoadPluginOptions): vm.Context {
 export const EXPORT_PLACES = `((places) => (places.some((d) => Object.keys(d).length > 0) ? places : [...places, globalThis]))(
     [exports, exports.default, module.exports].filter((d) => typeof d === 'object' && d !== null))`
 
-/** Transpiles and evaluates a plugin in the sandbox; returns its exported hooks. */
+/**
+ * Transpiles and evaluates a plugin in a context with the host globals vm2 gave plugins and nothing else
+ * (V8's builtins such as Date, JSON, Promise and Intl exist in every context; Node's additions such as
+ * timers, process and fetch do not). Returns its exported hooks.
+ */
 export function loadPlugin(options: LoadPluginOptions = {}): PluginExports {
     const source = options.source ?? readFileSync(options.file ?? DEFAULT_PLUGIN_FILE, 'utf8')
-    const context = createSandbox(options)
+    const { code } = transpilePlugin(source)
+    const refuse = () =>
+        Promise.reject(
+            new Error('Network access is disabled in the plugin sandbox: pass `fetch` to loadPlugin')
+        )
+    const modules = hostModules(options.fetch ?? refuse)
+    const require = (name: string) => {
+        if (!isAllowedImport(name)) throw importRefusal(name)
+        return modules[name]
+    }
+    const globals = { console: options.console ?? console, URL, Buffer, RetryError, require }
+    const context = vm.createContext(globals, {
+        name: 'posthog-plugin',
+        codeGeneration: { strings: true, wasm: false },
+    })
+    // vm2 exposed the sandbox's global object as `global`, as Node does.
+    context.global = vm.runInContext('globalThis', context)
     // Same preamble as PostHog's VM: the plugin's CommonJS output writes into these two.
     const preamble = 'const module = { exports: {} };\nlet exports = {};\n'
-    vm.runInContext(preamble + transpilePlugin(source).code, context, { filename: 'index.ts' })
-    const collected: PluginExports = {}
-    for (const place of (vm.runInContext(EXPORT_PLACES, context) as PluginExports[]).reverse()) {
-        for (const [name, value] of Object.entries(place)) if (value) collected[name] = value
-    }
-    return collected
+    vm.runInContext(preamble + code, context, { filename: 'index.ts' })
+    // The first place holding a hook wins.
+    const places = (vm.runInContext(EXPORT_PLACES, context) as PluginExports[]).reverse()
+    return Object.fromEntries(places.flatMap((place) => Object.entries(place).filter(([, value]) => value)))
 }
 
 /** Where the three Intercom hosts go: one emulator for all, or one URL per host. */

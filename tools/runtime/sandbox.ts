@@ -127,12 +127,6 @@ const COLLECT_EXPORTS = `(function (guard) {
     return { methods, tasks, meta }
 })`
 
-function pick(source: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
-    return Object.fromEntries(
-        keys.filter((key) => key !== 'global' && key in source).map((key) => [key, source[key]])
-    )
-}
-
 export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
     const { variant } = options
     if (variant.sandbox !== 'vm2' || !variant.guard || !variant.imports)
@@ -156,7 +150,9 @@ export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
     vm.freeze(retryError, 'RetryError')
     vm.freeze(URL, 'URL')
     vm.freeze(clock.guard, '__asyncGuard')
-    vm.freeze(pick(options.meta, variant.metaKeys), '__pluginHostMeta')
+    // Only the variant's meta keys; `global` is made inside the VM.
+    const hostMeta = variant.metaKeys.filter((key) => key !== 'global' && key in options.meta)
+    vm.freeze(Object.fromEntries(hostMeta.map((key) => [key, options.meta[key]])), '__pluginHostMeta')
 
     vm.run(`const module = { exports: {} };\nlet exports = {};\n${code};`, 'index.ts')
     const collect = vm.run(COLLECT_EXPORTS) as (guard: unknown) => Omit<SandboxedPlugin, 'dispose'>
