@@ -1,8 +1,6 @@
-/** `replay()`: PostHog event exports replayed into Intercom through the plugin itself. */
-// index.ts is loaded as PostHog loads it (Babel, then a sandbox) and each row goes through its onEvent, so
-// what reaches Intercom is what PostHog would have sent. Targets: the real Intercom, a local emulator, or a
-// dry run answered inside the process. Each file has its own checkpoint of the events done, keyed by target
-// and config; the token and emails are never printed. The command line is in cli.ts.
+/** `replay()`: PostHog event exports replayed into Intercom through the plugin itself, loaded as PostHog loads it. */
+// Targets: the real Intercom, a local emulator, or a dry run answered inside the process. Each file has its
+// own checkpoint, keyed by target and config; the token and emails are never printed.
 import { AsyncLocalStorage } from 'node:async_hooks'
 
 import { parseConfig, parseRegion, REGION_HOSTS } from '../../index'
@@ -17,6 +15,7 @@ import {
     loadPlugin,
     PluginExports,
     redirectingFetch,
+    regionNameOf,
 } from '../runtime/load-plugin'
 import {
     checkpointPaths,
@@ -26,9 +25,16 @@ import {
     otherCheckpoints,
     targetKey,
 } from './checkpoint'
-import { CallMeter, DryRunWrite, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
-import { displayPath, expandInputs } from './files'
-import { detectInput, InputError, InputFormat, InputSource, openInput } from './input'
+import { CallMeter, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
+import {
+    detectInput,
+    displayPath,
+    expandInputs,
+    InputError,
+    InputFormat,
+    InputSource,
+    openInput,
+} from './input'
 import { Pacer } from './pace'
 import {
     createProgress,
@@ -56,14 +62,13 @@ export type ReplayTarget =
     /** The real Intercom of the configured region; the token is in `config.intercomApiKey`. */
     | { kind: 'intercom' }
     /**
-     * An Intercom emulator: `emulator` if given (left running, and checkpoints are kept for it), else one
-     * started on loopback for this run only. Contacts: `seedContacts`, and, unless `deriveContacts` is false,
-     * one user per email of the files (default: only when no seedContacts are given).
+     * An emulator: `emulator` (left running, checkpoints kept), `url` (one already running, seeded there; its
+     * token in the config), else one started for this run only. Contacts: `seedContacts`, and unless
+     * `deriveContacts` is false, one user per email of the files (default: when no seedContacts are given).
      */
     | {
           kind: 'emulator'
           emulator?: Emulator
-          /** An emulator already running (`npx tsx tools/intercom/emulator-cli.ts`), seeded there; its token in the config. */
           url?: string
           seedContacts?: SeedContact[]
           deriveContacts?: boolean
@@ -105,9 +110,6 @@ export interface ReplayOptions {
     onLog?: (level: string, text: string) => void
 }
 
-/** How GET /me names each region: Intercom (and so the emulator) says `Europe`, not `EU`. */
-const EMULATOR_REGIONS: Record<string, EmulatorRegion> = { US: 'US', EU: 'Europe', AU: 'AU' }
-
 /** The plugin's setupPlugin refused the config or the token: nothing was sent. */
 export class SetupError extends Error {}
 
@@ -118,26 +120,19 @@ function positive(name: string, value: number, integer = true): number {
     return value
 }
 
-/**
- * A bare access token only: one pasted inside a URL or a header would be half-used and could end up in
- * logs or shell history in that form. The message never repeats the value.
- */
+/** A bare access token only (one inside a URL or a header would be half-used); the message never repeats it. */
 export function checkToken(token: string | undefined): void {
     if (!token || token.trim() === '') {
         throw new UsageError('No Intercom token: set INTERCOM_API_KEY (or use --dry-run or --emulator).')
     }
-    if (
-        /:\/\/|^www\.|[?&][\w-]+=|@/i.test(token) ||
-        /^bearer\b/i.test(token.trim()) ||
-        /\s/.test(token.trim())
-    ) {
+    if (/:\/\/|^www\.|[?&][\w-]+=|@/i.test(token) || /^bearer\b|\s/i.test(token.trim())) {
         throw new UsageError(
             'The Intercom token must be the bare access token, not a URL, a header or anything around it.'
         )
     }
 }
 
-/** The config the plugin gets: the token swapped out away from the real Intercom, and checked there. */
+/** The config the plugin gets: the token checked for the real Intercom, swapped for the emulator's or a dummy elsewhere. */
 function pluginConfig(options: ReplayOptions): Record<string, string> {
     const config = { ...options.config }
     if (!config.triggeringEvents?.trim()) {
@@ -147,7 +142,11 @@ function pluginConfig(options: ReplayOptions): Record<string, string> {
     }
     const target = options.target
     if (target.kind === 'dry-run') config.intercomApiKey = 'dry-run-token'
-    if (target.kind === 'emulator') config.intercomApiKey = target.emulator?.options.tokens[0] ?? 'test-token'
+    if (target.kind === 'emulator') {
+        // A running emulator (`url`) expects the token it was started with: the config's, when given.
+        const own = target.emulator?.options.tokens[0] ?? (target.url ? config.intercomApiKey : undefined)
+        config.intercomApiKey = own || 'test-token'
+    }
     if (target.kind === 'intercom') checkToken(config.intercomApiKey)
     if (options.limit !== undefined && (!Number.isInteger(options.limit) || options.limit < 0)) {
         throw new UsageError(`limit must be a whole number, not ${options.limit}.`)
@@ -155,7 +154,7 @@ function pluginConfig(options: ReplayOptions): Record<string, string> {
     return config
 }
 
-// --- Targets: what the plugin's node-fetch reaches -------------------------------------------------
+// --- Targets: what the plugin's node-fetch reaches
 
 interface Target {
     kind: ReplayTargetKind
@@ -169,10 +168,10 @@ interface Target {
 
 async function emulatorTarget(
     target: Extract<ReplayTarget, { kind: 'emulator' }>,
-    region: string,
+    host: IntercomHost,
     base: FetchFn
 ): Promise<Target> {
-    // A running emulator's URL: its state outlives the run, so checkpoints are kept for it.
+    // A running emulator outlives the run, so checkpoints are kept for it.
     if (target.url) {
         const key = targetKey({ kind: 'emulator', url: target.url })
         return { kind: 'emulator', fetch: redirectingFetch(target.url, base), key }
@@ -180,7 +179,7 @@ async function emulatorTarget(
     const owned = !target.emulator
     const emulator =
         target.emulator ??
-        (await startEmulator({ region: EMULATOR_REGIONS[region], contacts: target.seedContacts }))
+        (await startEmulator({ region: regionNameOf(host) as EmulatorRegion, contacts: target.seedContacts }))
     if (!owned) for (const contact of target.seedContacts ?? []) emulator.addContact(contact)
     const known = new Set(emulator.contacts().map((contact) => contact.email))
     const seed = (email: string): void => {
@@ -202,19 +201,19 @@ async function emulatorTarget(
 function openTarget(
     options: ReplayOptions,
     config: Record<string, string>,
-    onWrite: (write: DryRunWrite) => void
+    onWrite: (write: string) => void
 ) {
     const base = options.fetch ?? hostNodeFetch
     const region = parseRegion(config.region, config.useEuropeanDataStorage)
-    if (options.target.kind === 'emulator') return emulatorTarget(options.target, region, base)
+    const host = new URL(REGION_HOSTS[region]).hostname as IntercomHost
+    if (options.target.kind === 'emulator') return emulatorTarget(options.target, host, base)
     if (options.target.kind === 'dry-run')
         return { kind: 'dry-run', fetch: dryRunFetch(onWrite), key: null } as const
-    const host = new URL(REGION_HOSTS[region]).hostname as IntercomHost
     const key = targetKey({ kind: 'intercom', region, token: config.intercomApiKey })
     return { kind: 'intercom', fetch: intercomOnlyFetch(host, base), key } as const
 }
 
-// --- The plugin, loaded as PostHog loads it --------------------------------------------------------
+// --- The plugin, loaded as PostHog loads it
 
 interface LoadedPlugin extends RunPlugin {
     teardownPlugin?: PluginExports['teardownPlugin']
@@ -222,8 +221,7 @@ interface LoadedPlugin extends RunPlugin {
 
 /**
  * The meta of PostHog's current executor: no cache, so the plugin keeps no retry queue and every event's fate
- * is known when onEvent settles (the replay retries transient failures itself). Its contact lookups are
- * remembered in `global`, one search per person.
+ * is known when onEvent settles (the replay retries itself); contact lookups are remembered in `global`.
  */
 async function startPlugin(
     config: Record<string, string>,
@@ -258,20 +256,7 @@ async function startPlugin(
     return { onEvent, teardownPlugin: exports.teardownPlugin, meta }
 }
 
-// --- replay() --------------------------------------------------------------------------------------
-
-/** One line per write a dry run did not make: row, route, event, created_at, masked contact, metadata keys. */
-function describeWrite(write: DryRunWrite, line: number | undefined): string {
-    const where = line === undefined ? 'setup' : `line ${line}`
-    if (write.eventName !== undefined) {
-        const created = write.createdAt ?? 0
-        const iso = new Date(created * 1000).toISOString().replace('.000Z', 'Z')
-        const keys = write.metadataKeys?.length ? write.metadataKeys.join(', ') : '(none)'
-        return `${where}: ${write.route} "${write.eventName}" created_at ${created} (${iso}) contact ${write.contact} metadata: ${keys}`
-    }
-    const attributes = write.attributeKeys?.length ? ` attributes: ${write.attributeKeys.join(', ')}` : ''
-    return `${where}: ${write.route}${write.contact ? ` contact ${write.contact}` : ''}${attributes}`
-}
+// --- replay()
 
 /** What every file of one replay shares, beyond what its run needs. */
 interface Session extends Shared {
@@ -368,9 +353,10 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     const notice = options.notice ?? ((line) => process.stderr.write(`${line}\n`))
     const redactText = (text: string): string => redact(text, config.intercomApiKey)
     const rowContext = new AsyncLocalStorage<number>()
-    const target: Target = await openTarget(options, config, (write) =>
-        print(describeWrite(write, rowContext.getStore()))
-    )
+    const target: Target = await openTarget(options, config, (write) => {
+        const line = rowContext.getStore()
+        print(`${line === undefined ? 'setup' : `line ${line}`}: ${write}`)
+    })
     try {
         const gate = new WindowGate(options.signal)
         const meter = new CallMeter(gate)

@@ -1,10 +1,11 @@
-/** Reads PostHog event exports for the replay, record by record, the format told by the content. */
-// JSON Lines (plain, gzip or Brotli, PostHog's batch-export compressions), Parquet (PostHog's other
-// batch-export format) and the CSV of PostHog's UI. Records stream with their line (Parquet: row) number, so
-// a 1 GB export never sits in memory and the checkpoint can name each event.
+/** Which files a replay reads, and their records one by one, the format told by the content. */
+// JSON Lines (plain, gzip or Brotli, as PostHog's batch exports compress them), Parquet and the CSV of
+// PostHog's UI. Records stream with their line (Parquet: row) number, so a 1 GB export never sits in memory
+// and the checkpoint can name each event.
 import { parse as parseCsv } from 'csv-parse'
-import { closeSync, createReadStream, openSync, readSync, statSync } from 'node:fs'
+import { closeSync, createReadStream, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import * as path from 'node:path'
 import { pipeline, Readable } from 'node:stream'
 import {
     brotliDecompressSync,
@@ -14,6 +15,7 @@ import {
     gunzipSync,
 } from 'node:zlib'
 
+import { UsageError } from '../lib/flags'
 import { ExportRow, toExportRow, unflattenColumns } from './rows'
 
 export type InputFormat = 'jsonl' | 'csv' | 'parquet'
@@ -48,6 +50,84 @@ export interface InputSource {
 
 /** Raised when a file cannot be read at all (not an export, unknown format): nothing of it was sent. */
 export class InputError extends Error {}
+
+// --- Which files: files as given, every export under a folder, or the matches of a glob
+
+const GLOB_CHARS = /[*?[]/
+/** The names PostHog gives its exports; other files in a folder (a config, notes) are not exports. */
+const EXPORT_NAME = /\.(jsonl|ndjson|csv|parquet)(\.(gz|br))?$/i
+
+/** `**` any folders, `*` any name part, `?` one character, `[abc]` a class; matched on `/`-separated paths. */
+function globToRegExp(pattern: string): RegExp {
+    let source = ''
+    for (let i = 0; i < pattern.length; i++) {
+        const char = pattern[i]
+        if (char === '*' && pattern[i + 1] === '*') {
+            source += pattern[i + 2] === '/' ? '(?:.*/)?' : '.*'
+            i += pattern[i + 2] === '/' ? 2 : 1
+        } else if (char === '*') source += '[^/]*'
+        else if (char === '?') source += '[^/]'
+        else if (char === '[') {
+            const end = pattern.indexOf(']', i)
+            source += end === -1 ? '\\[' : pattern.slice(i, end + 1)
+            i = end === -1 ? i : end
+        } else source += char.replace(/[.+^${}()|\\]/g, '\\$&')
+    }
+    return new RegExp(`^${source}$`)
+}
+
+/** Every file under `dir` in name order, hidden ones (the checkpoints' folder among them) left out. */
+function filesUnder(dir: string): string[] {
+    return readdirSync(dir, { withFileTypes: true })
+        .filter((entry) => !entry.name.startsWith('.'))
+        .sort((a, b) => a.name.localeCompare(b.name))
+        .flatMap((entry) => {
+            const full = path.join(dir, entry.name)
+            if (entry.isDirectory()) return filesUnder(full)
+            return entry.isFile() ? [full] : []
+        })
+}
+
+/** Walks from the folder part of the glob before its first wildcard. */
+function globMatches(pattern: string): string[] {
+    const normalized = pattern.split(path.sep).join('/')
+    const segments = normalized.split('/')
+    const fixed = segments.slice(
+        0,
+        segments.findIndex((segment) => GLOB_CHARS.test(segment))
+    )
+    const base = fixed.length === 0 ? '.' : fixed.join('/') || '/'
+    if (!existsSync(base)) return []
+    const slashed = (file: string) => path.resolve(file).split(path.sep).join('/')
+    const matcher = globToRegExp(slashed(base) + normalized.slice(base.length))
+    return filesUnder(base).filter((file) => matcher.test(slashed(file)))
+}
+
+/** The files named by `inputs`, each once, in the order given; a name matching nothing (a typo) is a usage error. */
+export function expandInputs(inputs: string[]): string[] {
+    const files: string[] = []
+    for (const input of inputs) {
+        let found: string[]
+        if (existsSync(input))
+            found = statSync(input).isDirectory()
+                ? filesUnder(input).filter((file) => EXPORT_NAME.test(file))
+                : [input]
+        else if (GLOB_CHARS.test(input)) found = globMatches(input)
+        else throw new UsageError(`No such file: ${input}`)
+        if (found.length === 0)
+            throw new UsageError(
+                `No export file (.jsonl, .ndjson, .csv, .parquet, maybe .gz or .br) matches ${input}`
+            )
+        files.push(...found.map((file) => path.resolve(file)))
+    }
+    return [...new Set(files)]
+}
+
+/** A path as the user would type it: relative to the working folder when inside it. */
+export function displayPath(file: string): string {
+    const relative = path.relative(process.cwd(), file)
+    return relative && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : file
+}
 
 // --- Detection by content
 

@@ -4,7 +4,7 @@ import { Presets, SingleBar } from 'cli-progress'
 import type { FailedEvent, FailureKind } from './checkpoint'
 import type { CallCounts } from './fetch'
 import { sortedCounts, sumCounts } from '../lib/report'
-import { displayPath } from './files'
+import { displayPath } from './input'
 import type { InputKind } from './input'
 
 export type ReplayTargetKind = 'intercom' | 'emulator' | 'dry-run'
