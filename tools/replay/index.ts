@@ -23,7 +23,7 @@ import {
     FileState,
     fingerprint,
     otherCheckpoints,
-    targetKey,
+    workspaceKey,
 } from './checkpoint'
 import { CallMeter, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
 import {
@@ -173,7 +173,7 @@ async function emulatorTarget(
 ): Promise<Target> {
     // A running emulator outlives the run, so checkpoints are kept for it.
     if (target.url) {
-        const key = targetKey({ kind: 'emulator', url: target.url })
+        const key = `emulator ${target.url}`
         return { kind: 'emulator', fetch: redirectingFetch(target.url, base), key }
     }
     const owned = !target.emulator
@@ -191,7 +191,7 @@ async function emulatorTarget(
         kind: 'emulator',
         fetch: redirectingFetch(emulator.url, base),
         // An emulator started for this run forgets everything when it stops: no checkpoint could apply to it.
-        key: owned ? null : targetKey({ kind: 'emulator', url: emulator.url }),
+        key: owned ? null : `emulator ${emulator.url}`,
         emulator,
         seed: (target.deriveContacts ?? !target.seedContacts) ? seed : undefined,
         close: async () => (owned ? emulator.close() : undefined),
@@ -209,7 +209,7 @@ function openTarget(
     if (options.target.kind === 'emulator') return emulatorTarget(options.target, host, base)
     if (options.target.kind === 'dry-run')
         return { kind: 'dry-run', fetch: dryRunFetch(onWrite), key: null } as const
-    const key = targetKey({ kind: 'intercom', region, token: config.intercomApiKey })
+    const key = workspaceKey(region, config.intercomApiKey)
     return { kind: 'intercom', fetch: intercomOnlyFetch(host, base), key } as const
 }
 

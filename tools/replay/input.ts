@@ -7,24 +7,18 @@ import { closeSync, createReadStream, existsSync, openSync, readdirSync, readSyn
 import { createRequire } from 'node:module'
 import * as path from 'node:path'
 import { pipeline, Readable } from 'node:stream'
-import {
-    brotliDecompressSync,
-    constants as zlib,
-    createBrotliDecompress,
-    createGunzip,
-    gunzipSync,
-} from 'node:zlib'
+import * as zlib from 'node:zlib'
 
+import { isRecord } from '../intercom/rules'
 import { UsageError } from '../lib/flags'
 import { ExportRow, toExportRow, unflattenColumns } from './rows'
 
-export type InputFormat = 'jsonl' | 'csv' | 'parquet'
-type Compression = 'none' | 'gzip' | 'brotli'
-export const INPUT_FORMATS: readonly InputFormat[] = ['jsonl', 'csv', 'parquet']
+export const INPUT_FORMATS = ['jsonl', 'csv', 'parquet'] as const
+export type InputFormat = (typeof INPUT_FORMATS)[number]
 
 export interface InputKind {
     format: InputFormat
-    compression: Compression
+    compression: 'none' | 'gzip' | 'brotli'
     /** Said to the user when the guess deserves it (Brotli has no signature). */
     note?: string
 }
@@ -168,8 +162,8 @@ function textFormat(text: Buffer): InputFormat {
 function inflateHead(head: Buffer, compression: 'gzip' | 'brotli'): Buffer | null {
     try {
         return compression === 'gzip'
-            ? gunzipSync(head, { finishFlush: zlib.Z_SYNC_FLUSH })
-            : brotliDecompressSync(head, { finishFlush: zlib.BROTLI_OPERATION_FLUSH })
+            ? zlib.gunzipSync(head, { finishFlush: zlib.constants.Z_SYNC_FLUSH })
+            : zlib.brotliDecompressSync(head, { finishFlush: zlib.constants.BROTLI_OPERATION_FLUSH })
     } catch {
         return null
     }
@@ -206,7 +200,7 @@ export function detectInput(file: string, format?: InputFormat): InputKind {
 
 function recordOf(raw: unknown, line: number): InputRecord {
     const row = toExportRow(raw)
-    const uuid = typeof raw === 'object' && raw !== null ? (raw as { uuid?: unknown }).uuid : undefined
+    const uuid = isRecord(raw) ? raw.uuid : undefined
     const known = typeof uuid === 'string' && uuid !== '' ? uuid : undefined
     return typeof row === 'string'
         ? { line, error: row, uuid: known }
@@ -228,14 +222,6 @@ async function* splitLines(source: AsyncIterable<Buffer>): AsyncGenerator<string
     if (carry.length > 0) yield carry.toString('utf8').replace(/\r$/, '')
 }
 
-function parseJson(text: string): { value: unknown } | null {
-    try {
-        return { value: JSON.parse(text) }
-    } catch {
-        return null
-    }
-}
-
 async function* jsonLinesRecords(lines: AsyncIterable<string>): AsyncGenerator<InputRecord> {
     let line = 0
     for await (const raw of lines) {
@@ -243,9 +229,14 @@ async function* jsonLinesRecords(lines: AsyncIterable<string>): AsyncGenerator<I
         // A BOM (Windows tools write one) would make the first line unreadable JSON.
         const text = line === 1 ? raw.replace(/^\uFEFF/, '') : raw
         if (text.trim() === '') continue
-        const parsed = parseJson(text)
-        const uuid = /"uuid"\s*:\s*"([^"]{1,100})"/.exec(text)?.[1]
-        yield parsed ? recordOf(parsed.value, line) : { line, error: 'not valid JSON', uuid }
+        let parsed: unknown
+        try {
+            parsed = JSON.parse(text)
+        } catch {
+            yield { line, error: 'not valid JSON', uuid: /"uuid"\s*:\s*"([^"]{1,100})"/.exec(text)?.[1] }
+            continue
+        }
+        yield recordOf(parsed, line)
     }
 }
 
@@ -268,11 +259,8 @@ async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): As
     const skipsBefore = function* (line: number): Generator<InputRecord> {
         skips.sort((a, b) => (a.lines ?? 0) - (b.lines ?? 0))
         while (skips.length > 0 && (skips[0].lines ?? 0) < line) {
-            const skip = skips.shift() as CsvSkip
-            yield {
-                line: skip.lines ?? 0,
-                error: `unreadable CSV record: ${skip.message.replace(/:.*$/, '')}`,
-            }
+            const { lines, message } = skips.shift() as CsvSkip
+            yield { line: lines ?? 0, error: `unreadable CSV record: ${message.replace(/:.*$/, '')}` }
         }
     }
     for await (const { record, info } of parser) {
@@ -288,12 +276,7 @@ async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): As
 interface Hyparquet {
     asyncBufferFromFile(file: string): Promise<unknown>
     parquetMetadataAsync(file: unknown): Promise<{ row_groups: Array<{ num_rows: bigint | number }> }>
-    parquetReadObjects(options: {
-        file: unknown
-        metadata: unknown
-        rowStart: number
-        rowEnd: number
-    }): Promise<Array<Record<string, unknown>>>
+    parquetReadObjects(options: Record<string, unknown>): Promise<Array<Record<string, unknown>>>
 }
 
 /**
@@ -325,9 +308,9 @@ async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
 
 // --- Opening a file
 
-function decompressed(raw: Readable, compression: Compression): Readable {
+function decompressed(raw: Readable, compression: InputKind['compression']): Readable {
     if (compression === 'none') return raw
-    const inflate = compression === 'gzip' ? createGunzip() : createBrotliDecompress()
+    const inflate = compression === 'gzip' ? zlib.createGunzip() : zlib.createBrotliDecompress()
     pipeline(raw, inflate, () => undefined) // an error reaches the reader through `inflate`
     return inflate
 }

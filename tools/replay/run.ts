@@ -1,7 +1,6 @@
 /** One file's replay: each row through onEvent, settled in the checkpoint once delivered, skipped or failed. */
-// Rows go through the plugin concurrently; a failure keeps its reason in the failed-events file. Transient
-// failures are retried in place, as PostHog retried a RetryError; the plugin runs without a cache, so it keeps
-// no retry queue of its own that could hide an event.
+// Rows go through the plugin concurrently. Transient failures are retried in place, as PostHog retried a
+// RetryError; the plugin runs without a cache, so it keeps no retry queue of its own that could hide an event.
 import { ProcessedPluginEvent, RetryError } from '@posthog/plugin-scaffold'
 import { AsyncLocalStorage } from 'node:async_hooks'
 
@@ -15,10 +14,7 @@ import { InputRecord, InputSource } from './input'
 import { Pacer, Slots } from './pace'
 import { countFailure, countSkip, FileSummary, outcomeOf, Progress } from './report'
 
-/**
- * The event as PostHog's current executor hands it to onEvent, person included; none without a timestamp.
- * The export's ClickHouse timestamp is already ISO 8601 UTC, as PostHog converts it.
- */
+/** The event as PostHog's current executor hands it to onEvent, person included; none without a timestamp. */
 function eventOf({ row }: InputRecord): ProcessedPluginEvent | undefined {
     if (row?.timestamp === undefined) return undefined
     const person = row.person_properties && { uuid: row.person_id ?? '', properties: row.person_properties }
@@ -34,7 +30,7 @@ function needsIntercom(event: ProcessedPluginEvent, settings: Settings): boolean
 
 /** The replay's options, checked (see ReplayOptions). */
 interface RunSettings {
-    /** The plugin's config, parsed by index.ts itself: tells which rows may call Intercom. */
+    /** The plugin's config as index.ts parses it: tells which rows may call Intercom. */
     settings: Settings
     concurrency: number
     /** Rows left to hand on in this replay, over every file (a trial run). */
@@ -65,7 +61,7 @@ export interface Shared {
     redactText: (text: string) => string
 }
 
-/** One file's own parts: what it has done (`state`, `file`), where it is read and shown. */
+/** One file's own parts: what it has done (`state`, `file`), where it is read from and shown. */
 interface FileParts {
     state: FileState
     file: FileSummary
@@ -75,6 +71,10 @@ interface FileParts {
 
 /** How an event ended: settled (done, or failed with a reason), or left for the next run (interrupted). */
 type Settlement = { failure?: FailedEvent } | 'unsettled'
+
+const failure = ({ line, uuid }: InputRecord, kind: FailedEvent['kind'], reason: string): Settlement => ({
+    failure: { line, uuid: uuid ?? '', kind, reason },
+})
 
 interface RunEnd {
     readToEnd: boolean
@@ -150,11 +150,8 @@ export class FileRun {
         if (event && eventPacer && needsIntercom(event, run.settings)) await eventPacer.take()
         run.budget.left--
         this.parts.file.rowsRead++
-        const failed = (kind: FailedEvent['kind'], reason: string): Settlement => ({
-            failure: { line: record.line, uuid: record.uuid ?? '', kind, reason },
-        })
         const work = (async (): Promise<Settlement> => {
-            if (!record.row) return failed('unreadable', `unreadable row: ${record.error}`)
+            if (!record.row) return failure(record, 'unreadable', `unreadable row: ${record.error}`)
             if (!event) {
                 // The plugin would use "now", which differs on every run: Intercom could not deduplicate a re-run.
                 countSkip(this.parts.file, 'no timestamp in the export')
@@ -162,10 +159,10 @@ export class FileRun {
             }
             const email = this.shared.seed && findEmail(event, event.person, run.settings.emailProperty)
             if (email) this.shared.seed?.(email)
-            return this.shared.rowContext.run(record.line, () => this.sendEvent(event, record.line))
+            return this.shared.rowContext.run(record.line, () => this.sendEvent(event, record))
         })()
             // A fault of the replay itself: listed as failed, so the next run sends the event again.
-            .catch((error: unknown) => failed('failed', `replay error: ${this.message(error)}`))
+            .catch((error: unknown) => failure(record, 'failed', `replay error: ${this.message(error)}`))
             .then((settlement) => this.settle(record, settlement))
             .finally(() => {
                 this.slots.release()
@@ -181,30 +178,25 @@ export class FileRun {
     }
 
     /** onEvent, with PostHog's plugin-server retries (5 attempts, 5/10/20/40 s apart) after a RetryError. */
-    private async sendEvent(event: ProcessedPluginEvent, line: number): Promise<Settlement> {
+    private async sendEvent(event: ProcessedPluginEvent, record: InputRecord): Promise<Settlement> {
         const { plugin, run, gate } = this.shared
         const file = this.parts.file
-        const failure = (kind: FailedEvent['kind'], reason: string): Settlement => ({
-            failure: { line, uuid: event.uuid ?? '', kind, reason },
-        })
         // index.ts reads the person from meta, PostHog's executor puts it on the event: both are given.
         const meta = { ...plugin.meta, person: event.person }
         for (let attempt = 1; ; attempt++) {
             try {
                 const { status, reason } = outcomeOf(await plugin.onEvent({ ...event }, meta))
                 // The replay gives the plugin no cache, so it has no queue: a queued event is not delivered.
-                if (status === 'queued') return failure('failed', `queued by the plugin: ${reason}`)
+                if (status === 'queued') return failure(record, 'failed', `queued by the plugin: ${reason}`)
                 if (status === 'delivered' || status === 'synced') file[status]++
                 else countSkip(file, status === 'skipped' ? reason : 'no outcome reported by the plugin')
                 return {}
             } catch (error) {
-                if (!(error instanceof RetryError)) return failure('refused', this.message(error))
+                const message = this.message(error)
+                if (!(error instanceof RetryError)) return failure(record, 'refused', message)
                 if (run.signal?.aborted) return 'unsettled'
                 if (attempt >= MAX_ATTEMPTS) {
-                    return failure(
-                        'failed',
-                        `${this.message(error)} (still failing after ${attempt} attempts)`
-                    )
+                    return failure(record, 'failed', `${message} (still failing after ${attempt} attempts)`)
                 }
                 // Never sooner than the rate-limit window allows: a retry into a spent window is wasted.
                 const wait = Math.max(
@@ -221,13 +213,13 @@ export class FileRun {
     private settle(record: InputRecord, settlement: Settlement): void {
         const { state, file, input, progress } = this.parts
         if (settlement !== 'unsettled') {
-            const failure = settlement.failure
-            state.settle(record.line, failure)
-            if (failure) countFailure(file, failure)
-            if (failure && failure.kind !== 'unreadable') {
+            const failed = settlement.failure
+            state.settle(record.line, failed)
+            if (failed) countFailure(file, failed)
+            if (failed && failed.kind !== 'unreadable') {
                 this.failuresInARow++
-                this.lastFailure = failure.reason
-            } else if (!failure) this.failuresInARow = 0
+                this.lastFailure = failed.reason
+            } else if (!failed) this.failuresInARow = 0
             if (++this.sinceSave >= this.shared.run.checkpointEvery) {
                 this.sinceSave = 0
                 state.save(false)
