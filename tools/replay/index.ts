@@ -17,34 +17,12 @@ import {
     redirectingFetch,
     regionNameOf,
 } from '../runtime/load-plugin'
-import {
-    checkpointPaths,
-    configDigest,
-    FileState,
-    fingerprint,
-    otherCheckpoints,
-    workspaceKey,
-} from './checkpoint'
+import { configDigest, workspaceKey } from './checkpoint'
 import { CallMeter, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
-import {
-    detectInput,
-    displayPath,
-    expandInputs,
-    InputError,
-    InputFormat,
-    InputSource,
-    openInput,
-} from './input'
+import { displayPath, expandInputs, InputFormat } from './input'
 import { Pacer } from './pace'
-import {
-    createProgress,
-    emptyFileSummary,
-    failedByKind,
-    FileSummary,
-    ReplaySummary,
-    ReplayTargetKind,
-} from './report'
-import { FileRun, RunPlugin, Shared } from './run'
+import { FileSummary, ReplaySummary } from './report'
+import { replayFile, RunPlugin, Shared } from './run'
 
 export { exitCode, formatSummary } from './report'
 export type { ReplaySummary } from './report'
@@ -156,15 +134,7 @@ function pluginConfig(options: ReplayOptions): Record<string, string> {
 
 // --- Targets: what the plugin's node-fetch reaches
 
-interface Target {
-    kind: ReplayTargetKind
-    fetch: FetchFn
-    /** The checkpoint key of the target; null when a checkpoint would be meaningless (dry run, a throw-away emulator). */
-    key: string | null
-    emulator?: Emulator
-    seed?: Shared['seed']
-    close?(): Promise<void>
-}
+type Target = Shared['target'] & { fetch: FetchFn; emulator?: Emulator; close?(): Promise<void> }
 
 async function emulatorTarget(
     target: Extract<ReplayTarget, { kind: 'emulator' }>,
@@ -258,76 +228,6 @@ async function startPlugin(
 
 // --- replay()
 
-/** What every file of one replay shares, beyond what its run needs. */
-interface Session extends Shared {
-    options: ReplayOptions
-    target: Target
-    /** Notices name the file as the user typed it. */
-    notice: (file: string, line: string) => void
-    digest: string
-}
-
-/** The file's state for this target and config, with a notice saying where the run starts. */
-function openState(file: string, session: Session): FileState {
-    const { options, target, digest } = session
-    const dir = options.checkpointDir ?? DEFAULTS.checkpointDir
-    const key = { ...fingerprint(file), target: target.key ?? target.kind, config: digest }
-    const paths = dir === false || target.key === null ? null : checkpointPaths(dir, key)
-    const state = new FileState(key, paths, options.restart)
-    const others = paths && !state.resumed ? otherCheckpoints(dir as string, key).length : 0
-    if (others > 0) {
-        session.notice(
-            file,
-            `no checkpoint for this target and config, so every event is sent (${others} checkpoint(s) of another target, config or version of the file do not apply).`
-        )
-    }
-    return state
-}
-
-async function replayFile(path: string, session: Session): Promise<FileSummary> {
-    const { options, target } = session
-    const file = emptyFileSummary(path)
-    try {
-        file.kind = detectInput(path, options.format)
-    } catch (error) {
-        if (!(error instanceof InputError)) throw error
-        return { ...file, error: error.message, stoppedBecause: error.message }
-    }
-    if (file.kind.note) session.notice(path, `${file.kind.note}.`)
-    const state = openState(path, session)
-    file.checkpoint = state.paths?.checkpoint
-    file.failedFile = state.paths?.failed
-    file.retriedFromEarlier = state.toRetry
-    if (state.resumed && state.wasReadToEnd && state.toRetry === 0) {
-        session.notice(
-            path,
-            'every event was already delivered to this target with this config: nothing to do.'
-        )
-        return { ...file, failed: failedByKind(state.failed()), readToEnd: true, complete: true }
-    }
-    if (state.resumed) {
-        const retrying = state.toRetry > 0 ? `, retrying ${state.toRetry} earlier failure(s)` : ''
-        session.notice(path, `resuming from ${state.paths?.checkpoint}${retrying}.`)
-    }
-    let input: InputSource | undefined
-    const showProgress = options.progress ?? (Boolean(process.stderr.isTTY) && target.kind !== 'dry-run')
-    try {
-        input = openInput(path, file.kind)
-        const progress = createProgress(showProgress, input.size, file)
-        const end = await new FileRun(session, { state, file, progress, input })
-            .run()
-            .finally(() => progress.stop())
-        return {
-            ...file,
-            ...end,
-            failed: failedByKind(state.failed()),
-            complete: state.complete(end.readToEnd),
-        }
-    } finally {
-        input?.close()
-    }
-}
-
 /** Replays every file of `options.inputs` through the plugin, one after the other; resolves to the summary (see `exitCode`). */
 export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     const started = Date.now()
@@ -343,6 +243,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
             options.stopAfterFailures ?? DEFAULTS.stopAfterFailures
         ),
         checkpointEvery: positive('checkpointEvery', options.checkpointEvery ?? DEFAULTS.checkpointEvery),
+        checkpointDir: options.checkpointDir ?? DEFAULTS.checkpointDir,
     }
     const eventPacer =
         options.rate === undefined
@@ -362,13 +263,13 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
         const meter = new CallMeter(gate)
         const log = (level: string, text: string): void => options.onLog?.(level, redactText(text))
         const plugin = await startPlugin(config, meter.wrap(target.fetch), log)
-        const session: Session = {
-            ...{ run, plugin, seed: target.seed, gate, eventPacer, rowContext, redactText, options, target },
+        const shared: Shared = {
+            ...{ options, run, plugin, target, gate, eventPacer, rowContext, redactText },
             notice: (file, line) => notice(`${displayPath(file)}: ${line}`),
             digest: configDigest(config),
         }
         const summaries: FileSummary[] = []
-        for (const file of files) summaries.push(await replayFile(file, session))
+        for (const file of files) summaries.push(await replayFile(file, shared))
         await plugin.teardownPlugin?.(plugin.meta)
         const emulator = target.emulator
         return {

@@ -8,11 +8,13 @@ import { findEmail, planWork, Settings } from '../../index'
 import { sleep } from '../lib/sleep'
 import { describeError, MAX_ATTEMPTS, retryDelayMs, toPluginEvent } from '../runtime/harness'
 import { PluginExports, PluginMeta } from '../runtime/load-plugin'
-import { FailedEvent, FileState } from './checkpoint'
+import { checkpointPaths, FailedEvent, FileState, fingerprint, otherCheckpoints } from './checkpoint'
 import { WindowGate } from './fetch'
-import { InputRecord, InputSource } from './input'
+import type { ReplayOptions } from './index'
+import { detectInput, InputError, InputRecord, InputSource, openInput } from './input'
 import { Pacer, Slots } from './pace'
-import { countFailure, countSkip, FileSummary, outcomeOf, Progress } from './report'
+import type { FileSummary, Progress, ReplayTargetKind } from './report'
+import { countFailure, countSkip, createProgress, emptyFileSummary, failedByKind, outcomeOf } from './report'
 
 /** The event as PostHog's current executor hands it to onEvent, person included; none without a timestamp. */
 function eventOf({ row }: InputRecord): ProcessedPluginEvent | undefined {
@@ -28,7 +30,7 @@ function needsIntercom(event: ProcessedPluginEvent, settings: Settings): boolean
     return work.deliver || work.syncPerson || work.syncCompany || work.companyKey !== null
 }
 
-/** The replay's options, checked (see ReplayOptions). */
+/** The replay's options, checked, with their defaults (see ReplayOptions). */
 interface RunSettings {
     /** The plugin's config as index.ts parses it: tells which rows may call Intercom. */
     settings: Settings
@@ -39,6 +41,7 @@ interface RunSettings {
     retryDelayScale: number
     stopAfterFailures: number
     checkpointEvery: number
+    checkpointDir: string | false
 }
 
 /** The loaded plugin's hooks and the meta they share. */
@@ -49,10 +52,20 @@ export interface RunPlugin {
 
 /** What every file of one replay shares. */
 export interface Shared {
+    options: ReplayOptions
     run: RunSettings
     plugin: RunPlugin
-    /** Adds an emulator contact for an email of the file, when the emulator is seeded from the file. */
-    seed?: (email: string) => void
+    target: {
+        kind: ReplayTargetKind
+        /** The checkpoint key of the target; null when a checkpoint would be meaningless (dry run, a throw-away emulator). */
+        key: string | null
+        /** Adds an emulator contact for an email of the file, when the emulator is seeded from the files. */
+        seed?: (email: string) => void
+    }
+    /** Notices name the file as the user typed it. */
+    notice: (file: string, line: string) => void
+    /** The plugin config's digest, part of each checkpoint's key. */
+    digest: string
     gate: WindowGate
     /** Events per second, when --rate caps them. */
     eventPacer?: Pacer
@@ -81,7 +94,7 @@ interface RunEnd {
     stoppedBecause?: string
 }
 
-export class FileRun {
+class FileRun {
     private readonly working = new Set<Promise<void>>()
     private readonly slots: Slots
     private sinceSave = 0
@@ -157,8 +170,9 @@ export class FileRun {
                 countSkip(this.parts.file, 'no timestamp in the export')
                 return {}
             }
-            const email = this.shared.seed && findEmail(event, event.person, run.settings.emailProperty)
-            if (email) this.shared.seed?.(email)
+            const seed = this.shared.target.seed
+            const email = seed && findEmail(event, event.person, run.settings.emailProperty)
+            if (email) seed?.(email)
             return this.shared.rowContext.run(record.line, () => this.sendEvent(event, record))
         })()
             // A fault of the replay itself: listed as failed, so the next run sends the event again.
@@ -226,5 +240,64 @@ export class FileRun {
             }
         }
         progress.update(input.bytesDone(), file)
+    }
+}
+
+/** The file's state for this target and config, with a notice when only other checkpoints of it exist. */
+function openState(file: string, shared: Shared): FileState {
+    const { run, target } = shared
+    const key = { ...fingerprint(file), target: target.key ?? target.kind, config: shared.digest }
+    const dir = target.key === null ? false : run.checkpointDir
+    const paths = dir === false ? null : checkpointPaths(dir, key)
+    const state = new FileState(key, paths, shared.options.restart)
+    const others = dir !== false && !state.resumed ? otherCheckpoints(dir, key).length : 0
+    if (others > 0) {
+        shared.notice(
+            file,
+            `no checkpoint for this target and config, so every event is sent (${others} checkpoint(s) of another target, config or version of the file do not apply).`
+        )
+    }
+    return state
+}
+
+/** One file, from its first event not done yet for this target and config. */
+export async function replayFile(path: string, shared: Shared): Promise<FileSummary> {
+    const { options, target, notice } = shared
+    const file = emptyFileSummary(path)
+    try {
+        file.kind = detectInput(path, options.format)
+    } catch (error) {
+        if (!(error instanceof InputError)) throw error
+        return { ...file, error: error.message, stoppedBecause: error.message }
+    }
+    if (file.kind.note) notice(path, `${file.kind.note}.`)
+    const state = openState(path, shared)
+    file.checkpoint = state.paths?.checkpoint
+    file.failedFile = state.paths?.failed
+    file.retriedFromEarlier = state.toRetry
+    if (state.resumed && state.wasReadToEnd && state.toRetry === 0) {
+        notice(path, 'every event was already delivered to this target with this config: nothing to do.')
+        return { ...file, failed: failedByKind(state.failed()), readToEnd: true, complete: true }
+    }
+    if (state.resumed) {
+        const retrying = state.toRetry > 0 ? `, retrying ${state.toRetry} earlier failure(s)` : ''
+        notice(path, `resuming from ${state.paths?.checkpoint}${retrying}.`)
+    }
+    let input: InputSource | undefined
+    const showProgress = options.progress ?? (Boolean(process.stderr.isTTY) && target.kind !== 'dry-run')
+    try {
+        input = openInput(path, file.kind)
+        const progress = createProgress(showProgress, input.size, file)
+        const end = await new FileRun(shared, { state, file, progress, input })
+            .run()
+            .finally(() => progress.stop())
+        return {
+            ...file,
+            ...end,
+            failed: failedByKind(state.failed()),
+            complete: state.complete(end.readToEnd),
+        }
+    } finally {
+        input?.close()
     }
 }
