@@ -74,14 +74,6 @@ export interface Shared {
     redactText: (text: string) => string
 }
 
-/** One file's own parts: what it has done (`state`, `file`), where it is read from and shown. */
-interface FileParts {
-    state: FileState
-    file: FileSummary
-    progress: Progress
-    input: InputSource
-}
-
 /** How an event ended: settled (done, or failed with a reason), or left for the next run (interrupted). */
 type Settlement = { failure?: FailedEvent } | 'unsettled'
 
@@ -94,153 +86,145 @@ interface RunEnd {
     stoppedBecause?: string
 }
 
-class FileRun {
-    private readonly working = new Set<Promise<void>>()
-    private readonly slots: Slots
-    private sinceSave = 0
-    private failuresInARow = 0
-    private lastFailure = ''
+const messageOf = (shared: Shared, error: unknown): string =>
+    shared.redactText(describeError(error).replace(/^(Error: |RetryError: )?(Intercom: )?/, ''))
 
-    constructor(
-        private readonly shared: Shared,
-        private readonly parts: FileParts
-    ) {
-        this.slots = new Slots(shared.run.concurrency)
-    }
-
-    /** Reads and dispatches every record not done yet; resolves once every event in flight has settled. */
-    async run(): Promise<RunEnd> {
-        const end = await this.readAll()
-        await Promise.all(this.working)
-        const readToEnd = end.readToEnd && !this.shared.run.signal?.aborted
-        this.parts.state.save(readToEnd)
-        return { ...end, readToEnd }
-    }
-
-    private stopReason(): string | undefined {
-        const { budget, signal, stopAfterFailures } = this.shared.run
-        if (signal?.aborted) return 'interrupted'
-        if (this.failuresInARow >= stopAfterFailures) {
-            return `${this.failuresInARow} events in a row not delivered, the last because ${this.lastFailure}`
-        }
-        if (budget.left <= 0) return '--limit reached'
-        return undefined
-    }
-
-    private async readAll(): Promise<RunEnd> {
-        const { state, file, input } = this.parts
-        let previous = 0
+/** onEvent, with PostHog's plugin-server retries (5 attempts, 5/10/20/40 s apart) after a RetryError. */
+async function sendEvent(
+    shared: Shared,
+    file: FileSummary,
+    event: ProcessedPluginEvent,
+    record: InputRecord
+): Promise<Settlement> {
+    const { plugin, run, gate } = shared
+    // index.ts reads the person from meta, PostHog's executor puts it on the event: both are given.
+    const meta = { ...plugin.meta, person: event.person }
+    for (let attempt = 1; ; attempt++) {
         try {
-            for await (const record of input.records) {
-                // Lines without a record (blank lines, a CSV header, inner lines of a quoted field) settle at once.
-                for (let gap = previous + 1; gap < record.line; gap++) state.settle(gap)
-                previous = Math.max(previous, record.line)
-                if (state.isDone(record.line)) {
-                    file.doneEarlier++
-                    continue
-                }
-                // Checked once a slot is free: the events that just settled may have changed the answer.
-                await this.slots.acquire()
-                const stoppedBecause = this.stopReason()
-                if (stoppedBecause) {
-                    this.slots.release()
-                    return { readToEnd: false, stoppedBecause }
-                }
-                await this.dispatch(record)
-            }
-            return { readToEnd: true }
+            const { status, reason } = outcomeOf(await plugin.onEvent({ ...event }, meta))
+            // The replay gives the plugin no cache, so it has no queue: a queued event is not delivered.
+            if (status === 'queued') return failure(record, 'failed', `queued by the plugin: ${reason}`)
+            if (status === 'delivered' || status === 'synced') file[status]++
+            else countSkip(file, status === 'skipped' ? reason : 'no outcome reported by the plugin')
+            return {}
         } catch (error) {
-            // An unreadable file (truncated gzip, a broken stream): what was read still settles properly.
-            const reason = this.shared.redactText(describeError(error).replace(/^Error: /, ''))
-            return { readToEnd: false, stoppedBecause: `unreadable after line ${previous}: ${reason}` }
+            const message = messageOf(shared, error)
+            if (!(error instanceof RetryError)) return failure(record, 'refused', message)
+            if (run.signal?.aborted) return 'unsettled'
+            if (attempt >= MAX_ATTEMPTS) {
+                return failure(record, 'failed', `${message} (still failing after ${attempt} attempts)`)
+            }
+            // Never sooner than the rate-limit window allows: a retry into a spent window is wasted.
+            await sleep(
+                Math.max(retryDelayMs(attempt, run.retryDelayScale), gate.pausedUntil() - Date.now()),
+                run.signal
+            )
+            if (run.signal?.aborted) return 'unsettled' // the wait was cut short: redone by the next run
+            file.retried++
         }
     }
+}
 
-    /** Starts one event in the slot acquired for it. */
-    private async dispatch(record: InputRecord): Promise<void> {
-        const { run, eventPacer } = this.shared
-        const event = eventOf(record)
-        if (event && eventPacer && needsIntercom(event, run.settings)) await eventPacer.take()
-        run.budget.left--
-        this.parts.file.rowsRead++
-        const work = (async (): Promise<Settlement> => {
-            if (!record.row) return failure(record, 'unreadable', `unreadable row: ${record.error}`)
-            if (!event) {
-                // The plugin would use "now", which differs on every run: Intercom could not deduplicate a re-run.
-                countSkip(this.parts.file, 'no timestamp in the export')
-                return {}
-            }
-            const seed = this.shared.target.seed
-            const email = seed && findEmail(event, event.person, run.settings.emailProperty)
-            if (email) seed?.(email)
-            return this.shared.rowContext.run(record.line, () => this.sendEvent(event, record))
-        })()
-            // A fault of the replay itself: listed as failed, so the next run sends the event again.
-            .catch((error: unknown) => failure(record, 'failed', `replay error: ${this.message(error)}`))
-            .then((settlement) => this.settle(record, settlement))
-            .finally(() => {
-                this.slots.release()
-                this.working.delete(work)
-            })
-        this.working.add(work)
-    }
+/** Reads and dispatches every record not done yet; resolves once every event in flight has settled and is saved. */
+async function runFile(
+    shared: Shared,
+    {
+        state,
+        file,
+        input,
+        progress,
+    }: { state: FileState; file: FileSummary; input: InputSource; progress: Progress }
+): Promise<RunEnd> {
+    const { run } = shared
+    const working = new Set<Promise<void>>()
+    const slots = new Slots(run.concurrency)
+    let sinceSave = 0
+    let failuresInARow = 0
+    let lastFailure = ''
 
-    private message(error: unknown): string {
-        return this.shared.redactText(
-            describeError(error).replace(/^(Error: |RetryError: )?(Intercom: )?/, '')
-        )
-    }
-
-    /** onEvent, with PostHog's plugin-server retries (5 attempts, 5/10/20/40 s apart) after a RetryError. */
-    private async sendEvent(event: ProcessedPluginEvent, record: InputRecord): Promise<Settlement> {
-        const { plugin, run, gate } = this.shared
-        const file = this.parts.file
-        // index.ts reads the person from meta, PostHog's executor puts it on the event: both are given.
-        const meta = { ...plugin.meta, person: event.person }
-        for (let attempt = 1; ; attempt++) {
-            try {
-                const { status, reason } = outcomeOf(await plugin.onEvent({ ...event }, meta))
-                // The replay gives the plugin no cache, so it has no queue: a queued event is not delivered.
-                if (status === 'queued') return failure(record, 'failed', `queued by the plugin: ${reason}`)
-                if (status === 'delivered' || status === 'synced') file[status]++
-                else countSkip(file, status === 'skipped' ? reason : 'no outcome reported by the plugin')
-                return {}
-            } catch (error) {
-                const message = this.message(error)
-                if (!(error instanceof RetryError)) return failure(record, 'refused', message)
-                if (run.signal?.aborted) return 'unsettled'
-                if (attempt >= MAX_ATTEMPTS) {
-                    return failure(record, 'failed', `${message} (still failing after ${attempt} attempts)`)
-                }
-                // Never sooner than the rate-limit window allows: a retry into a spent window is wasted.
-                const wait = Math.max(
-                    retryDelayMs(attempt, run.retryDelayScale),
-                    gate.pausedUntil() - Date.now()
-                )
-                await sleep(wait, run.signal)
-                if (run.signal?.aborted) return 'unsettled' // the wait was cut short: redone by the next run
-                file.retried++
-            }
-        }
-    }
-
-    private settle(record: InputRecord, settlement: Settlement): void {
-        const { state, file, input, progress } = this.parts
+    const settle = (record: InputRecord, settlement: Settlement): void => {
         if (settlement !== 'unsettled') {
             const failed = settlement.failure
             state.settle(record.line, failed)
             if (failed) countFailure(file, failed)
             if (failed && failed.kind !== 'unreadable') {
-                this.failuresInARow++
-                this.lastFailure = failed.reason
-            } else if (!failed) this.failuresInARow = 0
-            if (++this.sinceSave >= this.shared.run.checkpointEvery) {
-                this.sinceSave = 0
+                failuresInARow++
+                lastFailure = failed.reason
+            } else if (!failed) failuresInARow = 0
+            if (++sinceSave >= run.checkpointEvery) {
+                sinceSave = 0
                 state.save(false)
             }
         }
         progress.update(input.bytesDone(), file)
     }
+
+    /** Starts one event in the slot acquired for it. */
+    const dispatch = async (record: InputRecord): Promise<void> => {
+        const event = eventOf(record)
+        if (event && shared.eventPacer && needsIntercom(event, run.settings)) await shared.eventPacer.take()
+        run.budget.left--
+        file.rowsRead++
+        const work = (async (): Promise<Settlement> => {
+            if (!record.row) return failure(record, 'unreadable', `unreadable row: ${record.error}`)
+            if (!event) {
+                // The plugin would use "now", which differs on every run: Intercom could not deduplicate a re-run.
+                countSkip(file, 'no timestamp in the export')
+                return {}
+            }
+            const seed = shared.target.seed
+            const email = seed && findEmail(event, event.person, run.settings.emailProperty)
+            if (email) seed?.(email)
+            return shared.rowContext.run(record.line, () => sendEvent(shared, file, event, record))
+        })()
+            // A fault of the replay itself: listed as failed, so the next run sends the event again.
+            .catch((error: unknown) => failure(record, 'failed', `replay error: ${messageOf(shared, error)}`))
+            .then((settlement) => settle(record, settlement))
+            .finally(() => {
+                slots.release()
+                working.delete(work)
+            })
+        working.add(work)
+    }
+
+    const stopReason = (): string | undefined => {
+        if (run.signal?.aborted) return 'interrupted'
+        if (failuresInARow >= run.stopAfterFailures) {
+            return `${failuresInARow} events in a row not delivered, the last because ${lastFailure}`
+        }
+        return run.budget.left <= 0 ? '--limit reached' : undefined
+    }
+
+    let end: RunEnd = { readToEnd: true }
+    let previous = 0
+    try {
+        for await (const record of input.records) {
+            // Lines without a record (blank lines, a CSV header, inner lines of a quoted field) settle at once.
+            for (let gap = previous + 1; gap < record.line; gap++) state.settle(gap)
+            previous = Math.max(previous, record.line)
+            if (state.isDone(record.line)) {
+                file.doneEarlier++
+                continue
+            }
+            // Checked once a slot is free: the events that just settled may have changed the answer.
+            await slots.acquire()
+            const stoppedBecause = stopReason()
+            if (stoppedBecause) {
+                slots.release()
+                end = { readToEnd: false, stoppedBecause }
+                break
+            }
+            await dispatch(record)
+        }
+    } catch (error) {
+        // An unreadable file (truncated gzip, a broken stream): what was read still settles properly.
+        const reason = shared.redactText(describeError(error).replace(/^Error: /, ''))
+        end = { readToEnd: false, stoppedBecause: `unreadable after line ${previous}: ${reason}` }
+    }
+    await Promise.all(working)
+    const readToEnd = end.readToEnd && !run.signal?.aborted
+    state.save(readToEnd)
+    return { ...end, readToEnd }
 }
 
 /** The file's state for this target and config, with a notice when only other checkpoints of it exist. */
@@ -288,9 +272,7 @@ export async function replayFile(path: string, shared: Shared): Promise<FileSumm
     try {
         input = openInput(path, file.kind)
         const progress = createProgress(showProgress, input.size, file)
-        const end = await new FileRun(shared, { state, file, progress, input })
-            .run()
-            .finally(() => progress.stop())
+        const end = await runFile(shared, { state, file, input, progress }).finally(() => progress.stop())
         return {
             ...file,
             ...end,
