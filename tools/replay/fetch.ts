@@ -2,15 +2,8 @@
 import { createIntercom, Region, STAND_IN_OPTIONS } from '../intercom/model'
 import { isRecord } from '../intercom/rules'
 import { sleep } from '../lib/sleep'
-import {
-    FetchFn,
-    FetchInit,
-    FetchResponse,
-    HeadersLike,
-    IntercomHost,
-    isIntercomHost,
-    regionNameOf,
-} from '../runtime/load-plugin'
+import type { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost } from '../runtime/load-plugin'
+import { isIntercomHost, regionNameOf } from '../runtime/load-plugin'
 
 // --- Routes and masking
 

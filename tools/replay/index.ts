@@ -7,16 +7,8 @@ import { parseConfig, parseRegion, REGION_HOSTS } from '../../index'
 import { Emulator, Region as EmulatorRegion, SeedContact, startEmulator } from '../intercom/emulator'
 import { UsageError } from '../lib/flags'
 import { createMemoryStorage, describeError } from '../runtime/harness'
-import {
-    consoleTo,
-    FetchFn,
-    hostNodeFetch,
-    IntercomHost,
-    loadPlugin,
-    PluginExports,
-    redirectingFetch,
-    regionNameOf,
-} from '../runtime/load-plugin'
+import type { FetchFn, IntercomHost, PluginExports } from '../runtime/load-plugin'
+import { consoleTo, hostNodeFetch, loadPlugin, redirectingFetch, regionNameOf } from '../runtime/load-plugin'
 import { configDigest, workspaceKey } from './checkpoint'
 import { CallMeter, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
 import { displayPath, expandInputs, InputFormat } from './input'
@@ -204,12 +196,11 @@ async function startPlugin(
     const exports = loadPlugin({ fetch, console })
     const onEvent = exports.onEvent
     if (!onEvent) throw new SetupError('index.ts exports no onEvent: there is nothing to replay through.')
-    const storage = createMemoryStorage()
     const meta = {
         config,
         global: {},
         attachments: {},
-        storage,
+        storage: createMemoryStorage(),
         geoip: { locate: async () => null },
         jobs: {},
         metrics: {},
@@ -232,17 +223,16 @@ async function startPlugin(
 export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     const started = Date.now()
     const config = pluginConfig(options)
+    const setting = (name: 'concurrency' | 'stopAfterFailures' | 'checkpointEvery') =>
+        positive(name, options[name] ?? DEFAULTS[name])
     const run: Shared['run'] = {
         settings: parseConfig(config), // the plugin's own message for a config it would refuse
-        concurrency: positive('concurrency', options.concurrency ?? DEFAULTS.concurrency),
+        concurrency: setting('concurrency'),
         budget: { left: options.limit ?? Infinity },
         signal: options.signal,
         retryDelayScale: options.retryDelayScale ?? 1,
-        stopAfterFailures: positive(
-            'stopAfterFailures',
-            options.stopAfterFailures ?? DEFAULTS.stopAfterFailures
-        ),
-        checkpointEvery: positive('checkpointEvery', options.checkpointEvery ?? DEFAULTS.checkpointEvery),
+        stopAfterFailures: setting('stopAfterFailures'),
+        checkpointEvery: setting('checkpointEvery'),
         checkpointDir: options.checkpointDir ?? DEFAULTS.checkpointDir,
     }
     const eventPacer =
