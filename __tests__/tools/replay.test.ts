@@ -20,8 +20,7 @@ import {
     routeOf,
     WindowGate,
 } from '../../tools/replay/fetch'
-import { expandInputs } from '../../tools/replay/files'
-import { detectInput, InputRecord, openInput } from '../../tools/replay/input'
+import { detectInput, expandInputs, InputRecord, openInput } from '../../tools/replay/input'
 import { Pacer, Slots } from '../../tools/replay/pace'
 import { csvValue, normalizeTimestamp, toExportRow, unflattenColumns } from '../../tools/replay/rows'
 

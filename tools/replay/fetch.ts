@@ -1,26 +1,11 @@
-/**
- * What stands between the sandboxed plugin and the network during a replay:
- *
- * - `intercomOnlyFetch`: the real Intercom, and nothing but the one host of the configured region, over https;
- * - `dryRunFetch`: an Intercom answered inside the process, which records what would have been written;
- * - `CallMeter` and `WindowGate`: count every call by route and spend each of Intercom's rate-limit windows
- *   up to the point where the plugin would back off, then wait for the reset.
- */
-import {
-    FetchFn,
-    FetchInit,
-    FetchResponse,
-    HeadersLike,
-    IntercomHost,
-    isIntercomHost,
-    regionNameOf,
-} from '../runtime/load-plugin'
-import { sleep } from './pace'
+/** What stands between the sandboxed plugin and the network in a replay: host guard, dry run, call meter and rate-limit gate. */
 import { createIntercom, Region, STAND_IN_OPTIONS } from '../intercom/model'
+import { isRecord } from '../intercom/rules'
+import { sleep } from '../lib/sleep'
+import type { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost } from '../runtime/load-plugin'
+import { isIntercomHost, regionNameOf } from '../runtime/load-plugin'
 
-// ---------------------------------------------------------------------------------------------------
-// Routes and masking
-// ---------------------------------------------------------------------------------------------------
+// --- Routes and masking
 
 /** `POST /contacts/{id}` rather than one route per contact id. */
 export function routeOf(method: string, url: string): string {
@@ -45,19 +30,13 @@ export function redact(text: string, token?: string): string {
     return withoutToken.replace(EMAIL_IN_TEXT, (email) => maskEmail(email))
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Host guard for the real Intercom
-// ---------------------------------------------------------------------------------------------------
+// --- The real Intercom
 
 /** The token may only ever travel to this host: anything else is refused before a socket is opened. */
 export function intercomOnlyFetch(allowedHost: IntercomHost, base: FetchFn): FetchFn {
     return (input, init) => {
         const url = new URL(String(input))
-        if (
-            url.protocol !== 'https:' ||
-            url.hostname !== allowedHost ||
-            (url.port !== '' && url.port !== '443')
-        ) {
+        if (url.protocol !== 'https:' || url.hostname !== allowedHost || !['', '443'].includes(url.port)) {
             return Promise.reject(
                 new Error(
                     `Refused a request to ${url.protocol}//${url.host}: only https://${allowedHost} is called`
@@ -68,9 +47,7 @@ export function intercomOnlyFetch(allowedHost: IntercomHost, base: FetchFn): Fet
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Call meter: counts, pacing, rate-limit headers
-// ---------------------------------------------------------------------------------------------------
+// --- Rate-limit windows and call counts
 
 /** Intercom's windows are 10 s; a window that says nothing of its reset is assumed to be one. */
 const DEFAULT_WINDOW_MS = 10_000
@@ -80,10 +57,9 @@ const MAX_PAUSE_MS = 60_000
 const RESET_MARGIN_MS = 25
 
 /**
- * Spends Intercom's rate-limit window to the last call the plugin can make without backing off. The plugin
- * stops for the rest of a window once a response says 2% or less of it is left (windowNearlySpent in
- * index.ts); the gate holds every call whose answer could say so, counting the calls in flight, and lets
- * them go when the window resets. So the plugin never backs off, and each window is used to about 98%.
+ * Spends each rate-limit window up to the last call the plugin can make without backing off: the plugin stops
+ * for the rest of a window once an answer says 2% or less is left (windowNearlySpent in index.ts), so the gate
+ * holds every call whose answer could say so, counting those in flight, until the window resets.
  */
 export class WindowGate {
     private limit = NaN
@@ -172,74 +148,57 @@ export class CallMeter {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Dry run: Intercom answered in the process
-// ---------------------------------------------------------------------------------------------------
+// --- Dry run: Intercom answered in the process
 
-/** A write that the dry run did not make. `contact` is a masked email. */
-export interface DryRunWrite {
-    route: string
-    contact: string
-    eventName?: string
-    createdAt?: number
-    metadataKeys?: string[]
-    /** Custom attributes of a contact or company write, or the name of a data attribute. */
-    attributeKeys?: string[]
-}
-
-type JsonObject = Record<string, unknown>
-
-function jsonBody(init: FetchInit | undefined): JsonObject {
+function jsonBody(init: FetchInit | undefined): Record<string, unknown> {
     try {
         const parsed: unknown = JSON.parse(init?.body ?? '{}')
-        return typeof parsed === 'object' && parsed !== null ? (parsed as JsonObject) : {}
+        return isRecord(parsed) ? parsed : {}
     } catch {
         return {}
     }
 }
 
-function keysOf(value: unknown): string[] {
-    return typeof value === 'object' && value !== null ? Object.keys(value) : []
-}
+const keysOf = (value: unknown): string[] => (isRecord(value) ? Object.keys(value) : [])
 
-/** What a write would have done, with the contact's email masked; undefined for reads. */
+/** A write the dry run did not make, in one line (route, event, created_at, masked contact, keys); undefined for reads. */
 function describeWrite(
     route: string,
-    body: JsonObject,
+    body: Record<string, unknown>,
     contactOf: (id: string) => string,
     pathId: string
-): DryRunWrite | undefined {
-    const attributeKeys = keysOf(body.custom_attributes)
+): string | undefined {
+    const listed = (label: string, keys: string[]) => (keys.length ? `${label}${keys.join(', ')}` : '')
+    const write = (contact: string, keys = keysOf(body.custom_attributes)): string =>
+        `${route}${contact ? ` contact ${contact}` : ''}${listed(' attributes: ', keys)}`
     switch (route) {
-        case 'POST /events':
-            return {
-                route,
-                contact: body.id ? contactOf(String(body.id)) : maskEmail(String(body.email ?? '')),
-                eventName: String(body.event_name),
-                createdAt: Number(body.created_at),
-                metadataKeys: keysOf(body.metadata),
-            }
+        case 'POST /events': {
+            const contact = body.id ? contactOf(String(body.id)) : maskEmail(String(body.email ?? ''))
+            const created = Number(body.created_at)
+            const iso = new Date(created * 1000).toISOString().replace('.000Z', 'Z')
+            const metadata = listed('', keysOf(body.metadata)) || '(none)'
+            return `${route} "${String(body.event_name)}" created_at ${created} (${iso}) contact ${contact} metadata: ${metadata}`
+        }
         case 'POST /contacts':
-            return { route, contact: body.email ? maskEmail(String(body.email)) : '(unknown)', attributeKeys }
+            return write(body.email ? maskEmail(String(body.email)) : '(unknown)')
         case 'PUT /contacts/{id}':
-            return { route, contact: contactOf(pathId), attributeKeys }
+            return write(contactOf(pathId))
         case 'POST /contacts/{id}/companies':
-            return { route, contact: contactOf(pathId) }
+            return write(contactOf(pathId), [])
         case 'POST /companies':
-            return { route, contact: '', attributeKeys }
+            return write('')
         case 'POST /data_attributes':
-            return { route, contact: '', attributeKeys: [String(body.name)] }
+            return write('', [String(body.name)])
     }
     return undefined
 }
 
 /**
- * Answers like Intercom without a network: the Intercom model in the process as a stand-in (every searched
- * person is a user, any token works), each write reported through `onWrite` with the contact's email masked.
- * Hosts other than Intercom's are refused, as they would be in a real run. Events are not kept: the memory of
- * a long dry run grows with the people, not with the events.
+ * Answers like Intercom without a network: the Intercom model as a stand-in (every searched person is a user,
+ * any token works), each write described to `onWrite` with emails masked. Other hosts are refused, as in a
+ * real run. Events are not kept: a long dry run's memory grows with the people, not with the events.
  */
-export function dryRunFetch(onWrite: (write: DryRunWrite) => void): FetchFn {
+export function dryRunFetch(onWrite: (write: string) => void): FetchFn {
     const intercom = createIntercom(STAND_IN_OPTIONS)
     const { contacts } = intercom.workspace
     const contactOf = (id: string) =>
@@ -251,8 +210,7 @@ export function dryRunFetch(onWrite: (write: DryRunWrite) => void): FetchFn {
         }
         intercom.configure({ region: regionNameOf(url.hostname) as Region })
         const route = routeOf(init?.method ?? 'GET', url.toString())
-        const pathId = url.pathname.split('/')[2] ?? ''
-        const write = describeWrite(route, jsonBody(init), contactOf, pathId)
+        const write = describeWrite(route, jsonBody(init), contactOf, url.pathname.split('/')[2] ?? '')
         if (write) onWrite(write)
         const response = await intercom.fetch(url, init)
         intercom.reset()

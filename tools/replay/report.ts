@@ -1,11 +1,12 @@
 /** What a replay reports: the tally of each file, the summary with what to do next, the exit code, and the progress bar. */
 import { Presets, SingleBar } from 'cli-progress'
 
+import { isRecord } from '../intercom/rules'
+
 import type { FailedEvent, FailureKind } from './checkpoint'
 import type { CallCounts } from './fetch'
 import { sortedCounts, sumCounts } from '../lib/report'
-import { displayPath } from './files'
-import type { InputKind } from './input'
+import { displayPath, InputKind } from './input'
 
 export type ReplayTargetKind = 'intercom' | 'emulator' | 'dry-run'
 
@@ -80,17 +81,13 @@ export function exitCode(summary: ReplaySummary): 0 | 1 | 130 {
 
 const SHOWN_FAILURES = 5
 
-export type OutcomeStatus = 'delivered' | 'skipped' | 'queued' | 'synced' | 'unknown'
+const OUTCOMES = ['delivered', 'skipped', 'queued', 'synced'] as const
 
 /** `{status, reason}` of what onEvent resolved to (an Outcome in index.ts), read defensively. */
-export function outcomeOf(value: unknown): { status: OutcomeStatus; reason: string } {
-    const outcome = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>
-    const status = outcome.status
-    const known = status === 'delivered' || status === 'skipped' || status === 'queued' || status === 'synced'
-    return {
-        status: known ? status : 'unknown',
-        reason: typeof outcome.reason === 'string' ? outcome.reason : '',
-    }
+export function outcomeOf(value: unknown): { status: (typeof OUTCOMES)[number] | 'unknown'; reason: string } {
+    const { status, reason } = isRecord(value) ? value : {}
+    const known = OUTCOMES.find((name) => name === status)
+    return { status: known ?? 'unknown', reason: typeof reason === 'string' ? reason : '' }
 }
 
 export function countSkip(file: FileSummary, reason: string): void {
@@ -175,32 +172,24 @@ function nextSteps(summary: ReplaySummary): string[] {
     const refused = sum((file) => file.failed.refused)
     const unreadable = sum((file) => file.failed.unreadable)
     const stopped = files.filter((file) => !file.readToEnd)
-    const steps: string[] = []
-    if (stopped.length > 0)
-        steps.push(
-            `${stopped.length} file(s) not read to the end (${stopped.map((file) => file.stoppedBecause ?? file.error ?? 'stopped').join('; ')}): run the same command again to go on from where each stopped.`
-        )
-    if (failed > 0)
-        steps.push(
-            `${failed} event(s) could not be delivered (reasons above; each with its line and uuid in the failed-events file): run the same command again once the cause is gone, and only they are retried.`
-        )
-    if (refused > 0)
-        steps.push(
-            `${refused} event(s) were refused for good (reasons above and in the failed-events file): fix the cause (Intercom's message says what) and run the same command to retry them, or leave them.`
-        )
-    if (unreadable > 0)
-        steps.push(
-            `${unreadable} row(s) could not be read (lines above): they are not retried; fix the export to send them.`
-        )
-    if (summary.target === 'dry-run')
-        steps.push('Dry run: nothing was sent. Run without --dry-run, with INTERCOM_API_KEY set, to send.')
-    else if (summary.target === 'emulator')
-        steps.push(
-            'Emulator run: nothing reached Intercom. Run without --emulator, with INTERCOM_API_KEY set, to send.'
-        )
-    if (steps.length === 0)
-        steps.push('Nothing left to do: every event was delivered or skipped for the reason shown.')
-    return steps
+    const target = summary.target
+    const steps = [
+        stopped.length > 0 &&
+            `${stopped.length} file(s) not read to the end (${stopped.map((file) => file.stoppedBecause ?? file.error ?? 'stopped').join('; ')}): run the same command again to go on from where each stopped.`,
+        failed > 0 &&
+            `${failed} event(s) could not be delivered (reasons above; each with its line and uuid in the failed-events file): run the same command again once the cause is gone, and only they are retried.`,
+        refused > 0 &&
+            `${refused} event(s) were refused for good (reasons above and in the failed-events file): fix the cause (Intercom's message says what) and run the same command to retry them, or leave them.`,
+        unreadable > 0 &&
+            `${unreadable} row(s) could not be read (lines above): they are not retried; fix the export to send them.`,
+        target === 'dry-run' &&
+            'Dry run: nothing was sent. Run without --dry-run, with INTERCOM_API_KEY set, to send.',
+        target === 'emulator' &&
+            'Emulator run: nothing reached Intercom. Run without --emulator, with INTERCOM_API_KEY set, to send.',
+    ].filter((step): step is string => Boolean(step))
+    return steps.length > 0
+        ? steps
+        : ['Nothing left to do: every event was delivered or skipped for the reason shown.']
 }
 
 export function formatSummary(summary: ReplaySummary): string {
@@ -210,15 +199,10 @@ export function formatSummary(summary: ReplaySummary): string {
         `Replay to ${TARGET_NAMES[summary.target]}: ${state} in ${seconds} s, ${summary.files.length} file(s)`,
     ]
     for (const file of summary.files) lines.push(...fileLines(file))
-    const calls = summary.intercomCalls
-    lines.push(
-        row(
-            summary.target === 'dry-run' ? 'Intercom calls *' : 'Intercom calls',
-            calls.total,
-            breakdown(calls.byRoute)
-        )
-    )
-    if (summary.target === 'dry-run') lines.push('  * answered in the process: no request left it')
+    const { total, byRoute } = summary.intercomCalls
+    const dryRun = summary.target === 'dry-run'
+    lines.push(row(dryRun ? 'Intercom calls *' : 'Intercom calls', total, breakdown(byRoute)))
+    if (dryRun) lines.push('  * answered in the process: no request left it')
     if (summary.emulator) {
         const { eventsStored, deduplicated } = summary.emulator
         lines.push(`  emulator: ${eventsStored} events stored, ${deduplicated} repeated posts deduplicated`)
