@@ -1,8 +1,6 @@
 /** `npm start`: the plugin on bundled sample events against a local Intercom emulator, no token needed. */
-// Starts the emulator on a free loopback port, seeds the Intercom contacts of the sample, runs index.ts
-// through the PostHog host harness (plugin-server mode, then a short cdp section), and prints what happened:
-// delivered, skipped by reason, queued and retried, Intercom calls by route, and what Intercom stored.
-// Every server it starts is closed before it returns; the API key is a random one and is never printed.
+// index.ts runs through the PostHog host harness (plugin-server mode, then a short cdp section) against a fresh
+// emulator seeded with the sample's contacts. The API key is random and never printed; every server is closed.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
@@ -10,7 +8,7 @@ import * as path from 'node:path'
 import manifest from '../plugin.json'
 import { Emulator, startEmulator } from './intercom/emulator'
 import { SAMPLE_CONTACTS } from './intercom/sample-contacts'
-import { numberFlag, parseFlags, printedHelp, runCli } from './lib/flags'
+import { flagTable, numberFlag, parseFlags, printedHelp, runCli } from './lib/flags'
 import {
     formatCount,
     formatPairs,
@@ -69,42 +67,8 @@ export interface StartOptions {
     token?: string
 }
 
-/** One event as Intercom stored it, with the contact it landed on. */
-interface ReceivedEvent {
-    eventName: string
-    role: string
-    contactName: string
-    metadata: Record<string, unknown>
-}
-
-export interface RunReport {
-    mode: HarnessMode
-    workers: number
-    events: number
-    /** Delivered by onEvent, plus by runEveryMinute from the retry queue. */
-    delivered: number
-    deliveredFromQueue: number
-    /** Events the emulator stored (deduplicated like Intercom): must equal `delivered`. */
-    stored: number
-    skipped: Record<string, number>
-    /** Not a triggering event, but the person was synced. */
-    synced: number
-    queued: number
-    failed: Record<string, number>
-    setupFailures: string[]
-    /** GET /me, once per worker at setup; `eventCalls` are all the others. */
-    setupCalls: number
-    eventCalls: number
-    callsByRoute: Record<string, number>
-    /** What the emulator answered while it was failing on purpose. */
-    outageStatuses: number[]
-    contactsCreated: number
-    contactsUpdated: number
-    attributesCreated: string[]
-    received: ReceivedEvent[]
-    /** The plugin's log lines above debug level, as PostHog would show them. */
-    logs: string[]
-}
+/** What one run did, as the harness and the emulator saw it. */
+export type RunReport = ReturnType<typeof reportOf>
 
 export interface StartSummary {
     ok: boolean
@@ -143,41 +107,42 @@ async function feed(harness: Harness, emulator: Emulator, events: HarnessEvent[]
     if (harness.mode === 'plugin-server') await harness.runMinute()
 }
 
-function reportOf(summary: HarnessSummary, emulator: Emulator): RunReport {
+function reportOf(summary: HarnessSummary, emulator: Emulator) {
     const stats = emulator.stats()
     const setupCalls = stats.byRoute[SETUP_ROUTE] ?? 0
     const contacts = new Map(emulator.contacts().map((contact) => [contact.id, contact]))
+    const outage = emulator.requests().filter((request) => request.status >= 500)
+    const logs = summary.logs.filter((line) => line.level !== 'debug')
     return {
         mode: summary.mode,
         workers: summary.workers,
         events: summary.events,
+        // By onEvent, plus by runEveryMinute from the retry queue: must equal what the emulator stored.
         delivered: summary.delivered + summary.minute.delivered,
         deliveredFromQueue: summary.minute.delivered,
         stored: emulator.events().length,
         skipped: summary.skipped,
-        synced: summary.statuses.synced ?? 0,
+        synced: summary.statuses.synced ?? 0, // not a triggering event, but the person was synced
         queued: summary.queued,
         failed: summary.failed,
         setupFailures: summary.setupFailures,
-        setupCalls,
+        setupCalls, // GET /me, once per worker
         eventCalls: stats.calls - setupCalls,
         callsByRoute: stats.byRoute,
-        outageStatuses: emulator
-            .requests()
-            .filter((request) => request.status >= 500)
-            .map((request) => request.status),
+        // What the emulator answered while it was failing on purpose.
+        outageStatuses: outage.map((request) => request.status),
         contactsCreated: stats.contactsCreated,
         contactsUpdated: stats.contactsUpdated,
         attributesCreated: emulator.dataAttributes().map((attribute) => attribute.name),
+        // Each event as Intercom stored it, with the contact it landed on.
         received: emulator.events().map((event) => ({
             eventName: event.event_name,
             role: contacts.get(event.contact_id)?.role ?? '?',
             contactName: contacts.get(event.contact_id)?.name ?? event.contact_id,
             metadata: event.metadata,
         })),
-        logs: summary.logs
-            .filter((line) => line.level !== 'debug')
-            .map((line) => `${line.level}: ${line.text}`),
+        // The plugin's log lines above debug level, as PostHog would show them.
+        logs: logs.map((line) => `${line.level}: ${line.text}`),
     }
 }
 
@@ -277,7 +242,7 @@ function callLines(run: RunReport): string[] {
     ]
 }
 
-const RECEIVED_COLUMNS: ItemColumn<ReceivedEvent>[] = [
+const RECEIVED_COLUMNS: ItemColumn<RunReport['received'][number]>[] = [
     { header: 'event', cell: (event) => event.eventName },
     { header: 'role', cell: (event) => event.role },
     { header: 'contact', cell: (event) => event.contactName },
@@ -322,30 +287,24 @@ function cdpSection(run: RunReport, reference: RunReport): string[] {
         '  plugin first tries again in place for about 3 s, and the newest executor runs a RetryError twice more',
         '  (README, Reliability); this outage outlasts all of it. Delivery is idempotent (created_at), so a',
         '  replay of the event is safe.',
-        ...formatPairs([
-            [
-                'Intercom calls',
-                `${run.setupCalls + run.eventCalls} (${run.setupCalls} setup) → ${formatRatio(run.eventCalls, run.delivered)} per delivered event`,
-            ],
-        ]),
+        `  Intercom calls  ${run.setupCalls + run.eventCalls} (${run.setupCalls} setup) → ${formatRatio(run.eventCalls, run.delivered)} per delivered event`,
     ]
 }
 
 // --- Checks and entry point
 
 function problemsOf(runs: RunReport[]): string[] {
-    return runs.flatMap((run, index) => [
-        ...(run.delivered !== run.stored
-            ? [`${run.mode}: delivered ${run.delivered} but the emulator stored ${run.stored}`]
-            : []),
-        ...(run.setupFailures.length > 0
-            ? [`${run.mode}: setup failed: ${run.setupFailures.join('; ')}`]
-            : []),
-        // The cdp run is expected to fail the event sent during the outage.
-        ...(index === 0 && sumCounts(run.failed) > 0
-            ? [`${run.mode}: ${sumCounts(run.failed)} events failed`]
-            : []),
-    ])
+    return runs.flatMap((run, index) => {
+        const failed = sumCounts(run.failed)
+        const problems = [
+            run.delivered !== run.stored &&
+                `delivered ${run.delivered} but the emulator stored ${run.stored}`,
+            run.setupFailures.length > 0 && `setup failed: ${run.setupFailures.join('; ')}`,
+            // The cdp run is expected to fail the event sent during the outage.
+            index === 0 && failed > 0 && `${failed} events failed`,
+        ]
+        return problems.flatMap((problem) => (problem ? [`${run.mode}: ${problem}`] : []))
+    })
 }
 
 function checkLines(runs: RunReport[], problems: string[]): string[] {
@@ -398,12 +357,7 @@ account, no token, nothing leaves the machine. Exit code 0 when every check pass
   --no-cdp           skip the section in PostHog's current executor
   --help             this text`
 
-const FLAGS = {
-    events: { type: 'string' },
-    workers: { type: 'string' },
-    'no-cdp': { type: 'boolean' },
-    help: { type: 'boolean' },
-} as const
+const FLAGS = flagTable(['events', 'workers'], ['no-cdp', 'help'])
 
 /** Flags → the demo's options; `help` asks for the usage only. */
 export function parseCli(argv: string[]): StartOptions & { help?: boolean } {

@@ -1,19 +1,10 @@
 /** `npm run bench`: what the plugin costs Intercom and the host, against the local emulator. */
-//   npm run bench                                  # 10,000 events from 500 people, every scenario (~8 min)
-//   npm run bench -- --quick                       # 1,000 events from 100 people, three scenarios (< 1 min)
-//   npm run bench -- --scenarios replay            # the replay's use of Intercom's rate limit
-//   npm run bench -- --scenarios plugin-server,no-cache --minute-ms 60000 --out /tmp/bench.json
-//
-// Scenarios (scenarios.ts), each against a fresh emulator at its default rate limit (1,666 calls per 10 s
-// window, real time): `plugin-server`, `cdp`, `cdp-paced` (index.ts in the harness), `no-cache` (a reference
-// client making the old plugin's two calls per event), `replay` (tools/replay on the workload as an export)
-// and `cpu` (the plugin's own CPU per event). The emulator runs in a child process (emulator.ts), so the host
-// process's CPU is the plugin's and the emulator's is measured apart. The workload is in workload.ts, the
-// targets and tables in report.ts.
+// Each scenario (scenarios.ts) runs alone against a fresh emulator (emulator.ts), in a child process so that
+// this process's CPU is the plugin's; the workload is in workload.ts, the targets and tables in report.ts.
 import { writeFileSync } from 'node:fs'
 import * as path from 'node:path'
 
-import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
+import { choiceFlag, flagTable, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 import { formatCount, formatRatio } from '../lib/report'
 import { startBenchEmulator } from './emulator'
 import { BenchResults, evaluateTargets, printIntroduction, printResults, WINDOW_LIMIT } from './report'
@@ -117,19 +108,10 @@ per 10 s window). Prints tables and the targets, each judged against the workloa
   --seed <n>               seed of the workload (default ${DEFAULT_OPTIONS.seed})
   --help                   this text`
 
-const FLAGS = {
-    quick: { type: 'boolean' },
-    events: { type: 'string' },
-    people: { type: 'string' },
-    workers: { type: 'string' },
-    distribute: { type: 'string' },
-    'minute-ms': { type: 'string' },
-    'paced-rate': { type: 'string' },
-    scenarios: { type: 'string' },
-    out: { type: 'string' },
-    seed: { type: 'string' },
-    help: { type: 'boolean' },
-} as const
+const FLAGS = flagTable(
+    ['events', 'people', 'workers', 'distribute', 'minute-ms', 'paced-rate', 'scenarios', 'out', 'seed'],
+    ['quick', 'help']
+)
 
 function scenarioList(value: string | undefined): ScenarioName[] | undefined {
     const scenarios = value?.split(',').map((name) => name.trim())

@@ -2,6 +2,8 @@
 import { fork } from 'node:child_process'
 
 import { Emulator, EmulatorOptions, EmulatorStats, SeedContact, startEmulator } from '../intercom/emulator'
+import { findRoute } from '../intercom/rules'
+import { addCount } from '../lib/report'
 import { TOKEN } from './workload'
 
 export const SEARCH_ROUTE = 'POST /contacts/search'
@@ -32,9 +34,10 @@ export interface EmulatorHandle {
 /** Only plain data: the options cross to the child process as a message. */
 export type EmulatorOverrides = Pick<EmulatorOptions, 'rateLimit'>
 
-export function searchedEmail(body: unknown): string | null {
-    const value = (body as { query?: { value?: unknown } } | null)?.query?.value
-    return typeof value === 'string' ? value.toLowerCase() : null
+/** This process's CPU (user + system, µs) since `start`. */
+export function cpuMicros(start?: NodeJS.CpuUsage): number {
+    const used = process.cpuUsage(start)
+    return used.user + used.system
 }
 
 /** Counts per window of the emulator's fixed, clock-aligned rate-limit windows, empty windows included. */
@@ -49,22 +52,20 @@ function countPerWindow(times: number[], windowMs: number): number[] {
     return counts
 }
 
-function takeSnapshot(emulator: Emulator, cpuMicros: number | null, since: number): EmulatorSnapshot {
+function takeSnapshot(emulator: Emulator, cpu: number | null, since: number): EmulatorSnapshot {
     const calls: Record<string, Record<string, number>> = {}
     const lastSearch = new Map<string, number>()
     const repeatGapsMs: number[] = []
     const requests = emulator.requests()
-    for (const request of requests) {
-        // `/contacts/<id>` → `/contacts/{id}`, so calls group by route like the emulator's stats.
-        const route = `${request.method} ${request.path.replace(/^\/contacts\/(?!search$)[^/]+/, '/contacts/{id}')}`
-        const byStatus = (calls[route] ??= {})
-        const status = request.status === 0 ? 'dropped' : String(request.status)
-        byStatus[status] = (byStatus[status] ?? 0) + 1
-        const email = request.status === 200 && route === SEARCH_ROUTE ? searchedEmail(request.body) : null
-        if (email === null) continue
+    for (const { method, path, status, body, at } of requests) {
+        const route = findRoute(method, path)?.name ?? `${method} ${path}`
+        addCount((calls[route] ??= {}), status === 0 ? 'dropped' : String(status))
+        const value = (body as { query?: { value?: unknown } } | null)?.query?.value
+        if (status !== 200 || route !== SEARCH_ROUTE || typeof value !== 'string') continue
+        const email = value.toLowerCase()
         const previous = lastSearch.get(email)
-        if (previous !== undefined) repeatGapsMs.push(request.at - previous)
-        lastSearch.set(email, request.at)
+        if (previous !== undefined) repeatGapsMs.push(at - previous)
+        lastSearch.set(email, at)
     }
     const times = requests.filter((request) => request.at >= since).map((request) => request.at)
     return {
@@ -73,9 +74,8 @@ function takeSnapshot(emulator: Emulator, cpuMicros: number | null, since: numbe
         calls,
         searchedEmails: lastSearch.size,
         repeatGapsMs,
-        callsPerWindow:
-            times.length === 0 ? [] : countPerWindow(times, emulator.options.windowSeconds * 1000),
-        cpuMicros,
+        callsPerWindow: countPerWindow(times, emulator.options.windowSeconds * 1000),
+        cpuMicros: cpu,
     }
 }
 
@@ -87,12 +87,7 @@ export async function startBenchEmulator(
     overrides: EmulatorOverrides = {}
 ): Promise<EmulatorHandle> {
     // Every request must stay countable: the default record limit could be outgrown by a large run.
-    const options: EmulatorOptions = {
-        tokens: [TOKEN],
-        contacts,
-        recordLimit: Math.max(100_000, events * 5),
-        ...overrides,
-    }
+    const options = { tokens: [TOKEN], contacts, recordLimit: Math.max(100_000, events * 5), ...overrides }
     if (where === 'child') return childEmulator(options)
     const emulator = await startEmulator(options)
     return {
@@ -133,22 +128,18 @@ async function childEmulator(options: EmulatorOptions): Promise<EmulatorHandle> 
 }
 
 function serveEmulatorInChild(): void {
-    const cpuAtStart = process.cpuUsage()
     let emulator: Promise<Emulator> | undefined
     process.on('message', async (message: { options?: EmulatorOptions; since?: number }) => {
         if (message.options) {
             emulator = startEmulator(message.options)
             process.send?.((await emulator).url)
         } else if (emulator) {
-            const cpu = process.cpuUsage(cpuAtStart)
-            process.send?.(takeSnapshot(await emulator, cpu.user + cpu.system, message.since ?? 0))
+            process.send?.(takeSnapshot(await emulator, cpuMicros(), message.since ?? 0))
         }
     })
     // Parent gone (finished, crashed or killed): nothing must outlive it.
     process.on('disconnect', () => {
-        void (emulator?.then((running) => running.close()) ?? Promise.resolve()).finally(() =>
-            process.exit(0)
-        )
+        void Promise.resolve(emulator?.then((running) => running.close())).finally(() => process.exit(0))
     })
 }
 

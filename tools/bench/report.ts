@@ -1,5 +1,7 @@
 /** The bench's report: the targets, judged against the workload's own floor, and the printed tables. */
 import {
+    addCount,
+    Column,
     formatCount,
     formatItems,
     formatPercent,
@@ -117,11 +119,10 @@ const right = <T>(header: string, cell: (item: T) => string): ItemColumn<T> => (
 
 /** Calls answered 2xx per delivered event: what the client needed, 429s aside. */
 function okCallsPerDelivered(result: ScenarioResult): string {
-    const ok = Object.entries(result.callsByRoute)
-        .filter(([route]) => route !== SETUP_ROUTE)
-        .flatMap(([, statuses]) => Object.entries(statuses))
-        .filter(([status]) => status.startsWith('2'))
-        .reduce((sum, [, count]) => sum + count, 0)
+    const answers = Object.entries(result.callsByRoute).flatMap(([route, statuses]) =>
+        route === SETUP_ROUTE ? [] : Object.entries(statuses)
+    )
+    const ok = answers.reduce((sum, [status, count]) => sum + (status.startsWith('2') ? count : 0), 0)
     return formatRatio(ok, result.stored, 3)
 }
 
@@ -166,12 +167,11 @@ function routeTable(results: ScenarioResult[]): string[] {
                 return [result.name, label, formatCount(sumCounts(statuses)), answers.join(', ')]
             })
     )
-    const columns = [
-        { header: 'scenario' },
-        { header: 'route' },
-        { header: 'calls', align: 'right' as const },
-    ]
-    return formatTable([...columns, { header: 'answers' }], rows, '  ')
+    const columns = ['scenario', 'route', 'calls', 'answers'].map((header): Column => ({
+        header,
+        align: header === 'calls' ? 'right' : 'left',
+    }))
+    return formatTable(columns, rows, '  ')
 }
 
 function queueLines(result: ScenarioResult, options: BenchOptions): string[] {
@@ -198,10 +198,8 @@ function scenarioNotes(results: ScenarioResult[], options: BenchOptions): string
             : ''
         // Failure reasons with their timestamps masked, so "backing off until <time>" counts as one reason.
         const failures: Record<string, number> = {}
-        for (const [reason, count] of Object.entries(result.failed)) {
-            const key = reason.replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '…')
-            failures[key] = (failures[key] ?? 0) + count
-        }
+        for (const [reason, count] of Object.entries(result.failed))
+            addCount(failures, reason.replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '…'), count)
         return [
             `  ${result.name}: ${result.setup}.`,
             `    Calls per 10 s window (limit 1,666): ${result.callsPerWindow.map(formatCount).join(', ')}.`,

@@ -5,13 +5,13 @@ import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 import fetch from 'node-fetch'
 
-import { formatCount, sumCounts } from '../lib/report'
+import { addCount, formatCount, sumCounts } from '../lib/report'
 import { sleep } from '../lib/sleep'
 import { WindowGate } from '../replay/fetch'
 import { replay } from '../replay'
-import { createHarness, Harness, HarnessEvent } from '../runtime/harness'
-import { FetchFn, FetchResponse, hostNodeFetch, redirectingFetch } from '../runtime/load-plugin'
-import { EmulatorHandle, EmulatorOverrides, EmulatorSnapshot, SEARCH_ROUTE, searchedEmail } from './emulator'
+import { createHarness, Harness, HarnessEvent, HarnessOptions } from '../runtime/harness'
+import { FetchFn, hostNodeFetch, redirectingFetch } from '../runtime/load-plugin'
+import { cpuMicros, EmulatorHandle, EmulatorOverrides, SEARCH_ROUTE } from './emulator'
 import { BENCH_CONFIG, TOKEN, Workload } from './workload'
 
 export const SCENARIOS = ['plugin-server', 'cdp', 'cdp-paced', 'no-cache', 'replay', 'cpu'] as const
@@ -113,32 +113,20 @@ function median(values: number[]): number {
     return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
 }
 
-/** Wall time and this process's CPU (µs) since it was started. */
-function stopwatch(): { started: number; ms(): number; cpu(): number } {
-    const started = Date.now()
-    const cpuStart = process.cpuUsage()
-    const cpu = (): number => {
-        const used = process.cpuUsage(cpuStart)
-        return used.user + used.system
-    }
-    return { started, ms: () => Date.now() - started, cpu }
+/** Wall time (ms) and this process's CPU (µs) since it was started. */
+function stopwatch() {
+    const [started, cpuStart] = [Date.now(), process.cpuUsage()]
+    return { started, ms: () => Date.now() - started, cpu: () => cpuMicros(cpuStart) }
 }
 type Stopwatch = ReturnType<typeof stopwatch>
 
-interface Progress {
-    update(value: number, detail: string): void
-    stop(): void
-}
+type Progress = { update(value: number, detail: string): void; stop(): void }
 
 function progressBar(options: BenchOptions, title: string, total: number): Progress {
     if (!options.progress || !process.stderr.isTTY) return { update: () => undefined, stop: () => undefined }
+    const format = `${title.padEnd(14)} [{bar}] {value}/{total} delivered | {detail}`
     const bar = new SingleBar(
-        {
-            stream: process.stderr,
-            format: `${title.padEnd(14)} [{bar}] {value}/{total} delivered | {detail}`,
-            clearOnComplete: true,
-            hideCursor: true,
-        },
+        { stream: process.stderr, format, clearOnComplete: true, hideCursor: true },
         Presets.shades_classic
     )
     bar.start(total, 0, { detail: '' })
@@ -162,11 +150,12 @@ interface Prepared {
 /** `prepare` makes its setup calls, then `run` is measured: host CPU and wall time here, calls in the emulator. */
 async function measure(
     ctx: Context,
-    scenario: { name: ScenarioName; setup: string },
+    scenario: Pick<ScenarioResult, 'name' | 'setup'>,
     prepare: (url: string) => Promise<Prepared>
 ): Promise<ScenarioResult> {
+    const events = ctx.workload.events.length
     const emulator = await ctx.startEmulator()
-    const progress = progressBar(ctx.options, scenario.name, ctx.workload.events.length)
+    const progress = progressBar(ctx.options, scenario.name, events)
     let prepared: Prepared | undefined
     try {
         prepared = await prepare(emulator.url)
@@ -174,55 +163,42 @@ async function measure(
         const watch = stopwatch()
         const { feedMs, ...outcome } = await prepared.run(watch, progress)
         const [wallMs, hostCpu] = [watch.ms(), watch.cpu()]
-        return resultOf(ctx.workload.events.length, { ...scenario, ...outcome }, before, {
-            after: await emulator.snapshot(watch.started),
-            wallMs,
-            feedMs: feedMs ?? wallMs,
-            hostCpu,
-        })
+        const after = await emulator.snapshot(watch.started)
+        // GET /me is setup: once per harness worker before the first event, once for the replay as it starts.
+        const setupCalls = sumCounts(after.calls[SETUP_ROUTE])
+        const calls = after.stats.calls - setupCalls
+        const gaps = after.repeatGapsMs
+        const emulatorCpu =
+            after.cpuMicros === null || before.cpuMicros === null ? null : after.cpuMicros - before.cpuMicros
+        return {
+            deliveredFromQueue: 0,
+            logLines: 0,
+            ...scenario,
+            ...outcome,
+            events,
+            expected: events,
+            stored: after.stored,
+            lost: events - after.stored,
+            deduplicated: after.stats.eventsDeduplicated,
+            setupCalls,
+            calls,
+            callsByRoute: after.calls,
+            rateLimited: after.stats.rateLimited - before.stats.rateLimited,
+            searchedEmails: after.searchedEmails,
+            duplicateSearches: (after.calls[SEARCH_ROUTE]?.['200'] ?? 0) - after.searchedEmails,
+            repeatedSearchGapMs: gaps.length === 0 ? null : { median: median(gaps), max: Math.max(...gaps) },
+            callsPerDelivered: after.stored === 0 ? null : calls / after.stored,
+            wallSeconds: wallMs / 1000,
+            feedSeconds: (feedMs ?? wallMs) / 1000,
+            eventsPerSecond: after.stored / (wallMs / 1000),
+            hostCpuMicrosPerEvent: hostCpu / events,
+            emulatorCpuMicrosPerCall: emulatorCpu === null || calls === 0 ? null : emulatorCpu / calls,
+            callsPerWindow: after.callsPerWindow,
+        }
     } finally {
         progress.stop()
         await prepared?.close?.()
         await emulator.close()
-    }
-}
-
-function resultOf(
-    events: number,
-    outcome: Omit<Outcome, 'feedMs'> & { name: ScenarioName; setup: string },
-    before: EmulatorSnapshot,
-    measured: { after: EmulatorSnapshot; wallMs: number; feedMs: number; hostCpu: number }
-): ScenarioResult {
-    const { after, wallMs } = measured
-    // GET /me is setup: once per harness worker before the first event, once for the replay as it starts.
-    const setupCalls = sumCounts(after.calls[SETUP_ROUTE])
-    const calls = after.stats.calls - setupCalls
-    const gaps = after.repeatGapsMs
-    const emulatorCpu =
-        after.cpuMicros !== null && before.cpuMicros !== null ? after.cpuMicros - before.cpuMicros : null
-    return {
-        deliveredFromQueue: 0,
-        logLines: 0,
-        ...outcome,
-        events,
-        expected: events,
-        stored: after.stored,
-        lost: events - after.stored,
-        deduplicated: after.stats.eventsDeduplicated,
-        setupCalls,
-        calls,
-        callsByRoute: after.calls,
-        rateLimited: after.stats.rateLimited - before.stats.rateLimited,
-        searchedEmails: after.searchedEmails,
-        duplicateSearches: (after.calls[SEARCH_ROUTE]?.['200'] ?? 0) - after.searchedEmails,
-        repeatedSearchGapMs: gaps.length === 0 ? null : { median: median(gaps), max: Math.max(...gaps) },
-        callsPerDelivered: after.stored === 0 ? null : calls / after.stored,
-        wallSeconds: wallMs / 1000,
-        feedSeconds: measured.feedMs / 1000,
-        eventsPerSecond: after.stored / (wallMs / 1000),
-        hostCpuMicrosPerEvent: measured.hostCpu / events,
-        emulatorCpuMicrosPerCall: emulatorCpu === null || calls === 0 ? null : emulatorCpu / calls,
-        callsPerWindow: after.callsPerWindow,
     }
 }
 
@@ -274,7 +250,6 @@ async function drainQueue(
 function runHarness(name: 'plugin-server' | 'cdp' | 'cdp-paced', ctx: Context): Promise<ScenarioResult> {
     const { options, workload } = ctx
     const queue = name === 'plugin-server'
-    const rate = name === 'cdp-paced' ? options.pacedRate : undefined
     const setup = {
         'plugin-server': `${options.workers} workers sharing a cache, events fed as fast as taken, retry queue drained by runEveryMinute`,
         cdp: `${options.workers} workers, no cache (each keeps its own lookups), no runEveryMinute, no retries, events fed as fast as taken`,
@@ -292,6 +267,7 @@ function runHarness(name: 'plugin-server' | 'cdp' | 'cdp-paced', ctx: Context): 
             maxLogLines: 100,
         })
         const run = async (watch: Stopwatch, progress: Progress): Promise<Outcome> => {
+            const rate = name === 'cdp-paced' ? options.pacedRate : undefined
             const first = await feed(harness, workload.events, progress, rate)
             const [feedMs, feedCpu] = [watch.ms(), watch.cpu()]
             // Nothing queued: the run ends with the feed, not at the next runEveryMinute.
@@ -317,20 +293,18 @@ function runHarness(name: 'plugin-server' | 'cdp' | 'cdp-paced', ctx: Context): 
 
 // --- no-cache: the old plugin's two calls per event, waiting out spent windows as the plugin does
 
+const HEADERS = {
+    Authorization: `Bearer ${TOKEN}`,
+    Accept: 'application/json',
+    'Content-Type': 'application/json',
+    'Intercom-Version': '2.11',
+}
+
 /** One POST, through the rate-limit gate, repeated after the window resets when Intercom answers 429. */
 async function post(url: string, body: unknown, gate: WindowGate): Promise<{ status: number; text: string }> {
     for (;;) {
         await gate.acquire()
-        const response = await fetch(url, {
-            method: 'POST',
-            headers: {
-                Authorization: `Bearer ${TOKEN}`,
-                Accept: 'application/json',
-                'Content-Type': 'application/json',
-                'Intercom-Version': '2.11',
-            },
-            body: JSON.stringify(body),
-        })
+        const response = await fetch(url, { method: 'POST', headers: HEADERS, body: JSON.stringify(body) })
         gate.release(response.status, response.headers)
         const text = await response.text()
         if (response.status !== 429) return { status: response.status, text }
@@ -365,7 +339,7 @@ function runNoCache(ctx: Context): Promise<ScenarioResult> {
             const lane = async (): Promise<void> => {
                 while (next < events.length) {
                     if (await deliverUncached(url, events[next++], gate)) outcome.delivered++
-                    else outcome.failed['not delivered'] = (outcome.failed['not delivered'] ?? 0) + 1
+                    else addCount(outcome.failed, 'not delivered')
                     progress.update(outcome.delivered, 'search + POST /events for every event')
                 }
             }
@@ -426,48 +400,41 @@ export async function onEvent(event) {
 }
 `
 
-function stubHeaders(values: Record<string, string>): FetchResponse['headers'] {
-    return {
-        get: (name) => values[name.toLowerCase()] ?? null,
-        forEach: (callback) => Object.entries(values).forEach(([name, value]) => callback(value, name)),
-    }
-}
-
-/** Answers like Intercom with a window that never runs out: GET /me, search (one user), POST /events. */
+/**
+ * Intercom at almost no CPU of its own, so that it cancels out of the difference (the Intercom model would
+ * weigh more than the plugin): GET /me, a search finding one user, 202 to anything else; no window runs out.
+ */
 const stubIntercom: FetchFn = async (input, init) => {
     const route = new URL(String(input)).pathname
-    let status = 202
-    let body = ''
-    if (route === '/me') {
-        status = 200
-        body = JSON.stringify({ type: 'admin', app: { region: 'US' } })
-    } else if (route === '/contacts/search') {
-        status = 200
-        const email = searchedEmail(JSON.parse(init?.body ?? '{}')) ?? ''
-        body = JSON.stringify({ type: 'list', data: [{ type: 'contact', id: `c-${email}`, role: 'user' }] })
+    let text = ''
+    if (route === '/me') text = JSON.stringify({ type: 'admin', app: { region: 'US' } })
+    if (route === '/contacts/search') {
+        const email = (JSON.parse(init?.body ?? '{}') as { query?: { value?: string } }).query?.value
+        text = JSON.stringify({ type: 'list', data: [{ type: 'contact', id: `c-${email}`, role: 'user' }] })
     }
-    const headers = stubHeaders({
+    const values: Record<string, string> = {
         'x-ratelimit-limit': '1666',
         'x-ratelimit-remaining': '1666',
         'x-ratelimit-reset': String(Math.ceil(Date.now() / 1000) + 10),
-    })
-    return { status, ok: status < 300, headers, json: async () => JSON.parse(body), text: async () => body }
+    }
+    const headers = {
+        get: (name: string) => values[name.toLowerCase()] ?? null,
+        forEach: (callback: (value: string, name: string) => void) =>
+            Object.entries(values).forEach(([name, value]) => callback(value, name)),
+    }
+    const status = text ? 200 : 202
+    return { status, ok: true, headers, json: async () => JSON.parse(text), text: async () => text }
 }
 
 /** Where the harness sends the plugin's calls during a CPU measurement. */
-type CpuTarget = { emulatorUrl: string; fetch?: FetchFn }
+type CpuTarget = Pick<HarnessOptions, 'emulatorUrl' | 'fetch'>
 
+/** Host CPU per event of `pluginFile` (index.ts when undefined): the median of the passes after a warm-up. */
 async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target: CpuTarget): Promise<number> {
     const { workers, concurrency, cpuPasses } = ctx.options
     const harness = await createHarness({
-        mode: 'plugin-server',
-        workers,
-        concurrency,
-        config: BENCH_CONFIG,
-        pluginFile,
-        ...target,
-        minuteMs: 0,
-        maxLogLines: 0,
+        ...{ mode: 'plugin-server', workers, concurrency, config: BENCH_CONFIG, pluginFile, ...target },
+        ...{ minuteMs: 0, maxLogLines: 0 },
     })
     try {
         const samples: number[] = []
@@ -480,7 +447,7 @@ async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target:
             }))
             const watch = stopwatch()
             await harness.run(events)
-            // Pass 0 warms the JIT and the contact cache; the median of the rest is steady state.
+            // Pass 0 warms the JIT and the contact cache.
             if (pass > 0) samples.push(watch.cpu() / events.length)
         }
         return median(samples)
@@ -501,11 +468,11 @@ async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarg
 
 export async function runCpu(ctx: Context): Promise<CpuResult> {
     const directory = mkdtempSync(path.join(tmpdir(), 'intercom-bench-'))
+    const nullPluginFile = path.join(directory, 'null-plugin.ts')
+    writeFileSync(nullPluginFile, NULL_PLUGIN)
     // The rate limit is lifted here: this measures CPU, and waiting out windows would only add idle time.
     const emulator = await ctx.startEmulator({ rateLimit: 1_000_000_000 })
     try {
-        const nullPluginFile = path.join(directory, 'null-plugin.ts')
-        writeFileSync(nullPluginFile, NULL_PLUGIN)
         return {
             http: await measurePair(ctx, nullPluginFile, { emulatorUrl: emulator.url }),
             stub: await measurePair(ctx, nullPluginFile, {
