@@ -9,61 +9,39 @@ export type ContactRole = 'user' | 'lead'
 export type AttributeModel = 'contact' | 'company'
 type JsonObject = Record<string, unknown>
 
+/** Contacts a workspace starts with; `updated_at` in Unix seconds. */
 export interface SeedContact {
     id?: string
     email: string
     role: ContactRole
     external_id?: string
     name?: string
-    /** Unix seconds. */
     updated_at?: number
     custom_attributes?: Record<string, unknown>
 }
 
+/** A contact as Intercom answers it; times in Unix seconds. */
+// prettier-ignore
 export interface StoredContact {
-    type: 'contact'
-    id: string
-    workspace_id: string
-    external_id: string | null
-    role: ContactRole
-    email: string | null
-    name: string | null
-    phone: string | null
-    created_at: number
-    updated_at: number
-    signed_up_at: number | null
-    last_seen_at: number | null
+    type: 'contact'; id: string; workspace_id: string; role: ContactRole
+    external_id: string | null; email: string | null; name: string | null; phone: string | null
+    created_at: number; updated_at: number; signed_up_at: number | null; last_seen_at: number | null
     custom_attributes: Record<string, unknown>
-    companies: { type: 'list'; data: { type: 'company'; id: string; url: string }[]; url: string } & {
-        total_count: number
-        has_more: boolean
-    }
+    companies: { type: 'list'; data: { type: 'company'; id: string; url: string }[]; url: string; total_count: number; has_more: boolean }
 }
 
+/** A company as Intercom answers it; `plan` is {} until one is set. */
+// prettier-ignore
 export interface StoredCompany {
-    type: 'company'
-    id: string
-    company_id: string
-    app_id: string
-    name: string | null
-    remote_created_at: number | null
-    created_at: number
-    updated_at: number
-    monthly_spend: number
-    session_count: number
-    user_count: number
-    size: number | null
-    website: string | null
-    industry: string | null
+    type: 'company'; id: string; company_id: string; app_id: string
+    name: string | null; size: number | null; website: string | null; industry: string | null
+    remote_created_at: number | null; created_at: number; updated_at: number
+    monthly_spend: number; session_count: number; user_count: number
     plan: { type: 'plan'; id: string; name: string } | Record<string, never>
     custom_attributes: Record<string, unknown>
 }
 
-export interface DataAttribute {
-    name: string
-    data_type: DataType
-    model: AttributeModel
-}
+export type DataAttribute = { name: string; data_type: DataType; model: AttributeModel }
 
 export interface StoredEvent {
     event_name: string
@@ -269,7 +247,7 @@ export class Contacts {
             throw new Error(`seed contact role must be user or lead`)
         this.ws.attributes.check('contact', seed.custom_attributes ?? {}, true)
         const at = seed.updated_at ?? seconds(this.ws)
-        const record = this.insert({ ...seed, created_at: at, updated_at: at, searchableAt: 0 }, seed.id)
+        const record = this.insert(seed, at, 0, seed.id)
         record.signed_up_at = seed.role === 'user' ? at : null
         return { id: record.id }
     }
@@ -280,22 +258,18 @@ export class Contacts {
         this.ws.attributes.check('contact', input.custom_attributes ?? {}, false)
         const now = seconds(this.ws)
         const searchableAt = this.ws.options.clock() + this.ws.options.searchLagMs
-        const record = this.insert({ ...candidate, created_at: now, updated_at: now, searchableAt })
+        const record = this.insert(candidate, now, searchableAt)
         this.ws.counters.contactsCreated += 1
         return this.toContact(record)
     }
 
-    private insert(
-        fields: ContactInput & Pick<ContactRecord, 'created_at' | 'updated_at' | 'searchableAt'>,
-        id = this.ws.newId()
-    ): ContactRecord {
-        const { created_at, updated_at, searchableAt } = fields
+    /** A new record, created and updated at `at` (Unix seconds), searchable from `searchableAt` (clock ms). */
+    private insert(fields: ContactInput, at: number, searchableAt: number, id = this.ws.newId()) {
         const given = Object.fromEntries(CONTACT_FIELDS.map((key) => [key, fields[key] ?? null]))
         const record: ContactRecord = {
             ...(given as Pick<ContactRecord, ContactField>),
-            ...{ id, role: fields.role ?? 'user', created_at, updated_at, searchableAt, seq: ++this.seq },
-            custom_attributes: { ...fields.custom_attributes },
-            companyIds: [],
+            ...{ id, role: fields.role ?? 'user', created_at: at, updated_at: at, seq: ++this.seq },
+            ...{ searchableAt, custom_attributes: { ...fields.custom_attributes }, companyIds: [] },
         }
         this.byId.set(record.id, record)
         this.index(record, true)
@@ -355,10 +329,7 @@ export class Contacts {
     private invent(query: SearchNode): ContactRecord[] {
         const wanted = equality(query)
         if (wanted?.field !== 'email' && wanted?.field !== 'external_id') return []
-        const now = seconds(this.ws)
-        return [
-            this.insert({ [wanted.field]: wanted.value, created_at: now, updated_at: now, searchableAt: 0 }),
-        ]
+        return [this.insert({ [wanted.field]: wanted.value }, seconds(this.ws), 0)]
     }
 
     /** A superset of the matches: through an index for the common `field = value` query, else everyone. */
@@ -372,11 +343,10 @@ export class Contacts {
 
     /** How POST /events finds its contact: `email` and `user_id` only ever designate users. */
     findForEvent(kind: 'id' | 'user_id' | 'email', value: string): ContactRecord {
-        const byKey =
+        if (kind === 'id') return this.record(value)
+        const list =
             kind === 'user_id' ? this.byExternalId.list(value) : this.byEmail.list(value.toLowerCase())
-        const found = (kind === 'id' ? [this.byId.get(value)] : byKey).find(
-            (c) => c && (kind === 'id' || c.role === 'user')
-        )
+        const found = list.find((c) => c.role === 'user')
         if (!found) throw userNotFound()
         return found
     }
@@ -386,20 +356,17 @@ export class Contacts {
     }
 
     toContact(record: ContactRecord): StoredContact {
-        const { companyIds } = record
         const shown = Object.fromEntries(SHOWN_FIELDS.map((key) => [key, record[key]]))
+        const data = record.companyIds.map((id) => ({
+            type: 'company' as const,
+            id,
+            url: `/companies/${id}`,
+        }))
+        const url = `/contacts/${record.id}/companies`
         return {
             ...{ type: 'contact', ...(shown as Pick<ContactRecord, (typeof SHOWN_FIELDS)[number]>) },
             ...{ workspace_id: APP_ID, custom_attributes: structuredClone(record.custom_attributes) },
-            companies: {
-                type: 'list',
-                data: companyIds.map((id) => ({ type: 'company', id, url: `/companies/${id}` })),
-                ...{
-                    url: `/contacts/${record.id}/companies`,
-                    total_count: companyIds.length,
-                    has_more: false,
-                },
-            },
+            companies: { type: 'list', data, url, total_count: data.length, has_more: false },
         }
     }
 }
