@@ -12,20 +12,14 @@ import {
     EVENT_IDENTIFIERS,
     findRoute,
     isRecord,
-    LongStringPolicy,
     MAX_METADATA_KEYS,
     MAX_STRING,
-    Pagination,
     paginationOf,
     parseBody,
-    RouteMatch,
-    RouteName,
-    SearchNode,
-    Violation,
 } from './rules'
-import {
-    ApiError,
-    APP_ID,
+import type { LongStringPolicy, Pagination, RouteMatch, RouteName, SearchNode, Violation } from './rules'
+import { ApiError, APP_ID, STANDARD_ATTRIBUTES, Workspace } from './workspace'
+import type {
     AttributeModel,
     AttributeRecord,
     ContactInput,
@@ -34,8 +28,6 @@ import {
     StoredCompany,
     StoredContact,
     StoredEvent,
-    STANDARD_ATTRIBUTES,
-    Workspace,
     WorkspaceCounters,
 } from './workspace'
 
@@ -99,12 +91,7 @@ export interface EmulatorStats extends WorkspaceCounters {
 }
 
 /** A request as the model reads it: header names lower-case. */
-export interface IntercomRequest {
-    method: string
-    url: URL
-    headers: Record<string, string>
-    raw: string
-}
+export type IntercomRequest = { method: string; url: URL; headers: Record<string, string>; raw: string }
 
 type Reply = { status: number; body?: unknown }
 
@@ -142,11 +129,10 @@ function validateOptions(o: ResolvedOptions): void {
 }
 
 /** Only the keys actually given, so that `{ port: undefined }` keeps the default. */
-function definedOnly(patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> {
-    return Object.fromEntries(
+const definedOnly = (patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> =>
+    Object.fromEntries(
         Object.entries(patch).filter(([key, value]) => key !== 'contacts' && value !== undefined)
     )
-}
 
 function emptyStats(): EmulatorStats {
     const counters = { eventsAccepted: 0, eventsDeduplicated: 0, contactsCreated: 0, contactsUpdated: 0 }
@@ -303,8 +289,6 @@ function recordedBody(raw: string): unknown {
         return raw
     }
 }
-
-// --- the model ----------------------------------------------------------------------------------------
 
 export class Intercom {
     readonly options: ResolvedOptions

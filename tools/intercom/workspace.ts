@@ -91,8 +91,6 @@ function idMaker(taken: (id: string) => boolean): () => string {
     }
 }
 
-// --- data attributes ----------------------------------------------------------------------------------
-
 /** Some names Intercom reserves for its own attributes; GET /data_attributes lists them as not custom. */
 // prettier-ignore
 export const STANDARD_ATTRIBUTES: Record<AttributeModel, Record<string, DataType>> = {
@@ -107,6 +105,7 @@ export const STANDARD_ATTRIBUTES: Record<AttributeModel, Record<string, DataType
     },
 }
 
+/** A custom attribute as stored; `created_at` in Unix seconds. */
 export interface AttributeRecord extends DataAttribute {
     id: number
     description: string
@@ -139,20 +138,17 @@ export class Attributes {
     constructor(private readonly ws: Workspace) {}
 
     define(attribute: DataAttribute, description = ''): AttributeRecord {
-        const existing = this.byName.get(attribute.name)
-        if (existing || isStandard(attribute.model, attribute.name)) {
+        const { name, model } = attribute
+        const existing = this.byName.get(name)
+        if (existing || isStandard(model, name)) {
+            const taken = modelLabel(existing?.model ?? model)
             throw invalid(
-                `You already have '${attribute.name}' in your ${modelLabel(existing?.model ?? attribute.model)} data. ` +
-                    `To save this as new ${modelLabel(attribute.model)} data, use a different name.`
+                `You already have '${name}' in your ${taken} data. ` +
+                    `To save this as new ${modelLabel(model)} data, use a different name.`
             )
         }
-        const extra = {
-            id: this.byName.size + 1,
-            description,
-            messenger_writable: false,
-            created_at: seconds(this.ws),
-        }
-        const record = { ...attribute, ...extra }
+        const [id, created_at] = [this.byName.size + 1, seconds(this.ws)]
+        const record = { ...attribute, id, description, messenger_writable: false, created_at }
         this.byName.set(attribute.name, record)
         return record
     }
@@ -168,11 +164,10 @@ export class Attributes {
      */
     check(model: AttributeModel, values: JsonObject, define: boolean): void {
         for (const [name, value] of Object.entries(values)) {
-            if (isStandard(model, name)) {
-                throw invalid(
-                    `'${name}' is a standard ${model} attribute, not a custom one: send it as a top-level field.`
-                )
-            }
+            const standard =
+                `'${name}' is a standard ${model} attribute, ` +
+                'not a custom one: send it as a top-level field.'
+            if (isStandard(model, name)) throw invalid(standard)
             if (this.ws.options.openWorld) continue
             if (define && !this.byName.has(name))
                 this.define({ name, model, data_type: inferDataType(value) })
@@ -184,8 +179,6 @@ export class Attributes {
         }
     }
 }
-
-// --- contacts -----------------------------------------------------------------------------------------
 
 interface ContactRecord extends Omit<StoredContact, 'type' | 'workspace_id' | 'companies'> {
     companyIds: string[]
@@ -383,8 +376,6 @@ function matches(record: ContactRecord, node: SearchNode): boolean {
     return node.operator === '=' || node.operator === 'IN' ? hit : !hit
 }
 
-// --- companies ----------------------------------------------------------------------------------------
-
 /** Companies by id and by the caller's company_id (POST /companies creates or updates by it). */
 export class Companies {
     private readonly byId = new Map<string, StoredCompany>()
@@ -443,8 +434,6 @@ export class Companies {
         return [...this.byId.values()].map((company) => structuredClone(company))
     }
 }
-
-// --- events -------------------------------------------------------------------------------------------
 
 /** Data events, deduplicated on contact + name + created_at like Intercom, within the event-name limit. */
 export class Events {
