@@ -224,27 +224,23 @@ function metadataValueViolations(key: string, value: unknown, longStrings: LongS
             ? [auditOnly('date.integer', `'${key}' is ${value}`)]
             : []
     }
-    if (typeof value === 'boolean' || isRichLink(value) || isMonetaryAmount(value)) return []
+    if (typeof value === 'boolean' || isRichValue(value)) return []
     const unsupported =
         `metadata '${key}' is not supported: nested objects and arrays are not allowed, ` +
         'only rich links {url, value} and monetary amounts {amount, currency}'
     return [invalid(hasKeys(value, 'amount,currency') ? 'money.integer' : 'metadata.nested', unsupported)]
 }
 
-function hasKeys(value: unknown, sortedKeys: string): value is JsonObject {
-    return isRecord(value) && Object.keys(value).sort().join() === sortedKeys
-}
+const hasKeys = (value: unknown, sortedKeys: string): value is JsonObject =>
+    isRecord(value) && Object.keys(value).sort().join() === sortedKeys
 
-const isRichLink = (value: unknown) =>
-    hasKeys(value, 'url,value') &&
-    STRING.ok(value.url) &&
-    /^https?:\/\//i.test(value.url as string) &&
-    STRING.ok(value.value)
-const isMonetaryAmount = (value: unknown) =>
-    hasKeys(value, 'amount,currency') &&
-    isInteger(value.amount) &&
-    STRING.ok(value.currency) &&
-    value.currency !== ''
+/** A rich link {url, value} or a monetary amount {amount, currency}: the only objects metadata may hold. */
+function isRichValue(value: unknown): boolean {
+    if (hasKeys(value, 'url,value'))
+        return /^https?:\/\//i.test(String(value.url)) && [value.url, value.value].every(STRING.ok)
+    if (!hasKeys(value, 'amount,currency')) return false
+    return isInteger(value.amount) && STRING.ok(value.currency) && value.currency !== ''
+}
 
 // --- POST /contacts/search --------------------------------------------------------------------------------
 
