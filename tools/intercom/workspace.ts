@@ -153,9 +153,8 @@ export class Attributes {
         return record
     }
 
-    list(model?: AttributeModel): AttributeRecord[] {
-        return [...this.byName.values()].filter((a) => model === undefined || a.model === model)
-    }
+    list = (model?: AttributeModel): AttributeRecord[] =>
+        [...this.byName.values()].filter((a) => model === undefined || a.model === model)
 
     /**
      * Each key must be an existing custom attribute of the model, with a value of its type (null clears it).
@@ -228,9 +227,7 @@ export class Contacts {
 
     constructor(private readonly ws: Workspace) {}
 
-    has(id: string): boolean {
-        return this.byId.has(id)
-    }
+    has = (id: string): boolean => this.byId.has(id)
 
     /** Seeds existed before the run: searchable at once, duplicate emails allowed (old data has them). */
     seed(seed: SeedContact): { id: string } {
@@ -285,9 +282,7 @@ export class Contacts {
         return this.toContact(record)
     }
 
-    get(id: string): StoredContact {
-        return this.toContact(this.record(id))
-    }
+    get = (id: string): StoredContact => this.toContact(this.record(id))
 
     record(id: string): ContactRecord {
         const record = this.byId.get(id)
@@ -344,9 +339,7 @@ export class Contacts {
         return found
     }
 
-    all(): ContactRecord[] {
-        return [...this.byId.values()]
-    }
+    all = (): ContactRecord[] => [...this.byId.values()]
 
     toContact(record: ContactRecord): StoredContact {
         const shown = Object.fromEntries(SHOWN_FIELDS.map((key) => [key, record[key]]))
@@ -383,10 +376,6 @@ export class Companies {
 
     constructor(private readonly ws: Workspace) {}
 
-    has(id: string): boolean {
-        return this.byId.has(id)
-    }
-
     /** The companies endpoint stores "any other data about the company": unknown keys become attributes. */
     upsert(body: JsonObject): StoredCompany {
         const custom = (body.custom_attributes ?? {}) as JsonObject
@@ -399,9 +388,9 @@ export class Companies {
         }
         // Intercom: "this will truncate floats".
         if (typeof body.monthly_spend === 'number') company.monthly_spend = Math.trunc(body.monthly_spend)
-        if (typeof body.plan === 'string')
-            company.plan = { type: 'plan', id: `plan-${body.plan}`, name: body.plan }
-        if (body.plan === null) company.plan = {}
+        const { plan } = body
+        if (typeof plan === 'string') company.plan = { type: 'plan', id: `plan-${plan}`, name: plan }
+        if (plan === null) company.plan = {}
         company.custom_attributes = { ...company.custom_attributes, ...custom }
         company.updated_at = now
         return structuredClone(company)
@@ -430,9 +419,7 @@ export class Companies {
         return structuredClone(company)
     }
 
-    all(): StoredCompany[] {
-        return [...this.byId.values()].map((company) => structuredClone(company))
-    }
+    all = (): StoredCompany[] => [...this.byId.values()].map((company) => structuredClone(company))
 }
 
 /** Data events, deduplicated on contact + name + created_at like Intercom, within the event-name limit. */
@@ -461,9 +448,7 @@ export class Events {
         this.ws.counters.eventsAccepted += 1
     }
 
-    all(): StoredEvent[] {
-        return [...this.byKey.values()].map((event) => structuredClone(event))
-    }
+    all = (): StoredEvent[] => [...this.byKey.values()].map((event) => structuredClone(event))
 
     clear(): void {
         this.byKey.clear()
@@ -477,7 +462,8 @@ export class Workspace {
     readonly contacts = new Contacts(this)
     readonly companies = new Companies(this)
     readonly events = new Events(this)
-    readonly newId = idMaker((id) => this.contacts.has(id) || this.companies.has(id))
+    /** Only seeds choose their ids, so only contacts can hold one the counter reaches. */
+    readonly newId = idMaker((id) => this.contacts.has(id))
 
     constructor(
         readonly options: WorkspaceOptions,
