@@ -130,9 +130,7 @@ function validateOptions(o: ResolvedOptions): void {
 
 /** Only the keys actually given, so that `{ port: undefined }` keeps the default. */
 const definedOnly = (patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> =>
-    Object.fromEntries(
-        Object.entries(patch).filter(([key, value]) => key !== 'contacts' && value !== undefined)
-    )
+    Object.fromEntries(Object.entries(patch).filter(([k, v]) => k !== 'contacts' && v !== undefined))
 
 function emptyStats(): EmulatorStats {
     const counters = { eventsAccepted: 0, eventsDeduplicated: 0, contactsCreated: 0, contactsUpdated: 0 }
@@ -141,12 +139,7 @@ function emptyStats(): EmulatorStats {
 
 // --- routes -------------------------------------------------------------------------------------------
 
-type RouteInput = {
-    body: Record<string, unknown>
-    params: string[]
-    query: URLSearchParams
-    options: ResolvedOptions
-}
+type RouteInput = { body: Record<string, unknown>; params: string[]; query: URLSearchParams; region: Region }
 
 const ok = (body: unknown): Reply => ({ status: 200, body })
 
@@ -221,7 +214,7 @@ function trackEvent(ws: Workspace, { body }: RouteInput): Reply {
 
 /** Each route's answer, once its body passed the rules (so the casts hold). */
 const HANDLERS: Record<RouteName, (ws: Workspace, input: RouteInput) => Reply> = {
-    'GET /me': (_, { options }) => me(options.region),
+    'GET /me': (_, { region }) => me(region),
     'POST /contacts/search': (ws, { body }) =>
         pageOf(ws.contacts.search(body.query as SearchNode), paginationOf(body.pagination) as Pagination),
     'POST /contacts': (ws, { body }) => ok(ws.contacts.create(body as ContactInput)),
@@ -357,7 +350,7 @@ export class Intercom {
         const message = `Resource Not Found: ${method} ${url.pathname}`
         if (!found) return errorReply({ status: 404, code: 'not_found', message })
         try {
-            const input = { body, params: found.params, query: url.searchParams, options: this.options }
+            const input = { body, params: found.params, query: url.searchParams, region: this.options.region }
             return HANDLERS[found.name](this.workspace, input)
         } catch (error) {
             if (error instanceof ApiError) return errorReply(error)
