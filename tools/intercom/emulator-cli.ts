@@ -1,5 +1,6 @@
-/** Runs the Intercom emulator by hand, to point the plugin or a tool at it (see USAGE); prints the URL and
- * token, logs one line per request (method, path, status; never bodies), and the stats on Ctrl-C.
+/** Runs the Intercom emulator by hand, to point the plugin or a tool at it (flags: USAGE).
+ * Prints the URL and token, logs one line per request (method, path, status; never bodies), and prints the
+ * stats on Ctrl-C.
  */
 import { readFileSync } from 'node:fs'
 import { EmulatorOptions, LongStringPolicy, Region, REGIONS, SeedContact, startEmulator } from './emulator'

@@ -1,6 +1,6 @@
-/**
- * The Intercom model (model.ts) served over HTTP on loopback, for end-to-end tests, the demo run, the benchmark
- * and the fault campaign: a thin server that reads each request, lets the model answer it, and writes the answer.
+/** The Intercom model (model.ts) served over HTTP on loopback.
+ * For end-to-end tests, the demo run, the benchmark and the fault campaign: a thin server that reads each
+ * request, lets the model answer it, and writes the answer.
  */
 import { once } from 'node:events'
 import { createServer, IncomingMessage, ServerResponse } from 'node:http'

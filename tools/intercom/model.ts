@@ -1,7 +1,6 @@
-/**
- * The one Intercom model every stand-in uses: `createIntercom(options)` gives the workspace, the gates (auth,
- * rate limit, seeded faults), the routes, and a `fetch` that answers in the process. The emulator serves the
- * same model over HTTP; the fault campaign's fake, the replay's dry run and the bench use it in-process.
+/** The one Intercom model every stand-in uses: workspace, gates (auth, rate limit, seeded faults), routes.
+ * `createIntercom(options)` answers through an in-process `fetch` (the fault campaign's fake, the replay's
+ * dry run, the bench); the emulator serves the same model over HTTP.
  */
 import type { FetchFn, FetchInit } from '../runtime/load-plugin'
 import { seededRandom } from '../lib/random'

@@ -1,6 +1,5 @@
-/**
- * The data of the Intercom model and Intercom's rules that depend on it (conflicts, known attributes, event
- * names): contacts, companies, data attributes and events, one small class each.
+/** The data of the Intercom model: contacts, companies, data attributes and events, one small class each.
+ * With the rules of Intercom's that depend on that data: conflicts, known attributes, event names.
  */
 import type { ResolvedOptions } from './model'
 import { DataType, isInteger, isGroup, SearchNode } from './rules'
@@ -27,7 +26,10 @@ export interface StoredContact {
     external_id: string | null; email: string | null; name: string | null; phone: string | null
     created_at: number; updated_at: number; signed_up_at: number | null; last_seen_at: number | null
     custom_attributes: Record<string, unknown>
-    companies: { type: 'list'; data: { type: 'company'; id: string; url: string }[]; url: string; total_count: number; has_more: boolean }
+    companies: {
+        type: 'list'; data: { type: 'company'; id: string; url: string }[]
+        url: string; total_count: number; has_more: boolean
+    }
 }
 
 /** A company as Intercom answers it; `plan` is {} until one is set. */
@@ -187,11 +189,10 @@ interface ContactRecord extends Omit<StoredContact, 'type' | 'workspace_id' | 'c
     seq: number
 }
 
-/** The fields a request sets (null when never set), then the others shown, in Intercom's order. */
-// prettier-ignore
-const CONTACT_FIELDS = ['role', 'email', 'external_id', 'name', 'phone', 'signed_up_at', 'last_seen_at'] as const
-const SHOWN_FIELDS = ['id', ...CONTACT_FIELDS, 'created_at', 'updated_at'] as const
-type ContactField = (typeof CONTACT_FIELDS)[number]
+/** The fields a request may set (null until set), then the ones shown, in Intercom's order. */
+const SETTABLE = ['role', 'email', 'external_id', 'name', 'phone', 'signed_up_at', 'last_seen_at'] as const
+const SHOWN_FIELDS = ['id', ...SETTABLE, 'created_at', 'updated_at'] as const
+type ContactField = (typeof SETTABLE)[number]
 export type ContactInput = Partial<Pick<ContactRecord, ContactField>> & { custom_attributes?: JsonObject }
 
 /** Contacts listed under a key (lower-case email, external id): emails are not unique in Intercom. */
@@ -253,9 +254,9 @@ export class Contacts {
         return this.toContact(record)
     }
 
-    /** A new record, created and updated at `at` (Unix seconds), searchable from `searchableAt` (clock ms). */
+    /** A new record, created and updated `at` (Unix seconds), searchable from `searchableAt` (clock ms). */
     private insert(fields: ContactInput, at: number, searchableAt: number, id = this.ws.newId()) {
-        const given = Object.fromEntries(CONTACT_FIELDS.map((key) => [key, fields[key] ?? null]))
+        const given = Object.fromEntries(SETTABLE.map((key) => [key, fields[key] ?? null]))
         const record: ContactRecord = {
             ...(given as Pick<ContactRecord, ContactField>),
             ...{ id, role: fields.role ?? 'user', created_at: at, updated_at: at, seq: ++this.seq },
@@ -269,8 +270,7 @@ export class Contacts {
     update(id: string, input: ContactInput): StoredContact {
         const record = this.record(id)
         const next = { ...record }
-        for (const key of CONTACT_FIELDS)
-            if (input[key] !== undefined) Object.assign(next, { [key]: input[key] })
+        for (const key of SETTABLE) if (input[key] !== undefined) Object.assign(next, { [key]: input[key] })
         this.checkIdentity(next, id)
         this.ws.attributes.check('contact', input.custom_attributes ?? {}, false)
         this.index(record, false)
