@@ -168,12 +168,10 @@ function attributeBody(attribute: DataAttribute & Partial<AttributeRecord>, cust
     const { name, data_type, model, description = '', messenger_writable = false, created_at } = attribute
     return {
         ...(custom ? { id: attribute.id } : {}),
-        ...{
-            type: 'data_attribute',
-            name,
-            full_name: custom ? `custom_attributes.${name}` : name,
-            label: name,
-        },
+        type: 'data_attribute',
+        name,
+        full_name: custom ? `custom_attributes.${name}` : name,
+        label: name,
         ...{ description, data_type, api_writable: true, ui_writable: false, messenger_writable, custom },
         ...{ archived: false, ...(custom ? { created_at, updated_at: created_at } : {}), model },
     }
