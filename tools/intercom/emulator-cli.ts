@@ -1,5 +1,6 @@
-/** Runs the Intercom emulator by hand, to point the plugin or a tool at it (see USAGE); prints the URL and
- * token, logs one line per request (method, path, status; never bodies), and the stats on Ctrl-C.
+/** Runs the Intercom emulator by hand, to point the plugin or a tool at it (flags: USAGE).
+ * Prints the URL and token, logs one line per request (method, path, status; never bodies), and prints the
+ * stats on Ctrl-C.
  */
 import { readFileSync } from 'node:fs'
 import { EmulatorOptions, LongStringPolicy, Region, REGIONS, SeedContact, startEmulator } from './emulator'
@@ -29,10 +30,9 @@ export function parseSeedFile(text: string, path: string): SeedContact[] {
     const parsed: unknown = JSON.parse(text)
     const list = Array.isArray(parsed) ? parsed : (parsed as { contacts?: unknown } | null)?.contacts
     if (!Array.isArray(list)) throw new Error(`${path}: expected a list of contacts or {"contacts": [...]}`)
-    const bad = list.findIndex(
-        (item: Partial<SeedContact> | null) =>
-            typeof item?.email !== 'string' || (item.role !== 'user' && item.role !== 'lead')
-    )
+    const valid = (c?: SeedContact) =>
+        typeof c?.email === 'string' && (c.role === 'user' || c.role === 'lead')
+    const bad = list.findIndex((item) => !valid(item))
     if (bad !== -1)
         throw new Error(`${path}: contact #${bad + 1} needs an "email" and a "role" of user or lead`)
     return list as SeedContact[]
@@ -88,13 +88,10 @@ async function serve(argv: string[]): Promise<number> {
     if (printedHelp(settings.help, USAGE)) return 0
     const emulator = await startEmulator(settings.options)
     const { url, options } = emulator
+    const [token, contacts] = [options.tokens[0], emulator.contacts().length]
     console.log(`Intercom emulator listening on ${url}`)
-    console.log(
-        `token: ${options.tokens[0]}   region: ${options.region}   contacts: ${emulator.contacts().length}`
-    )
-    console.log(
-        `try:   curl -H 'Authorization: Bearer ${options.tokens[0]}' -H 'Accept: application/json' ${url}/me`
-    )
+    console.log(`token: ${token}   region: ${options.region}   contacts: ${contacts}`)
+    console.log(`try:   curl -H 'Authorization: Bearer ${token}' -H 'Accept: application/json' ${url}/me`)
     console.log('Ctrl-C to stop')
     if (!settings.quiet) {
         emulator.onRequest((r) =>

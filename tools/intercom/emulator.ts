@@ -1,7 +1,8 @@
-/**
- * The Intercom model (model.ts) served over HTTP on loopback, for end-to-end tests, the demo run, the benchmark
- * and the fault campaign: a thin server that reads each request, lets the model answer it, and writes the answer.
+/** The Intercom model (model.ts) served over HTTP on loopback.
+ * For end-to-end tests, the demo run, the benchmark and the fault campaign: a thin server that reads each
+ * request, lets the model answer it, and writes the answer.
  */
+import { once } from 'node:events'
 import { createServer, IncomingMessage, ServerResponse } from 'node:http'
 import { AddressInfo } from 'node:net'
 
@@ -37,13 +38,8 @@ class EmulatorServer extends Intercom implements Emulator {
                 })
             })
         })
-        await new Promise<void>((resolve, reject) => {
-            this.server.once('error', reject)
-            this.server.listen(this.options.port, this.options.host, () => {
-                this.server.off('error', reject)
-                resolve()
-            })
-        })
+        // once() rejects if 'error' comes first (port taken).
+        await once(this.server.listen(this.options.port, this.options.host), 'listening')
         this.port = (this.server.address() as AddressInfo).port
         const host = this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host
         this.url = `http://${host}:${this.port}`

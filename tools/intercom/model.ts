@@ -1,7 +1,6 @@
-/**
- * The one Intercom model every stand-in uses: `createIntercom(options)` gives the workspace, the gates (auth,
- * rate limit, seeded faults), the routes, and a `fetch` that answers in the process. The emulator serves the
- * same model over HTTP; the fault campaign's fake, the replay's dry run and the bench use it in-process.
+/** The one Intercom model every stand-in uses: workspace, gates (auth, rate limit, seeded faults), routes.
+ * `createIntercom(options)` answers through an in-process `fetch` (the fault campaign's fake, the replay's
+ * dry run, the bench); the emulator serves the same model over HTTP.
  */
 import type { FetchFn, FetchInit } from '../runtime/load-plugin'
 import { seededRandom } from '../lib/random'
@@ -12,20 +11,14 @@ import {
     EVENT_IDENTIFIERS,
     findRoute,
     isRecord,
-    LongStringPolicy,
     MAX_METADATA_KEYS,
     MAX_STRING,
-    Pagination,
     paginationOf,
     parseBody,
-    RouteMatch,
-    RouteName,
-    SearchNode,
-    Violation,
 } from './rules'
-import {
-    ApiError,
-    APP_ID,
+import type { LongStringPolicy, Pagination, RouteMatch, RouteName, SearchNode, Violation } from './rules'
+import { ApiError, APP_ID, STANDARD_ATTRIBUTES, Workspace } from './workspace'
+import type {
     AttributeModel,
     AttributeRecord,
     ContactInput,
@@ -34,8 +27,6 @@ import {
     StoredCompany,
     StoredContact,
     StoredEvent,
-    STANDARD_ATTRIBUTES,
-    Workspace,
     WorkspaceCounters,
 } from './workspace'
 
@@ -99,12 +90,7 @@ export interface EmulatorStats extends WorkspaceCounters {
 }
 
 /** A request as the model reads it: header names lower-case. */
-export interface IntercomRequest {
-    method: string
-    url: URL
-    headers: Record<string, string>
-    raw: string
-}
+export type IntercomRequest = { method: string; url: URL; headers: Record<string, string>; raw: string }
 
 type Reply = { status: number; body?: unknown }
 
@@ -142,11 +128,8 @@ function validateOptions(o: ResolvedOptions): void {
 }
 
 /** Only the keys actually given, so that `{ port: undefined }` keeps the default. */
-function definedOnly(patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> {
-    return Object.fromEntries(
-        Object.entries(patch).filter(([key, value]) => key !== 'contacts' && value !== undefined)
-    )
-}
+const definedOnly = (patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> =>
+    Object.fromEntries(Object.entries(patch).filter(([k, v]) => k !== 'contacts' && v !== undefined))
 
 function emptyStats(): EmulatorStats {
     const counters = { eventsAccepted: 0, eventsDeduplicated: 0, contactsCreated: 0, contactsUpdated: 0 }
@@ -155,12 +138,7 @@ function emptyStats(): EmulatorStats {
 
 // --- routes -------------------------------------------------------------------------------------------
 
-type RouteInput = {
-    body: Record<string, unknown>
-    params: string[]
-    query: URLSearchParams
-    options: ResolvedOptions
-}
+type RouteInput = { body: Record<string, unknown>; params: string[]; query: URLSearchParams; region: Region }
 
 const ok = (body: unknown): Reply => ({ status: 200, body })
 
@@ -190,12 +168,10 @@ function attributeBody(attribute: DataAttribute & Partial<AttributeRecord>, cust
     const { name, data_type, model, description = '', messenger_writable = false, created_at } = attribute
     return {
         ...(custom ? { id: attribute.id } : {}),
-        ...{
-            type: 'data_attribute',
-            name,
-            full_name: custom ? `custom_attributes.${name}` : name,
-            label: name,
-        },
+        type: 'data_attribute',
+        name,
+        full_name: custom ? `custom_attributes.${name}` : name,
+        label: name,
         ...{ description, data_type, api_writable: true, ui_writable: false, messenger_writable, custom },
         ...{ archived: false, ...(custom ? { created_at, updated_at: created_at } : {}), model },
     }
@@ -235,7 +211,7 @@ function trackEvent(ws: Workspace, { body }: RouteInput): Reply {
 
 /** Each route's answer, once its body passed the rules (so the casts hold). */
 const HANDLERS: Record<RouteName, (ws: Workspace, input: RouteInput) => Reply> = {
-    'GET /me': (_, { options }) => me(options.region),
+    'GET /me': (_, { region }) => me(region),
     'POST /contacts/search': (ws, { body }) =>
         pageOf(ws.contacts.search(body.query as SearchNode), paginationOf(body.pagination) as Pagination),
     'POST /contacts': (ws, { body }) => ok(ws.contacts.create(body as ContactInput)),
@@ -304,8 +280,6 @@ function recordedBody(raw: string): unknown {
     }
 }
 
-// --- the model ----------------------------------------------------------------------------------------
-
 export class Intercom {
     readonly options: ResolvedOptions
     readonly workspace: Workspace
@@ -373,7 +347,7 @@ export class Intercom {
         const message = `Resource Not Found: ${method} ${url.pathname}`
         if (!found) return errorReply({ status: 404, code: 'not_found', message })
         try {
-            const input = { body, params: found.params, query: url.searchParams, options: this.options }
+            const input = { body, params: found.params, query: url.searchParams, region: this.options.region }
             return HANDLERS[found.name](this.workspace, input)
         } catch (error) {
             if (error instanceof ApiError) return errorReply(error)

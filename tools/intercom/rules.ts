@@ -1,7 +1,8 @@
-/** Intercom's request rules, once: pure checks returning every violation of a request (status, error code,
- * message, audit rule). The emulator answers the first enforced one; the audit (`requestViolations`) reports
- * them all, `auditOnly` ones too (Intercom accepts them, the plugin promises not to send them). Where the spec
- * is silent the stricter reading is enforced: https://developers.intercom.com/docs/references/2.11/rest-api
+/** Intercom's request rules, once: pure checks returning every violation of a request.
+ * A violation has a status, Intercom's error code, a message and the audit's rule code. The emulator answers
+ * the first enforced one; the audit (`requestViolations`) reports them all, `auditOnly` ones too (Intercom
+ * accepts them, the plugin promises not to send them). Where the spec is silent the stricter reading is
+ * enforced: https://developers.intercom.com/docs/references/2.11/rest-api
  */
 
 export const API_VERSION = '2.11'
@@ -26,7 +27,7 @@ export type RuleCode =
     | 'metadata.shape' | 'metadata.key' | 'metadata.string' | 'metadata.nested' | 'money.integer' | 'date.integer'
     | 'attribute.value' | 'search'
 
-/** `code` is Intercom's error code (e.g. parameter_invalid); `auditOnly`: Intercom accepts it, the audit not. */
+/** `code`: Intercom's error code, e.g. parameter_invalid; `auditOnly`: Intercom accepts it, the audit not. */
 export interface Violation {
     rule: RuleCode
     status: number
@@ -183,8 +184,10 @@ function identifierViolations(body: JsonObject): Violation[] {
     const present = EVENT_IDENTIFIERS.filter((key) => !absent(body[key]))
     if (present.length === 0) return [missing('identifier', '', 'One of id, user_id or email is required')]
     if (present.length > 1) {
-        const message = `Exactly one of id, user_id or email may identify the contact, got ${present.join(' and ')}`
-        return [invalid('identifier', message)]
+        const got = present.join(' and ')
+        return [
+            invalid('identifier', `Exactly one of id, user_id or email may identify the contact, got ${got}`),
+        ]
     }
     const value = body[present[0]]
     const ok = typeof value === 'string' && value !== ''
@@ -224,27 +227,23 @@ function metadataValueViolations(key: string, value: unknown, longStrings: LongS
             ? [auditOnly('date.integer', `'${key}' is ${value}`)]
             : []
     }
-    if (typeof value === 'boolean' || isRichLink(value) || isMonetaryAmount(value)) return []
+    if (typeof value === 'boolean' || isRichValue(value)) return []
     const unsupported =
         `metadata '${key}' is not supported: nested objects and arrays are not allowed, ` +
         'only rich links {url, value} and monetary amounts {amount, currency}'
     return [invalid(hasKeys(value, 'amount,currency') ? 'money.integer' : 'metadata.nested', unsupported)]
 }
 
-function hasKeys(value: unknown, sortedKeys: string): value is JsonObject {
-    return isRecord(value) && Object.keys(value).sort().join() === sortedKeys
-}
+const hasKeys = (value: unknown, sortedKeys: string): value is JsonObject =>
+    isRecord(value) && Object.keys(value).sort().join() === sortedKeys
 
-const isRichLink = (value: unknown) =>
-    hasKeys(value, 'url,value') &&
-    STRING.ok(value.url) &&
-    /^https?:\/\//i.test(value.url as string) &&
-    STRING.ok(value.value)
-const isMonetaryAmount = (value: unknown) =>
-    hasKeys(value, 'amount,currency') &&
-    isInteger(value.amount) &&
-    STRING.ok(value.currency) &&
-    value.currency !== ''
+/** A rich link {url, value} or a monetary amount {amount, currency}: the only objects metadata may hold. */
+function isRichValue(value: unknown): boolean {
+    if (hasKeys(value, 'url,value'))
+        return /^https?:\/\//i.test(String(value.url)) && [value.url, value.value].every(STRING.ok)
+    if (!hasKeys(value, 'amount,currency')) return false
+    return isInteger(value.amount) && STRING.ok(value.currency) && value.currency !== ''
+}
 
 // --- POST /contacts/search --------------------------------------------------------------------------------
 
@@ -278,12 +277,14 @@ function searchNodeViolations(node: unknown): Violation[] {
         return [invalid('search', message)]
     }
     if (!(SEARCH_OPERATORS as readonly unknown[]).includes(operator)) {
-        const message = `The emulator supports the operators ${SEARCH_OPERATORS.join(', ')}; not '${String(operator)}'`
+        const supported = SEARCH_OPERATORS.join(', ')
+        const message = `The emulator supports the operators ${supported}; not '${String(operator)}'`
         return [invalid('search', message)]
     }
     const list = operator === 'IN' || operator === 'NIN'
     const ok = list ? Array.isArray(value) && value.every(STRING.ok) : STRING.ok(value)
-    const message = `The value for ${String(field)} ${String(operator)} must be ${list ? 'a list of strings' : 'a string'}`
+    const expected = list ? 'a list of strings' : 'a string'
+    const message = `The value for ${String(field)} ${String(operator)} must be ${expected}`
     return ok ? [] : [invalid('search', message)]
 }
 

@@ -1,6 +1,5 @@
-/**
- * The data of the Intercom model and Intercom's rules that depend on it (conflicts, known attributes, event
- * names): contacts, companies, data attributes and events, one small class each.
+/** The data of the Intercom model: contacts, companies, data attributes and events, one small class each.
+ * With the rules of Intercom's that depend on that data: conflicts, known attributes, event names.
  */
 import type { ResolvedOptions } from './model'
 import { DataType, isInteger, isGroup, SearchNode } from './rules'
@@ -9,61 +8,42 @@ export type ContactRole = 'user' | 'lead'
 export type AttributeModel = 'contact' | 'company'
 type JsonObject = Record<string, unknown>
 
+/** Contacts a workspace starts with; `updated_at` in Unix seconds. */
 export interface SeedContact {
     id?: string
     email: string
     role: ContactRole
     external_id?: string
     name?: string
-    /** Unix seconds. */
     updated_at?: number
     custom_attributes?: Record<string, unknown>
 }
 
+/** A contact as Intercom answers it; times in Unix seconds. */
+// prettier-ignore
 export interface StoredContact {
-    type: 'contact'
-    id: string
-    workspace_id: string
-    external_id: string | null
-    role: ContactRole
-    email: string | null
-    name: string | null
-    phone: string | null
-    created_at: number
-    updated_at: number
-    signed_up_at: number | null
-    last_seen_at: number | null
+    type: 'contact'; id: string; workspace_id: string; role: ContactRole
+    external_id: string | null; email: string | null; name: string | null; phone: string | null
+    created_at: number; updated_at: number; signed_up_at: number | null; last_seen_at: number | null
     custom_attributes: Record<string, unknown>
-    companies: { type: 'list'; data: { type: 'company'; id: string; url: string }[]; url: string } & {
-        total_count: number
-        has_more: boolean
+    companies: {
+        type: 'list'; data: { type: 'company'; id: string; url: string }[]
+        url: string; total_count: number; has_more: boolean
     }
 }
 
+/** A company as Intercom answers it; `plan` is {} until one is set. */
+// prettier-ignore
 export interface StoredCompany {
-    type: 'company'
-    id: string
-    company_id: string
-    app_id: string
-    name: string | null
-    remote_created_at: number | null
-    created_at: number
-    updated_at: number
-    monthly_spend: number
-    session_count: number
-    user_count: number
-    size: number | null
-    website: string | null
-    industry: string | null
+    type: 'company'; id: string; company_id: string; app_id: string
+    name: string | null; size: number | null; website: string | null; industry: string | null
+    remote_created_at: number | null; created_at: number; updated_at: number
+    monthly_spend: number; session_count: number; user_count: number
     plan: { type: 'plan'; id: string; name: string } | Record<string, never>
     custom_attributes: Record<string, unknown>
 }
 
-export interface DataAttribute {
-    name: string
-    data_type: DataType
-    model: AttributeModel
-}
+export type DataAttribute = { name: string; data_type: DataType; model: AttributeModel }
 
 export interface StoredEvent {
     event_name: string
@@ -113,8 +93,6 @@ function idMaker(taken: (id: string) => boolean): () => string {
     }
 }
 
-// --- data attributes ----------------------------------------------------------------------------------
-
 /** Some names Intercom reserves for its own attributes; GET /data_attributes lists them as not custom. */
 // prettier-ignore
 export const STANDARD_ATTRIBUTES: Record<AttributeModel, Record<string, DataType>> = {
@@ -129,6 +107,7 @@ export const STANDARD_ATTRIBUTES: Record<AttributeModel, Record<string, DataType
     },
 }
 
+/** A custom attribute as stored; `created_at` in Unix seconds. */
 export interface AttributeRecord extends DataAttribute {
     id: number
     description: string
@@ -161,27 +140,23 @@ export class Attributes {
     constructor(private readonly ws: Workspace) {}
 
     define(attribute: DataAttribute, description = ''): AttributeRecord {
-        const existing = this.byName.get(attribute.name)
-        if (existing || isStandard(attribute.model, attribute.name)) {
+        const { name, model } = attribute
+        const existing = this.byName.get(name)
+        if (existing || isStandard(model, name)) {
+            const taken = modelLabel(existing?.model ?? model)
             throw invalid(
-                `You already have '${attribute.name}' in your ${modelLabel(existing?.model ?? attribute.model)} data. ` +
-                    `To save this as new ${modelLabel(attribute.model)} data, use a different name.`
+                `You already have '${name}' in your ${taken} data. ` +
+                    `To save this as new ${modelLabel(model)} data, use a different name.`
             )
         }
-        const extra = {
-            id: this.byName.size + 1,
-            description,
-            messenger_writable: false,
-            created_at: seconds(this.ws),
-        }
-        const record = { ...attribute, ...extra }
+        const [id, created_at] = [this.byName.size + 1, seconds(this.ws)]
+        const record = { ...attribute, id, description, messenger_writable: false, created_at }
         this.byName.set(attribute.name, record)
         return record
     }
 
-    list(model?: AttributeModel): AttributeRecord[] {
-        return [...this.byName.values()].filter((a) => model === undefined || a.model === model)
-    }
+    list = (model?: AttributeModel): AttributeRecord[] =>
+        [...this.byName.values()].filter((a) => model === undefined || a.model === model)
 
     /**
      * Each key must be an existing custom attribute of the model, with a value of its type (null clears it).
@@ -190,11 +165,10 @@ export class Attributes {
      */
     check(model: AttributeModel, values: JsonObject, define: boolean): void {
         for (const [name, value] of Object.entries(values)) {
-            if (isStandard(model, name)) {
-                throw invalid(
-                    `'${name}' is a standard ${model} attribute, not a custom one: send it as a top-level field.`
-                )
-            }
+            const standard =
+                `'${name}' is a standard ${model} attribute, ` +
+                'not a custom one: send it as a top-level field.'
+            if (isStandard(model, name)) throw invalid(standard)
             if (this.ws.options.openWorld) continue
             if (define && !this.byName.has(name))
                 this.define({ name, model, data_type: inferDataType(value) })
@@ -207,8 +181,6 @@ export class Attributes {
     }
 }
 
-// --- contacts -----------------------------------------------------------------------------------------
-
 interface ContactRecord extends Omit<StoredContact, 'type' | 'workspace_id' | 'companies'> {
     companyIds: string[]
     /** Clock ms from which search returns it: Intercom's search lags new contacts. */
@@ -217,11 +189,10 @@ interface ContactRecord extends Omit<StoredContact, 'type' | 'workspace_id' | 'c
     seq: number
 }
 
-/** The fields a request sets (null when never set), then the others shown, in Intercom's order. */
-// prettier-ignore
-const CONTACT_FIELDS = ['role', 'email', 'external_id', 'name', 'phone', 'signed_up_at', 'last_seen_at'] as const
-const SHOWN_FIELDS = ['id', ...CONTACT_FIELDS, 'created_at', 'updated_at'] as const
-type ContactField = (typeof CONTACT_FIELDS)[number]
+/** The fields a request may set (null until set), then the ones shown, in Intercom's order. */
+const SETTABLE = ['role', 'email', 'external_id', 'name', 'phone', 'signed_up_at', 'last_seen_at'] as const
+const SHOWN_FIELDS = ['id', ...SETTABLE, 'created_at', 'updated_at'] as const
+type ContactField = (typeof SETTABLE)[number]
 export type ContactInput = Partial<Pick<ContactRecord, ContactField>> & { custom_attributes?: JsonObject }
 
 /** Contacts listed under a key (lower-case email, external id): emails are not unique in Intercom. */
@@ -257,9 +228,7 @@ export class Contacts {
 
     constructor(private readonly ws: Workspace) {}
 
-    has(id: string): boolean {
-        return this.byId.has(id)
-    }
+    has = (id: string): boolean => this.byId.has(id)
 
     /** Seeds existed before the run: searchable at once, duplicate emails allowed (old data has them). */
     seed(seed: SeedContact): { id: string } {
@@ -269,7 +238,7 @@ export class Contacts {
             throw new Error(`seed contact role must be user or lead`)
         this.ws.attributes.check('contact', seed.custom_attributes ?? {}, true)
         const at = seed.updated_at ?? seconds(this.ws)
-        const record = this.insert({ ...seed, created_at: at, updated_at: at, searchableAt: 0 }, seed.id)
+        const record = this.insert(seed, at, 0, seed.id)
         record.signed_up_at = seed.role === 'user' ? at : null
         return { id: record.id }
     }
@@ -280,22 +249,18 @@ export class Contacts {
         this.ws.attributes.check('contact', input.custom_attributes ?? {}, false)
         const now = seconds(this.ws)
         const searchableAt = this.ws.options.clock() + this.ws.options.searchLagMs
-        const record = this.insert({ ...candidate, created_at: now, updated_at: now, searchableAt })
+        const record = this.insert(candidate, now, searchableAt)
         this.ws.counters.contactsCreated += 1
         return this.toContact(record)
     }
 
-    private insert(
-        fields: ContactInput & Pick<ContactRecord, 'created_at' | 'updated_at' | 'searchableAt'>,
-        id = this.ws.newId()
-    ): ContactRecord {
-        const { created_at, updated_at, searchableAt } = fields
-        const given = Object.fromEntries(CONTACT_FIELDS.map((key) => [key, fields[key] ?? null]))
+    /** A new record, created and updated `at` (Unix seconds), searchable from `searchableAt` (clock ms). */
+    private insert(fields: ContactInput, at: number, searchableAt: number, id = this.ws.newId()) {
+        const given = Object.fromEntries(SETTABLE.map((key) => [key, fields[key] ?? null]))
         const record: ContactRecord = {
             ...(given as Pick<ContactRecord, ContactField>),
-            ...{ id, role: fields.role ?? 'user', created_at, updated_at, searchableAt, seq: ++this.seq },
-            custom_attributes: { ...fields.custom_attributes },
-            companyIds: [],
+            ...{ id, role: fields.role ?? 'user', created_at: at, updated_at: at, seq: ++this.seq },
+            ...{ searchableAt, custom_attributes: { ...fields.custom_attributes }, companyIds: [] },
         }
         this.byId.set(record.id, record)
         this.index(record, true)
@@ -305,8 +270,7 @@ export class Contacts {
     update(id: string, input: ContactInput): StoredContact {
         const record = this.record(id)
         const next = { ...record }
-        for (const key of CONTACT_FIELDS)
-            if (input[key] !== undefined) Object.assign(next, { [key]: input[key] })
+        for (const key of SETTABLE) if (input[key] !== undefined) Object.assign(next, { [key]: input[key] })
         this.checkIdentity(next, id)
         this.ws.attributes.check('contact', input.custom_attributes ?? {}, false)
         this.index(record, false)
@@ -318,9 +282,7 @@ export class Contacts {
         return this.toContact(record)
     }
 
-    get(id: string): StoredContact {
-        return this.toContact(this.record(id))
-    }
+    get = (id: string): StoredContact => this.toContact(this.record(id))
 
     record(id: string): ContactRecord {
         const record = this.byId.get(id)
@@ -355,10 +317,7 @@ export class Contacts {
     private invent(query: SearchNode): ContactRecord[] {
         const wanted = equality(query)
         if (wanted?.field !== 'email' && wanted?.field !== 'external_id') return []
-        const now = seconds(this.ws)
-        return [
-            this.insert({ [wanted.field]: wanted.value, created_at: now, updated_at: now, searchableAt: 0 }),
-        ]
+        return [this.insert({ [wanted.field]: wanted.value }, seconds(this.ws), 0)]
     }
 
     /** A superset of the matches: through an index for the common `field = value` query, else everyone. */
@@ -372,34 +331,28 @@ export class Contacts {
 
     /** How POST /events finds its contact: `email` and `user_id` only ever designate users. */
     findForEvent(kind: 'id' | 'user_id' | 'email', value: string): ContactRecord {
-        const byKey =
+        if (kind === 'id') return this.record(value)
+        const list =
             kind === 'user_id' ? this.byExternalId.list(value) : this.byEmail.list(value.toLowerCase())
-        const found = (kind === 'id' ? [this.byId.get(value)] : byKey).find(
-            (c) => c && (kind === 'id' || c.role === 'user')
-        )
+        const found = list.find((c) => c.role === 'user')
         if (!found) throw userNotFound()
         return found
     }
 
-    all(): ContactRecord[] {
-        return [...this.byId.values()]
-    }
+    all = (): ContactRecord[] => [...this.byId.values()]
 
     toContact(record: ContactRecord): StoredContact {
-        const { companyIds } = record
         const shown = Object.fromEntries(SHOWN_FIELDS.map((key) => [key, record[key]]))
+        const data = record.companyIds.map((id) => ({
+            type: 'company' as const,
+            id,
+            url: `/companies/${id}`,
+        }))
+        const url = `/contacts/${record.id}/companies`
         return {
             ...{ type: 'contact', ...(shown as Pick<ContactRecord, (typeof SHOWN_FIELDS)[number]>) },
             ...{ workspace_id: APP_ID, custom_attributes: structuredClone(record.custom_attributes) },
-            companies: {
-                type: 'list',
-                data: companyIds.map((id) => ({ type: 'company', id, url: `/companies/${id}` })),
-                ...{
-                    url: `/contacts/${record.id}/companies`,
-                    total_count: companyIds.length,
-                    has_more: false,
-                },
-            },
+            companies: { type: 'list', data, url, total_count: data.length, has_more: false },
         }
     }
 }
@@ -416,18 +369,12 @@ function matches(record: ContactRecord, node: SearchNode): boolean {
     return node.operator === '=' || node.operator === 'IN' ? hit : !hit
 }
 
-// --- companies ----------------------------------------------------------------------------------------
-
 /** Companies by id and by the caller's company_id (POST /companies creates or updates by it). */
 export class Companies {
     private readonly byId = new Map<string, StoredCompany>()
     private readonly byRemoteId = new Map<string, StoredCompany>()
 
     constructor(private readonly ws: Workspace) {}
-
-    has(id: string): boolean {
-        return this.byId.has(id)
-    }
 
     /** The companies endpoint stores "any other data about the company": unknown keys become attributes. */
     upsert(body: JsonObject): StoredCompany {
@@ -441,9 +388,9 @@ export class Companies {
         }
         // Intercom: "this will truncate floats".
         if (typeof body.monthly_spend === 'number') company.monthly_spend = Math.trunc(body.monthly_spend)
-        if (typeof body.plan === 'string')
-            company.plan = { type: 'plan', id: `plan-${body.plan}`, name: body.plan }
-        if (body.plan === null) company.plan = {}
+        const { plan } = body
+        if (typeof plan === 'string') company.plan = { type: 'plan', id: `plan-${plan}`, name: plan }
+        if (plan === null) company.plan = {}
         company.custom_attributes = { ...company.custom_attributes, ...custom }
         company.updated_at = now
         return structuredClone(company)
@@ -472,12 +419,8 @@ export class Companies {
         return structuredClone(company)
     }
 
-    all(): StoredCompany[] {
-        return [...this.byId.values()].map((company) => structuredClone(company))
-    }
+    all = (): StoredCompany[] => [...this.byId.values()].map((company) => structuredClone(company))
 }
-
-// --- events -------------------------------------------------------------------------------------------
 
 /** Data events, deduplicated on contact + name + created_at like Intercom, within the event-name limit. */
 export class Events {
@@ -505,9 +448,7 @@ export class Events {
         this.ws.counters.eventsAccepted += 1
     }
 
-    all(): StoredEvent[] {
-        return [...this.byKey.values()].map((event) => structuredClone(event))
-    }
+    all = (): StoredEvent[] => [...this.byKey.values()].map((event) => structuredClone(event))
 
     clear(): void {
         this.byKey.clear()
@@ -521,7 +462,8 @@ export class Workspace {
     readonly contacts = new Contacts(this)
     readonly companies = new Companies(this)
     readonly events = new Events(this)
-    readonly newId = idMaker((id) => this.contacts.has(id) || this.companies.has(id))
+    /** Only seeds choose their ids, so only contacts can hold one the counter reaches. */
+    readonly newId = idMaker((id) => this.contacts.has(id))
 
     constructor(
         readonly options: WorkspaceOptions,
