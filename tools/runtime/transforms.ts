@@ -1,6 +1,6 @@
 /**
- * PostHog's three Babel plugins for sandboxed plugin code, re-written from their sources (PostHog/plugin-server
- * `src/worker/vm/transforms/`, later PostHog/posthog `plugin-server/src/worker/vm/transforms/`), and the Babel call:
+ * PostHog's three Babel plugins for sandboxed plugin code and the Babel call, re-written from their
+ * sources (PostHog/plugin-server `src/worker/vm/transforms/`, later in PostHog/posthog `plugin-server/`):
  *
  * - replace-imports: each `import` becomes a `const` reading the frozen host table `__pluginHostImports`; a
  *   module not in it throws "Cannot import 'x'! …". Default and namespace imports read `table[x].default`
@@ -175,7 +175,7 @@ export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): 
 
 const transformed = new Map<string, string>()
 
-/** PostHog's Babel call for sandboxed plugins: the presets plus its three plugins (once per source and options). */
+/** PostHog's Babel call for sandboxed plugins: the presets and its three plugins (memoized). */
 export function transformPluginCode(source: string, options: TransformOptions): string {
     const key = JSON.stringify([options, source])
     const plugins = [replaceImports(options), loopTimeout(options), promiseTimeout(options)]
