@@ -15,7 +15,7 @@ import type { CdpFullFetch } from './fetch'
 import { hostModules, levelledLog } from './load-plugin'
 import { createSleeper } from './sleeper'
 import { posthogBabel } from './transforms'
-import { maxRuns, RetryPolicy, retryDelayMs } from './variants'
+import { RetryPolicy, retryDelayMs } from './variants'
 
 /** The id under which PostHog already runs a port of the original Intercom app. */
 export const INTERCOM_TEMPLATE_ID = 'plugin-posthog-intercom-plugin'
@@ -27,7 +27,6 @@ const TEST_FUNCTION_DELAY_MS = 200
 const NO_STORAGE = { get: async (_key: string, fallback: unknown) => fallback, set: async () => undefined }
 
 type CdpLogLevel = 'debug' | 'info' | 'warn' | 'error'
-
 type CdpLog = { level: CdpLogLevel; message: string }
 
 /** The invocation's globals, as far as the executor reads them. */
@@ -121,10 +120,6 @@ function describe(error: unknown): string {
     return typeof message === 'string' ? message : String(error)
 }
 
-function isRetryError(error: unknown): boolean {
-    return error instanceof RetryError || (error as { name?: unknown } | null)?.name === 'RetryError'
-}
-
 /** PostHog's LegacyPluginLogger: no `info`; `log` is written at level info. */
 export function legacyLogger(write: (level: CdpLogLevel, args: unknown[]) => void) {
     return levelledLog({ debug: 'debug', log: 'info', warn: 'warn', error: 'error' } as const, write)
@@ -143,8 +138,11 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
     const port = typeof options.source === 'string' ? null : options.source
     const plugin = port ? loadPort(port) : loadModule(options.source as string)
     // PostHog re-queues only its own RetryError class; for index.ts alone the name stands in (realms differ).
-    const retries = (error: unknown) => (port ? error instanceof PostHogRetryError : isRetryError(error))
-    const templateId = options.templateId ?? INTERCOM_TEMPLATE_ID
+    const retries = (error: unknown) =>
+        port
+            ? error instanceof PostHogRetryError
+            : error instanceof RetryError || (error as { name?: unknown } | null)?.name === 'RetryError'
+    const { retry, fetch, templateId = INTERCOM_TEMPLATE_ID } = options
     const scale = options.delayScale ?? 1
     const sleeper = createSleeper()
     const sleep = options.sleep ?? sleeper.sleep
@@ -158,16 +156,14 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
             options.onLog?.({ level, message })
         })
     const geoip = { locate: () => null }
-    const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip }
+    const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip, fetch }
 
     const execute = async (globals: CdpGlobals, run = 1): Promise<CdpRunResult> => {
         const logs: CdpLog[] = []
         const logger = loggerInto(logs)
         try {
             // Setup receives the real fetch, never the test-function stand-in; its result is kept for good.
-            setup ??= Promise.resolve().then(() =>
-                plugin.setupPlugin?.({ ...baseMeta, fetch: options.fetch })
-            )
+            setup ??= Promise.resolve().then(() => plugin.setupPlugin?.({ ...baseMeta }))
             await setup.catch((error: unknown) => {
                 throw Object.assign(new Error(`Plugin ${templateId} setup failed: ${describe(error)}`), {
                     cause: error,
@@ -186,7 +182,7 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
                         dump: async () => undefined,
                     }
                 }
-                return options.fetch(input, init)
+                return fetch(input, init)
             }
             const { event } = globals
             const properties = event.properties ?? {}
@@ -218,12 +214,9 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
                 const result = await execute(globals, run)
                 runs.push(result)
                 if (result.error === undefined) return { runs, value: result.value }
-                const again =
-                    retries(result.error) &&
-                    run < maxRuns(options.retry) &&
-                    options.retry.kind === 'cdp-requeue'
+                const again = retry.kind === 'cdp-requeue' && run < retry.runs && retries(result.error)
                 if (!again) return { runs, error: result.error }
-                await sleep(retryDelayMs(options.retry, run, options.random) * scale)
+                await sleep(retryDelayMs(retry, run, options.random) * scale)
             }
         },
         close: sleeper.cancelAll,

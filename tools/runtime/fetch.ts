@@ -4,15 +4,8 @@
  * undici-like fetch (3-4: a standard Response, its own 10 s timeout, `timeout` ignored) and the CDP
  * `meta.fetch` (5-6: a plain object, `timeoutMs`).
  */
-import {
-    cdpFetch,
-    CdpFetchOptions,
-    CdpResponse,
-    EmulatorTarget,
-    FetchFn,
-    hostNodeFetch,
-    redirectingFetch,
-} from './load-plugin'
+import type { CdpFetchOptions, CdpResponse, EmulatorTarget, FetchFn } from './load-plugin'
+import { cdpFetch, hostNodeFetch, redirectingFetch } from './load-plugin'
 import { FETCH_TIMEOUT_MS, FetchKind } from './variants'
 
 /** undici as the 2024-2025 plugin server used it: `timeout` ignored, its own 10 s limit. */

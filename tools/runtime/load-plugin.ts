@@ -1,13 +1,10 @@
 /**
- * Loads a plugin the way PostHog's plugin server does, so tests and tools meet the walls of production:
- *
- * - Babel with preset-typescript and preset-env for the running Node, filename `index.ts`, no config files.
- * - Imports other than `@posthog/plugin-scaffold`, `node-fetch`, `crypto` and `url` fail at load time
- *   with PostHog's message ("Cannot import 'x'! This package is not provided by PostHog in plugins.").
- * - A fresh `node:vm` context whose only host globals are `console`, `URL`, `Buffer` and `RetryError`
- *   (vm2 froze the same set): no timers, `process`, `AbortController`, `TextEncoder`, `URLSearchParams`, `fetch`.
- * - `node-fetch` is the caller's fetch, so no test reaches the network by accident: `redirectingFetch`
- *   points the three Intercom hosts at an emulator and refuses every other host.
+ * Loads a plugin the way PostHog's plugin server does, so tests and tools meet production's walls:
+ * Babel with preset-typescript and preset-env for this Node, filename `index.ts`, no config files;
+ * imports other than `@posthog/plugin-scaffold`, `node-fetch`, `crypto` and `url` refused at load time
+ * with PostHog's message; a fresh `node:vm` context whose only host globals are `console`, `URL`,
+ * `Buffer` and `RetryError` (vm2 froze the same set); `node-fetch` is the caller's fetch, so no test
+ * reaches the network by accident (`redirectingFetch` sends Intercom's hosts to an emulator, refuses others).
  *
  * Known difference: PostHog rewrites imports into lookups on a host object; this loader keeps Babel's
  * CommonJS output and gates `require`. Both resolve named imports and node-fetch's default import alike;
@@ -125,9 +122,8 @@ export function consoleTo(write: (level: ConsoleLevel, args: unknown[]) => void)
 }
 
 interface LoadPluginOptions {
-    /** Plugin file to load; defaults to the repository's index.ts. Ignored when `source` is given. */
+    /** The plugin's file (default: the repository's index.ts), or its `source` text instead. */
     file?: string
-    /** Plugin source text, instead of reading `file`. */
     source?: string
     /** What `import fetch from 'node-fetch'` resolves to; by default every request is refused. */
     fetch?: FetchFn

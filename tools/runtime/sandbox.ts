@@ -81,7 +81,7 @@ export function isRetryErrorFromVm(error: unknown, variant: VariantSpec): boolea
     )
 }
 
-/** The global `fetch` each kind freezes into the VM; 2025's `vmFetch` took the plugin config and returned the fetch. */
+/** The global `fetch` frozen into the VM; 2025's `vmFetch` took the plugin config and returned the fetch. */
 const GLOBAL_FETCH: Record<GlobalFetch, (fetch: FetchFn) => unknown> = {
     'node-fetch': nodeFetchModule,
     'curried-vm-fetch': (fetch) => () => (input: string, init?: object) => fetch(input, init),

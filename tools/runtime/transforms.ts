@@ -1,6 +1,6 @@
 /**
- * PostHog's three Babel plugins for sandboxed plugin code, re-written from their sources (PostHog/plugin-server
- * `src/worker/vm/transforms/`, later PostHog/posthog `plugin-server/src/worker/vm/transforms/`), and the Babel call:
+ * PostHog's three Babel plugins for sandboxed plugin code and the Babel call, re-written from their
+ * sources (PostHog/plugin-server `src/worker/vm/transforms/`, later in PostHog/posthog `plugin-server/`):
  *
  * - replace-imports: each `import` becomes a `const` reading the frozen host table `__pluginHostImports`; a
  *   module not in it throws "Cannot import 'x'! …". Default and namespace imports read `table[x].default`
@@ -155,18 +155,18 @@ function promiseTimeout(options: TransformOptions): (api: { types: T }) => Plugi
     })
 }
 
-/** Babel as PostHog configured it for plugins: presets typescript and env for this Node, filename index.ts. */
+/** No Babel config files; the plugin file named as PostHog names it. */
+const AS_INDEX_TS = { babelrc: false, configFile: false, filename: 'index.ts' }
+const TYPESCRIPT = require.resolve('@babel/preset-typescript')
+
+/** Babel as PostHog configured it for plugins: presets typescript and env for this Node. */
 export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): string {
+    const env = [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }]
     const result = babel.transformSync(source, {
+        ...AS_INDEX_TS,
         envName: 'production',
         code: true,
-        babelrc: false,
-        configFile: false,
-        filename: 'index.ts',
-        presets: [
-            require.resolve('@babel/preset-typescript'),
-            [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }],
-        ],
+        presets: [TYPESCRIPT, env],
         plugins,
     })
     if (!result?.code) throw new Error('Babel produced no code for the plugin')
@@ -175,7 +175,7 @@ export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): 
 
 const transformed = new Map<string, string>()
 
-/** PostHog's Babel call for sandboxed plugins: the presets plus its three plugins (once per source and options). */
+/** PostHog's Babel call for sandboxed plugins: the presets and its three plugins (memoized). */
 export function transformPluginCode(source: string, options: TransformOptions): string {
     const key = JSON.stringify([options, source])
     const plugins = [replaceImports(options), loopTimeout(options), promiseTimeout(options)]
@@ -188,12 +188,7 @@ export function transformPluginCode(source: string, options: TransformOptions): 
  * promise-timeout passes the callee (`f().g`) to the guard as an expression, so `f()` runs twice.
  */
 export function doubleEvaluatedAwaits(source: string): Array<{ line: number; callee: string }> {
-    const ast = babel.parseSync(source, {
-        babelrc: false,
-        configFile: false,
-        filename: 'index.ts',
-        presets: [require.resolve('@babel/preset-typescript')],
-    })
+    const ast = babel.parseSync(source, { ...AS_INDEX_TS, presets: [TYPESCRIPT] })
     if (!ast) return []
     const found: Array<{ line: number; callee: string }> = []
     babel.traverse(ast, {
@@ -211,13 +206,9 @@ export function doubleEvaluatedAwaits(source: string): Array<{ line: number; cal
                     inner.skip() // a function written there is created, not run
                 },
             })
-            if (calls) {
-                const { start, end } = callee.node
-                found.push({
-                    line: callee.node.loc?.start.line ?? 0,
-                    callee: source.slice(start ?? 0, end ?? 0),
-                })
-            }
+            if (!calls) return
+            const { start, end, loc } = callee.node
+            found.push({ line: loc?.start.line ?? 0, callee: source.slice(start ?? 0, end ?? 0) })
         },
     })
     return found
