@@ -68,6 +68,8 @@ export class WindowGate {
     /** When the current window resets, ms; 0 while none is known. */
     private resetAt = 0
     private inFlight = 0
+    /** The calls made through `wrap`, by route. */
+    readonly calls: CallCounts = { total: 0, byRoute: {} }
 
     constructor(
         private readonly signal?: AbortSignal,
@@ -114,38 +116,28 @@ export class WindowGate {
         }
         if (Number.isFinite(limit)) this.limit = limit
     }
-}
 
-export interface CallCounts {
-    total: number
-    byRoute: Record<string, number>
-}
-
-/** Counts every call by route and passes each through the window gate. */
-export class CallMeter {
-    private readonly counts: CallCounts = { total: 0, byRoute: {} }
-
-    constructor(readonly gate: WindowGate) {}
-
+    /** `target` with every call counted by route and passed through the gate. */
     wrap(target: FetchFn): FetchFn {
         return async (input, init?: FetchInit): Promise<FetchResponse> => {
-            await this.gate.acquire()
+            await this.acquire()
             const route = routeOf(init?.method ?? 'GET', String(input))
-            this.counts.total++
-            this.counts.byRoute[route] = (this.counts.byRoute[route] ?? 0) + 1
+            this.calls.total++
+            this.calls.byRoute[route] = (this.calls.byRoute[route] ?? 0) + 1
             let response: FetchResponse | undefined
             try {
                 response = await target(input, init)
                 return response
             } finally {
-                this.gate.release(response?.status ?? null, response?.headers)
+                this.release(response?.status ?? null, response?.headers)
             }
         }
     }
+}
 
-    snapshot(): CallCounts {
-        return { total: this.counts.total, byRoute: { ...this.counts.byRoute } }
-    }
+export interface CallCounts {
+    total: number
+    byRoute: Record<string, number>
 }
 
 // --- Dry run: Intercom answered in the process

@@ -10,7 +10,7 @@ import { createMemoryStorage, describeError } from '../runtime/harness'
 import type { FetchFn, IntercomHost, PluginExports } from '../runtime/load-plugin'
 import { consoleTo, hostNodeFetch, loadPlugin, redirectingFetch, regionNameOf } from '../runtime/load-plugin'
 import { configDigest, workspaceKey } from './checkpoint'
-import { CallMeter, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
+import { dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
 import { displayPath, expandInputs, InputFormat } from './input'
 import { Pacer } from './pace'
 import { FileSummary, ReplaySummary } from './report'
@@ -250,9 +250,8 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     })
     try {
         const gate = new WindowGate(options.signal)
-        const meter = new CallMeter(gate)
         const log = (level: string, text: string): void => options.onLog?.(level, redactText(text))
-        const plugin = await startPlugin(config, meter.wrap(target.fetch), log)
+        const plugin = await startPlugin(config, gate.wrap(target.fetch), log)
         const shared: Shared = {
             ...{ options, run, plugin, target, gate, eventPacer, rowContext, redactText },
             notice: (file, line) => notice(`${displayPath(file)}: ${line}`),
@@ -265,7 +264,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
         return {
             target: target.kind,
             files: summaries,
-            intercomCalls: meter.snapshot(),
+            intercomCalls: gate.calls,
             emulator: emulator && {
                 url: emulator.url,
                 eventsStored: emulator.events().length,

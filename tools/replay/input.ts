@@ -34,7 +34,6 @@ export interface InputRecord {
 }
 
 export interface InputSource {
-    kind: InputKind
     records: AsyncIterable<InputRecord>
     /** Bytes of the file behind the records read so far (compressed bytes for gzip and Brotli): the progress bar. */
     bytesDone(): number
@@ -255,7 +254,18 @@ interface CsvSkip {
  * it and reported here with its line. The parser runs ahead of this reader, so its skips are held back until
  * the records before them are out: lines come in order, which the checkpoint relies on.
  */
-async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): AsyncGenerator<InputRecord> {
+async function* csvRecords(text: Readable): AsyncGenerator<InputRecord> {
+    const options = {
+        columns: true,
+        bom: true,
+        info: true,
+        skip_empty_lines: true,
+        skip_records_with_error: true,
+    }
+    const parser = parseCsv(options)
+    const skips: CsvSkip[] = []
+    parser.on('skip', (error: CsvSkip) => skips.push(error))
+    pipeline(text, parser, () => undefined)
     const skipsBefore = function* (line: number): Generator<InputRecord> {
         skips.sort((a, b) => (a.lines ?? 0) - (b.lines ?? 0))
         while (skips.length > 0 && (skips[0].lines ?? 0) < line) {
@@ -263,7 +273,7 @@ async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): As
             yield { line: lines ?? 0, error: `unreadable CSV record: ${message.replace(/:.*$/, '')}` }
         }
     }
-    for await (const { record, info } of parser) {
+    for await (const { record, info } of parser as AsyncIterable<CsvItem>) {
         yield* skipsBefore(info.lines)
         yield recordOf(unflattenColumns(record), info.lines)
     }
@@ -324,28 +334,12 @@ export function openInput(file: string, kind: InputKind): InputSource {
             for await (const record of parquetRecords(file)) yield record
             done = size
         })()
-        return { kind, records, bytesDone: () => done, size, close: () => undefined }
+        return { records, bytesDone: () => done, size, close: () => undefined }
     }
     const raw = createReadStream(file)
     const decoded = decompressed(raw, kind.compression)
-    let records: AsyncIterable<InputRecord>
-    if (kind.format === 'csv') {
-        const skips: CsvSkip[] = []
-        const parser = parseCsv({
-            columns: true,
-            bom: true,
-            info: true,
-            skip_empty_lines: true,
-            skip_records_with_error: true,
-        })
-        parser.on('skip', (error: CsvSkip) => skips.push(error))
-        pipeline(decoded, parser, () => undefined)
-        records = csvRecords(parser, skips)
-    } else {
-        records = jsonLinesRecords(splitLines(decoded))
-    }
+    const records = kind.format === 'csv' ? csvRecords(decoded) : jsonLinesRecords(splitLines(decoded))
     return {
-        kind,
         records,
         bytesDone: () => raw.bytesRead,
         size,
