@@ -111,10 +111,7 @@ function readFailed(file: string): FailedEvent[] {
         })
 }
 
-/**
- * Which lines of one file are settled for one key, and which of them failed. Lines settle out of order (events
- * run concurrently); `settledThrough` moves up as the gaps below it fill.
- */
+/** Which lines of one file are settled for one key, and which failed; lines settle out of order (concurrently). */
 export class FileState {
     private settledThrough = 0
     private readonly settledAfter = new Set<number>()
@@ -142,10 +139,7 @@ export class FileState {
         }
     }
 
-    /**
-     * Lines done (or unreadable) for this key by an earlier run: this run skips them. Asked only of lines not
-     * yet read in this run, which only an earlier run can have settled.
-     */
+    /** Lines done (or unreadable) by an earlier run, skipped; asked only of lines this run has not read yet. */
     isDone(line: number): boolean {
         const settled = line <= this.settledThrough || this.settledAfter.has(line)
         return settled && !this.retrying.has(line)

@@ -153,12 +153,10 @@ function buildConfig(flags: Flags, env: NodeJS.ProcessEnv, read: Read): Record<s
 
 /** Only loopback: the token of the emulator must not travel anywhere else. */
 function emulatorUrl(value: string): string {
-    let url: URL
-    try {
-        url = new URL(value)
-    } catch {
+    if (!URL.canParse(value)) {
         throw new UsageError(`--emulator-url needs a URL such as http://127.0.0.1:4010, not '${value}'.`)
     }
+    const url = new URL(value)
     if (!['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
         throw new UsageError(
             `--emulator-url must be on this machine (127.0.0.1, localhost or [::1]), not ${url.hostname}.`

@@ -57,9 +57,8 @@ const MAX_PAUSE_MS = 60_000
 const RESET_MARGIN_MS = 25
 
 /**
- * Spends each rate-limit window up to the last call the plugin can make without backing off: the plugin stops
- * for the rest of a window once an answer says 2% or less is left (windowNearlySpent in index.ts), so the gate
- * holds every call whose answer could say so, counting those in flight, until the window resets.
+ * Spends each rate-limit window up to the plugin's threshold (it backs off once an answer says 2% or less is
+ * left: windowNearlySpent in index.ts): calls whose answer could say so, in-flight ones counted, wait for the reset.
  */
 export class WindowGate {
     private limit = NaN
@@ -186,9 +185,8 @@ function describeWrite(
 }
 
 /**
- * Answers like Intercom without a network: the Intercom model as a stand-in (every searched person is a user,
- * any token works), each write described to `onWrite` with emails masked. Other hosts are refused, as in a
- * real run. Events are not kept: a long dry run's memory grows with the people, not with the events.
+ * Intercom without a network: the model as a stand-in (everyone a user, any token), each write described to
+ * `onWrite`, emails masked; other hosts refused. Events are not kept: memory grows with people, not events.
  */
 export function dryRunFetch(onWrite: (write: string) => void): FetchFn {
     const intercom = createIntercom(STAND_IN_OPTIONS)

@@ -32,9 +32,9 @@ export type ReplayTarget =
     /** The real Intercom of the configured region; the token is in `config.intercomApiKey`. */
     | { kind: 'intercom' }
     /**
-     * An emulator: `emulator` (left running, checkpoints kept), `url` (one already running, seeded there; its
-     * token in the config), else one started for this run only. Contacts: `seedContacts`, and unless
-     * `deriveContacts` is false, one user per email of the files (default: when no seedContacts are given).
+     * An emulator: `emulator` (checkpoints kept), `url` (one already running, seeded there, its token in the
+     * config) or one started for this run. Contacts: `seedContacts`, plus one per email of the files when
+     * `deriveContacts` (default: when no seedContacts are given).
      */
     | {
           kind: 'emulator'
@@ -181,10 +181,7 @@ interface LoadedPlugin extends RunPlugin {
     teardownPlugin?: PluginExports['teardownPlugin']
 }
 
-/**
- * The meta of PostHog's current executor: no cache, so the plugin keeps no retry queue and every event's fate
- * is known when onEvent settles (the replay retries itself); contact lookups are remembered in `global`.
- */
+/** PostHog's current executor's meta: no cache, so no retry queue, and each event's fate is known when onEvent settles. */
 async function startPlugin(
     config: Record<string, string>,
     fetch: FetchFn,

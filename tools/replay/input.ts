@@ -168,10 +168,7 @@ function inflateHead(head: Buffer, compression: 'gzip' | 'brotli'): Buffer | nul
     }
 }
 
-/**
- * What `file` holds, from its first bytes: gzip and Parquet by their signatures, JSON Lines and CSV as text.
- * Brotli has no signature: bytes that are neither are tried as Brotli, and the note says so.
- */
+/** What `file` holds, from its first bytes: gzip and Parquet by signature, text as JSON Lines or CSV, else Brotli. */
 export function detectInput(file: string, format?: InputFormat): InputKind {
     const head = readHead(file)
     if (head.length === 0) return { format: format ?? 'jsonl', compression: 'none' }
@@ -250,9 +247,8 @@ interface CsvSkip {
 }
 
 /**
- * Records of the UI's CSV. A record csv-parse cannot read (a stray quote, a wrong column count) is skipped by
- * it and reported here with its line. The parser runs ahead of this reader, so its skips are held back until
- * the records before them are out: lines come in order, which the checkpoint relies on.
+ * Records of the UI's CSV; one csv-parse cannot read (a stray quote, a wrong column count) is reported with its
+ * line. The parser runs ahead, so its skips wait for the records before them: the checkpoint needs lines in order.
  */
 async function* csvRecords(text: Readable): AsyncGenerator<InputRecord> {
     const options = {
@@ -289,10 +285,7 @@ interface Hyparquet {
     parquetReadObjects(options: Record<string, unknown>): Promise<Array<Record<string, unknown>>>
 }
 
-/**
- * hyparquet is an ES module. Node's own require loads it (Node ≥ 20.19); jest's module system would not, and
- * it wraps `node:module` too, so Node's builtin is asked for directly where Node can give it.
- */
+/** hyparquet is an ES module: Node's own require loads it (≥ 20.19), jest's would not, so Node's is asked for. */
 function loadHyparquet(): Hyparquet {
     try {
         const nodeModule = process.getBuiltinModule?.('node:module') ?? { createRequire }
