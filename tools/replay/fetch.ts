@@ -1,6 +1,6 @@
 /** What stands between the sandboxed plugin and the network in a replay: host guard, dry run, call meter and rate-limit gate. */
 import { createIntercom, Region, STAND_IN_OPTIONS } from '../intercom/model'
-import { isRecord } from '../intercom/rules'
+import { isRecord, parseBody } from '../intercom/rules'
 import { sleep } from '../lib/sleep'
 import type { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost } from '../runtime/load-plugin'
 import { isIntercomHost, regionNameOf } from '../runtime/load-plugin'
@@ -141,15 +141,6 @@ export interface CallCounts {
 
 // --- Dry run: Intercom answered in the process
 
-function jsonBody(init: FetchInit | undefined): Record<string, unknown> {
-    try {
-        const parsed: unknown = JSON.parse(init?.body ?? '{}')
-        return isRecord(parsed) ? parsed : {}
-    } catch {
-        return {}
-    }
-}
-
 const keysOf = (value: unknown): string[] => (isRecord(value) ? Object.keys(value) : [])
 
 /** A write the dry run did not make, in one line (route, event, created_at, masked contact, keys); undefined for reads. */
@@ -200,7 +191,12 @@ export function dryRunFetch(onWrite: (write: string) => void): FetchFn {
         }
         intercom.configure({ region: regionNameOf(url.hostname) as Region })
         const route = routeOf(init?.method ?? 'GET', url.toString())
-        const write = describeWrite(route, jsonBody(init), contactOf, url.pathname.split('/')[2] ?? '')
+        const write = describeWrite(
+            route,
+            parseBody(init?.body, {}).body,
+            contactOf,
+            url.pathname.split('/')[2] ?? ''
+        )
         if (write) onWrite(write)
         const response = await intercom.fetch(url, init)
         intercom.reset()

@@ -207,7 +207,7 @@ export function formatSummary(summary: ReplaySummary): string {
 
 // --- Progress bar
 
-export interface Progress {
+interface Progress {
     update(bytes: number, file: FileSummary): void
     stop(): void
 }
