@@ -65,17 +65,10 @@ export function configDigest(config: Record<string, string>): string {
     return sha256(JSON.stringify(entries))
 }
 
-function keyId(key: CheckpointKey): string {
-    return sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
-}
-
-interface CheckpointPaths {
-    checkpoint: string
-    failed: string
-}
-
-export function checkpointPaths(dir: string, key: CheckpointKey): CheckpointPaths {
-    const base = path.join(dir, `${path.basename(key.file)}.${keyId(key)}`)
+/** `<dir>/<file name>.<key hash>`: the checkpoint and its failed-events file. */
+export function checkpointPaths(dir: string, key: CheckpointKey): { checkpoint: string; failed: string } {
+    const id = sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
+    const base = path.join(dir, `${path.basename(key.file)}.${id}`)
     return { checkpoint: `${base}.checkpoint.json`, failed: `${base}.failed.jsonl` }
 }
 
@@ -124,7 +117,7 @@ export class FileState {
 
     constructor(
         readonly key: CheckpointKey,
-        readonly paths: CheckpointPaths | null,
+        readonly paths: ReturnType<typeof checkpointPaths> | null,
         restart = false
     ) {
         const saved = paths && !restart ? readCheckpointFile(paths.checkpoint, key) : null
