@@ -3,6 +3,7 @@
 // PostHog's UI. Records stream with their line (Parquet: row) number, so a 1 GB export never sits in memory
 // and the checkpoint can name each event.
 import { parse as parseCsv } from 'csv-parse'
+import { isUtf8 } from 'node:buffer'
 import { closeSync, createReadStream, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import * as path from 'node:path'
@@ -137,19 +138,12 @@ export function readHead(file: string): Buffer {
     }
 }
 
-const isGzip = (head: Buffer): boolean => head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b
-const isParquet = (head: Buffer): boolean => head.subarray(0, 4).toString('latin1') === 'PAR1'
-
 /** Text a person could have written: valid UTF-8 (a sequence cut at the end aside), no control bytes. */
 function isText(head: Buffer): boolean {
     const sample = head.subarray(0, Math.max(0, head.length - 3))
-    if (sample.some((byte) => byte < 0x09 || (byte > 0x0d && byte < 0x20) || byte === 0x7f)) return false
-    try {
-        new TextDecoder('utf-8', { fatal: true }).decode(sample)
-        return true
-    } catch {
-        return false
-    }
+    return (
+        !sample.some((byte) => byte < 0x09 || (byte > 0x0d && byte < 0x20) || byte === 0x7f) && isUtf8(sample)
+    )
 }
 
 /** JSON Lines open with `{` (after a BOM and blank space); anything else textual is taken for CSV. */
@@ -172,8 +166,9 @@ function inflateHead(head: Buffer, compression: 'gzip' | 'brotli'): Buffer | nul
 export function detectInput(file: string, format?: InputFormat): InputKind {
     const head = readHead(file)
     if (head.length === 0) return { format: format ?? 'jsonl', compression: 'none' }
-    if (isParquet(head)) return { format: 'parquet', compression: 'none' }
-    if (isGzip(head)) {
+    // The signatures: Parquet's `PAR1`, gzip's 1f 8b.
+    if (head.subarray(0, 4).toString('latin1') === 'PAR1') return { format: 'parquet', compression: 'none' }
+    if (head[0] === 0x1f && head[1] === 0x8b) {
         const inner = inflateHead(head, 'gzip')
         return { format: format ?? (inner ? textFormat(inner) : 'jsonl'), compression: 'gzip' }
     }
@@ -295,8 +290,8 @@ function loadHyparquet(): Hyparquet {
     }
 }
 
-/** Row group by row group: one group of a batch export is at most a few hundred thousand rows. */
-async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
+/** Row group by row group (at most a few hundred thousand rows in a batch export); `onEnd` once all are out. */
+async function* parquetRecords(file: string, onEnd: () => void): AsyncGenerator<InputRecord> {
     const hyparquet = loadHyparquet()
     const buffer = await hyparquet.asyncBufferFromFile(file)
     const metadata = await hyparquet.parquetMetadataAsync(buffer)
@@ -307,6 +302,7 @@ async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
         for (const [index, raw] of rows.entries()) yield recordOf(raw, rowStart + index + 1)
         rowStart = rowEnd
     }
+    onEnd()
 }
 
 // --- Opening a file
@@ -323,10 +319,7 @@ export function openInput(file: string, kind: InputKind): InputSource {
     const size = statSync(file).size
     if (kind.format === 'parquet') {
         let done = 0
-        const records = (async function* () {
-            for await (const record of parquetRecords(file)) yield record
-            done = size
-        })()
+        const records = parquetRecords(file, () => (done = size))
         return { records, bytesDone: () => done, size, close: () => undefined }
     }
     const raw = createReadStream(file)
