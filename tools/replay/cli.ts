@@ -102,12 +102,6 @@ const FLAGS = {
 type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>['values']
 type Read = (path: string) => string
 
-interface CliRequest {
-    help: boolean
-    verbose: boolean
-    options: ReplayOptions
-}
-
 function configKey(key: string, source: string): string {
     if (!CONFIG_KEYS.has(key)) {
         throw new UsageError(
@@ -182,7 +176,7 @@ export function parseCli(
     argv: string[],
     env: NodeJS.ProcessEnv = process.env,
     read: Read = (path) => readFileSync(path, 'utf8')
-): CliRequest {
+): { help: boolean; verbose: boolean; options: ReplayOptions } {
     const { values: flags, positionals } = parseFlags(argv, FLAGS, true)
     const help = Boolean(flags.help)
     const inputs = [...(flags.file ?? []), ...positionals]
@@ -224,7 +218,7 @@ function isUsageProblem(error: unknown): error is Error {
     return [UsageError, SetupError, CheckpointError, ConfigError].some((kind) => error instanceof kind)
 }
 
-async function runReplay(request: CliRequest, argv: string[]): Promise<number> {
+async function runReplay(request: ReturnType<typeof parseCli>, argv: string[]): Promise<number> {
     if (argv.some((arg) => arg === '--token' || arg.startsWith('--token='))) {
         process.stderr.write(
             'Note: a token given as a flag stays in shell history and ps; INTERCOM_API_KEY is safer.\n'

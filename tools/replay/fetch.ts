@@ -34,13 +34,11 @@ export function redact(text: string, token?: string): string {
 
 /** The token may only ever travel to this host: anything else is refused before a socket is opened. */
 export function intercomOnlyFetch(allowedHost: IntercomHost, base: FetchFn): FetchFn {
-    return (input, init) => {
+    return async (input, init) => {
         const url = new URL(String(input))
         if (url.protocol !== 'https:' || url.hostname !== allowedHost || !['', '443'].includes(url.port)) {
-            return Promise.reject(
-                new Error(
-                    `Refused a request to ${url.protocol}//${url.host}: only https://${allowedHost} is called`
-                )
+            throw new Error(
+                `Refused a request to ${url.protocol}//${url.host}: only https://${allowedHost} is called`
             )
         }
         return base(url.toString(), init)

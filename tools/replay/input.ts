@@ -231,15 +231,8 @@ async function* jsonLinesRecords(lines: AsyncIterable<string>): AsyncGenerator<I
     }
 }
 
-interface CsvItem {
-    record: Record<string, string>
-    info: { lines: number }
-}
-
-interface CsvSkip {
-    lines?: number
-    message: string
-}
+type CsvItem = { record: Record<string, string>; info: { lines: number } }
+type CsvSkip = { lines?: number; message: string }
 
 /**
  * Records of the UI's CSV; one csv-parse cannot read (a stray quote, a wrong column count) is reported with its
