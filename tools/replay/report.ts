@@ -16,7 +16,6 @@ export interface FileSummary {
     kind?: InputKind
     /** Events done by earlier runs for this target and config, skipped. */
     doneEarlier: number
-    /** Earlier failures tried again in this run. */
     retriedFromEarlier: number
     /** Records handed to the plugin in this run. */
     rowsRead: number
@@ -48,7 +47,6 @@ export interface ReplaySummary {
     target: ReplayTargetKind
     files: FileSummary[]
     intercomCalls: CallCounts
-    /** Set when the replay ran against the emulator. */
     emulator?: { url: string; eventsStored: number; deduplicated: number }
     interrupted: boolean
     durationMs: number
