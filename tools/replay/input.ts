@@ -86,11 +86,8 @@ function filesUnder(dir: string): string[] {
 function globMatches(pattern: string): string[] {
     const normalized = pattern.split(path.sep).join('/')
     const segments = normalized.split('/')
-    const fixed = segments.slice(
-        0,
-        segments.findIndex((segment) => GLOB_CHARS.test(segment))
-    )
-    const base = fixed.length === 0 ? '.' : fixed.join('/') || '/'
+    const wild = segments.findIndex((segment) => GLOB_CHARS.test(segment))
+    const base = wild === 0 ? '.' : segments.slice(0, wild).join('/') || '/'
     if (!existsSync(base)) return []
     const slashed = (file: string) => path.resolve(file).split(path.sep).join('/')
     const matcher = globToRegExp(slashed(base) + normalized.slice(base.length))

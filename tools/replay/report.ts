@@ -212,14 +212,12 @@ interface Progress {
 
 const SILENT: Progress = { update: () => undefined, stop: () => undefined }
 
-function payload(file: FileSummary): Record<string, number | string> {
-    return {
-        name: displayPath(file.file),
-        rows: file.rowsRead,
-        delivered: file.delivered,
-        failed: sumCounts(file.reasons),
-    }
-}
+const payload = (file: FileSummary) => ({
+    name: displayPath(file.file),
+    rows: file.rowsRead,
+    delivered: file.delivered,
+    failed: sumCounts(file.reasons),
+})
 
 /** A bar over the bytes of one file, on stderr; nothing at all when disabled. */
 export function createProgress(enabled: boolean, totalBytes: number, file: FileSummary): Progress {
