@@ -65,17 +65,10 @@ export function configDigest(config: Record<string, string>): string {
     return sha256(JSON.stringify(entries))
 }
 
-function keyId(key: CheckpointKey): string {
-    return sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
-}
-
-interface CheckpointPaths {
-    checkpoint: string
-    failed: string
-}
-
-export function checkpointPaths(dir: string, key: CheckpointKey): CheckpointPaths {
-    const base = path.join(dir, `${path.basename(key.file)}.${keyId(key)}`)
+/** `<dir>/<file name>.<key hash>`: the checkpoint and its failed-events file. */
+export function checkpointPaths(dir: string, key: CheckpointKey): { checkpoint: string; failed: string } {
+    const id = sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
+    const base = path.join(dir, `${path.basename(key.file)}.${id}`)
     return { checkpoint: `${base}.checkpoint.json`, failed: `${base}.failed.jsonl` }
 }
 
@@ -111,10 +104,7 @@ function readFailed(file: string): FailedEvent[] {
         })
 }
 
-/**
- * Which lines of one file are settled for one key, and which of them failed. Lines settle out of order (events
- * run concurrently); `settledThrough` moves up as the gaps below it fill.
- */
+/** Which lines of one file are settled for one key, and which failed; lines settle out of order (concurrently). */
 export class FileState {
     private settledThrough = 0
     private readonly settledAfter = new Set<number>()
@@ -127,7 +117,7 @@ export class FileState {
 
     constructor(
         readonly key: CheckpointKey,
-        readonly paths: CheckpointPaths | null,
+        readonly paths: ReturnType<typeof checkpointPaths> | null,
         restart = false
     ) {
         const saved = paths && !restart ? readCheckpointFile(paths.checkpoint, key) : null
@@ -142,10 +132,7 @@ export class FileState {
         }
     }
 
-    /**
-     * Lines done (or unreadable) for this key by an earlier run: this run skips them. Asked only of lines not
-     * yet read in this run, which only an earlier run can have settled.
-     */
+    /** Lines done (or unreadable) by an earlier run, skipped; asked only of lines this run has not read yet. */
     isDone(line: number): boolean {
         const settled = line <= this.settledThrough || this.settledAfter.has(line)
         return settled && !this.retrying.has(line)

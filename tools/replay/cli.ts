@@ -102,12 +102,6 @@ const FLAGS = {
 type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>['values']
 type Read = (path: string) => string
 
-interface CliRequest {
-    help: boolean
-    verbose: boolean
-    options: ReplayOptions
-}
-
 function configKey(key: string, source: string): string {
     if (!CONFIG_KEYS.has(key)) {
         throw new UsageError(
@@ -153,12 +147,10 @@ function buildConfig(flags: Flags, env: NodeJS.ProcessEnv, read: Read): Record<s
 
 /** Only loopback: the token of the emulator must not travel anywhere else. */
 function emulatorUrl(value: string): string {
-    let url: URL
-    try {
-        url = new URL(value)
-    } catch {
+    if (!URL.canParse(value)) {
         throw new UsageError(`--emulator-url needs a URL such as http://127.0.0.1:4010, not '${value}'.`)
     }
+    const url = new URL(value)
     if (!['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
         throw new UsageError(
             `--emulator-url must be on this machine (127.0.0.1, localhost or [::1]), not ${url.hostname}.`
@@ -184,7 +176,7 @@ export function parseCli(
     argv: string[],
     env: NodeJS.ProcessEnv = process.env,
     read: Read = (path) => readFileSync(path, 'utf8')
-): CliRequest {
+): { help: boolean; verbose: boolean; options: ReplayOptions } {
     const { values: flags, positionals } = parseFlags(argv, FLAGS, true)
     const help = Boolean(flags.help)
     const inputs = [...(flags.file ?? []), ...positionals]
@@ -226,7 +218,7 @@ function isUsageProblem(error: unknown): error is Error {
     return [UsageError, SetupError, CheckpointError, ConfigError].some((kind) => error instanceof kind)
 }
 
-async function runReplay(request: CliRequest, argv: string[]): Promise<number> {
+async function runReplay(request: ReturnType<typeof parseCli>, argv: string[]): Promise<number> {
     if (argv.some((arg) => arg === '--token' || arg.startsWith('--token='))) {
         process.stderr.write(
             'Note: a token given as a flag stays in shell history and ps; INTERCOM_API_KEY is safer.\n'

@@ -1,6 +1,6 @@
 /** What stands between the sandboxed plugin and the network in a replay: host guard, dry run, call meter and rate-limit gate. */
 import { createIntercom, Region, STAND_IN_OPTIONS } from '../intercom/model'
-import { isRecord } from '../intercom/rules'
+import { isRecord, parseBody } from '../intercom/rules'
 import { sleep } from '../lib/sleep'
 import type { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost } from '../runtime/load-plugin'
 import { isIntercomHost, regionNameOf } from '../runtime/load-plugin'
@@ -34,13 +34,11 @@ export function redact(text: string, token?: string): string {
 
 /** The token may only ever travel to this host: anything else is refused before a socket is opened. */
 export function intercomOnlyFetch(allowedHost: IntercomHost, base: FetchFn): FetchFn {
-    return (input, init) => {
+    return async (input, init) => {
         const url = new URL(String(input))
         if (url.protocol !== 'https:' || url.hostname !== allowedHost || !['', '443'].includes(url.port)) {
-            return Promise.reject(
-                new Error(
-                    `Refused a request to ${url.protocol}//${url.host}: only https://${allowedHost} is called`
-                )
+            throw new Error(
+                `Refused a request to ${url.protocol}//${url.host}: only https://${allowedHost} is called`
             )
         }
         return base(url.toString(), init)
@@ -57,9 +55,8 @@ const MAX_PAUSE_MS = 60_000
 const RESET_MARGIN_MS = 25
 
 /**
- * Spends each rate-limit window up to the last call the plugin can make without backing off: the plugin stops
- * for the rest of a window once an answer says 2% or less is left (windowNearlySpent in index.ts), so the gate
- * holds every call whose answer could say so, counting those in flight, until the window resets.
+ * Spends each rate-limit window up to the plugin's threshold (it backs off once an answer says 2% or less is
+ * left: windowNearlySpent in index.ts): calls whose answer could say so, in-flight ones counted, wait for the reset.
  */
 export class WindowGate {
     private limit = NaN
@@ -68,6 +65,8 @@ export class WindowGate {
     /** When the current window resets, ms; 0 while none is known. */
     private resetAt = 0
     private inFlight = 0
+    /** The calls made through `wrap`, by route. */
+    readonly calls: CallCounts = { total: 0, byRoute: {} }
 
     constructor(
         private readonly signal?: AbortSignal,
@@ -114,6 +113,23 @@ export class WindowGate {
         }
         if (Number.isFinite(limit)) this.limit = limit
     }
+
+    /** `target` with every call counted by route and passed through the gate. */
+    wrap(target: FetchFn): FetchFn {
+        return async (input, init?: FetchInit): Promise<FetchResponse> => {
+            await this.acquire()
+            const route = routeOf(init?.method ?? 'GET', String(input))
+            this.calls.total++
+            this.calls.byRoute[route] = (this.calls.byRoute[route] ?? 0) + 1
+            let response: FetchResponse | undefined
+            try {
+                response = await target(input, init)
+                return response
+            } finally {
+                this.release(response?.status ?? null, response?.headers)
+            }
+        }
+    }
 }
 
 export interface CallCounts {
@@ -121,43 +137,7 @@ export interface CallCounts {
     byRoute: Record<string, number>
 }
 
-/** Counts every call by route and passes each through the window gate. */
-export class CallMeter {
-    private readonly counts: CallCounts = { total: 0, byRoute: {} }
-
-    constructor(readonly gate: WindowGate) {}
-
-    wrap(target: FetchFn): FetchFn {
-        return async (input, init?: FetchInit): Promise<FetchResponse> => {
-            await this.gate.acquire()
-            const route = routeOf(init?.method ?? 'GET', String(input))
-            this.counts.total++
-            this.counts.byRoute[route] = (this.counts.byRoute[route] ?? 0) + 1
-            let response: FetchResponse | undefined
-            try {
-                response = await target(input, init)
-                return response
-            } finally {
-                this.gate.release(response?.status ?? null, response?.headers)
-            }
-        }
-    }
-
-    snapshot(): CallCounts {
-        return { total: this.counts.total, byRoute: { ...this.counts.byRoute } }
-    }
-}
-
 // --- Dry run: Intercom answered in the process
-
-function jsonBody(init: FetchInit | undefined): Record<string, unknown> {
-    try {
-        const parsed: unknown = JSON.parse(init?.body ?? '{}')
-        return isRecord(parsed) ? parsed : {}
-    } catch {
-        return {}
-    }
-}
 
 const keysOf = (value: unknown): string[] => (isRecord(value) ? Object.keys(value) : [])
 
@@ -194,9 +174,8 @@ function describeWrite(
 }
 
 /**
- * Answers like Intercom without a network: the Intercom model as a stand-in (every searched person is a user,
- * any token works), each write described to `onWrite` with emails masked. Other hosts are refused, as in a
- * real run. Events are not kept: a long dry run's memory grows with the people, not with the events.
+ * Intercom without a network: the model as a stand-in (everyone a user, any token), each write described to
+ * `onWrite`, emails masked; other hosts refused. Events are not kept: memory grows with people, not events.
  */
 export function dryRunFetch(onWrite: (write: string) => void): FetchFn {
     const intercom = createIntercom(STAND_IN_OPTIONS)
@@ -210,7 +189,12 @@ export function dryRunFetch(onWrite: (write: string) => void): FetchFn {
         }
         intercom.configure({ region: regionNameOf(url.hostname) as Region })
         const route = routeOf(init?.method ?? 'GET', url.toString())
-        const write = describeWrite(route, jsonBody(init), contactOf, url.pathname.split('/')[2] ?? '')
+        const write = describeWrite(
+            route,
+            parseBody(init?.body, {}).body,
+            contactOf,
+            url.pathname.split('/')[2] ?? ''
+        )
         if (write) onWrite(write)
         const response = await intercom.fetch(url, init)
         intercom.reset()

@@ -10,7 +10,7 @@ import { createMemoryStorage, describeError } from '../runtime/harness'
 import type { FetchFn, IntercomHost, PluginExports } from '../runtime/load-plugin'
 import { consoleTo, hostNodeFetch, loadPlugin, redirectingFetch, regionNameOf } from '../runtime/load-plugin'
 import { configDigest, workspaceKey } from './checkpoint'
-import { CallMeter, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
+import { dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
 import { displayPath, expandInputs, InputFormat } from './input'
 import { Pacer } from './pace'
 import { FileSummary, ReplaySummary } from './report'
@@ -32,9 +32,9 @@ export type ReplayTarget =
     /** The real Intercom of the configured region; the token is in `config.intercomApiKey`. */
     | { kind: 'intercom' }
     /**
-     * An emulator: `emulator` (left running, checkpoints kept), `url` (one already running, seeded there; its
-     * token in the config), else one started for this run only. Contacts: `seedContacts`, and unless
-     * `deriveContacts` is false, one user per email of the files (default: when no seedContacts are given).
+     * An emulator: `emulator` (checkpoints kept), `url` (one already running, seeded there, its token in the
+     * config) or one started for this run. Contacts: `seedContacts`, plus one per email of the files when
+     * `deriveContacts` (default: when no seedContacts are given).
      */
     | {
           kind: 'emulator'
@@ -134,10 +134,9 @@ async function emulatorTarget(
     base: FetchFn
 ): Promise<Target> {
     // A running emulator outlives the run, so checkpoints are kept for it.
-    if (target.url) {
-        const key = `emulator ${target.url}`
-        return { kind: 'emulator', fetch: redirectingFetch(target.url, base), key }
-    }
+    const key = (url: string): string => `emulator ${url}`
+    if (target.url)
+        return { kind: 'emulator', fetch: redirectingFetch(target.url, base), key: key(target.url) }
     const owned = !target.emulator
     const emulator =
         target.emulator ??
@@ -145,15 +144,14 @@ async function emulatorTarget(
     if (!owned) for (const contact of target.seedContacts ?? []) emulator.addContact(contact)
     const known = new Set(emulator.contacts().map((contact) => contact.email))
     const seed = (email: string): void => {
-        if (known.has(email)) return
+        if (!known.has(email)) emulator.addContact({ email, role: 'user' })
         known.add(email)
-        emulator.addContact({ email, role: 'user' })
     }
     return {
         kind: 'emulator',
         fetch: redirectingFetch(emulator.url, base),
         // An emulator started for this run forgets everything when it stops: no checkpoint could apply to it.
-        key: owned ? null : `emulator ${emulator.url}`,
+        key: owned ? null : key(emulator.url),
         emulator,
         seed: (target.deriveContacts ?? !target.seedContacts) ? seed : undefined,
         close: async () => (owned ? emulator.close() : undefined),
@@ -177,19 +175,11 @@ function openTarget(
 
 // --- The plugin, loaded as PostHog loads it
 
-interface LoadedPlugin extends RunPlugin {
-    teardownPlugin?: PluginExports['teardownPlugin']
-}
+type LoadedPlugin = RunPlugin & Pick<PluginExports, 'teardownPlugin'>
+type Log = NonNullable<ReplayOptions['onLog']>
 
-/**
- * The meta of PostHog's current executor: no cache, so the plugin keeps no retry queue and every event's fate
- * is known when onEvent settles (the replay retries itself); contact lookups are remembered in `global`.
- */
-async function startPlugin(
-    config: Record<string, string>,
-    fetch: FetchFn,
-    log: (level: string, text: string) => void
-): Promise<LoadedPlugin> {
+/** PostHog's current executor's meta: no cache, so no retry queue, and each event's fate is known when onEvent settles. */
+async function startPlugin(config: Record<string, string>, fetch: FetchFn, log: Log): Promise<LoadedPlugin> {
     const console = consoleTo((level, args) =>
         log(level, args.map((arg) => (typeof arg === 'string' ? arg : describeError(arg))).join(' '))
     )
@@ -250,9 +240,8 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     })
     try {
         const gate = new WindowGate(options.signal)
-        const meter = new CallMeter(gate)
-        const log = (level: string, text: string): void => options.onLog?.(level, redactText(text))
-        const plugin = await startPlugin(config, meter.wrap(target.fetch), log)
+        const log: Log = (level, text) => options.onLog?.(level, redactText(text))
+        const plugin = await startPlugin(config, gate.wrap(target.fetch), log)
         const shared: Shared = {
             ...{ options, run, plugin, target, gate, eventPacer, rowContext, redactText },
             notice: (file, line) => notice(`${displayPath(file)}: ${line}`),
@@ -265,7 +254,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
         return {
             target: target.kind,
             files: summaries,
-            intercomCalls: meter.snapshot(),
+            intercomCalls: gate.calls,
             emulator: emulator && {
                 url: emulator.url,
                 eventsStored: emulator.events().length,

@@ -3,6 +3,7 @@
 // PostHog's UI. Records stream with their line (Parquet: row) number, so a 1 GB export never sits in memory
 // and the checkpoint can name each event.
 import { parse as parseCsv } from 'csv-parse'
+import { isUtf8 } from 'node:buffer'
 import { closeSync, createReadStream, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import * as path from 'node:path'
@@ -34,7 +35,6 @@ export interface InputRecord {
 }
 
 export interface InputSource {
-    kind: InputKind
     records: AsyncIterable<InputRecord>
     /** Bytes of the file behind the records read so far (compressed bytes for gzip and Brotli): the progress bar. */
     bytesDone(): number
@@ -86,11 +86,8 @@ function filesUnder(dir: string): string[] {
 function globMatches(pattern: string): string[] {
     const normalized = pattern.split(path.sep).join('/')
     const segments = normalized.split('/')
-    const fixed = segments.slice(
-        0,
-        segments.findIndex((segment) => GLOB_CHARS.test(segment))
-    )
-    const base = fixed.length === 0 ? '.' : fixed.join('/') || '/'
+    const wild = segments.findIndex((segment) => GLOB_CHARS.test(segment))
+    const base = wild === 0 ? '.' : segments.slice(0, wild).join('/') || '/'
     if (!existsSync(base)) return []
     const slashed = (file: string) => path.resolve(file).split(path.sep).join('/')
     const matcher = globToRegExp(slashed(base) + normalized.slice(base.length))
@@ -138,19 +135,12 @@ export function readHead(file: string): Buffer {
     }
 }
 
-const isGzip = (head: Buffer): boolean => head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b
-const isParquet = (head: Buffer): boolean => head.subarray(0, 4).toString('latin1') === 'PAR1'
-
 /** Text a person could have written: valid UTF-8 (a sequence cut at the end aside), no control bytes. */
 function isText(head: Buffer): boolean {
     const sample = head.subarray(0, Math.max(0, head.length - 3))
-    if (sample.some((byte) => byte < 0x09 || (byte > 0x0d && byte < 0x20) || byte === 0x7f)) return false
-    try {
-        new TextDecoder('utf-8', { fatal: true }).decode(sample)
-        return true
-    } catch {
-        return false
-    }
+    return (
+        !sample.some((byte) => byte < 0x09 || (byte > 0x0d && byte < 0x20) || byte === 0x7f) && isUtf8(sample)
+    )
 }
 
 /** JSON Lines open with `{` (after a BOM and blank space); anything else textual is taken for CSV. */
@@ -169,15 +159,13 @@ function inflateHead(head: Buffer, compression: 'gzip' | 'brotli'): Buffer | nul
     }
 }
 
-/**
- * What `file` holds, from its first bytes: gzip and Parquet by their signatures, JSON Lines and CSV as text.
- * Brotli has no signature: bytes that are neither are tried as Brotli, and the note says so.
- */
+/** What `file` holds, from its first bytes: gzip and Parquet by signature, text as JSON Lines or CSV, else Brotli. */
 export function detectInput(file: string, format?: InputFormat): InputKind {
     const head = readHead(file)
     if (head.length === 0) return { format: format ?? 'jsonl', compression: 'none' }
-    if (isParquet(head)) return { format: 'parquet', compression: 'none' }
-    if (isGzip(head)) {
+    // The signatures: Parquet's `PAR1`, gzip's 1f 8b.
+    if (head.subarray(0, 4).toString('latin1') === 'PAR1') return { format: 'parquet', compression: 'none' }
+    if (head[0] === 0x1f && head[1] === 0x8b) {
         const inner = inflateHead(head, 'gzip')
         return { format: format ?? (inner ? textFormat(inner) : 'jsonl'), compression: 'gzip' }
     }
@@ -240,22 +228,25 @@ async function* jsonLinesRecords(lines: AsyncIterable<string>): AsyncGenerator<I
     }
 }
 
-interface CsvItem {
-    record: Record<string, string>
-    info: { lines: number }
-}
-
-interface CsvSkip {
-    lines?: number
-    message: string
-}
+type CsvItem = { record: Record<string, string>; info: { lines: number } }
+type CsvSkip = { lines?: number; message: string }
 
 /**
- * Records of the UI's CSV. A record csv-parse cannot read (a stray quote, a wrong column count) is skipped by
- * it and reported here with its line. The parser runs ahead of this reader, so its skips are held back until
- * the records before them are out: lines come in order, which the checkpoint relies on.
+ * Records of the UI's CSV; one csv-parse cannot read (a stray quote, a wrong column count) is reported with its
+ * line. The parser runs ahead, so its skips wait for the records before them: the checkpoint needs lines in order.
  */
-async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): AsyncGenerator<InputRecord> {
+async function* csvRecords(text: Readable): AsyncGenerator<InputRecord> {
+    const options = {
+        columns: true,
+        bom: true,
+        info: true,
+        skip_empty_lines: true,
+        skip_records_with_error: true,
+    }
+    const parser = parseCsv(options)
+    const skips: CsvSkip[] = []
+    parser.on('skip', (error: CsvSkip) => skips.push(error))
+    pipeline(text, parser, () => undefined)
     const skipsBefore = function* (line: number): Generator<InputRecord> {
         skips.sort((a, b) => (a.lines ?? 0) - (b.lines ?? 0))
         while (skips.length > 0 && (skips[0].lines ?? 0) < line) {
@@ -263,7 +254,7 @@ async function* csvRecords(parser: AsyncIterable<CsvItem>, skips: CsvSkip[]): As
             yield { line: lines ?? 0, error: `unreadable CSV record: ${message.replace(/:.*$/, '')}` }
         }
     }
-    for await (const { record, info } of parser) {
+    for await (const { record, info } of parser as AsyncIterable<CsvItem>) {
         yield* skipsBefore(info.lines)
         yield recordOf(unflattenColumns(record), info.lines)
     }
@@ -279,10 +270,7 @@ interface Hyparquet {
     parquetReadObjects(options: Record<string, unknown>): Promise<Array<Record<string, unknown>>>
 }
 
-/**
- * hyparquet is an ES module. Node's own require loads it (Node ≥ 20.19); jest's module system would not, and
- * it wraps `node:module` too, so Node's builtin is asked for directly where Node can give it.
- */
+/** hyparquet is an ES module: Node's own require loads it (≥ 20.19), jest's would not, so Node's is asked for. */
 function loadHyparquet(): Hyparquet {
     try {
         const nodeModule = process.getBuiltinModule?.('node:module') ?? { createRequire }
@@ -292,8 +280,8 @@ function loadHyparquet(): Hyparquet {
     }
 }
 
-/** Row group by row group: one group of a batch export is at most a few hundred thousand rows. */
-async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
+/** Row group by row group (at most a few hundred thousand rows in a batch export); `onEnd` once all are out. */
+async function* parquetRecords(file: string, onEnd: () => void): AsyncGenerator<InputRecord> {
     const hyparquet = loadHyparquet()
     const buffer = await hyparquet.asyncBufferFromFile(file)
     const metadata = await hyparquet.parquetMetadataAsync(buffer)
@@ -304,6 +292,7 @@ async function* parquetRecords(file: string): AsyncGenerator<InputRecord> {
         for (const [index, raw] of rows.entries()) yield recordOf(raw, rowStart + index + 1)
         rowStart = rowEnd
     }
+    onEnd()
 }
 
 // --- Opening a file
@@ -320,32 +309,13 @@ export function openInput(file: string, kind: InputKind): InputSource {
     const size = statSync(file).size
     if (kind.format === 'parquet') {
         let done = 0
-        const records = (async function* () {
-            for await (const record of parquetRecords(file)) yield record
-            done = size
-        })()
-        return { kind, records, bytesDone: () => done, size, close: () => undefined }
+        const records = parquetRecords(file, () => (done = size))
+        return { records, bytesDone: () => done, size, close: () => undefined }
     }
     const raw = createReadStream(file)
     const decoded = decompressed(raw, kind.compression)
-    let records: AsyncIterable<InputRecord>
-    if (kind.format === 'csv') {
-        const skips: CsvSkip[] = []
-        const parser = parseCsv({
-            columns: true,
-            bom: true,
-            info: true,
-            skip_empty_lines: true,
-            skip_records_with_error: true,
-        })
-        parser.on('skip', (error: CsvSkip) => skips.push(error))
-        pipeline(decoded, parser, () => undefined)
-        records = csvRecords(parser, skips)
-    } else {
-        records = jsonLinesRecords(splitLines(decoded))
-    }
+    const records = kind.format === 'csv' ? csvRecords(decoded) : jsonLinesRecords(splitLines(decoded))
     return {
-        kind,
         records,
         bytesDone: () => raw.bytesRead,
         size,

@@ -16,7 +16,6 @@ export interface FileSummary {
     kind?: InputKind
     /** Events done by earlier runs for this target and config, skipped. */
     doneEarlier: number
-    /** Earlier failures tried again in this run. */
     retriedFromEarlier: number
     /** Records handed to the plugin in this run. */
     rowsRead: number
@@ -48,7 +47,6 @@ export interface ReplaySummary {
     target: ReplayTargetKind
     files: FileSummary[]
     intercomCalls: CallCounts
-    /** Set when the replay ran against the emulator. */
     emulator?: { url: string; eventsStored: number; deduplicated: number }
     interrupted: boolean
     durationMs: number
@@ -108,11 +106,10 @@ export function failedByKind(failures: FailedEvent[]): Record<FailureKind, numbe
 
 // --- Summary text
 
-function breakdown(counts: Record<string, number>): string {
-    return sortedCounts(counts)
+const breakdown = (counts: Record<string, number>): string =>
+    sortedCounts(counts)
         .map(([key, count]) => `${count} × ${key}`)
         .join('; ')
-}
 
 function row(label: string, count: number, detail = ''): string {
     return `  ${label.padEnd(18)}${String(count).padStart(8)}${detail ? `   ${detail}` : ''}`
@@ -141,7 +138,7 @@ function fileLines(file: FileSummary): string[] {
         file.doneEarlier > 0 || file.retriedFromEarlier > 0
             ? `${file.doneEarlier} done by earlier runs, ${file.retriedFromEarlier} earlier failures retried`
             : ''
-    const { unreadable, refused, failed } = file.failed
+    const notDelivered = sumCounts(file.failed)
     const lines = [
         `${displayPath(file.file)} (${kindLabel(file.kind)}): ${fileState(file)}`,
         row('rows read', file.rowsRead, earlier),
@@ -149,28 +146,23 @@ function fileLines(file: FileSummary): string[] {
         row('synced', file.synced),
         row('skipped', sumCounts(file.skipped), breakdown(file.skipped)),
         row('retried', file.retried, file.retried ? 'onEvent attempts repeated after a RetryError' : ''),
-        row('not delivered', unreadable + refused + failed, breakdown(file.reasons)),
+        row('not delivered', notDelivered, breakdown(file.reasons)),
     ]
     if (file.error) lines.push(`  ${file.error}`)
-    for (const failure of file.firstFailures) {
-        lines.push(
-            `  line ${failure.line}${failure.uuid ? ` (uuid ${failure.uuid})` : ''}: ${failure.kind}: ${failure.reason}`
-        )
+    for (const { line, uuid, kind, reason } of file.firstFailures) {
+        lines.push(`  line ${line}${uuid ? ` (uuid ${uuid})` : ''}: ${kind}: ${reason}`)
     }
     const more = sumCounts(file.reasons) - file.firstFailures.length
     if (more > 0) lines.push(`  ... and ${more} more`)
-    if (file.failedFile && unreadable + refused + failed > 0)
-        lines.push(`  all failed events: ${file.failedFile}`)
+    if (file.failedFile && notDelivered > 0) lines.push(`  all failed events: ${file.failedFile}`)
     return lines
 }
 
 /** What the user should do now, one line per situation, most urgent first. */
 function nextSteps(summary: ReplaySummary): string[] {
     const files = summary.files
-    const sum = (pick: (file: FileSummary) => number): number => files.reduce((n, file) => n + pick(file), 0)
-    const failed = sum((file) => file.failed.failed)
-    const refused = sum((file) => file.failed.refused)
-    const unreadable = sum((file) => file.failed.unreadable)
+    const sum = (kind: FailureKind): number => files.reduce((n, file) => n + file.failed[kind], 0)
+    const [failed, refused, unreadable] = [sum('failed'), sum('refused'), sum('unreadable')]
     const stopped = files.filter((file) => !file.readToEnd)
     const target = summary.target
     const steps = [
@@ -213,21 +205,19 @@ export function formatSummary(summary: ReplaySummary): string {
 
 // --- Progress bar
 
-export interface Progress {
+interface Progress {
     update(bytes: number, file: FileSummary): void
     stop(): void
 }
 
 const SILENT: Progress = { update: () => undefined, stop: () => undefined }
 
-function payload(file: FileSummary): Record<string, number | string> {
-    return {
-        name: displayPath(file.file),
-        rows: file.rowsRead,
-        delivered: file.delivered,
-        failed: sumCounts(file.reasons),
-    }
-}
+const payload = (file: FileSummary) => ({
+    name: displayPath(file.file),
+    rows: file.rowsRead,
+    delivered: file.delivered,
+    failed: sumCounts(file.reasons),
+})
 
 /** A bar over the bytes of one file, on stderr; nothing at all when disabled. */
 export function createProgress(enabled: boolean, totalBytes: number, file: FileSummary): Progress {

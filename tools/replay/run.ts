@@ -13,7 +13,7 @@ import { WindowGate } from './fetch'
 import type { ReplayOptions } from './index'
 import { detectInput, InputError, InputRecord, InputSource, openInput } from './input'
 import { Pacer, Slots } from './pace'
-import type { FileSummary, Progress, ReplayTargetKind } from './report'
+import type { FileSummary, ReplayTargetKind } from './report'
 import { countFailure, countSkip, createProgress, emptyFileSummary, failedByKind, outcomeOf } from './report'
 
 /** The event as PostHog's current executor hands it to onEvent, person included; none without a timestamp. */
@@ -86,61 +86,55 @@ interface RunEnd {
     stoppedBecause?: string
 }
 
-const messageOf = (shared: Shared, error: unknown): string =>
-    shared.redactText(describeError(error).replace(/^(Error: |RetryError: )?(Intercom: )?/, ''))
-
-/** onEvent, with PostHog's plugin-server retries (5 attempts, 5/10/20/40 s apart) after a RetryError. */
-async function sendEvent(
-    shared: Shared,
-    file: FileSummary,
-    event: ProcessedPluginEvent,
-    record: InputRecord
-): Promise<Settlement> {
-    const { plugin, run, gate } = shared
-    // index.ts reads the person from meta, PostHog's executor puts it on the event: both are given.
-    const meta = { ...plugin.meta, person: event.person }
-    for (let attempt = 1; ; attempt++) {
-        try {
-            const { status, reason } = outcomeOf(await plugin.onEvent({ ...event }, meta))
-            // The replay gives the plugin no cache, so it has no queue: a queued event is not delivered.
-            if (status === 'queued') return failure(record, 'failed', `queued by the plugin: ${reason}`)
-            if (status === 'delivered' || status === 'synced') file[status]++
-            else countSkip(file, status === 'skipped' ? reason : 'no outcome reported by the plugin')
-            return {}
-        } catch (error) {
-            const message = messageOf(shared, error)
-            if (!(error instanceof RetryError)) return failure(record, 'refused', message)
-            if (run.signal?.aborted) return 'unsettled'
-            if (attempt >= MAX_ATTEMPTS) {
-                return failure(record, 'failed', `${message} (still failing after ${attempt} attempts)`)
-            }
-            // Never sooner than the rate-limit window allows: a retry into a spent window is wasted.
-            await sleep(
-                Math.max(retryDelayMs(attempt, run.retryDelayScale), gate.pausedUntil() - Date.now()),
-                run.signal
-            )
-            if (run.signal?.aborted) return 'unsettled' // the wait was cut short: redone by the next run
-            file.retried++
-        }
-    }
-}
-
 /** Reads and dispatches every record not done yet; resolves once every event in flight has settled and is saved. */
 async function runFile(
     shared: Shared,
-    {
-        state,
-        file,
-        input,
-        progress,
-    }: { state: FileState; file: FileSummary; input: InputSource; progress: Progress }
+    state: FileState,
+    file: FileSummary,
+    input: InputSource
 ): Promise<RunEnd> {
-    const { run } = shared
+    const { options, run, plugin, gate, target } = shared
+    const showProgress = options.progress ?? (Boolean(process.stderr.isTTY) && target.kind !== 'dry-run')
+    const progress = createProgress(showProgress, input.size, file)
     const working = new Set<Promise<void>>()
     const slots = new Slots(run.concurrency)
     let sinceSave = 0
     let failuresInARow = 0
     let lastFailure = ''
+
+    const messageOf = (error: unknown): string =>
+        shared.redactText(describeError(error).replace(/^(Error: |RetryError: )?(Intercom: )?/, ''))
+
+    /** onEvent, with PostHog's plugin-server retries (5 attempts, 5/10/20/40 s apart) after a RetryError. */
+    const sendEvent = async (event: ProcessedPluginEvent, record: InputRecord): Promise<Settlement> => {
+        // index.ts reads the person from meta, PostHog's executor puts it on the event: both are given.
+        const meta = { ...plugin.meta, person: event.person }
+        for (let attempt = 1; ; attempt++) {
+            try {
+                const { status, reason } = outcomeOf(await plugin.onEvent({ ...event }, meta))
+                // The replay gives the plugin no cache, so it has no queue: a queued event is not delivered.
+                if (status === 'queued') return failure(record, 'failed', `queued by the plugin: ${reason}`)
+                if (status === 'delivered' || status === 'synced') file[status]++
+                else countSkip(file, status === 'skipped' ? reason : 'no outcome reported by the plugin')
+                return {}
+            } catch (error) {
+                const message = messageOf(error)
+                if (!(error instanceof RetryError)) return failure(record, 'refused', message)
+                if (run.signal?.aborted) return 'unsettled'
+                if (attempt >= MAX_ATTEMPTS) {
+                    return failure(record, 'failed', `${message} (still failing after ${attempt} attempts)`)
+                }
+                // Never sooner than the rate-limit window allows: a retry into a spent window is wasted.
+                const wait = Math.max(
+                    retryDelayMs(attempt, run.retryDelayScale),
+                    gate.pausedUntil() - Date.now()
+                )
+                await sleep(wait, run.signal)
+                if (run.signal?.aborted) return 'unsettled' // the wait was cut short: redone by the next run
+                file.retried++
+            }
+        }
+    }
 
     const settle = (record: InputRecord, settlement: Settlement): void => {
         if (settlement !== 'unsettled') {
@@ -175,10 +169,10 @@ async function runFile(
             const seed = shared.target.seed
             const email = seed && findEmail(event, event.person, run.settings.emailProperty)
             if (email) seed?.(email)
-            return shared.rowContext.run(record.line, () => sendEvent(shared, file, event, record))
+            return shared.rowContext.run(record.line, () => sendEvent(event, record))
         })()
             // A fault of the replay itself: listed as failed, so the next run sends the event again.
-            .catch((error: unknown) => failure(record, 'failed', `replay error: ${messageOf(shared, error)}`))
+            .catch((error: unknown) => failure(record, 'failed', `replay error: ${messageOf(error)}`))
             .then((settlement) => settle(record, settlement))
             .finally(() => {
                 slots.release()
@@ -222,6 +216,7 @@ async function runFile(
         end = { readToEnd: false, stoppedBecause: `unreadable after line ${previous}: ${reason}` }
     }
     await Promise.all(working)
+    progress.stop()
     const readToEnd = end.readToEnd && !run.signal?.aborted
     state.save(readToEnd)
     return { ...end, readToEnd }
@@ -246,7 +241,7 @@ function openState(file: string, shared: Shared): FileState {
 
 /** One file, from its first event not done yet for this target and config. */
 export async function replayFile(path: string, shared: Shared): Promise<FileSummary> {
-    const { options, target, notice } = shared
+    const { options, notice } = shared
     const file = emptyFileSummary(path)
     try {
         file.kind = detectInput(path, options.format)
@@ -267,12 +262,9 @@ export async function replayFile(path: string, shared: Shared): Promise<FileSumm
         const retrying = state.toRetry > 0 ? `, retrying ${state.toRetry} earlier failure(s)` : ''
         notice(path, `resuming from ${state.paths?.checkpoint}${retrying}.`)
     }
-    let input: InputSource | undefined
-    const showProgress = options.progress ?? (Boolean(process.stderr.isTTY) && target.kind !== 'dry-run')
+    const input = openInput(path, file.kind)
     try {
-        input = openInput(path, file.kind)
-        const progress = createProgress(showProgress, input.size, file)
-        const end = await runFile(shared, { state, file, input, progress }).finally(() => progress.stop())
+        const end = await runFile(shared, state, file, input)
         return {
             ...file,
             ...end,
@@ -280,6 +272,6 @@ export async function replayFile(path: string, shared: Shared): Promise<FileSumm
             complete: state.complete(end.readToEnd),
         }
     } finally {
-        input?.close()
+        input.close()
     }
 }
