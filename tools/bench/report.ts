@@ -11,14 +11,8 @@ import {
     ItemColumn,
     sumCounts,
 } from '../lib/report'
-import {
-    BenchOptions,
-    CpuMeasurement,
-    CpuResult,
-    ScenarioName,
-    ScenarioResult,
-    SETUP_ROUTE,
-} from './scenarios'
+import type { BenchOptions } from './bench'
+import { CpuMeasurement, CpuResult, ScenarioName, ScenarioResult, SETUP_ROUTE } from './scenarios'
 
 export interface Target {
     label: string

@@ -11,34 +11,13 @@ import { WindowGate } from '../replay/fetch'
 import { replay } from '../replay'
 import { createHarness, Harness, HarnessEvent, HarnessOptions } from '../runtime/harness'
 import { FetchFn, hostNodeFetch, redirectingFetch } from '../runtime/load-plugin'
-import { cpuMicros, EmulatorHandle, EmulatorOverrides, SEARCH_ROUTE } from './emulator'
+import { cpuSince, EmulatorHandle, EmulatorOverrides, SEARCH_ROUTE } from './emulator'
+import type { BenchOptions } from './bench'
 import { BENCH_CONFIG, TOKEN, Workload } from './workload'
 
 export const SCENARIOS = ['plugin-server', 'cdp', 'cdp-paced', 'no-cache', 'replay', 'cpu'] as const
 export type ScenarioName = (typeof SCENARIOS)[number]
 export const SETUP_ROUTE = 'GET /me'
-
-export interface BenchOptions {
-    events: number
-    people: number
-    /** Workers of each harness run (and, times `concurrency`, the reference client's parallel requests). */
-    workers: number
-    concurrency: number
-    /** How harness runs spread events over workers: PostHog's plugin server did not keep a person on one. */
-    distribute: 'round-robin' | 'distinct_id'
-    /** How often the plugin-server harness runs runEveryMinute (PostHog: 60,000); `pacedRate`: events/s in cdp-paced. */
-    minuteMs: number
-    pacedRate: number
-    scenarios: ScenarioName[]
-    out: string | null
-    /** `child` keeps the emulator's CPU out of the host's measurement; `in-process` is for tests. */
-    emulator: 'child' | 'in-process'
-    /** Passes of the `cpu` scenario whose median is reported (one more warms up). */
-    cpuPasses: number
-    progress: boolean
-    seed: number
-    print: (line: string) => void
-}
 
 export interface ScenarioResult {
     name: ScenarioName
@@ -83,21 +62,13 @@ export interface ScenarioResult {
     logLines: number
 }
 
-/** Host CPU per event in steady state (median over passes after a warm-up pass), µs. */
-export interface CpuMeasurement {
-    pluginMicrosPerEvent: number
-    /** The same harness running a plugin that only POSTs each event: harness and HTTP client overhead. */
-    nullPluginMicrosPerEvent: number
-    ownMicrosPerEvent: number
-}
-
-export interface CpuResult {
-    /** Against the emulator over HTTP with its rate limit lifted (emulator in a child process unless in-process). */
-    http: CpuMeasurement
-    /** Against an in-process stub of Intercom: no sockets at all. */
-    stub: CpuMeasurement
-    passes: number
-}
+/**
+ * Host CPU per event in steady state (µs) of index.ts, of a plugin that only POSTs each event (the harness and
+ * HTTP client's share), and the difference. `http`: against the emulator, its rate limit lifted; `stub`:
+ * against an in-process stub of Intercom, no sockets at all.
+ */
+export type CpuMeasurement = Awaited<ReturnType<typeof measurePair>>
+export type CpuResult = Awaited<ReturnType<typeof runCpu>>
 
 export interface Context {
     options: BenchOptions
@@ -116,7 +87,7 @@ function median(values: number[]): number {
 /** Wall time (ms) and this process's CPU (µs) since it was started. */
 function stopwatch() {
     const [started, cpuStart] = [Date.now(), process.cpuUsage()]
-    return { started, ms: () => Date.now() - started, cpu: () => cpuMicros(cpuStart) }
+    return { started, ms: () => Date.now() - started, cpu: () => cpuSince(cpuStart) }
 }
 type Stopwatch = ReturnType<typeof stopwatch>
 
@@ -133,13 +104,8 @@ function progressBar(options: BenchOptions, title: string, total: number): Progr
     return { update: (value, detail) => bar.update(value, { detail }), stop: () => bar.stop() }
 }
 
-/** What a scenario's client reported; the emulator's side is measured around it. */
-type Outcome = Pick<ScenarioResult, 'delivered' | 'failed'> &
-    Partial<
-        Pick<ScenarioResult, 'deliveredFromQueue' | 'logLines' | 'phaseCpuMicros' | 'queueRuns' | 'queued'>
-    > & {
-        feedMs?: number
-    }
+/** What a scenario's client reported (the emulator's side is measured around it); `feedMs`: see feedSeconds. */
+type Outcome = Pick<ScenarioResult, 'delivered' | 'failed'> & Partial<ScenarioResult> & { feedMs?: number }
 
 /** A scenario's client, ready to run once its setup calls are made. */
 interface Prepared {
@@ -209,9 +175,9 @@ async function feed(harness: Harness, events: HarnessEvent[], progress: Progress
     const started = Date.now()
     const counts = { delivered: 0, queued: 0 }
     const pending: Promise<void>[] = []
-    for (let i = 0; i < events.length; i++) {
+    for (const [i, event] of events.entries()) {
         if (rate !== undefined) await sleep(started + (i * 1000) / rate - Date.now())
-        const sent = harness.send(events[i]).then(({ status }) => {
+        const sent = harness.send(event).then(({ status }) => {
             if (status === 'delivered' || status === 'queued') counts[status]++
             const doing = status === 'queued' ? 'queueing what Intercom cannot take now' : 'sending'
             progress.update(counts.delivered, doing)
@@ -440,10 +406,10 @@ async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target:
         const samples: number[] = []
         for (let pass = 0; pass <= cpuPasses; pass++) {
             // Fresh uuids per pass, so nothing is mistaken for a repeat.
-            const suffix = pass.toString(16).padStart(4, '0')
+            const tail = pass.toString(16).padStart(4, '0')
             const events = ctx.workload.events.map((event) => ({
                 ...event,
-                uuid: event.uuid.slice(0, -4) + suffix,
+                uuid: event.uuid.slice(0, -4) + tail,
             }))
             const watch = stopwatch()
             await harness.run(events)
@@ -456,7 +422,7 @@ async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target:
     }
 }
 
-async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarget): Promise<CpuMeasurement> {
+async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarget) {
     const plugin = await cpuPerEvent(ctx, undefined, target)
     const nullPlugin = await cpuPerEvent(ctx, nullPluginFile, target)
     return {
@@ -466,7 +432,7 @@ async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarg
     }
 }
 
-export async function runCpu(ctx: Context): Promise<CpuResult> {
+export async function runCpu(ctx: Context) {
     const directory = mkdtempSync(path.join(tmpdir(), 'intercom-bench-'))
     const nullPluginFile = path.join(directory, 'null-plugin.ts')
     writeFileSync(nullPluginFile, NULL_PLUGIN)
