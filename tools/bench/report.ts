@@ -105,11 +105,10 @@ export function evaluateTargets(results: ScenarioResult[], options: BenchOptions
 // --- Printing
 
 const micros = (value: number | null): string => (value === null ? 'n/a' : value.toFixed(0))
-const right = <T>(header: string, cell: (item: T) => string): ItemColumn<T> => ({
-    header,
-    align: 'right',
-    cell,
-})
+/** A right-aligned column: numbers read best that way. */
+function right<T>(header: string, cell: (item: T) => string): ItemColumn<T> {
+    return { header, align: 'right', cell }
+}
 
 /** Calls answered 2xx per delivered event: what the client needed, 429s aside. */
 function okCallsPerDelivered(result: ScenarioResult): string {
@@ -199,18 +198,14 @@ function scenarioNotes(results: ScenarioResult[], options: BenchOptions): string
             `    Calls per 10 s window (limit 1,666): ${result.callsPerWindow.map(formatCount).join(', ')}.`,
             `    Searches: ${formatCount(result.searchedEmails)} emails, ${formatCount(result.duplicateSearches)} searched again${timing}.`,
             ...queueLines(result, options),
-            ...(result.deduplicated > 0
-                ? [`    ${formatCount(result.deduplicated)} POSTs were repeats Intercom deduplicated.`]
-                : []),
-            ...(result.logLines > 0
-                ? [
-                      `    Plugin log: ${formatCount(result.logLines)} lines for ${formatCount(result.events)} events.`,
-                  ]
-                : []),
+            result.deduplicated > 0 &&
+                `    ${formatCount(result.deduplicated)} POSTs were repeats Intercom deduplicated.`,
+            result.logLines > 0 &&
+                `    Plugin log: ${formatCount(result.logLines)} lines for ${formatCount(result.events)} events.`,
             ...Object.entries(failures)
                 .sort(([, a], [, b]) => b - a)
                 .map(([reason, count]) => `    Failed ×${formatCount(count)}: ${reason}`),
-        ]
+        ].filter((line) => line !== false)
     })
 }
 

@@ -19,48 +19,8 @@ export const SCENARIOS = ['plugin-server', 'cdp', 'cdp-paced', 'no-cache', 'repl
 export type ScenarioName = (typeof SCENARIOS)[number]
 export const SETUP_ROUTE = 'GET /me'
 
-export interface ScenarioResult {
-    name: ScenarioName
-    setup: string
-    events: number
-    expected: number
-    /** As the client reported: onEvent, plus runEveryMinute for the plugin-server queue. */
-    delivered: number
-    deliveredFromQueue: number
-    /** Events the emulator stored; `lost` = expected (every event of the workload) − stored. */
-    stored: number
-    lost: number
-    /** POSTs Intercom accepted but deduplicated (a retry of an event already stored). */
-    deduplicated: number
-    failed: Record<string, number>
-    /** GET /me, one per worker at setup: not counted in `calls`. */
-    setupCalls: number
-    calls: number
-    callsByRoute: Record<string, Record<string, number>>
-    rateLimited: number
-    /** Distinct emails searched with success: the floor of lookups with a shared cache. */
-    searchedEmails: number
-    /** Successful searches beyond one per email (concurrent lookups of one email on different workers). */
-    duplicateSearches: number
-    /** How long after the previous search of the same email each repeated search came, in ms. */
-    repeatedSearchGapMs: { median: number; max: number } | null
-    callsPerDelivered: number | null
-    wallSeconds: number
-    /** Until every event had its first outcome (delivered, queued, failed); the rest is draining the queue. */
-    feedSeconds: number
-    eventsPerSecond: number
-    /** Host process CPU per event: the plugin, its HTTP client and the harness (emulator excluded if `child`). */
-    hostCpuMicrosPerEvent: number
-    emulatorCpuMicrosPerCall: number | null
-    /** Calls (setup excluded) in each of the emulator's 10 s windows, from the first event on. */
-    callsPerWindow: number[]
-    /** plugin-server: host CPU (µs) until every event had its first outcome and while the queue drained; what each
-     * runEveryMinute run delivered from the queue; the onEvent results parked in it. */
-    phaseCpuMicros?: { feed: number; drain: number }
-    queueRuns?: number[]
-    queued?: number
-    logLines: number
-}
+/** One scenario's figures, as written to the JSON file (see `measure`). */
+export type ScenarioResult = Awaited<ReturnType<typeof measure>>
 
 /**
  * Host CPU per event in steady state (µs) of index.ts, of a plugin that only POSTs each event (the harness and
@@ -104,8 +64,21 @@ function progressBar(options: BenchOptions, title: string, total: number): Progr
     return { update: (value, detail) => bar.update(value, { detail }), stop: () => bar.stop() }
 }
 
-/** What a scenario's client reported (the emulator's side is measured around it); `feedMs`: see feedSeconds. */
-type Outcome = Pick<ScenarioResult, 'delivered' | 'failed'> & Partial<ScenarioResult> & { feedMs?: number }
+/** What a scenario's client reported; the emulator's side is measured around it. */
+interface Outcome {
+    /** onEvent, plus runEveryMinute for the plugin-server queue. */
+    delivered: number
+    deliveredFromQueue?: number
+    failed: Record<string, number>
+    logLines?: number
+    /** Until every event had its first outcome (delivered, queued, failed); the rest is draining the queue. */
+    feedMs?: number
+    /** plugin-server: host CPU (µs) until every event had its first outcome and while the queue drained; what
+     * each runEveryMinute run delivered from the queue; the onEvent results parked in it. */
+    phaseCpuMicros?: { feed: number; drain: number }
+    queueRuns?: number[]
+    queued?: number
+}
 
 /** A scenario's client, ready to run once its setup calls are made. */
 interface Prepared {
@@ -116,9 +89,9 @@ interface Prepared {
 /** `prepare` makes its setup calls, then `run` is measured: host CPU and wall time here, calls in the emulator. */
 async function measure(
     ctx: Context,
-    scenario: Pick<ScenarioResult, 'name' | 'setup'>,
+    scenario: { name: ScenarioName; setup: string },
     prepare: (url: string) => Promise<Prepared>
-): Promise<ScenarioResult> {
+) {
     const events = ctx.workload.events.length
     const emulator = await ctx.startEmulator()
     const progress = progressBar(ctx.options, scenario.name, events)
@@ -143,23 +116,26 @@ async function measure(
             ...outcome,
             events,
             expected: events,
-            stored: after.stored,
+            stored: after.stored, // by the emulator; lost: every event of the workload not stored
             lost: events - after.stored,
-            deduplicated: after.stats.eventsDeduplicated,
-            setupCalls,
+            deduplicated: after.stats.eventsDeduplicated, // POSTs of an event already stored (retries)
+            setupCalls, // not counted in `calls`
             calls,
             callsByRoute: after.calls,
             rateLimited: after.stats.rateLimited - before.stats.rateLimited,
-            searchedEmails: after.searchedEmails,
+            searchedEmails: after.searchedEmails, // the floor of lookups with a shared cache
+            // Successful searches beyond one per email (concurrent lookups on different workers), and how long
+            // after the previous search of the same email they came.
             duplicateSearches: (after.calls[SEARCH_ROUTE]?.['200'] ?? 0) - after.searchedEmails,
             repeatedSearchGapMs: gaps.length === 0 ? null : { median: median(gaps), max: Math.max(...gaps) },
             callsPerDelivered: after.stored === 0 ? null : calls / after.stored,
             wallSeconds: wallMs / 1000,
             feedSeconds: (feedMs ?? wallMs) / 1000,
             eventsPerSecond: after.stored / (wallMs / 1000),
+            // The plugin, its HTTP client and the harness (the emulator too when it runs in-process).
             hostCpuMicrosPerEvent: hostCpu / events,
             emulatorCpuMicrosPerCall: emulatorCpu === null || calls === 0 ? null : emulatorCpu / calls,
-            callsPerWindow: after.callsPerWindow,
+            callsPerWindow: after.callsPerWindow, // setup excluded, from the first event on
         }
     } finally {
         progress.stop()
@@ -378,16 +354,11 @@ const stubIntercom: FetchFn = async (input, init) => {
         const email = (JSON.parse(init?.body ?? '{}') as { query?: { value?: string } }).query?.value
         text = JSON.stringify({ type: 'list', data: [{ type: 'contact', id: `c-${email}`, role: 'user' }] })
     }
-    const values: Record<string, string> = {
+    const headers = new Headers({
         'x-ratelimit-limit': '1666',
         'x-ratelimit-remaining': '1666',
         'x-ratelimit-reset': String(Math.ceil(Date.now() / 1000) + 10),
-    }
-    const headers = {
-        get: (name: string) => values[name.toLowerCase()] ?? null,
-        forEach: (callback: (value: string, name: string) => void) =>
-            Object.entries(values).forEach(([name, value]) => callback(value, name)),
-    }
+    })
     const status = text ? 200 : 202
     return { status, ok: true, headers, json: async () => JSON.parse(text), text: async () => text }
 }

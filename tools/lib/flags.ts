@@ -81,10 +81,7 @@ export function choiceFlag<T extends string>(
     return value as T | undefined
 }
 
-interface CliStreams {
-    out: (text: string) => void
-    err: (text: string) => void
-}
+type CliStreams = Record<'out' | 'err', (text: string) => void>
 
 const PROCESS_STREAMS: CliStreams = {
     out: (text) => process.stdout.write(text),
