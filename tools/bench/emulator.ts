@@ -8,7 +8,6 @@ import { TOKEN } from './workload'
 
 export const SEARCH_ROUTE = 'POST /contacts/search'
 
-/** What the emulator recorded: see takeSnapshot. */
 export type EmulatorSnapshot = ReturnType<typeof takeSnapshot>
 
 export interface EmulatorHandle {

@@ -31,8 +31,6 @@ export interface BenchResults {
     targets: Target[]
 }
 
-// --- Targets
-
 /** The workload's own floor: every person searched once, every event posted once (1 + people/events). */
 export function workloadFloor(options: Pick<BenchOptions, 'events' | 'people'>): number {
     return 1 + Math.min(options.people, options.events) / options.events
@@ -102,10 +100,7 @@ export function evaluateTargets(results: ScenarioResult[], options: BenchOptions
     return targets
 }
 
-// --- Printing
-
 const micros = (value: number | null): string => (value === null ? 'n/a' : value.toFixed(0))
-/** A right-aligned column: numbers read best that way. */
 function right<T>(header: string, cell: (item: T) => string): ItemColumn<T> {
     return { header, align: 'right', cell }
 }
@@ -168,19 +163,18 @@ function routeTable(results: ScenarioResult[]): string[] {
 }
 
 function queueLines(result: ScenarioResult, options: BenchOptions): string[] {
-    if (!result.queueRuns || !result.queued) return []
-    const lines = [
-        `    First outcome of every event after ${result.feedSeconds.toFixed(1)} s: ${formatCount(result.delivered - result.deliveredFromQueue)} delivered at once, ${formatCount(result.queued)} parked in the retry queue.`,
-        `    runEveryMinute (every ${options.minuteMs / 1000} s here; 60 s in PostHog) delivered ${result.queueRuns.map(formatCount).join(', ')} per run:`,
-        `    at most one rate-limit window per run, so with PostHog's schedule this queue takes about ${result.queueRuns.length} minutes to drain.`,
+    const { queueRuns, queued, phaseCpuMicros: cpu } = result
+    if (!queueRuns || !queued) return []
+    return [
+        `    First outcome of every event after ${result.feedSeconds.toFixed(1)} s: ${formatCount(result.delivered - result.deliveredFromQueue)} delivered at once, ${formatCount(queued)} parked in the retry queue.`,
+        `    runEveryMinute (every ${options.minuteMs / 1000} s here; 60 s in PostHog) delivered ${queueRuns.map(formatCount).join(', ')} per run:`,
+        `    at most one rate-limit window per run, so with PostHog's schedule this queue takes about ${queueRuns.length} minutes to drain.`,
+        ...(cpu
+            ? [
+                  `    Host CPU: ${(cpu.feed / result.events).toFixed(0)} µs/event until every event had an outcome, then ${formatRatio(cpu.drain, result.deliveredFromQueue, 0)} µs per event delivered from the queue.`,
+              ]
+            : []),
     ]
-    const cpu = result.phaseCpuMicros
-    if (cpu) {
-        lines.push(
-            `    Host CPU: ${(cpu.feed / result.events).toFixed(0)} µs/event until every event had an outcome, then ${formatRatio(cpu.drain, result.deliveredFromQueue, 0)} µs per event delivered from the queue.`
-        )
-    }
-    return lines
 }
 
 function scenarioNotes(results: ScenarioResult[], options: BenchOptions): string[] {

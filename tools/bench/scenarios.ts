@@ -168,17 +168,12 @@ async function feed(harness: Harness, events: HarnessEvent[], progress: Progress
  * runEveryMinute on a clock started with the feed, as PostHog's schedule would run it, until the queue is
  * empty (or a bound far above what draining needs, so a stuck queue ends the run instead of hanging it).
  */
-async function drainQueue(
-    harness: Harness,
-    ctx: Context,
-    started: number,
-    progress: Progress,
-    delivered: number
-) {
+async function drainQueue(harness: Harness, ctx: Context, watch: Stopwatch, progress: Progress) {
+    let delivered = harness.summary().delivered
     const runs: number[] = []
     const maxRuns = Math.ceil(ctx.workload.events.length / 500) + 20
     for (let run = 1; run <= maxRuns; run++) {
-        await sleep(started + run * ctx.options.minuteMs - Date.now())
+        await sleep(watch.started + run * ctx.options.minuteMs - Date.now())
         const report = await harness.runMinute()
         runs.push(report?.delivered ?? 0)
         delivered += report?.delivered ?? 0
@@ -213,10 +208,7 @@ function runHarness(name: 'plugin-server' | 'cdp' | 'cdp-paced', ctx: Context): 
             const first = await feed(harness, workload.events, progress, rate)
             const [feedMs, feedCpu] = [watch.ms(), watch.cpu()]
             // Nothing queued: the run ends with the feed, not at the next runEveryMinute.
-            const queueRuns =
-                queue && first.queued > 0
-                    ? await drainQueue(harness, ctx, watch.started, progress, first.delivered)
-                    : []
+            const queueRuns = queue && first.queued > 0 ? await drainQueue(harness, ctx, watch, progress) : []
             const summary = harness.summary()
             const outcome = {
                 delivered: summary.delivered + summary.minute.delivered,
