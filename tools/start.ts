@@ -253,9 +253,8 @@ function pluginServerSection(run: RunReport): string[] {
 function cdpSection(run: RunReport, reference: RunReport): string[] {
     const skipped = sortedCounts(run.skipped)
     const sameSkips = JSON.stringify(skipped) === JSON.stringify(sortedCounts(reference.skipped))
-    const skippedNote = sameSkips
-        ? 'same reasons as above'
-        : skipped.map(([reason, n]) => `${reason}: ${n}`).join(', ')
+    const reasons = skipped.map(([reason, n]) => `${reason}: ${n}`).join(', ')
+    const skippedNote = sameSkips ? 'same reasons as above' : reasons
     return [
         ...heading("cdp mode (PostHog's current executor): no cache, no runEveryMinute"),
         `  Same events, fresh emulator, ${run.workers} worker; the plugin keeps its lookups in its own memory.`,

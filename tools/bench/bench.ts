@@ -145,8 +145,7 @@ export function parseCli(argv: string[]): Partial<BenchOptions> & { help?: boole
 export function main(argv: string[]): Promise<number> {
     return runCli('npm run bench --', async () => {
         const options = parseCli(argv)
-        if (printedHelp(options.help, USAGE)) return 0
-        await runBench(options)
+        if (!printedHelp(options.help, USAGE)) await runBench(options)
         return 0
     })
 }

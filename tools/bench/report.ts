@@ -155,11 +155,12 @@ function routeTable(results: ScenarioResult[]): string[] {
                 return [result.name, label, formatCount(sumCounts(statuses)), answers.join(', ')]
             })
     )
-    const columns = ['scenario', 'route', 'calls', 'answers'].map((header): Column => ({
-        header,
-        align: header === 'calls' ? 'right' : 'left',
-    }))
-    return formatTable(columns, rows, '  ')
+    const columns: Column[] = [
+        { header: 'scenario' },
+        { header: 'route' },
+        { header: 'calls', align: 'right' },
+    ]
+    return formatTable([...columns, { header: 'answers' }], rows, '  ')
 }
 
 function queueLines(result: ScenarioResult, options: BenchOptions): string[] {

@@ -246,18 +246,14 @@ async function post(url: string, body: unknown, gate: WindowGate): Promise<{ sta
 }
 
 /** Search by email, then POST /events by contact id (users before leads): two calls, every time. */
-async function deliverUncached(baseUrl: string, event: HarnessEvent, gate: WindowGate): Promise<boolean> {
+async function deliverUncached(url: string, event: HarnessEvent, gate: WindowGate): Promise<boolean> {
     const query = { field: 'email', operator: '=', value: String(event.properties?.email) }
-    const search = await post(`${baseUrl}/contacts/search`, { query }, gate)
+    const search = await post(`${url}/contacts/search`, { query }, gate)
     const contacts = (JSON.parse(search.text) as { data?: Array<{ id: string; role: string }> }).data ?? []
     const contact = contacts.find((c) => c.role === 'user') ?? contacts[0]
     if (search.status !== 200 || !contact) return false
     const created_at = Math.floor(Date.parse(event.timestamp) / 1000)
-    const posted = await post(
-        `${baseUrl}/events`,
-        { event_name: event.event, created_at, id: contact.id },
-        gate
-    )
+    const posted = await post(`${url}/events`, { event_name: event.event, created_at, id: contact.id }, gate)
     return posted.status === 202
 }
 

@@ -56,13 +56,6 @@ export function addCount(counts: Record<string, number>, key: string, n = 1): vo
     counts[key] = (counts[key] ?? 0) + n
 }
 
-/** How many items fall under each key. */
-export function countBy<T>(items: Iterable<T>, key: (item: T) => string): Record<string, number> {
-    const counts: Record<string, number> = {}
-    for (const item of items) addCount(counts, key(item))
-    return counts
-}
-
 export function sumCounts(counts: Record<string, number> | undefined): number {
     return Object.values(counts ?? {}).reduce((sum, count) => sum + count, 0)
 }
