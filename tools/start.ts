@@ -75,15 +75,15 @@ export type StartSummary = Awaited<ReturnType<typeof main>>
 
 /** The events of a PostHog export (JSON Lines), read as the replay reads them, as the harness takes them. */
 export function readSampleEvents(file = SAMPLE_EVENTS_FILE): HarnessEvent[] {
-    const lines = readFileSync(file, 'utf8').split('\n')
-    return lines
+    const lines = readFileSync(file, 'utf8')
+        .split('\n')
         .filter((line) => line.trim() !== '')
-        .map((line, index) => {
-            const row = toExportRow(JSON.parse(line))
-            if (typeof row === 'string') throw new Error(`${file}, event ${index + 1}: ${row}`)
-            const { person_properties: properties, timestamp = '', ...event } = row
-            return { ...event, timestamp, ...(properties ? { person: { properties } } : {}) }
-        })
+    return lines.map((line, index) => {
+        const row = toExportRow(JSON.parse(line))
+        if (typeof row === 'string') throw new Error(`${file}, event ${index + 1}: ${row}`)
+        const { person_properties: properties, timestamp = '', ...event } = row
+        return { ...event, timestamp, ...(properties ? { person: { properties } } : {}) }
+    })
 }
 
 /** The events in order, one at a time, so each person's events happen in the order PostHog saw them. */

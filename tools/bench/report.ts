@@ -11,24 +11,14 @@ import {
     ItemColumn,
     sumCounts,
 } from '../lib/report'
-import type { BenchOptions } from './bench'
-import { CpuMeasurement, CpuResult, ScenarioName, ScenarioResult, SETUP_ROUTE } from './scenarios'
+import type { BenchOptions, BenchResults } from './bench'
+import { CpuMeasurement, ScenarioName, ScenarioResult, SETUP_ROUTE } from './scenarios'
 
 export interface Target {
     label: string
     value: string
     met: boolean
     note: string
-}
-
-export interface BenchResults {
-    generatedAt: string
-    node: string
-    options: Omit<BenchOptions, 'print' | 'out' | 'progress'>
-    emulatorLimit: { calls: number; windowSeconds: number }
-    scenarios: ScenarioResult[]
-    cpu: CpuResult | null
-    targets: Target[]
 }
 
 /** The workload's own floor: every person searched once, every event posted once (1 + people/events). */

@@ -6,16 +6,13 @@ export class UsageError extends Error {}
 
 export type FlagTable = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>
 
-type Table<S extends string, B extends string> = Record<S, { type: 'string' }> &
-    Record<B, { type: 'boolean' }>
-
 /** A flag table from names: `strings` take a value, `switches` (list `help` too) do not. */
 export function flagTable<S extends string, B extends string>(strings: readonly S[], switches: readonly B[]) {
     const entries = [
         ...strings.map((name) => [name, { type: 'string' }]),
         ...switches.map((name) => [name, { type: 'boolean' }]),
     ]
-    return Object.fromEntries(entries) as Table<S, B>
+    return Object.fromEntries(entries) as Record<S, { type: 'string' }> & Record<B, { type: 'boolean' }>
 }
 
 /** parseArgs' own messages, rewritten to say which flag is wrong and where to look. */
