@@ -1,6 +1,5 @@
 /** `npm start`: the plugin on bundled sample events against a local Intercom emulator, no token needed. */
-// index.ts runs through the PostHog host harness (plugin-server mode, then a short cdp section) against a fresh
-// emulator seeded with the sample's contacts. The API key is random and never printed; every server is closed.
+// index.ts runs in the PostHog host harness: plugin-server mode, then a short cdp section, each on a fresh emulator.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'

@@ -1,6 +1,4 @@
 /** `npm run bench`: what the plugin costs Intercom and the host, against the local emulator. */
-// Each scenario (scenarios.ts) runs alone against a fresh emulator (emulator.ts), in a child process so that
-// this process's CPU is the plugin's; the workload is in workload.ts, the targets and tables in report.ts.
 import { writeFileSync } from 'node:fs'
 import * as path from 'node:path'
 

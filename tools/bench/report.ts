@@ -237,8 +237,7 @@ export function printResults(results: BenchResults, options: BenchOptions): void
         ...cpuLines(results, options),
         ...heading('Targets'),
         ...results.targets.map(
-            (target) =>
-                `  ${target.met ? 'met    ' : 'NOT MET'} ${target.label}: ${target.value}  (${target.note})`
+            ({ met, label, value, note }) => `  ${met ? 'met    ' : 'NOT MET'} ${label}: ${value}  (${note})`
         ),
     ]
     for (const line of lines) options.print(line)

@@ -22,11 +22,8 @@ export const SETUP_ROUTE = 'GET /me'
 /** One scenario's figures, as written to the JSON file (see `measure`). */
 export type ScenarioResult = Awaited<ReturnType<typeof measure>>
 
-/**
- * Host CPU per event in steady state (µs) of index.ts, of a plugin that only POSTs each event (the harness and
- * HTTP client's share), and the difference. `http`: against the emulator, its rate limit lifted; `stub`:
- * against an in-process stub of Intercom, no sockets at all.
- */
+/** Host CPU per event in steady state (µs): index.ts, a plugin that only POSTs (harness and HTTP client), the
+ * difference; `http` against the emulator (limit lifted), `stub` against an in-process stub (no sockets). */
 export type CpuMeasurement = Awaited<ReturnType<typeof measurePair>>
 export type CpuResult = Awaited<ReturnType<typeof runCpu>>
 
@@ -35,8 +32,6 @@ export interface Context {
     workload: Workload
     startEmulator(overrides?: EmulatorOverrides): Promise<EmulatorHandle>
 }
-
-// --- Measuring one scenario
 
 function median(values: number[]): number {
     const sorted = [...values].sort((a, b) => a - b)
@@ -73,8 +68,7 @@ interface Outcome {
     logLines?: number
     /** Until every event had its first outcome (delivered, queued, failed); the rest is draining the queue. */
     feedMs?: number
-    /** plugin-server: host CPU (µs) until every event had its first outcome and while the queue drained; what
-     * each runEveryMinute run delivered from the queue; the onEvent results parked in it. */
+    /** plugin-server: host CPU (µs) while fed and while draining; each runEveryMinute's deliveries; events parked. */
     phaseCpuMicros?: { feed: number; drain: number }
     queueRuns?: number[]
     queued?: number
@@ -353,6 +347,7 @@ const stubIntercom: FetchFn = async (input, init) => {
 
 /** Where the harness sends the plugin's calls during a CPU measurement. */
 type CpuTarget = Pick<HarnessOptions, 'emulatorUrl' | 'fetch'>
+const STUB_TARGET: CpuTarget = { emulatorUrl: 'http://intercom-stub.invalid', fetch: stubIntercom }
 
 /** Host CPU per event of `pluginFile` (index.ts when undefined): the median of the passes after a warm-up. */
 async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target: CpuTarget): Promise<number> {
@@ -400,10 +395,7 @@ export async function runCpu(ctx: Context) {
     try {
         return {
             http: await measurePair(ctx, nullPluginFile, { emulatorUrl: emulator.url }),
-            stub: await measurePair(ctx, nullPluginFile, {
-                emulatorUrl: 'http://intercom-stub.invalid',
-                fetch: stubIntercom,
-            }),
+            stub: await measurePair(ctx, nullPluginFile, STUB_TARGET),
             passes: ctx.options.cpuPasses,
         }
     } finally {
