@@ -54,10 +54,9 @@ export function numberFlag(
 ): number | undefined {
     if (value === undefined) return undefined
     const parsed = Number(value)
+    const kind = rule.integer ? 'a whole number' : 'a number'
     if (value.trim() === '' || !Number.isFinite(parsed) || (rule.integer && !Number.isInteger(parsed))) {
-        throw new UsageError(
-            `--${name} needs ${rule.integer ? 'a whole number' : 'a number'}, not '${value}'.`
-        )
+        throw new UsageError(`--${name} needs ${kind}, not '${value}'.`)
     }
     if ((rule.min !== undefined && parsed < rule.min) || (rule.max !== undefined && parsed > rule.max)) {
         const range = [rule.min !== undefined && `≥ ${rule.min}`, rule.max !== undefined && `≤ ${rule.max}`]
