@@ -1,6 +1,5 @@
 /** `npm start`: the plugin on bundled sample events against a local Intercom emulator, no token needed. */
-// index.ts runs through the PostHog host harness (plugin-server mode, then a short cdp section) against a fresh
-// emulator seeded with the sample's contacts. The API key is random and never printed; every server is closed.
+// index.ts runs in the PostHog host harness: plugin-server mode, then a short cdp section, each on a fresh emulator.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
@@ -70,28 +69,21 @@ export interface StartOptions {
 /** What one run did, as the harness and the emulator saw it. */
 export type RunReport = ReturnType<typeof reportOf>
 
-export interface StartSummary {
-    ok: boolean
-    problems: string[]
-    runs: RunReport[]
-    /** Everything printed, line by line (the token must appear nowhere in it). */
-    output: string[]
-}
+/** What main() printed (line by line; the token must appear nowhere in it) and measured. */
+export type StartSummary = Awaited<ReturnType<typeof main>>
 
 /** The events of a PostHog export (JSON Lines), read as the replay reads them, as the harness takes them. */
 export function readSampleEvents(file = SAMPLE_EVENTS_FILE): HarnessEvent[] {
-    const lines = readFileSync(file, 'utf8').split('\n')
-    return lines
+    const lines = readFileSync(file, 'utf8')
+        .split('\n')
         .filter((line) => line.trim() !== '')
-        .map((line, index) => {
-            const row = toExportRow(JSON.parse(line))
-            if (typeof row === 'string') throw new Error(`${file}, event ${index + 1}: ${row}`)
-            const { person_properties: properties, timestamp = '', ...event } = row
-            return { ...event, timestamp, ...(properties ? { person: { properties } } : {}) }
-        })
+    return lines.map((line, index) => {
+        const row = toExportRow(JSON.parse(line))
+        if (typeof row === 'string') throw new Error(`${file}, event ${index + 1}: ${row}`)
+        const { person_properties: properties, timestamp = '', ...event } = row
+        return { ...event, timestamp, ...(properties ? { person: { properties } } : {}) }
+    })
 }
-
-// --- One run: a fresh emulator and harness for one runtime mode
 
 /** The events in order, one at a time, so each person's events happen in the order PostHog saw them. */
 async function feed(harness: Harness, emulator: Emulator, events: HarnessEvent[]): Promise<void> {
@@ -168,8 +160,6 @@ async function runMode(mode: HarnessMode, workers: number, events: HarnessEvent[
     }
 }
 
-// --- Printing
-
 function introduction(events: HarnessEvent[], workers: number): string[] {
     const people = new Set(SAMPLE_CONTACTS.map((contact) => contact.email)).size
     return [
@@ -194,26 +184,22 @@ function introduction(events: HarnessEvent[], workers: number): string[] {
     ]
 }
 
-function countLines(counts: Record<string, number>): Array<[string, string]> {
-    return sortedCounts(counts).map(([key, count]) => [`    ${key}`, formatCount(count)])
+/** `label, count` pairs, largest first, indented under the line above them. */
+function countLines(counts: Record<string, number>, indent = '    '): Array<[string, string]> {
+    return sortedCounts(counts).map(([key, count]) => [`${indent}${key}`, formatCount(count)])
 }
 
 function deliveryLines(run: RunReport): string[] {
-    const queuedNote =
-        run.queued > 0
-            ? `  (Intercom answered ${[...new Set(run.outageStatuses)].join('/')}; delivered later by runEveryMinute: ${run.deliveredFromQueue})`
-            : ''
-    const synced: Array<[string, string]> =
-        run.synced > 0 ? [['Synced only (no event sent)', formatCount(run.synced)]] : []
+    const fromQueue = run.deliveredFromQueue
+    const delivered = `${formatCount(run.delivered)}  (${run.delivered - fromQueue} at once, ${fromQueue} from the retry queue)`
+    const outage = `Intercom answered ${[...new Set(run.outageStatuses)].join('/')}; delivered later by runEveryMinute`
+    const queuedNote = run.queued > 0 ? `  (${outage}: ${fromQueue})` : ''
     return formatPairs([
         ['Events', formatCount(run.events)],
-        [
-            'Delivered to Intercom',
-            `${formatCount(run.delivered)}  (${run.delivered - run.deliveredFromQueue} at once, ${run.deliveredFromQueue} from the retry queue)`,
-        ],
+        ['Delivered to Intercom', delivered],
         ['Skipped, by reason', formatCount(sumCounts(run.skipped))],
         ...countLines(run.skipped),
-        ...synced,
+        ...(run.synced > 0 ? countLines({ 'Synced only (no event sent)': run.synced }, '') : []),
         ['Queued for retry', `${formatCount(run.queued)}${queuedNote}`],
         ['Failed', formatCount(sumCounts(run.failed))],
         ...countLines(run.failed),
@@ -221,21 +207,16 @@ function deliveryLines(run: RunReport): string[] {
 }
 
 function callLines(run: RunReport): string[] {
-    const routes = { ...run.callsByRoute }
-    delete routes[SETUP_ROUTE]
+    const { [SETUP_ROUTE]: setup, ...routes } = run.callsByRoute
+    const perEvent = `${formatRatio(run.eventCalls, run.delivered)}  (${run.eventCalls} calls after setup ÷ ${run.delivered} delivered, sync included)`
+    const contacts = `${run.contactsCreated} created, ${run.contactsUpdated} updated; custom attributes created: ${run.attributesCreated.join(', ') || 'none'}`
     return [
         ...formatPairs([
             ['Intercom calls', formatCount(run.setupCalls + run.eventCalls)],
-            [`    ${SETUP_ROUTE} (setup)`, `${run.setupCalls}  (one per worker, at start)`],
+            [`    ${SETUP_ROUTE} (setup)`, `${setup ?? 0}  (one per worker, at start)`],
             ...countLines(routes),
-            [
-                'Calls per delivered event',
-                `${formatRatio(run.eventCalls, run.delivered)}  (${run.eventCalls} calls after setup ÷ ${run.delivered} delivered, sync included)`,
-            ],
-            [
-                'Contacts',
-                `${run.contactsCreated} created, ${run.contactsUpdated} updated; custom attributes created: ${run.attributesCreated.join(', ') || 'none'}`,
-            ],
+            ['Calls per delivered event', perEvent],
+            ['Contacts', contacts],
         ]),
         '  Most people in this sample have one to three events, so lookups and sync weigh; at 20 events a',
         '  person the cached lookup brings calls per delivered event to about 1.05 (see npm run bench).',
@@ -271,9 +252,8 @@ function pluginServerSection(run: RunReport): string[] {
 function cdpSection(run: RunReport, reference: RunReport): string[] {
     const skipped = sortedCounts(run.skipped)
     const sameSkips = JSON.stringify(skipped) === JSON.stringify(sortedCounts(reference.skipped))
-    const skippedNote = sameSkips
-        ? 'same reasons as above'
-        : skipped.map(([reason, n]) => `${reason}: ${n}`).join(', ')
+    const reasons = skipped.map(([reason, n]) => `${reason}: ${n}`).join(', ')
+    const skippedNote = sameSkips ? 'same reasons as above' : reasons
     return [
         ...heading("cdp mode (PostHog's current executor): no cache, no runEveryMinute"),
         `  Same events, fresh emulator, ${run.workers} worker; the plugin keeps its lookups in its own memory.`,
@@ -290,8 +270,6 @@ function cdpSection(run: RunReport, reference: RunReport): string[] {
         `  Intercom calls  ${run.setupCalls + run.eventCalls} (${run.setupCalls} setup) → ${formatRatio(run.eventCalls, run.delivered)} per delivered event`,
     ]
 }
-
-// --- Checks and entry point
 
 function problemsOf(runs: RunReport[]): string[] {
     return runs.flatMap((run, index) => {
@@ -321,13 +299,11 @@ function checkLines(runs: RunReport[], problems: string[]): string[] {
 }
 
 /** Runs the demo and returns what it printed and measured; the CLI exits 0 when `ok`. */
-export async function main(options: StartOptions = {}): Promise<StartSummary> {
+export async function main(options: StartOptions = {}) {
     const output: string[] = []
     const print = (lines: string[]): void => {
-        for (const line of lines) {
-            output.push(line)
-            ;(options.print ?? console.log)(line)
-        }
+        output.push(...lines)
+        lines.forEach((line) => (options.print ?? console.log)(line))
     }
     const events = readSampleEvents(options.eventsFile)
     const workers = options.workers ?? 2

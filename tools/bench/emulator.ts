@@ -1,28 +1,14 @@
 /** The bench's emulator, in a child process (so its CPU is measured apart) or in this one, and what it recorded. */
 import { fork } from 'node:child_process'
 
-import { Emulator, EmulatorOptions, EmulatorStats, SeedContact, startEmulator } from '../intercom/emulator'
+import { Emulator, EmulatorOptions, SeedContact, startEmulator } from '../intercom/emulator'
 import { findRoute } from '../intercom/rules'
 import { addCount } from '../lib/report'
 import { TOKEN } from './workload'
 
 export const SEARCH_ROUTE = 'POST /contacts/search'
 
-export interface EmulatorSnapshot {
-    stats: EmulatorStats
-    /** Events stored, deduplicated like Intercom. */
-    stored: number
-    /** Calls by route, then by the status answered. */
-    calls: Record<string, Record<string, number>>
-    /** Distinct emails among the searches answered 200. */
-    searchedEmails: number
-    /** For each repeated successful search of an email: ms since the previous search of that email. */
-    repeatGapsMs: number[]
-    /** Calls in each 10 s rate-limit window (aligned on the clock, as the emulator counts), from `since`. */
-    callsPerWindow: number[]
-    /** CPU of the emulator's process since it started (µs); null when it shares the host process. */
-    cpuMicros: number | null
-}
+export type EmulatorSnapshot = ReturnType<typeof takeSnapshot>
 
 export interface EmulatorHandle {
     url: string
@@ -35,7 +21,7 @@ export interface EmulatorHandle {
 export type EmulatorOverrides = Pick<EmulatorOptions, 'rateLimit'>
 
 /** This process's CPU (user + system, µs) since `start`. */
-export function cpuMicros(start?: NodeJS.CpuUsage): number {
+export function cpuSince(start?: NodeJS.CpuUsage): number {
     const used = process.cpuUsage(start)
     return used.user + used.system
 }
@@ -52,7 +38,8 @@ function countPerWindow(times: number[], windowMs: number): number[] {
     return counts
 }
 
-function takeSnapshot(emulator: Emulator, cpu: number | null, since: number): EmulatorSnapshot {
+/** What the emulator recorded, with calls per rate-limit window counted from `since`. */
+function takeSnapshot(emulator: Emulator, cpuMicros: number | null, since: number) {
     const calls: Record<string, Record<string, number>> = {}
     const lastSearch = new Map<string, number>()
     const repeatGapsMs: number[] = []
@@ -70,12 +57,12 @@ function takeSnapshot(emulator: Emulator, cpu: number | null, since: number): Em
     const times = requests.filter((request) => request.at >= since).map((request) => request.at)
     return {
         stats: emulator.stats(),
-        stored: emulator.events().length,
-        calls,
-        searchedEmails: lastSearch.size,
-        repeatGapsMs,
+        stored: emulator.events().length, // deduplicated like Intercom
+        calls, // by route, then by the status answered
+        searchedEmails: lastSearch.size, // distinct emails among the searches answered 200
+        repeatGapsMs, // for each repeated search of an email: ms since the previous one
         callsPerWindow: countPerWindow(times, emulator.options.windowSeconds * 1000),
-        cpuMicros: cpu,
+        cpuMicros, // of the emulator's process; null when it shares the host process
     }
 }
 
@@ -134,7 +121,7 @@ function serveEmulatorInChild(): void {
             emulator = startEmulator(message.options)
             process.send?.((await emulator).url)
         } else if (emulator) {
-            process.send?.(takeSnapshot(await emulator, cpuMicros(), message.since ?? 0))
+            process.send?.(takeSnapshot(await emulator, cpuSince(), message.since ?? 0))
         }
     })
     // Parent gone (finished, crashed or killed): nothing must outlive it.

@@ -11,101 +11,27 @@ import { WindowGate } from '../replay/fetch'
 import { replay } from '../replay'
 import { createHarness, Harness, HarnessEvent, HarnessOptions } from '../runtime/harness'
 import { FetchFn, hostNodeFetch, redirectingFetch } from '../runtime/load-plugin'
-import { cpuMicros, EmulatorHandle, EmulatorOverrides, SEARCH_ROUTE } from './emulator'
+import { cpuSince, EmulatorHandle, EmulatorOverrides, SEARCH_ROUTE } from './emulator'
+import type { BenchOptions } from './bench'
 import { BENCH_CONFIG, TOKEN, Workload } from './workload'
 
 export const SCENARIOS = ['plugin-server', 'cdp', 'cdp-paced', 'no-cache', 'replay', 'cpu'] as const
 export type ScenarioName = (typeof SCENARIOS)[number]
 export const SETUP_ROUTE = 'GET /me'
 
-export interface BenchOptions {
-    events: number
-    people: number
-    /** Workers of each harness run (and, times `concurrency`, the reference client's parallel requests). */
-    workers: number
-    concurrency: number
-    /** How harness runs spread events over workers: PostHog's plugin server did not keep a person on one. */
-    distribute: 'round-robin' | 'distinct_id'
-    /** How often the plugin-server harness runs runEveryMinute (PostHog: 60,000); `pacedRate`: events/s in cdp-paced. */
-    minuteMs: number
-    pacedRate: number
-    scenarios: ScenarioName[]
-    out: string | null
-    /** `child` keeps the emulator's CPU out of the host's measurement; `in-process` is for tests. */
-    emulator: 'child' | 'in-process'
-    /** Passes of the `cpu` scenario whose median is reported (one more warms up). */
-    cpuPasses: number
-    progress: boolean
-    seed: number
-    print: (line: string) => void
-}
+/** One scenario's figures, as written to the JSON file (see `measure`). */
+export type ScenarioResult = Awaited<ReturnType<typeof measure>>
 
-export interface ScenarioResult {
-    name: ScenarioName
-    setup: string
-    events: number
-    expected: number
-    /** As the client reported: onEvent, plus runEveryMinute for the plugin-server queue. */
-    delivered: number
-    deliveredFromQueue: number
-    /** Events the emulator stored; `lost` = expected (every event of the workload) − stored. */
-    stored: number
-    lost: number
-    /** POSTs Intercom accepted but deduplicated (a retry of an event already stored). */
-    deduplicated: number
-    failed: Record<string, number>
-    /** GET /me, one per worker at setup: not counted in `calls`. */
-    setupCalls: number
-    calls: number
-    callsByRoute: Record<string, Record<string, number>>
-    rateLimited: number
-    /** Distinct emails searched with success: the floor of lookups with a shared cache. */
-    searchedEmails: number
-    /** Successful searches beyond one per email (concurrent lookups of one email on different workers). */
-    duplicateSearches: number
-    /** How long after the previous search of the same email each repeated search came, in ms. */
-    repeatedSearchGapMs: { median: number; max: number } | null
-    callsPerDelivered: number | null
-    wallSeconds: number
-    /** Until every event had its first outcome (delivered, queued, failed); the rest is draining the queue. */
-    feedSeconds: number
-    eventsPerSecond: number
-    /** Host process CPU per event: the plugin, its HTTP client and the harness (emulator excluded if `child`). */
-    hostCpuMicrosPerEvent: number
-    emulatorCpuMicrosPerCall: number | null
-    /** Calls (setup excluded) in each of the emulator's 10 s windows, from the first event on. */
-    callsPerWindow: number[]
-    /** plugin-server: host CPU (µs) until every event had its first outcome and while the queue drained; what each
-     * runEveryMinute run delivered from the queue; the onEvent results parked in it. */
-    phaseCpuMicros?: { feed: number; drain: number }
-    queueRuns?: number[]
-    queued?: number
-    logLines: number
-}
-
-/** Host CPU per event in steady state (median over passes after a warm-up pass), µs. */
-export interface CpuMeasurement {
-    pluginMicrosPerEvent: number
-    /** The same harness running a plugin that only POSTs each event: harness and HTTP client overhead. */
-    nullPluginMicrosPerEvent: number
-    ownMicrosPerEvent: number
-}
-
-export interface CpuResult {
-    /** Against the emulator over HTTP with its rate limit lifted (emulator in a child process unless in-process). */
-    http: CpuMeasurement
-    /** Against an in-process stub of Intercom: no sockets at all. */
-    stub: CpuMeasurement
-    passes: number
-}
+/** Host CPU per event in steady state (µs): index.ts, a plugin that only POSTs (harness and HTTP client), the
+ * difference; `http` against the emulator (limit lifted), `stub` against an in-process stub (no sockets). */
+export type CpuMeasurement = Awaited<ReturnType<typeof measurePair>>
+export type CpuResult = Awaited<ReturnType<typeof runCpu>>
 
 export interface Context {
     options: BenchOptions
     workload: Workload
     startEmulator(overrides?: EmulatorOverrides): Promise<EmulatorHandle>
 }
-
-// --- Measuring one scenario
 
 function median(values: number[]): number {
     const sorted = [...values].sort((a, b) => a - b)
@@ -116,7 +42,7 @@ function median(values: number[]): number {
 /** Wall time (ms) and this process's CPU (µs) since it was started. */
 function stopwatch() {
     const [started, cpuStart] = [Date.now(), process.cpuUsage()]
-    return { started, ms: () => Date.now() - started, cpu: () => cpuMicros(cpuStart) }
+    return { started, ms: () => Date.now() - started, cpu: () => cpuSince(cpuStart) }
 }
 type Stopwatch = ReturnType<typeof stopwatch>
 
@@ -134,12 +60,19 @@ function progressBar(options: BenchOptions, title: string, total: number): Progr
 }
 
 /** What a scenario's client reported; the emulator's side is measured around it. */
-type Outcome = Pick<ScenarioResult, 'delivered' | 'failed'> &
-    Partial<
-        Pick<ScenarioResult, 'deliveredFromQueue' | 'logLines' | 'phaseCpuMicros' | 'queueRuns' | 'queued'>
-    > & {
-        feedMs?: number
-    }
+interface Outcome {
+    /** onEvent, plus runEveryMinute for the plugin-server queue. */
+    delivered: number
+    deliveredFromQueue?: number
+    failed: Record<string, number>
+    logLines?: number
+    /** Until every event had its first outcome (delivered, queued, failed); the rest is draining the queue. */
+    feedMs?: number
+    /** plugin-server: host CPU (µs) while fed and while draining; each runEveryMinute's deliveries; events parked. */
+    phaseCpuMicros?: { feed: number; drain: number }
+    queueRuns?: number[]
+    queued?: number
+}
 
 /** A scenario's client, ready to run once its setup calls are made. */
 interface Prepared {
@@ -150,9 +83,9 @@ interface Prepared {
 /** `prepare` makes its setup calls, then `run` is measured: host CPU and wall time here, calls in the emulator. */
 async function measure(
     ctx: Context,
-    scenario: Pick<ScenarioResult, 'name' | 'setup'>,
+    scenario: { name: ScenarioName; setup: string },
     prepare: (url: string) => Promise<Prepared>
-): Promise<ScenarioResult> {
+) {
     const events = ctx.workload.events.length
     const emulator = await ctx.startEmulator()
     const progress = progressBar(ctx.options, scenario.name, events)
@@ -177,23 +110,26 @@ async function measure(
             ...outcome,
             events,
             expected: events,
-            stored: after.stored,
+            stored: after.stored, // by the emulator; lost: every event of the workload not stored
             lost: events - after.stored,
-            deduplicated: after.stats.eventsDeduplicated,
-            setupCalls,
+            deduplicated: after.stats.eventsDeduplicated, // POSTs of an event already stored (retries)
+            setupCalls, // not counted in `calls`
             calls,
             callsByRoute: after.calls,
             rateLimited: after.stats.rateLimited - before.stats.rateLimited,
-            searchedEmails: after.searchedEmails,
+            searchedEmails: after.searchedEmails, // the floor of lookups with a shared cache
+            // Successful searches beyond one per email (concurrent lookups on different workers), and how long
+            // after the previous search of the same email they came.
             duplicateSearches: (after.calls[SEARCH_ROUTE]?.['200'] ?? 0) - after.searchedEmails,
             repeatedSearchGapMs: gaps.length === 0 ? null : { median: median(gaps), max: Math.max(...gaps) },
             callsPerDelivered: after.stored === 0 ? null : calls / after.stored,
             wallSeconds: wallMs / 1000,
             feedSeconds: (feedMs ?? wallMs) / 1000,
             eventsPerSecond: after.stored / (wallMs / 1000),
+            // The plugin, its HTTP client and the harness (the emulator too when it runs in-process).
             hostCpuMicrosPerEvent: hostCpu / events,
             emulatorCpuMicrosPerCall: emulatorCpu === null || calls === 0 ? null : emulatorCpu / calls,
-            callsPerWindow: after.callsPerWindow,
+            callsPerWindow: after.callsPerWindow, // setup excluded, from the first event on
         }
     } finally {
         progress.stop()
@@ -209,9 +145,9 @@ async function feed(harness: Harness, events: HarnessEvent[], progress: Progress
     const started = Date.now()
     const counts = { delivered: 0, queued: 0 }
     const pending: Promise<void>[] = []
-    for (let i = 0; i < events.length; i++) {
+    for (const [i, event] of events.entries()) {
         if (rate !== undefined) await sleep(started + (i * 1000) / rate - Date.now())
-        const sent = harness.send(events[i]).then(({ status }) => {
+        const sent = harness.send(event).then(({ status }) => {
             if (status === 'delivered' || status === 'queued') counts[status]++
             const doing = status === 'queued' ? 'queueing what Intercom cannot take now' : 'sending'
             progress.update(counts.delivered, doing)
@@ -226,17 +162,12 @@ async function feed(harness: Harness, events: HarnessEvent[], progress: Progress
  * runEveryMinute on a clock started with the feed, as PostHog's schedule would run it, until the queue is
  * empty (or a bound far above what draining needs, so a stuck queue ends the run instead of hanging it).
  */
-async function drainQueue(
-    harness: Harness,
-    ctx: Context,
-    started: number,
-    progress: Progress,
-    delivered: number
-) {
+async function drainQueue(harness: Harness, ctx: Context, watch: Stopwatch, progress: Progress) {
+    let delivered = harness.summary().delivered
     const runs: number[] = []
     const maxRuns = Math.ceil(ctx.workload.events.length / 500) + 20
     for (let run = 1; run <= maxRuns; run++) {
-        await sleep(started + run * ctx.options.minuteMs - Date.now())
+        await sleep(watch.started + run * ctx.options.minuteMs - Date.now())
         const report = await harness.runMinute()
         runs.push(report?.delivered ?? 0)
         delivered += report?.delivered ?? 0
@@ -271,10 +202,7 @@ function runHarness(name: 'plugin-server' | 'cdp' | 'cdp-paced', ctx: Context): 
             const first = await feed(harness, workload.events, progress, rate)
             const [feedMs, feedCpu] = [watch.ms(), watch.cpu()]
             // Nothing queued: the run ends with the feed, not at the next runEveryMinute.
-            const queueRuns =
-                queue && first.queued > 0
-                    ? await drainQueue(harness, ctx, watch.started, progress, first.delivered)
-                    : []
+            const queueRuns = queue && first.queued > 0 ? await drainQueue(harness, ctx, watch, progress) : []
             const summary = harness.summary()
             const outcome = {
                 delivered: summary.delivered + summary.minute.delivered,
@@ -312,18 +240,14 @@ async function post(url: string, body: unknown, gate: WindowGate): Promise<{ sta
 }
 
 /** Search by email, then POST /events by contact id (users before leads): two calls, every time. */
-async function deliverUncached(baseUrl: string, event: HarnessEvent, gate: WindowGate): Promise<boolean> {
+async function deliverUncached(url: string, event: HarnessEvent, gate: WindowGate): Promise<boolean> {
     const query = { field: 'email', operator: '=', value: String(event.properties?.email) }
-    const search = await post(`${baseUrl}/contacts/search`, { query }, gate)
+    const search = await post(`${url}/contacts/search`, { query }, gate)
     const contacts = (JSON.parse(search.text) as { data?: Array<{ id: string; role: string }> }).data ?? []
     const contact = contacts.find((c) => c.role === 'user') ?? contacts[0]
     if (search.status !== 200 || !contact) return false
     const created_at = Math.floor(Date.parse(event.timestamp) / 1000)
-    const posted = await post(
-        `${baseUrl}/events`,
-        { event_name: event.event, created_at, id: contact.id },
-        gate
-    )
+    const posted = await post(`${url}/events`, { event_name: event.event, created_at, id: contact.id }, gate)
     return posted.status === 202
 }
 
@@ -412,22 +336,18 @@ const stubIntercom: FetchFn = async (input, init) => {
         const email = (JSON.parse(init?.body ?? '{}') as { query?: { value?: string } }).query?.value
         text = JSON.stringify({ type: 'list', data: [{ type: 'contact', id: `c-${email}`, role: 'user' }] })
     }
-    const values: Record<string, string> = {
+    const headers = new Headers({
         'x-ratelimit-limit': '1666',
         'x-ratelimit-remaining': '1666',
         'x-ratelimit-reset': String(Math.ceil(Date.now() / 1000) + 10),
-    }
-    const headers = {
-        get: (name: string) => values[name.toLowerCase()] ?? null,
-        forEach: (callback: (value: string, name: string) => void) =>
-            Object.entries(values).forEach(([name, value]) => callback(value, name)),
-    }
+    })
     const status = text ? 200 : 202
     return { status, ok: true, headers, json: async () => JSON.parse(text), text: async () => text }
 }
 
 /** Where the harness sends the plugin's calls during a CPU measurement. */
 type CpuTarget = Pick<HarnessOptions, 'emulatorUrl' | 'fetch'>
+const STUB_TARGET: CpuTarget = { emulatorUrl: 'http://intercom-stub.invalid', fetch: stubIntercom }
 
 /** Host CPU per event of `pluginFile` (index.ts when undefined): the median of the passes after a warm-up. */
 async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target: CpuTarget): Promise<number> {
@@ -440,10 +360,10 @@ async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target:
         const samples: number[] = []
         for (let pass = 0; pass <= cpuPasses; pass++) {
             // Fresh uuids per pass, so nothing is mistaken for a repeat.
-            const suffix = pass.toString(16).padStart(4, '0')
+            const tail = pass.toString(16).padStart(4, '0')
             const events = ctx.workload.events.map((event) => ({
                 ...event,
-                uuid: event.uuid.slice(0, -4) + suffix,
+                uuid: event.uuid.slice(0, -4) + tail,
             }))
             const watch = stopwatch()
             await harness.run(events)
@@ -456,7 +376,7 @@ async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target:
     }
 }
 
-async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarget): Promise<CpuMeasurement> {
+async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarget) {
     const plugin = await cpuPerEvent(ctx, undefined, target)
     const nullPlugin = await cpuPerEvent(ctx, nullPluginFile, target)
     return {
@@ -466,7 +386,7 @@ async function measurePair(ctx: Context, nullPluginFile: string, target: CpuTarg
     }
 }
 
-export async function runCpu(ctx: Context): Promise<CpuResult> {
+export async function runCpu(ctx: Context) {
     const directory = mkdtempSync(path.join(tmpdir(), 'intercom-bench-'))
     const nullPluginFile = path.join(directory, 'null-plugin.ts')
     writeFileSync(nullPluginFile, NULL_PLUGIN)
@@ -475,10 +395,7 @@ export async function runCpu(ctx: Context): Promise<CpuResult> {
     try {
         return {
             http: await measurePair(ctx, nullPluginFile, { emulatorUrl: emulator.url }),
-            stub: await measurePair(ctx, nullPluginFile, {
-                emulatorUrl: 'http://intercom-stub.invalid',
-                fetch: stubIntercom,
-            }),
+            stub: await measurePair(ctx, nullPluginFile, STUB_TARGET),
             passes: ctx.options.cpuPasses,
         }
     } finally {

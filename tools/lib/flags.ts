@@ -6,16 +6,13 @@ export class UsageError extends Error {}
 
 export type FlagTable = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>
 
-type Table<S extends string, B extends string> = Record<S, { type: 'string' }> &
-    Record<B, { type: 'boolean' }>
-
 /** A flag table from names: `strings` take a value, `switches` (list `help` too) do not. */
 export function flagTable<S extends string, B extends string>(strings: readonly S[], switches: readonly B[]) {
     const entries = [
         ...strings.map((name) => [name, { type: 'string' }]),
         ...switches.map((name) => [name, { type: 'boolean' }]),
     ]
-    return Object.fromEntries(entries) as Table<S, B>
+    return Object.fromEntries(entries) as Record<S, { type: 'string' }> & Record<B, { type: 'boolean' }>
 }
 
 /** parseArgs' own messages, rewritten to say which flag is wrong and where to look. */
@@ -57,10 +54,9 @@ export function numberFlag(
 ): number | undefined {
     if (value === undefined) return undefined
     const parsed = Number(value)
+    const kind = rule.integer ? 'a whole number' : 'a number'
     if (value.trim() === '' || !Number.isFinite(parsed) || (rule.integer && !Number.isInteger(parsed))) {
-        throw new UsageError(
-            `--${name} needs ${rule.integer ? 'a whole number' : 'a number'}, not '${value}'.`
-        )
+        throw new UsageError(`--${name} needs ${kind}, not '${value}'.`)
     }
     if ((rule.min !== undefined && parsed < rule.min) || (rule.max !== undefined && parsed > rule.max)) {
         const range = [rule.min !== undefined && `≥ ${rule.min}`, rule.max !== undefined && `≤ ${rule.max}`]
@@ -81,10 +77,7 @@ export function choiceFlag<T extends string>(
     return value as T | undefined
 }
 
-interface CliStreams {
-    out: (text: string) => void
-    err: (text: string) => void
-}
+type CliStreams = Record<'out' | 'err', (text: string) => void>
 
 const PROCESS_STREAMS: CliStreams = {
     out: (text) => process.stdout.write(text),

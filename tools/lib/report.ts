@@ -52,19 +52,10 @@ export function formatPercent(part: number, whole: number, digits = 2): string {
     return whole === 0 ? 'n/a' : `${((100 * part) / whole).toFixed(digits)}%`
 }
 
-/** Adds `n` to `counts[key]`, which starts at 0. */
 export function addCount(counts: Record<string, number>, key: string, n = 1): void {
     counts[key] = (counts[key] ?? 0) + n
 }
 
-/** How many items fall under each key. */
-export function countBy<T>(items: Iterable<T>, key: (item: T) => string): Record<string, number> {
-    const counts: Record<string, number> = {}
-    for (const item of items) addCount(counts, key(item))
-    return counts
-}
-
-/** The sum of a table of counts. */
 export function sumCounts(counts: Record<string, number> | undefined): number {
     return Object.values(counts ?? {}).reduce((sum, count) => sum + count, 0)
 }
