@@ -191,7 +191,7 @@ export function dryRunFetch(onWrite: (write: string) => void): FetchFn {
         const route = routeOf(init?.method ?? 'GET', url.toString())
         const write = describeWrite(
             route,
-            parseBody(init?.body, {}).body,
+            parseBody(init?.body ?? '', {}).body,
             contactOf,
             url.pathname.split('/')[2] ?? ''
         )
