@@ -1,5 +1,4 @@
-/**
- * Loads a plugin the way PostHog's plugin server does, so tests and tools meet production's walls:
+/** Loads a plugin the way PostHog's plugin server does, so tests and tools meet production's walls:
  * Babel with preset-typescript and preset-env for this Node, filename `index.ts`, no config files;
  * imports other than `@posthog/plugin-scaffold`, `node-fetch`, `crypto` and `url` refused at load time
  * with PostHog's message; a fresh `node:vm` context whose only host globals are `console`, `URL`,

@@ -1,5 +1,4 @@
-/**
- * PostHog's six plugin runtimes as data, read from PostHog's sources (../shared/REFERENCE.md and the
+/** PostHog's six plugin runtimes as data, read from PostHog's sources (../shared/REFERENCE.md and the
  * report of issue 9 say where each fact comes from); the rest of tools/runtime reads this table
  * instead of branching on variant numbers.
  */
