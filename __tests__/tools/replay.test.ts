@@ -1,4 +1,6 @@
-/** The replay tool end to end: export formats, dry run (nothing leaves the process), delivery to the emulator,
+/** The replay tool end to end, from export files to the emulator.
+ *
+ * Export formats, dry run (nothing leaves the process), delivery to the emulator,
  * checkpoints keyed by target and config, failed events retried by the next run, many files, and the rate-limit
  * gate. The emulator runs on loopback inside the test; every other connection is refused by nock.
  */

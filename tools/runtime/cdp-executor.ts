@@ -1,5 +1,6 @@
-/** A model of PostHog's CDP legacy plugin executor (`nodejs/src/cdp/services/legacy-plugin-executor
- * .service.ts`), variants 5 and 6. The plugin is an ordinary module of PostHog's Node app (timers and
+/** A model of PostHog's CDP legacy plugin executor (variants 5 and 6).
+ *
+ * Read from `nodejs/src/cdp/services/legacy-plugin-executor.service.ts`. The plugin is an ordinary module of PostHog's Node app (timers and
  * `process` exist). Per destination setupPlugin runs once with `{config: inputs, global: {}, logger,
  * geoip, fetch}` and its promise (a rejection too) is kept. Each run calls `onEvent(event, {...meta,
  * logger, fetch, person})`, the event rebuilt from the invocation's globals (`ip: null`, `$set` and

@@ -1,4 +1,6 @@
-/** The HTTP clients PostHog handed plugins, each optionally redirected to the Intercom emulator by
+/** The HTTP clients PostHog handed plugins, optionally redirected to the emulator.
+ *
+ * Redirected by
  * `redirectingFetch` (nock intercepts them when no emulator is given): node-fetch 2 (variants 1-2), an
  * undici-like fetch (3-4: a standard Response, its own 10 s timeout, `timeout` ignored) and the CDP
  * `meta.fetch` (5-6: a plain object, `timeoutMs`).

@@ -1,4 +1,6 @@
-/** PostHog's plugin VM for variants 1-4 (plugin-server `src/worker/vm/vm.ts`, 2021-2025) on vm2's `VM`
+/** PostHog's plugin VM for variants 1-4, on vm2.
+ *
+ * Plugin-server `src/worker/vm/vm.ts`, 2021-2025, on vm2's `VM`
  * (not NodeVM): the code goes through PostHog's Babel transforms, then runs with only the frozen host
  * globals PostHog gave: `console`, `posthog`, `fetch`, `RetryError`, `URL`, `__pluginHostImports`,
  * `__asyncGuard` (and `google` in 2021); no timers, `process`, `AbortController` or `TextEncoder`.

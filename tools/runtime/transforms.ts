@@ -1,4 +1,6 @@
-/** PostHog's three Babel plugins for sandboxed plugin code and the Babel call, re-written from their
+/** PostHog's three Babel plugins for sandboxed plugin code, and the Babel call.
+ *
+ * Re-written from their
  * sources (PostHog/plugin-server `src/worker/vm/transforms/`, later in PostHog/posthog `plugin-server/`):
  *
  * - replace-imports: each `import` becomes a `const` reading the frozen host table `__pluginHostImports`; a

@@ -1,6 +1,7 @@
-/** PostHog's six plugin runtimes as data, read from PostHog's sources (../shared/REFERENCE.md and the
- * report of issue 9 say where each fact comes from); the rest of tools/runtime reads this table
- * instead of branching on variant numbers.
+/** PostHog's six plugin runtimes as data, which the rest of tools/runtime reads.
+ *
+ * Read from PostHog's sources (../shared/REFERENCE.md and the report of issue 9 say where each fact comes
+ * from), so that no other file branches on variant numbers.
  */
 import type { GuardStyle, ImportStyle } from './transforms'
 
