@@ -12,7 +12,7 @@ import { startEmulator } from '../intercom/emulator'
 import { createIntercom, STAND_IN_OPTIONS } from '../intercom/model'
 import { requestViolations } from '../intercom/rules'
 import { choiceFlag, FlagTable, numberFlag, parseFlags, printedHelp, UsageError } from '../lib/flags'
-import { formatItems } from '../lib/report'
+import { addCount, formatItems } from '../lib/report'
 import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from '../runtime/campaign'
 import type { CacheStore, DrainResult, EventRecord, Harness, LogLine } from '../runtime/harness'
 import {
@@ -75,10 +75,6 @@ const CONCURRENCY = 4
 const MAX_DRAIN_ROUNDS = 400
 /** The plugin retries a dropped connection once, at once. */
 const CALLS_PER_TRY = 2
-
-function bump(counts: Record<string, number>, key: string, n = 1): void {
-    counts[key] = (counts[key] ?? 0) + n
-}
 
 // --- HTTP: the campaign's client, and an audit of every host asked for ---
 
@@ -297,7 +293,7 @@ function tallyPosts(requests: RecordedRequest[]) {
         const body = (request.body ?? {}) as Record<string, unknown>
         const key = `${String(body.id)}|${String(body.event_name)}|${String(body.created_at)}`
         if (refused.has(key)) afterPermanent++
-        bump(posts, key)
+        addCount(posts, key)
         if (request.status === 401 || request.status === 422) refused.add(key)
     }
     return { maxPerEvent: Math.max(0, ...Object.values(posts)), afterPermanent }
@@ -346,7 +342,7 @@ function checkValidEvents(
     for (const planned of valid) {
         const matches = stored.get(dedupKey(planned.email!, planned.name!, planned.createdAt!)) ?? []
         const reason = reports.byUuid.get(planned.event.uuid)
-        if (reason !== undefined) bump(result.reasons, reasonClass(reason))
+        if (reason !== undefined) addCount(result.reasons, reasonClass(reason))
         if (matches.length === 1) result.deliveredOnce++
         if (matches.length > 1) result.duplicatesStored++
         const user = users.get(planned.email!)
@@ -377,7 +373,8 @@ function account({ scenario, runtime, workload, users, emulator, harness, audit,
     const posts = tallyPosts(requests)
     const backoff = backoffTally(requests, emulator.options.windowSeconds * 1000)
     const contactsByRole: Record<string, number> = {}
-    for (const c of emulator.contacts()) bump(contactsByRole, `${c.role} ${(c.email ?? '').toLowerCase()}`)
+    for (const c of emulator.contacts())
+        addCount(contactsByRole, `${c.role} ${(c.email ?? '').toLowerCase()}`)
     const faultCounts: Record<FaultKind, number> = {
         '5xx': status('500') + status('502') + status('503'),
         '429': status('429'),
@@ -650,7 +647,7 @@ export async function runBadInputs(options: { seed: number; generated: number })
                 result.violations.map((v) => knownBugOf(v)?.id).filter((id): id is string => !!id)
             )
             if (c.knownBug && result.problems.length > 0) ids.add(c.knownBug)
-            for (const id of ids) bump(knownBugHits, id)
+            for (const id of ids) addCount(knownBugHits, id)
             // A failure unless the case is marked, or every problem comes from a known bug.
             const problems = c.knownBug
                 ? []
@@ -761,7 +758,7 @@ export function formatReport(report: CampaignReport): string {
     )
     const reasons: Record<string, number> = {}
     for (const r of report.scenarios)
-        for (const [reason, n] of Object.entries(r.reasons)) bump(reasons, reason, n)
+        for (const [reason, n] of Object.entries(r.reasons)) addCount(reasons, reason, n)
     const bugs = Object.entries(bad.knownBugHits).map(([id, n]) => `${id} ×${n}`)
     return [
         ...formatItems(columns, report.scenarios),

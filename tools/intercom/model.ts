@@ -4,6 +4,7 @@
  */
 import type { FetchFn, FetchInit } from '../runtime/load-plugin'
 import { seededRandom } from '../lib/random'
+import { addCount } from '../lib/report'
 import { randomUUID } from 'node:crypto'
 import {
     acceptViolations,
@@ -307,10 +308,9 @@ export class Intercom {
         const found = findRoute(method, url.pathname)
         const outcome = this.decide(request, found)
         const status = outcome.kind === 'drop' ? 0 : outcome.reply.status
-        const bump = (counts: Record<string, number>, key: string) => (counts[key] = (counts[key] ?? 0) + 1)
         this.counters.calls += 1
-        bump(this.counters.byRoute, found?.name ?? 'unknown')
-        bump(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
+        addCount(this.counters.byRoute, found?.name ?? 'unknown')
+        addCount(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
         const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => name !== 'authorization'))
         const recorded = { method, path: url.pathname, status, body: recordedBody(raw), at, headers: kept }
         this.recorded.push(recorded)

@@ -1,6 +1,7 @@
 /** What stands between the sandboxed plugin and the network in a replay: host guard, dry run, call meter and rate-limit gate. */
 import { createIntercom, Region, STAND_IN_OPTIONS } from '../intercom/model'
 import { isRecord, parseBody } from '../intercom/rules'
+import { addCount } from '../lib/report'
 import { sleep } from '../lib/sleep'
 import type { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost } from '../runtime/load-plugin'
 import { isIntercomHost, regionNameOf } from '../runtime/load-plugin'
@@ -120,7 +121,7 @@ export class WindowGate {
             await this.acquire()
             const route = routeOf(init?.method ?? 'GET', String(input))
             this.calls.total++
-            this.calls.byRoute[route] = (this.calls.byRoute[route] ?? 0) + 1
+            addCount(this.calls.byRoute, route)
             let response: FetchResponse | undefined
             try {
                 response = await target(input, init)

@@ -5,7 +5,7 @@ import { isRecord } from '../intercom/rules'
 
 import type { FailedEvent, FailureKind } from './checkpoint'
 import type { CallCounts } from './fetch'
-import { sortedCounts, sumCounts } from '../lib/report'
+import { addCount, sortedCounts, sumCounts } from '../lib/report'
 import { displayPath, InputKind } from './input'
 
 export type ReplayTargetKind = 'intercom' | 'emulator' | 'dry-run'
@@ -89,11 +89,11 @@ export function outcomeOf(value: unknown): { status: (typeof OUTCOMES)[number] |
 }
 
 export function countSkip(file: FileSummary, reason: string): void {
-    file.skipped[reason || 'no reason given'] = (file.skipped[reason || 'no reason given'] ?? 0) + 1
+    addCount(file.skipped, reason || 'no reason given')
 }
 
 export function countFailure(file: FileSummary, failure: FailedEvent): void {
-    file.reasons[failure.reason] = (file.reasons[failure.reason] ?? 0) + 1
+    addCount(file.reasons, failure.reason)
     if (file.firstFailures.length < SHOWN_FAILURES) file.firstFailures.push(failure)
 }
 
