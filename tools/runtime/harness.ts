@@ -1,16 +1,13 @@
 /**
  * Runs a plugin the way PostHog runs it, to measure what it delivers under each runtime:
- *
- * - `plugin-server` (vm2, 2021-2025): meta `{config, global, cache, storage, attachments, jobs,
- *   metrics, geoip}` shared by every call of a worker; node-fetch is the HTTP client; logs go
- *   through the sandbox console; `runEveryMinute` runs on a clock on one worker (PostHog ran
- *   scheduled tasks on the single server holding the schedule lock); a RetryError from onEvent
- *   is retried up to 5 attempts after 5, 10, 20, 40 s, unless `retries: false` (2024-2025).
- * - `cdp` (legacy plugin executor): meta `{config, global, logger, geoip, fetch}` (fetch as a
- *   plain-object adapter), `person` on the event, no cache, no storage, no schedule, no retries.
- *
- * Workers each load their own copy of the plugin (own sandbox, own `global`); in plugin-server
- * mode they share one cache (./cache.ts), in memory or in Redis (`redisUrl` or `REDIS_URL`).
+ * - `plugin-server` (vm2, 2021-2025): one meta `{config, global, cache, storage, attachments, jobs, metrics,
+ *   geoip}` per worker; node-fetch; logs through the sandbox console; `runEveryMinute` on a clock on one
+ *   worker (PostHog's schedule lock); a RetryError from onEvent retried up to 5 attempts after 5, 10, 20,
+ *   40 s, unless `retries: false` (2024-2025).
+ * - `cdp` (legacy plugin executor): meta `{config, global, logger, geoip, fetch}` (a plain-object fetch),
+ *   `person` on the event; no cache, storage, schedule or retries.
+ * Each worker loads its own plugin (own sandbox and `global`); in plugin-server mode they share one cache
+ * (./cache.ts), in memory or in Redis (`redisUrl` or `REDIS_URL`).
  */
 import { RetryError } from '@posthog/plugin-scaffold'
 import { randomUUID } from 'node:crypto'
@@ -33,6 +30,7 @@ import {
     RedirectingFetch,
     redirectingFetch,
 } from './load-plugin'
+import { sumCounts } from '../lib/report'
 import { createSleeper, Sleeper, Slots, withTimeout } from './sleeper'
 import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
 
@@ -257,11 +255,8 @@ export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson
 
 /** What `node-fetch` gives the plugin: the emulator redirect over the chosen client, or the caller's fetch. */
 function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: RedirectingFetch } {
-    const underlying =
-        options.fetch ??
-        (options.mode === 'plugin-server' && options.httpClient === 'undici'
-            ? undiciLikeFetch(hostNodeFetch)
-            : hostNodeFetch)
+    const undici = options.mode === 'plugin-server' && options.httpClient === 'undici'
+    const underlying = options.fetch ?? (undici ? undiciLikeFetch(hostNodeFetch) : hostNodeFetch)
     if (options.emulatorUrl !== undefined) {
         const redirect = redirectingFetch(options.emulatorUrl, underlying)
         return { fetch: redirect, redirect }
@@ -272,13 +267,6 @@ function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: R
 }
 
 type Tally = Omit<HarnessSummary, 'mode' | 'workers' | 'intercomHosts'>
-
-function emptyTally(): Tally {
-    const counts = { events: 0, delivered: 0, done: 0, queued: 0, retried: 0, logsDropped: 0 }
-    const tables = { queuedByReason: {}, skipped: {}, statuses: {}, failed: {}, logLevels: {} }
-    const minute = { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} }
-    return { ...counts, ...tables, minute, setupFailures: [], logs: [] }
-}
 
 function increment(counts: Record<string, number>, key: string): void {
     counts[key] = (counts[key] ?? 0) + 1
@@ -312,10 +300,6 @@ function minuteReportOf(value: unknown): MinuteReport | undefined {
     return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, numberAt(name)])) as MinuteReport
 }
 
-function sum(values: number[]): number {
-    return values.reduce((total, value) => total + value, 0)
-}
-
 /** What the harness's parts (workers, the event path, the minute schedule) share. */
 interface Run {
     options: HarnessOptions
@@ -325,10 +309,7 @@ interface Run {
     sleeper: Sleeper
     closed: boolean
     log(line: Omit<LogLine, 'worker'>, worker: number): void
-}
-
-/** What every worker shares: the sandbox's fetch, the cache and `meta.storage`. */
-interface Shared {
+    /** What every worker shares: the sandbox's fetch, the cache and `meta.storage`. */
     fetch: FetchFn
     cache?: PluginCache
     storage: object
@@ -350,25 +331,25 @@ function retries(run: Run, error: unknown, attempt: number): boolean {
     return retrying && error instanceof RetryError && attempt < MAX_ATTEMPTS && !run.closed
 }
 
-function startWorker(run: Run, index: number, shared: Shared): Worker {
+function startWorker(run: Run, index: number): Worker {
     const logTo = (source: LogLine['source']) => (level: LogLevel, args: unknown[]) =>
         run.log({ level, source, text: format(...args) }, index)
     const plugin = loadPlugin({
         file: run.options.pluginFile,
-        fetch: shared.fetch,
+        fetch: run.fetch,
         console: consoleTo(logTo('console')),
     })
     const config = { ...run.options.config }
     const logger = legacyLogger(logTo('logger'))
     const meta: PluginMeta =
         run.mode === 'cdp'
-            ? { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(shared.fetch) }
+            ? { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(run.fetch) }
             : {
                   config,
                   global: {},
                   attachments: {},
-                  cache: shared.cache,
-                  storage: shared.storage,
+                  cache: run.cache,
+                  storage: run.storage,
                   geoip: { locate: async () => null },
                   jobs: {},
                   metrics: {},
@@ -478,7 +459,7 @@ function eventPath(
  */
 function minuteSchedule(run: Run, pool: Worker[]) {
     /** What each scheduled worker last said was left in its queue. */
-    const lastRemaining = new Map<number, number>()
+    const lastRemaining: Record<number, number> = {}
     const minute = run.tally.minute
     let inFlight: Promise<MinuteReport | undefined> | undefined
     let clock: NodeJS.Timeout | undefined
@@ -497,22 +478,23 @@ function minuteSchedule(run: Run, pool: Worker[]) {
                 worker.plugin.runEveryMinute?.(worker.meta)
             )
             const report = minuteReportOf(value)
-            lastRemaining.set(worker.index, report?.remaining ?? 0)
+            lastRemaining[worker.index] = report?.remaining ?? 0
             for (const name of ['delivered', 'retried', 'dropped'] as const)
                 minute[name] += report?.[name] ?? 0
-            minute.remaining = sum([...lastRemaining.values()])
+            minute.remaining = sumCounts(lastRemaining)
             return report
         } catch (error) {
             increment(minute.failed, describeError(error))
             // A failed run leaves the queue as it was.
-            return { remaining: lastRemaining.get(worker.index) ?? 0 }
+            return { remaining: lastRemaining[worker.index] ?? 0 }
         }
     }
     /** One round on each scheduled worker; undefined when no worker reported anything. */
     const round = async (): Promise<MinuteReport | undefined> => {
         const reports = (await Promise.all(scheduled().map(runOn))).filter((report) => report !== undefined)
         if (reports.length === 0) return undefined
-        const total = (name: keyof MinuteReport) => sum(reports.map((report) => report[name] ?? 0))
+        const total = (name: keyof MinuteReport) =>
+            reports.reduce((sum, report) => sum + (report[name] ?? 0), 0)
         return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, total(name)])) as MinuteReport
     }
     const runMinute = (): Promise<MinuteReport | undefined> => {
@@ -557,7 +539,10 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
     const store =
         mode === 'plugin-server' ? (redisUrl ? createRedisStore(redisUrl) : createMemoryStore()) : undefined
     const { fetch, redirect } = sandboxFetchOf(options)
-    const tally = emptyTally()
+    const counts = { events: 0, delivered: 0, done: 0, queued: 0, retried: 0, logsDropped: 0 }
+    const tables = { queuedByReason: {}, skipped: {}, statuses: {}, failed: {}, logLevels: {} }
+    const minute = { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} }
+    const tally: Tally = { ...counts, ...tables, minute, setupFailures: [], logs: [] }
     const run: Run = {
         options,
         mode,
@@ -565,6 +550,10 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
         tally,
         sleeper: createSleeper(),
         closed: false,
+        fetch,
+        cache: store && createPluginCache(store, namespace),
+        // Postgres-backed in PostHog, so shared by every worker like the cache.
+        storage: createMemoryStorage(),
         log(line, worker) {
             const full = { ...line, worker }
             increment(tally.logLevels, line.level)
@@ -607,13 +596,7 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
     }
     try {
         await store?.clear(namespace)
-        // Postgres-backed in PostHog, so shared by every worker like the cache.
-        const shared = {
-            fetch,
-            cache: store && createPluginCache(store, namespace),
-            storage: createMemoryStorage(),
-        }
-        for (let index = 0; index < workers; index++) pool.push(startWorker(run, index, shared))
+        for (let index = 0; index < workers; index++) pool.push(startWorker(run, index))
         await Promise.all(pool.map((worker) => worker.ready.catch(() => undefined)))
         schedule.start()
     } catch (error) {
