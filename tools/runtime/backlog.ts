@@ -12,10 +12,7 @@ export const BACKLOG_EVENT = 'signed_up'
 export const BACKLOG_CONFIG = { intercomApiKey: 'test-token', triggeringEvents: BACKLOG_EVENT }
 
 /** `count` events of one contact, one second apart, two hours old (past Intercom's search lag). */
-export function backlogEvents(
-    count: number,
-    options: { offset?: number; prefix?: string } = {}
-): RuntimeEvent[] {
+export function backlogEvents(count: number, options: { offset?: number; prefix?: string } = {}) {
     const offset = options.offset ?? 0
     const start = Math.floor(Date.now() / 1000) - 2 * 3600
     return Array.from({ length: count }, (_, i) => ({

@@ -221,9 +221,7 @@ export function createRedisStore(
                 cursor = next
             } while (cursor !== '0')
         },
-        close: async () => {
-            client.disconnect()
-        },
+        close: async () => client.disconnect(),
     }
 }
 
@@ -243,8 +241,8 @@ export function createRedisCache(options: {
     teamId?: number
     mode?: RedisMode
 }): RedisCache {
-    const { pluginId = 1, teamId = 1 } = options
-    const store = createRedisStore(options.redisUrl, options.mode)
+    const { redisUrl, pluginId = 1, teamId = 1, mode } = options
+    const store = createRedisStore(redisUrl, mode)
     const namespace = `@plugin/${pluginId}/${teamId}/`
     return {
         cache: createPluginCache(store, namespace),

@@ -25,27 +25,24 @@ import {
     reportedStatus,
     runEvents,
     storedReport,
+    StoredReport,
 } from './backlog'
 import { createRedisCache } from './cache'
 import { RuntimeEvent, startVariant, Treatment, VariantRuntime } from './start-variant'
 import { VARIANT_IDS, VariantId } from './variants'
 import { spawnWorker } from './worker'
 
-export interface VariantScenarioResult {
+/** `missing`, `unexpected` and `deduplicated` as storedReport counts them against what was sent. */
+export interface VariantScenarioResult extends Omit<StoredReport, 'expected'> {
     scenario: string
     variant: VariantId
     /** Events sent through onEvent (nudges included). */
     sent: number
     stored: number
-    /** Sent events Intercom does not have. */
-    missing: number
-    /** Of those, the ones the runtime or the plugin reported (error recorded, skipped or dropped with a reason). */
+    /** Of the missing, the ones the runtime or the plugin reported (error recorded, skipped or dropped with a reason). */
     reported: number
     /** Missing and reported by nobody. */
     lost: number
-    /** Retries Intercom deduplicated: allowed (at least once). */
-    deduplicated: number
-    unexpected: number
     /** Final statuses of onEvent (delivered, queued, skipped, failed…). */
     statuses: Record<string, number>
     /** Reasons for what was not delivered: runtime errors and the plugin's drop reasons, masked of numbers. */

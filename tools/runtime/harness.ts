@@ -291,13 +291,15 @@ function outcomeOf(value: unknown): { status: OutcomeStatus; reason?: string } {
     return { status, reason: typeof reason === 'string' ? reason : undefined }
 }
 
+/** A MinuteReport with each count from `count`. */
+const minuteReport = (count: (name: keyof MinuteReport) => number | undefined): MinuteReport =>
+    Object.fromEntries(MINUTE_COUNTS.map((name) => [name, count(name)]))
+
 /** The numbers runEveryMinute resolved to, if it resolved to an object. */
 function minuteReportOf(value: unknown): MinuteReport | undefined {
     if (typeof value !== 'object' || value === null) return undefined
     const report = value as Record<string, unknown>
-    const numberAt = (name: string) =>
-        typeof report[name] === 'number' ? (report[name] as number) : undefined
-    return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, numberAt(name)])) as MinuteReport
+    return minuteReport((name) => (typeof report[name] === 'number' ? (report[name] as number) : undefined))
 }
 
 /** What the harness's parts (workers, the event path, the minute schedule) share. */
@@ -493,9 +495,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
     const round = async (): Promise<MinuteReport | undefined> => {
         const reports = (await Promise.all(scheduled().map(runOn))).filter((report) => report !== undefined)
         if (reports.length === 0) return undefined
-        const total = (name: keyof MinuteReport) =>
-            reports.reduce((sum, report) => sum + (report[name] ?? 0), 0)
-        return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, total(name)])) as MinuteReport
+        return minuteReport((name) => reports.reduce((sum, report) => sum + (report[name] ?? 0), 0))
     }
     const runMinute = (): Promise<MinuteReport | undefined> => {
         inFlight = round().finally(() => (inFlight = undefined))
