@@ -91,11 +91,6 @@ async function* readEvents(source: string): AsyncGenerator<RuntimeEvent> {
     }
 }
 
-function remainingOf(treatment: Treatment): number {
-    const remaining = (treatment.value as { remaining?: unknown } | undefined)?.remaining
-    return typeof remaining === 'number' ? remaining : 0
-}
-
 export async function runWorker(args: WorkerArgs): Promise<void> {
     const runtime = await startVariant(args.variant, {
         config: args.config,
@@ -120,7 +115,9 @@ export async function runWorker(args: WorkerArgs): Promise<void> {
     for (let minute = 0; runtime.runEveryMinute && minute < args.minutes; minute++) {
         const treatment = await runtime.runEveryMinute()
         emit({ kind: 'minute', status: treatment.status, value: treatment.value, error: treatment.error })
-        if (treatment.status === 'ok' && remainingOf(treatment) === 0) break
+        // Done once the plugin says nothing is left (or says nothing about it).
+        const remaining = (treatment.value as { remaining?: unknown } | undefined)?.remaining
+        if (treatment.status === 'ok' && (typeof remaining !== 'number' || remaining === 0)) break
     }
     await runtime.teardown()
     emit({ kind: 'done' })
