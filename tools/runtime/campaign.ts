@@ -125,36 +125,30 @@ function exited(child: ChildProcess): Promise<number | null> {
 
 /** Parks a backlog, lets a worker process drain it, kills it with SIGKILL at 35 %, and lets another finish. */
 async function killMidDrain(run: Run): Promise<Tally> {
+    const { emulator, redis } = run
     const dir = mkdtempSync(path.join(tmpdir(), 'faults-kill-'))
     try {
         await withRuntime(run, async (runtime) => {
-            await park(runtime, run.emulator, run.events)
+            await park(runtime, emulator, run.events)
             return { sent: run.events, treatments: [] }
         })
         // Variant 4 drains only when events arrive: both workers get the same stream of new events.
         const sent = nudges(run, Math.ceil(run.events.length / 20) + 10)
         const file = path.join(dir, 'nudges.jsonl')
         writeFileSync(file, sent.map((event) => JSON.stringify(event)).join('\n'))
-        const args = [
-            '--variant',
-            String(run.variant),
-            '--emulator',
-            run.emulator.url,
-            '--redis',
-            run.redis.url,
-        ]
+        const args = ['--variant', String(run.variant), '--emulator', emulator.url, '--redis', redis.url]
         const drainArgs = [...args, '--events', file, '--minutes', '50']
-        run.emulator.configure({ latencyMs: 5 })
+        emulator.configure({ latencyMs: 5 })
         const first = spawnWorker(drainArgs)
         // 35 %: not a multiple of a drain batch, so a batch is in flight when the worker dies.
         const target = Math.floor(run.events.length * 0.35)
-        const stop = run.emulator.onRequest(() => {
-            if (run.emulator.events().length >= target) first.kill('SIGKILL')
+        const stop = emulator.onRequest(() => {
+            if (emulator.events().length >= target) first.kill('SIGKILL')
         })
         await exited(first)
         stop()
-        run.emulator.configure({ latencyMs: 0 })
-        const cache = createRedisCache({ redisUrl: run.redis.url })
+        emulator.configure({ latencyMs: 0 })
+        const cache = createRedisCache({ redisUrl: redis.url })
         await expireVolatileKeys(cache) // the dead worker's lock outlives it until its TTL
         await cache.close()
         await exited(spawnWorker(drainArgs))
