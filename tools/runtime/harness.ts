@@ -15,7 +15,6 @@ import { format } from 'node:util'
 
 import { createMemoryStore, createPluginCache, createRedisStore, PluginCache } from './cache'
 import { legacyLogger } from './cdp-executor'
-import { undiciLikeFetch } from './fetch'
 import {
     cdpFetch,
     consoleTo,
@@ -26,11 +25,9 @@ import {
     PluginEventArg,
     PluginExports,
     PluginMeta,
-    RedirectedCall,
     RedirectingFetch,
     redirectingFetch,
 } from './load-plugin'
-import { sumCounts } from '../lib/report'
 import { createSleeper, Sleeper, Slots, withTimeout } from './sleeper'
 import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
 
@@ -62,8 +59,6 @@ export interface HarnessOptions {
     emulatorUrl?: EmulatorTarget
     /** The HTTP client underneath the redirect; replaces the redirect when `emulatorUrl` is unset. */
     fetch?: FetchFn
-    /** plugin-server client: `node-fetch` (2021-23, honours `timeout`) or `undici` (2024-25, own 10 s timeout). */
-    httpClient?: 'node-fetch' | 'undici'
     /** Concurrent workers, each with its own plugin instance. Default 1. */
     workers?: number
     /** Events in flight per worker. Default 8. */
@@ -72,8 +67,6 @@ export interface HarnessOptions {
     distribute?: 'round-robin' | 'distinct_id'
     /** Length of a "minute" for runEveryMinute, in ms. Default 60000; 0 turns the clock off. */
     minuteMs?: number
-    /** Which workers run runEveryMinute: PostHog ran it on one. Default 'one'. */
-    scheduleOn?: 'one' | 'all'
     /** Factor applied to the 5/10/20/40 s retry delays (e.g. 0.01). Default 1. */
     delayScale?: number
     /** plugin-server only: false reproduces the 2024-2025 runtime, which never retries. Default true. */
@@ -82,12 +75,8 @@ export interface HarnessOptions {
     taskTimeoutMs?: number
     /** Redis for the shared cache; defaults to the REDIS_URL environment variable, else in memory. */
     redisUrl?: string
-    /** Prefix of cache keys; defaults to a fresh namespace per harness. */
-    cacheNamespace?: string
     /** Pass `person` to onEvent. Default: true in cdp mode, false in plugin-server mode. */
     withPerson?: boolean
-    /** Also give plugin-server meta a `logger` (PostHog did not). Default false. */
-    metaLogger?: boolean
     /** Log lines kept in the summary (the rest are only counted). Default 10000. */
     maxLogLines?: number
     /** Called for every log line as it happens. */
@@ -122,7 +111,7 @@ const MINUTE_COUNTS = ['delivered', 'retried', 'dropped', 'remaining'] as const
 /** What runEveryMinute may resolve to; undefined means "nothing left". */
 export type MinuteReport = Partial<Record<(typeof MINUTE_COUNTS)[number], number>>
 
-/** runEveryMinute's runs, failures and summed counts; `remaining` sums what each scheduled worker last said. */
+/** runEveryMinute's runs, failures and summed counts; `remaining` is what the plugin last said. */
 export type MinuteSummary = Required<MinuteReport> & { runs: number; failed: Record<string, number> }
 
 export interface HarnessSummary {
@@ -172,14 +161,12 @@ export interface Harness {
     run(events: Iterable<HarnessEvent>): Promise<HarnessSummary>
     /** Processes one event and returns its record. */
     send(event: HarnessEvent): Promise<EventRecord>
-    /** Runs runEveryMinute once on the scheduled worker(s), outside the clock. */
+    /** Runs runEveryMinute once on the scheduled worker, outside the clock. */
     runMinute(): Promise<MinuteReport | undefined>
     /** Calls runEveryMinute until the plugin reports an empty queue or `maxRounds` is reached. */
     drain(options?: DrainOptions): Promise<DrainResult>
     summary(): HarnessSummary
     records(): readonly EventRecord[]
-    /** Requests that reached the emulator, when the harness does the redirecting. */
-    intercomCalls(): readonly RedirectedCall[]
     /** Stops the clock, calls teardownPlugin, closes Redis. */
     close(): Promise<void>
 }
@@ -255,8 +242,7 @@ export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson
 
 /** What `node-fetch` gives the plugin: the emulator redirect over the chosen client, or the caller's fetch. */
 function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: RedirectingFetch } {
-    const undici = options.mode === 'plugin-server' && options.httpClient === 'undici'
-    const underlying = options.fetch ?? (undici ? undiciLikeFetch(hostNodeFetch) : hostNodeFetch)
+    const underlying = options.fetch ?? hostNodeFetch
     if (options.emulatorUrl !== undefined) {
         const redirect = redirectingFetch(options.emulatorUrl, underlying)
         return { fetch: redirect, redirect }
@@ -291,15 +277,12 @@ function outcomeOf(value: unknown): { status: OutcomeStatus; reason?: string } {
     return { status, reason: typeof reason === 'string' ? reason : undefined }
 }
 
-/** A MinuteReport with each count from `count`. */
-const minuteReport = (count: (name: keyof MinuteReport) => number | undefined): MinuteReport =>
-    Object.fromEntries(MINUTE_COUNTS.map((name) => [name, count(name)]))
-
-/** The numbers runEveryMinute resolved to, if it resolved to an object. */
+/** The counts runEveryMinute resolved to (0 where it gave none), if it resolved to an object. */
 function minuteReportOf(value: unknown): MinuteReport | undefined {
     if (typeof value !== 'object' || value === null) return undefined
     const report = value as Record<string, unknown>
-    return minuteReport((name) => (typeof report[name] === 'number' ? (report[name] as number) : undefined))
+    const count = (name: string) => (typeof report[name] === 'number' ? (report[name] as number) : 0)
+    return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, count(name)]))
 }
 
 /** What the harness's parts (workers, the event path, the minute schedule) share. */
@@ -355,7 +338,6 @@ function startWorker(run: Run, index: number): Worker {
                   geoip: { locate: async () => null },
                   jobs: {},
                   metrics: {},
-                  ...(run.options.metaLogger ? { logger } : {}),
               }
     const ready = setUp(run, plugin, meta)
     // A failed setup is reported per event and in the summary, never as an unhandled rejection.
@@ -455,24 +437,22 @@ function eventPath(
     }
 }
 
-/**
- * The minute schedule: runEveryMinute on one worker (PostHog ran scheduled tasks on the server
- * holding the schedule lock) or all, on a clock, by hand, or until the queue drains.
- */
+/** The minute schedule: runEveryMinute on a clock, by hand, or until the queue drains. */
 function minuteSchedule(run: Run, pool: Worker[]) {
-    /** What each scheduled worker last said was left in its queue. */
-    const lastRemaining: Record<number, number> = {}
     const minute = run.tally.minute
     let inFlight: Promise<MinuteReport | undefined> | undefined
     let clock: NodeJS.Timeout | undefined
     const minuteMs = run.options.minuteMs ?? 60_000
 
-    const scheduled = (): Worker[] => {
-        if (run.mode !== 'plugin-server') return []
-        const withTask = pool.filter((worker) => typeof worker.plugin.runEveryMinute === 'function')
-        return run.options.scheduleOn === 'all' ? withTask : withTask.slice(0, 1)
-    }
-    const runOn = async (worker: Worker): Promise<MinuteReport | undefined> => {
+    /** PostHog ran scheduled tasks on the one server holding the schedule lock: here the first worker. */
+    const scheduled = (): Worker | undefined =>
+        run.mode === 'plugin-server'
+            ? pool.find((worker) => typeof worker.plugin.runEveryMinute === 'function')
+            : undefined
+    /** One run on the scheduled worker; undefined when it reported nothing. */
+    const round = async (): Promise<MinuteReport | undefined> => {
+        const worker = scheduled()
+        if (!worker) return undefined
         minute.runs++
         try {
             await worker.ready
@@ -480,22 +460,15 @@ function minuteSchedule(run: Run, pool: Worker[]) {
                 worker.plugin.runEveryMinute?.(worker.meta)
             )
             const report = minuteReportOf(value)
-            lastRemaining[worker.index] = report?.remaining ?? 0
             for (const name of ['delivered', 'retried', 'dropped'] as const)
                 minute[name] += report?.[name] ?? 0
-            minute.remaining = sumCounts(lastRemaining)
+            minute.remaining = report?.remaining ?? 0
             return report
         } catch (error) {
             increment(minute.failed, describeError(error))
             // A failed run leaves the queue as it was.
-            return { remaining: lastRemaining[worker.index] ?? 0 }
+            return { delivered: 0, retried: 0, dropped: 0, remaining: minute.remaining }
         }
-    }
-    /** One round on each scheduled worker; undefined when no worker reported anything. */
-    const round = async (): Promise<MinuteReport | undefined> => {
-        const reports = (await Promise.all(scheduled().map(runOn))).filter((report) => report !== undefined)
-        if (reports.length === 0) return undefined
-        return minuteReport((name) => reports.reduce((sum, report) => sum + (report[name] ?? 0), 0))
     }
     const runMinute = (): Promise<MinuteReport | undefined> => {
         inFlight = round().finally(() => (inFlight = undefined))
@@ -504,7 +477,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
     return {
         runMinute,
         start(): void {
-            if (minuteMs <= 0 || scheduled().length === 0) return
+            if (minuteMs <= 0 || !scheduled()) return
             // PostHog did not start a scheduled task while the previous run was still going.
             clock = setInterval(() => {
                 if (!inFlight) void runMinute()
@@ -514,7 +487,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
         async drain(options: DrainOptions = {}): Promise<DrainResult> {
             const maxRounds = options.maxRounds ?? 20
             let remaining = 0
-            if (scheduled().length === 0) return { rounds: 0, empty: true, remaining }
+            if (!scheduled()) return { rounds: 0, empty: true, remaining }
             for (let rounds = 1; rounds <= maxRounds && !run.closed; rounds++) {
                 await inFlight
                 remaining = (await runMinute())?.remaining ?? 0
@@ -534,7 +507,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
 export async function createHarness(options: HarnessOptions): Promise<Harness> {
     const mode = options.mode
     const workers = Math.max(1, options.workers ?? 1)
-    const namespace = options.cacheNamespace ?? `@plugin/harness-${randomUUID()}/1/`
+    const namespace = `@plugin/harness-${randomUUID()}/1/`
     const redisUrl = options.redisUrl ?? process.env.REDIS_URL
     const store =
         mode === 'plugin-server' ? (redisUrl ? createRedisStore(redisUrl) : createMemoryStore()) : undefined
@@ -583,7 +556,6 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
         drain: schedule.drain,
         summary,
         records: () => records,
-        intercomCalls: () => redirect?.calls ?? [],
         async close() {
             if (run.closed) return
             run.closed = true
