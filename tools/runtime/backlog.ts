@@ -5,6 +5,7 @@
  */
 import type { Emulator } from '../intercom/emulator'
 import type { RedisCache } from './cache'
+import { Slots } from './sleeper'
 import type { RuntimeEvent, Treatment, VariantRuntime } from './start-variant'
 
 export const BACKLOG_EMAIL = 'ada@example.com'
@@ -30,16 +31,8 @@ export async function runEvents(
     events: readonly RuntimeEvent[],
     concurrency = 10
 ): Promise<Treatment[]> {
-    const results: Treatment[] = new Array(events.length)
-    let next = 0
-    const lane = async (): Promise<void> => {
-        while (next < events.length) {
-            const index = next++
-            results[index] = await runtime.onEvent(events[index])
-        }
-    }
-    await Promise.all(Array.from({ length: Math.min(concurrency, events.length) }, lane))
-    return results
+    const slots = new Slots(concurrency)
+    return Promise.all(events.map((event) => slots.run(() => runtime.onEvent(event))))
 }
 
 /** What the plugin said about one event (index.ts resolves onEvent to `{status, reason}`). */

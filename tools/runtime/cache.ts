@@ -178,23 +178,18 @@ export function createMemoryStore(now: () => number = Date.now): CacheStore {
     }
 }
 
-/** A Redis client that gives up on a command after one reconnection try, as a pool with a timeout would. */
-export function connectRedis(redisUrl: string): Redis {
+/** The store on a real Redis, so workers share it the way PostHog's servers did. */
+export function createRedisStore(
+    redisUrl: string,
+    mode: RedisMode = 'redis-7'
+): CacheStore & { client: Redis } {
+    // A command gives up after one reconnection try, as a pool with a timeout would.
     const client = new Redis(redisUrl, {
         maxRetriesPerRequest: 1,
         retryStrategy: (times) => Math.min(times * 100, 1000),
     })
     // A Redis that is down shows in the commands' rejections; the connection's own errors are noise.
     client.on('error', () => undefined)
-    return client
-}
-
-/** The store on a real Redis, so workers share it the way PostHog's servers did. */
-export function createRedisStore(
-    redisUrl: string,
-    mode: RedisMode = 'redis-7'
-): CacheStore & { client: Redis } {
-    const client = connectRedis(redisUrl)
     return {
         client,
         get: (key) => client.get(key),
