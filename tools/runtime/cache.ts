@@ -33,14 +33,15 @@ export interface CacheStore {
     close(): Promise<void>
 }
 
-export interface CacheOptions {
-    jsonSerialize?: boolean
-}
-
 /** The `meta.cache` a plugin sees. */
 export interface PluginCache {
-    set(key: string, value: unknown, ttlSeconds?: number, options?: CacheOptions): Promise<void>
-    get(key: string, defaultValue: unknown, options?: CacheOptions): Promise<unknown>
+    set(
+        key: string,
+        value: unknown,
+        ttlSeconds?: number,
+        options?: { jsonSerialize?: boolean }
+    ): Promise<void>
+    get(key: string, defaultValue: unknown, options?: { jsonSerialize?: boolean }): Promise<unknown>
     incr(key: string): Promise<number>
     expire(key: string, ttlSeconds: number): Promise<boolean>
     lpush(key: string, elementOrArray: unknown): Promise<number>

@@ -53,13 +53,6 @@ export interface VariantScenarioResult extends Omit<StoredReport, 'expected'> {
     durationMs: number
 }
 
-export interface VariantRunOptions {
-    /** Use the scenario's reduced size (npm test). */
-    small?: boolean
-    /** Overrides the scenario's event count. */
-    events?: number
-}
-
 interface Run {
     scenario: VariantScenario
     variant: VariantId
@@ -190,10 +183,11 @@ function reasons(tally: Tally): Record<string, number> {
     return counts
 }
 
+/** One scenario in one variant; `small`: the scenario's reduced size (npm test); `events` overrides its count. */
 export async function runVariantScenario(
     scenario: VariantScenario,
     variant: VariantId,
-    options: VariantRunOptions = {}
+    options: { small?: boolean; events?: number } = {}
 ): Promise<VariantScenarioResult> {
     const count = options.events ?? (options.small ? scenario.smallEvents : scenario.events)
     const rateLimit = (options.small ? scenario.smallRateLimit : scenario.rateLimit) ?? 1_000_000

@@ -216,17 +216,7 @@ export function describeError(error: unknown): string {
 export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson: boolean): PluginEventArg {
     const properties = structuredClone(event.properties ?? {})
     const teamId = event.team_id ?? 1
-    const person =
-        withPerson && event.person
-            ? {
-                  uuid: event.person.uuid ?? randomUUID(),
-                  team_id: teamId,
-                  properties: structuredClone(event.person.properties),
-                  // The cdp executor no longer has the person's creation time; elsewhere the event's stands in.
-                  created_at: mode === 'cdp' ? '' : event.timestamp,
-              }
-            : undefined
-    return {
+    const pluginEvent: PluginEventArg = {
         distinct_id: event.distinct_id,
         ip: event.ip ?? (typeof properties.$ip === 'string' ? properties.$ip : null),
         team_id: teamId,
@@ -236,8 +226,16 @@ export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson
         $set: properties.$set,
         $set_once: properties.$set_once,
         uuid: event.uuid,
-        ...(person ? { person } : {}),
     }
+    if (withPerson && event.person)
+        pluginEvent.person = {
+            uuid: event.person.uuid ?? randomUUID(),
+            team_id: teamId,
+            properties: structuredClone(event.person.properties),
+            // The cdp executor no longer has the person's creation time; elsewhere the event's stands in.
+            created_at: mode === 'cdp' ? '' : event.timestamp,
+        }
+    return pluginEvent
 }
 
 /** What `node-fetch` gives the plugin: the emulator redirect over the chosen client, or the caller's fetch. */
