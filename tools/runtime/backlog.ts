@@ -1,7 +1,6 @@
-/**
- * The queue contract, as steps a test or a fault scenario can run against any variant: park a backlog
- * while Intercom answers 5xx, drain it (runEveryMinute where the runtime calls it, else new events
- * through onEvent), and count what Intercom stored against what was sent.
+/** The queue contract, as steps a test or a fault scenario can run against any variant:
+ * park a backlog while Intercom answers 5xx, drain it (runEveryMinute where the runtime calls it, else new
+ * events through onEvent), and count what Intercom stored against what was sent.
  */
 import type { Emulator } from '../intercom/emulator'
 import type { RedisCache } from './cache'

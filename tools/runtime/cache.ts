@@ -1,9 +1,8 @@
-/**
- * PostHog's `meta.cache` extension (plugin-server `extensions/cache.ts` and the Redis helpers of `db.ts`)
- * over a real Redis, or over an in-memory store that answers as Redis does (`npm start` without Redis).
- * Keys are `@plugin/<plugin id>/<team id>/<key>`. A missing or empty value reads as null whatever default
- * is given (ioredis answers null; PostHog only fell back on undefined). `redis-6.0` mode refuses
- * `LPOP key count` as Redis did before 6.2.
+/** PostHog's `meta.cache` extension over a real Redis, or over an in-memory store that answers as Redis does.
+ * As plugin-server's `extensions/cache.ts` and the Redis helpers of its `db.ts`: keys are
+ * `@plugin/<plugin id>/<team id>/<key>`; a missing or empty value reads as null whatever default is given
+ * (ioredis answers null; PostHog only fell back on undefined). `redis-6.0` mode refuses `LPOP key count` as
+ * Redis did before 6.2.
  */
 import Redis from 'ioredis'
 

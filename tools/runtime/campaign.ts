@@ -1,8 +1,7 @@
-/**
- * The fault campaign's variant matrix: each scenario of VARIANT_SCENARIOS (tools/faults/scenarios.ts) run in
- * each of PostHog's six runtimes it applies to, with the real loader (tools/runtime), a private real
- * Redis and the Intercom emulator, and for kill -9 a real worker process. Counts only: what Intercom
- * stored against what was sent, what the runtime or plugin reported, and what is lost (neither).
+/** The fault campaign's variant matrix: each of VARIANT_SCENARIOS in each PostHog runtime it applies to.
+ * Each runs with the real loader (tools/runtime), a private real Redis and the Intercom emulator, and for
+ * kill -9 a real worker process. Counts only: what Intercom stored against what was sent, what the runtime
+ * or plugin reported, and what is lost (neither).
  */
 import { ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -39,7 +38,7 @@ export interface VariantScenarioResult extends Omit<StoredReport, 'expected'> {
     /** Events sent through onEvent (nudges included). */
     sent: number
     stored: number
-    /** Of the missing, the ones the runtime or the plugin reported (error recorded, skipped or dropped with a reason). */
+    /** Of the missing, those the runtime or the plugin reported (an error, or skipped or dropped with a reason). */
     reported: number
     /** Missing and reported by nobody. */
     lost: number
@@ -183,7 +182,7 @@ function reasons(tally: Tally): Record<string, number> {
     return counts
 }
 
-/** One scenario in one variant; `small`: the scenario's reduced size (npm test); `events` overrides its count. */
+/** One scenario in one variant; `small`: its reduced size (npm test); `events` overrides its event count. */
 export async function runVariantScenario(
     scenario: VariantScenario,
     variant: VariantId,

@@ -1,5 +1,4 @@
-/**
- * Runs a plugin the way PostHog runs it, to measure what it delivers under each runtime:
+/** Runs a plugin the way PostHog runs it, to measure what it delivers under each runtime:
  * - `plugin-server` (vm2, 2021-2025): one meta `{config, global, cache, storage, attachments, jobs, metrics,
  *   geoip}` per worker; node-fetch; logs through the sandbox console; `runEveryMinute` on a clock on one
  *   worker (PostHog's schedule lock); a RetryError from onEvent retried up to 5 attempts after 5, 10, 20,
@@ -93,7 +92,7 @@ export interface LogLine {
     text: string
 }
 
-/** onEvent's reported status ('delivered', 'skipped', 'queued', …), 'done' without one, 'failed' when it threw for good. */
+/** onEvent's reported status ('delivered', 'skipped', 'queued', …); 'done' without one; 'failed' if it threw. */
 export type OutcomeStatus = string
 
 /** What happened to one event in the end. */

@@ -1,8 +1,7 @@
-/**
- * One entry point to PostHog's six runtimes: `startVariant(id, options)` loads index.ts (or a fixture) the
- * way that runtime did, runs setupPlugin, and answers for each event how THE RUNTIME treated it: ok, an error
- * recorded, or retried n times then ok or failed. `runEveryMinute` exists only where the variant calls it;
- * the cache is PostHog's extension over a real Redis where the variant has one.
+/** One entry point to PostHog's six runtimes: `startVariant(id, options)` loads a plugin as that runtime did.
+ * It runs setupPlugin and answers for each event how THE RUNTIME treated it: ok, an error recorded, or
+ * retried n times then ok or failed. `runEveryMinute` exists only where the variant calls it; the cache is
+ * PostHog's extension over a real Redis where the variant has one.
  */
 import { readFileSync } from 'node:fs'
 import { format } from 'node:util'

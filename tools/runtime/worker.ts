@@ -1,5 +1,4 @@
-/**
- * One PostHog runtime in a process of its own, so tests and the fault campaign can `kill -9` it mid-run.
+/** One PostHog runtime in a process of its own, so tests and the fault campaign can `kill -9` it mid-run.
  * Reads events (JSON Lines) from a file or stdin, sends each through the variant's onEvent, then calls
  * runEveryMinute (where the variant has it) until the plugin reports nothing left. Writes one JSON line
  * per result on stdout: counts and statuses only, never event contents.
