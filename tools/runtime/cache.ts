@@ -32,23 +32,7 @@ export interface CacheStore {
     close(): Promise<void>
 }
 
-/** The `meta.cache` a plugin sees. */
-export interface PluginCache {
-    set(
-        key: string,
-        value: unknown,
-        ttlSeconds?: number,
-        options?: { jsonSerialize?: boolean }
-    ): Promise<void>
-    get(key: string, defaultValue: unknown, options?: { jsonSerialize?: boolean }): Promise<unknown>
-    incr(key: string): Promise<number>
-    expire(key: string, ttlSeconds: number): Promise<boolean>
-    lpush(key: string, elementOrArray: unknown): Promise<number>
-    lrange(key: string, startIndex: number, endIndex: number): Promise<string[]>
-    llen(key: string): Promise<number>
-    lrem(key: string, count: number, elementKey: string): Promise<number>
-    lpop(key: string, count: number): Promise<string[] | null>
-}
+type CacheOptions = { jsonSerialize?: boolean }
 
 function lpushElements(elementOrArray: unknown): string[] {
     if (typeof elementOrArray === 'string') return [elementOrArray]
@@ -75,31 +59,32 @@ function parseValue(value: string | null, jsonSerialize: boolean): unknown {
     }
 }
 
-/** The cache extension over a store, every key under `namespace`. */
-export function createPluginCache(store: CacheStore, namespace: string): PluginCache {
+/** The cache extension over a store, every key under `namespace`: the `meta.cache` a plugin sees. */
+export function createPluginCache(store: CacheStore, namespace: string) {
     const keyOf = (key: string): string => `${namespace}${key}`
     return {
-        async set(key, value, ttlSeconds, options = {}) {
+        async set(key: string, value: unknown, ttlSeconds?: number, options: CacheOptions = {}) {
             const stored = (options.jsonSerialize ?? true) ? JSON.stringify(value) : String(value)
             await store.set(keyOf(key), stored, ttlSeconds)
         },
-        async get(key, _defaultValue, options = {}) {
+        async get(key: string, _defaultValue: unknown, options: CacheOptions = {}): Promise<unknown> {
             return parseValue(await store.get(keyOf(key)), options.jsonSerialize ?? true)
         },
-        incr: (key) => store.incr(keyOf(key)),
-        expire: (key, ttlSeconds) => store.expire(keyOf(key), ttlSeconds),
-        lpush: async (key, elementOrArray) => store.lpush(keyOf(key), lpushElements(elementOrArray)),
-        async lrange(key, startIndex, endIndex) {
+        incr: (key: string) => store.incr(keyOf(key)),
+        expire: (key: string, ttlSeconds: number) => store.expire(keyOf(key), ttlSeconds),
+        lpush: async (key: string, elementOrArray: unknown) =>
+            store.lpush(keyOf(key), lpushElements(elementOrArray)),
+        async lrange(key: string, startIndex: number, endIndex: number) {
             if (typeof startIndex !== 'number' || typeof endIndex !== 'number')
                 throw new Error('cache.lrange expects a number for the start and end indexes')
             return store.lrange(keyOf(key), startIndex, endIndex)
         },
-        llen: (key) => store.llen(keyOf(key)),
-        async lrem(key, count, elementKey) {
+        llen: (key: string) => store.llen(keyOf(key)),
+        async lrem(key: string, count: number, elementKey: string) {
             expectCount('lrem', count)
             return store.lrem(keyOf(key), count, elementKey)
         },
-        async lpop(key, count) {
+        async lpop(key: string, count: number) {
             expectCount('lpop', count)
             return store.lpop(keyOf(key), count)
         },
@@ -116,6 +101,8 @@ function removeOccurrences(list: string[], count: number, value: string): number
     for (const index of [...chosen].sort((a, b) => b - a)) list.splice(index, 1)
     return chosen.length
 }
+
+export type PluginCache = ReturnType<typeof createPluginCache>
 
 /** An in-process stand-in for Redis with the same answers, TTLs checked on access. */
 export function createMemoryStore(now: () => number = Date.now): CacheStore {
