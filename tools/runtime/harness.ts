@@ -153,23 +153,6 @@ export interface DrainResult {
     remaining: number
 }
 
-export interface Harness {
-    readonly mode: HarnessMode
-    readonly workers: number
-    /** Processes events to their final outcome (retries included); resolves to the running summary. */
-    run(events: Iterable<HarnessEvent>): Promise<HarnessSummary>
-    /** Processes one event and returns its record. */
-    send(event: HarnessEvent): Promise<EventRecord>
-    /** Runs runEveryMinute once on the scheduled worker, outside the clock. */
-    runMinute(): Promise<MinuteReport | undefined>
-    /** Calls runEveryMinute until the plugin reports an empty queue or `maxRounds` is reached. */
-    drain(options?: DrainOptions): Promise<DrainResult>
-    summary(): HarnessSummary
-    records(): readonly EventRecord[]
-    /** Stops the clock, calls teardownPlugin, closes Redis. */
-    close(): Promise<void>
-}
-
 /** The plugin server of 2022-23 (variant 2): 5 attempts, 5, 10, 20, 40 s apart. */
 const RETRY = VARIANTS[2].retry
 export const MAX_ATTEMPTS = maxRuns(RETRY)
@@ -501,7 +484,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
 }
 
 /** Loads the plugin on every worker and runs setupPlugin; the harness is ready for events. */
-export async function createHarness(options: HarnessOptions): Promise<Harness> {
+export async function createHarness(options: HarnessOptions) {
     const mode = options.mode
     const workers = Math.max(1, options.workers ?? 1)
     const namespace = `@plugin/harness-${randomUUID()}/1/`
@@ -541,19 +524,24 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
         for (const call of redirect?.calls ?? []) increment(intercomHosts, call.host)
         return structuredClone({ mode, workers, ...tally, intercomHosts })
     }
-    const harness: Harness = {
+    const harness = {
         mode,
         workers,
-        run: async (events) => {
+        /** Processes events to their final outcome (retries included); resolves to the running summary. */
+        run: async (events: Iterable<HarnessEvent>): Promise<HarnessSummary> => {
             await Promise.all(Array.from(events, processEvent))
             return summary()
         },
+        /** Processes one event and returns its record. */
         send: processEvent,
+        /** Runs runEveryMinute once on the scheduled worker, outside the clock. */
         runMinute: schedule.runMinute,
+        /** Calls runEveryMinute until the plugin reports an empty queue or `maxRounds` is reached. */
         drain: schedule.drain,
         summary,
-        records: () => records,
-        async close() {
+        records: (): readonly EventRecord[] => records,
+        /** Stops the clock, calls teardownPlugin, closes Redis. */
+        async close(): Promise<void> {
             if (run.closed) return
             run.closed = true
             run.sleeper.cancelAll()
@@ -574,3 +562,5 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
     }
     return harness
 }
+
+export type Harness = Awaited<ReturnType<typeof createHarness>>
