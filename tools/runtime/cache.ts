@@ -50,8 +50,7 @@ function expectCount(command: string, count: unknown): void {
 }
 
 function parseValue(value: string | null, jsonSerialize: boolean): unknown {
-    if (!value) return null
-    if (!jsonSerialize) return value
+    if (!value || !jsonSerialize) return value || null
     try {
         return JSON.parse(value)
     } catch {

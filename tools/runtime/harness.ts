@@ -280,23 +280,14 @@ interface Run {
     storage: object
 }
 
-interface Worker {
-    index: number
-    plugin: PluginExports
-    /** plugin-server: the one meta object of the VM. cdp: copied for each call, as the executor did. */
-    meta: PluginMeta
-    slots: Slots
-    /** Resolves when setupPlugin has finished; rejects with its failure. */
-    ready: Promise<void>
-}
-
 /** A RetryError the runtime tries again: plugin-server with retries on, attempts left, harness open. */
 function retries(run: Run, error: unknown, attempt: number): boolean {
     const retrying = run.mode === 'plugin-server' && (run.options.retries ?? true)
     return retrying && error instanceof RetryError && attempt < MAX_ATTEMPTS && !run.closed
 }
 
-function startWorker(run: Run, index: number): Worker {
+/** A worker: its own plugin instance and meta, its slots, and `ready` once setupPlugin is done (or failed). */
+function startWorker(run: Run, index: number) {
     const logTo = (source: LogLine['source']) => (level: LogLevel, args: unknown[]) =>
         run.log({ level, source, text: format(...args) }, index)
     const plugin = loadPlugin({
@@ -306,6 +297,7 @@ function startWorker(run: Run, index: number): Worker {
     })
     const config = { ...run.options.config }
     const logger = legacyLogger(logTo('logger'))
+    // plugin-server: the one meta object of the VM. cdp: copied for each call, as the executor did.
     const meta: PluginMeta =
         run.mode === 'cdp'
             ? { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(run.fetch) }
@@ -324,6 +316,8 @@ function startWorker(run: Run, index: number): Worker {
     ready.catch((error: unknown) => run.tally.setupFailures.push(describeError(error)))
     return { index, plugin, meta, ready, slots: new Slots(run.options.concurrency ?? 8) }
 }
+
+type Worker = ReturnType<typeof startWorker>
 
 /** plugin-server retried a setupPlugin RetryError like an event; cdp calls it once. */
 async function setUp(run: Run, plugin: PluginExports, meta: PluginMeta): Promise<void> {

@@ -31,7 +31,6 @@ export interface Treatment {
     status: 'ok' | 'failed'
     /** Calls of the hook: 1, or more where the runtime retried a RetryError. */
     runs: number
-    /** `runs - 1`. */
     retried: number
     /** What the hook resolved to, when it did. */
     value?: unknown
@@ -39,10 +38,7 @@ export interface Treatment {
     error?: string
 }
 
-export interface RuntimeLog {
-    level: string
-    message: string
-}
+export type RuntimeLog = { level: string; message: string }
 
 export interface StartOptions {
     /** Plugin config, every value a string as PostHog stores it. */
@@ -82,9 +78,7 @@ export interface VariantRuntime {
     teardown(): Promise<void>
 }
 
-function ok(runs: number, value: unknown): Treatment {
-    return { status: 'ok', runs, retried: runs - 1, value }
-}
+const ok = (runs: number, value: unknown): Treatment => ({ status: 'ok', runs, retried: runs - 1, value })
 
 function failed(runs: number, error: unknown): Treatment {
     return { status: 'failed', runs, retried: Math.max(runs - 1, 0), error: describeError(error) }
