@@ -206,29 +206,24 @@ export function createRedisStore(
     }
 }
 
-export interface RedisCache {
-    cache: PluginCache
-    /** The full Redis key of a plugin key, for tests and fault scenarios. */
-    keyOf(key: string): string
-    /** The underlying client (tests read raw keys and TTLs with it). */
-    client: Redis
-    close(): Promise<void>
-}
-
 /** PostHog's cache of one plugin of one team, on a real Redis. */
 export function createRedisCache(options: {
     redisUrl: string
     pluginId?: number
     teamId?: number
     mode?: RedisMode
-}): RedisCache {
+}) {
     const { redisUrl, pluginId = 1, teamId = 1, mode } = options
     const store = createRedisStore(redisUrl, mode)
     const namespace = `@plugin/${pluginId}/${teamId}/`
     return {
         cache: createPluginCache(store, namespace),
-        keyOf: (key) => `${namespace}${key}`,
+        /** The full Redis key of a plugin key, for tests and fault scenarios. */
+        keyOf: (key: string) => `${namespace}${key}`,
+        /** The underlying client (tests read raw keys and TTLs with it). */
         client: store.client,
         close: store.close,
     }
 }
+
+export type RedisCache = ReturnType<typeof createRedisCache>

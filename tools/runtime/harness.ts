@@ -5,8 +5,7 @@
  *   40 s, unless `retries: false` (2024-2025).
  * - `cdp` (legacy plugin executor): meta `{config, global, logger, geoip, fetch}` (a plain-object fetch),
  *   `person` on the event; no cache, storage, schedule or retries.
- * Each worker loads its own plugin (own sandbox and `global`); in plugin-server mode they share one cache
- * (./cache.ts), in memory or in Redis (`redisUrl` or `REDIS_URL`).
+ * Each worker loads its own plugin (own sandbox and `global`); in plugin-server mode they share one cache.
  */
 import { RetryError } from '@posthog/plugin-scaffold'
 import { randomUUID } from 'node:crypto'
@@ -27,7 +26,7 @@ import {
     RedirectingFetch,
     redirectingFetch,
 } from './load-plugin'
-import { createSleeper, Sleeper, Slots, withTimeout } from './sleeper'
+import { createSleeper, Slots, withTimeout } from './sleeper'
 import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
 
 // The cache's store, for the fault campaign's cache audit.
@@ -139,12 +138,9 @@ export interface HarnessSummary {
     logsDropped: number
 }
 
-export interface DrainOptions {
-    /** Give up after this many runEveryMinute rounds. Default 20. */
-    maxRounds?: number
-    /** Pause between rounds; defaults to the harness minute. */
-    intervalMs?: number
-}
+/** `maxRounds`: give up after this many runEveryMinute rounds (default 20); `intervalMs`: the pause between
+ * rounds (default: the harness minute). */
+export type DrainOptions = { maxRounds?: number; intervalMs?: number }
 
 export interface DrainResult {
     rounds: number
@@ -271,7 +267,7 @@ interface Run {
     mode: HarnessMode
     timeoutMs: number
     tally: Tally
-    sleeper: Sleeper
+    sleeper: ReturnType<typeof createSleeper>
     closed: boolean
     log(line: Omit<LogLine, 'worker'>, worker: number): void
     /** What every worker shares: the sandbox's fetch, the cache and `meta.storage`. */

@@ -13,8 +13,6 @@ export function createSleeper() {
     }
 }
 
-export type Sleeper = ReturnType<typeof createSleeper>
-
 /** Races `value` against `ms`, rejecting with `timeout()` past it; the timer is cleared once the race is decided. */
 export async function withTimeout<T>(
     value: T | Promise<T>,

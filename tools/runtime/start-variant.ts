@@ -130,7 +130,6 @@ const startSandboxed: Starter = async (variant, options, source, log) => {
         taskTimeoutSeconds: options.taskTimeoutSeconds,
     })
     const sleeper = createSleeper()
-    const scale = options.delayScale ?? 1
     let setupError: string | null = null
     try {
         await plugin.methods.setupPlugin?.()
@@ -150,7 +149,7 @@ const startSandboxed: Starter = async (variant, options, source, log) => {
             } catch (error) {
                 if (!isRetryErrorFromVm(error, variant) || run >= maxRuns(variant.retry))
                     return failed(run, error)
-                await sleeper.sleep(retryDelayMs(variant.retry, run) * scale)
+                await sleeper.sleep(retryDelayMs(variant.retry, run) * (options.delayScale ?? 1))
             }
         }
     }

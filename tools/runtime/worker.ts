@@ -73,9 +73,7 @@ export function spawnWorker(args: readonly string[]): ChildProcess {
     })
 }
 
-function emit(line: object): void {
-    process.stdout.write(`${JSON.stringify(line)}\n`)
-}
+const emit = (line: object): void => void process.stdout.write(`${JSON.stringify(line)}\n`)
 
 /** The status the plugin reported, if any (index.ts resolves onEvent to `{status, reason}`). */
 function reported(treatment: Treatment): string | undefined {
