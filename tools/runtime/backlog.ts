@@ -1,10 +1,10 @@
-/**
- * The queue contract, as steps a test or a fault scenario can run against any variant: park a backlog
- * while Intercom answers 5xx, drain it (runEveryMinute where the runtime calls it, else new events
- * through onEvent), and count what Intercom stored against what was sent.
+/** The queue contract, as steps a test or a fault scenario can run against any variant:
+ * park a backlog while Intercom answers 5xx, drain it (runEveryMinute where the runtime calls it, else new
+ * events through onEvent), and count what Intercom stored against what was sent.
  */
 import type { Emulator } from '../intercom/emulator'
 import type { RedisCache } from './cache'
+import { Slots } from './sleeper'
 import type { RuntimeEvent, Treatment, VariantRuntime } from './start-variant'
 
 export const BACKLOG_EMAIL = 'ada@example.com'
@@ -12,10 +12,7 @@ export const BACKLOG_EVENT = 'signed_up'
 export const BACKLOG_CONFIG = { intercomApiKey: 'test-token', triggeringEvents: BACKLOG_EVENT }
 
 /** `count` events of one contact, one second apart, two hours old (past Intercom's search lag). */
-export function backlogEvents(
-    count: number,
-    options: { offset?: number; prefix?: string } = {}
-): RuntimeEvent[] {
+export function backlogEvents(count: number, options: { offset?: number; prefix?: string } = {}) {
     const offset = options.offset ?? 0
     const start = Math.floor(Date.now() / 1000) - 2 * 3600
     return Array.from({ length: count }, (_, i) => ({
@@ -33,16 +30,8 @@ export async function runEvents(
     events: readonly RuntimeEvent[],
     concurrency = 10
 ): Promise<Treatment[]> {
-    const results: Treatment[] = new Array(events.length)
-    let next = 0
-    const lane = async (): Promise<void> => {
-        while (next < events.length) {
-            const index = next++
-            results[index] = await runtime.onEvent(events[index])
-        }
-    }
-    await Promise.all(Array.from({ length: Math.min(concurrency, events.length) }, lane))
-    return results
+    const slots = new Slots(concurrency)
+    return Promise.all(events.map((event) => slots.run(() => runtime.onEvent(event))))
 }
 
 /** What the plugin said about one event (index.ts resolves onEvent to `{status, reason}`). */

@@ -1,9 +1,8 @@
-/**
- * PostHog's `meta.cache` extension (plugin-server `extensions/cache.ts` and the Redis helpers of `db.ts`)
- * over a real Redis, or over an in-memory store that answers as Redis does (`npm start` without Redis).
- * Keys are `@plugin/<plugin id>/<team id>/<key>`. A missing or empty value reads as null whatever default
- * is given (ioredis answers null; PostHog only fell back on undefined). `redis-6.0` mode refuses
- * `LPOP key count` as Redis did before 6.2.
+/** PostHog's `meta.cache` extension over a real Redis, or over an in-memory store that answers as Redis does.
+ * As plugin-server's `extensions/cache.ts` and the Redis helpers of its `db.ts`: keys are
+ * `@plugin/<plugin id>/<team id>/<key>`; a missing or empty value reads as null whatever default is given
+ * (ioredis answers null; PostHog only fell back on undefined). `redis-6.0` mode refuses `LPOP key count` as
+ * Redis did before 6.2.
  */
 import Redis from 'ioredis'
 
@@ -33,22 +32,7 @@ export interface CacheStore {
     close(): Promise<void>
 }
 
-export interface CacheOptions {
-    jsonSerialize?: boolean
-}
-
-/** The `meta.cache` a plugin sees. */
-export interface PluginCache {
-    set(key: string, value: unknown, ttlSeconds?: number, options?: CacheOptions): Promise<void>
-    get(key: string, defaultValue: unknown, options?: CacheOptions): Promise<unknown>
-    incr(key: string): Promise<number>
-    expire(key: string, ttlSeconds: number): Promise<boolean>
-    lpush(key: string, elementOrArray: unknown): Promise<number>
-    lrange(key: string, startIndex: number, endIndex: number): Promise<string[]>
-    llen(key: string): Promise<number>
-    lrem(key: string, count: number, elementKey: string): Promise<number>
-    lpop(key: string, count: number): Promise<string[] | null>
-}
+type CacheOptions = { jsonSerialize?: boolean }
 
 function lpushElements(elementOrArray: unknown): string[] {
     if (typeof elementOrArray === 'string') return [elementOrArray]
@@ -66,8 +50,7 @@ function expectCount(command: string, count: unknown): void {
 }
 
 function parseValue(value: string | null, jsonSerialize: boolean): unknown {
-    if (!value) return null
-    if (!jsonSerialize) return value
+    if (!value || !jsonSerialize) return value || null
     try {
         return JSON.parse(value)
     } catch {
@@ -75,31 +58,32 @@ function parseValue(value: string | null, jsonSerialize: boolean): unknown {
     }
 }
 
-/** The cache extension over a store, every key under `namespace`. */
-export function createPluginCache(store: CacheStore, namespace: string): PluginCache {
+/** The cache extension over a store, every key under `namespace`: the `meta.cache` a plugin sees. */
+export function createPluginCache(store: CacheStore, namespace: string) {
     const keyOf = (key: string): string => `${namespace}${key}`
     return {
-        async set(key, value, ttlSeconds, options = {}) {
+        async set(key: string, value: unknown, ttlSeconds?: number, options: CacheOptions = {}) {
             const stored = (options.jsonSerialize ?? true) ? JSON.stringify(value) : String(value)
             await store.set(keyOf(key), stored, ttlSeconds)
         },
-        async get(key, _defaultValue, options = {}) {
+        async get(key: string, _defaultValue: unknown, options: CacheOptions = {}): Promise<unknown> {
             return parseValue(await store.get(keyOf(key)), options.jsonSerialize ?? true)
         },
-        incr: (key) => store.incr(keyOf(key)),
-        expire: (key, ttlSeconds) => store.expire(keyOf(key), ttlSeconds),
-        lpush: async (key, elementOrArray) => store.lpush(keyOf(key), lpushElements(elementOrArray)),
-        async lrange(key, startIndex, endIndex) {
+        incr: (key: string) => store.incr(keyOf(key)),
+        expire: (key: string, ttlSeconds: number) => store.expire(keyOf(key), ttlSeconds),
+        lpush: async (key: string, elementOrArray: unknown) =>
+            store.lpush(keyOf(key), lpushElements(elementOrArray)),
+        async lrange(key: string, startIndex: number, endIndex: number) {
             if (typeof startIndex !== 'number' || typeof endIndex !== 'number')
                 throw new Error('cache.lrange expects a number for the start and end indexes')
             return store.lrange(keyOf(key), startIndex, endIndex)
         },
-        llen: (key) => store.llen(keyOf(key)),
-        async lrem(key, count, elementKey) {
+        llen: (key: string) => store.llen(keyOf(key)),
+        async lrem(key: string, count: number, elementKey: string) {
             expectCount('lrem', count)
             return store.lrem(keyOf(key), count, elementKey)
         },
-        async lpop(key, count) {
+        async lpop(key: string, count: number) {
             expectCount('lpop', count)
             return store.lpop(keyOf(key), count)
         },
@@ -116,6 +100,8 @@ function removeOccurrences(list: string[], count: number, value: string): number
     for (const index of [...chosen].sort((a, b) => b - a)) list.splice(index, 1)
     return chosen.length
 }
+
+export type PluginCache = ReturnType<typeof createPluginCache>
 
 /** An in-process stand-in for Redis with the same answers, TTLs checked on access. */
 export function createMemoryStore(now: () => number = Date.now): CacheStore {
@@ -178,23 +164,18 @@ export function createMemoryStore(now: () => number = Date.now): CacheStore {
     }
 }
 
-/** A Redis client that gives up on a command after one reconnection try, as a pool with a timeout would. */
-export function connectRedis(redisUrl: string): Redis {
+/** The store on a real Redis, so workers share it the way PostHog's servers did. */
+export function createRedisStore(
+    redisUrl: string,
+    mode: RedisMode = 'redis-7'
+): CacheStore & { client: Redis } {
+    // A command gives up after one reconnection try, as a pool with a timeout would.
     const client = new Redis(redisUrl, {
         maxRetriesPerRequest: 1,
         retryStrategy: (times) => Math.min(times * 100, 1000),
     })
     // A Redis that is down shows in the commands' rejections; the connection's own errors are noise.
     client.on('error', () => undefined)
-    return client
-}
-
-/** The store on a real Redis, so workers share it the way PostHog's servers did. */
-export function createRedisStore(
-    redisUrl: string,
-    mode: RedisMode = 'redis-7'
-): CacheStore & { client: Redis } {
-    const client = connectRedis(redisUrl)
     return {
         client,
         get: (key) => client.get(key),
@@ -221,19 +202,8 @@ export function createRedisStore(
                 cursor = next
             } while (cursor !== '0')
         },
-        close: async () => {
-            client.disconnect()
-        },
+        close: async () => client.disconnect(),
     }
-}
-
-export interface RedisCache {
-    cache: PluginCache
-    /** The full Redis key of a plugin key, for tests and fault scenarios. */
-    keyOf(key: string): string
-    /** The underlying client (tests read raw keys and TTLs with it). */
-    client: Redis
-    close(): Promise<void>
 }
 
 /** PostHog's cache of one plugin of one team, on a real Redis. */
@@ -242,14 +212,18 @@ export function createRedisCache(options: {
     pluginId?: number
     teamId?: number
     mode?: RedisMode
-}): RedisCache {
-    const { pluginId = 1, teamId = 1 } = options
-    const store = createRedisStore(options.redisUrl, options.mode)
+}) {
+    const { redisUrl, pluginId = 1, teamId = 1, mode } = options
+    const store = createRedisStore(redisUrl, mode)
     const namespace = `@plugin/${pluginId}/${teamId}/`
     return {
         cache: createPluginCache(store, namespace),
-        keyOf: (key) => `${namespace}${key}`,
+        /** The full Redis key of a plugin key, for tests and fault scenarios. */
+        keyOf: (key: string) => `${namespace}${key}`,
+        /** The underlying client (tests read raw keys and TTLs with it). */
         client: store.client,
         close: store.close,
     }
 }
+
+export type RedisCache = ReturnType<typeof createRedisCache>

@@ -1,8 +1,7 @@
-/**
- * The fault campaign's variant matrix: each scenario of VARIANT_SCENARIOS (tools/faults/scenarios.ts) run in
- * each of PostHog's six runtimes it applies to, with the real loader (tools/runtime), a private real
- * Redis and the Intercom emulator, and for kill -9 a real worker process. Counts only: what Intercom
- * stored against what was sent, what the runtime or plugin reported, and what is lost (neither).
+/** The fault campaign's variant matrix: each of VARIANT_SCENARIOS in each PostHog runtime it applies to.
+ * Each runs with the real loader (tools/runtime), a private real Redis and the Intercom emulator, and for
+ * kill -9 a real worker process. Counts only: what Intercom stored against what was sent, what the runtime
+ * or plugin reported, and what is lost (neither).
  */
 import { ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -25,27 +24,24 @@ import {
     reportedStatus,
     runEvents,
     storedReport,
+    StoredReport,
 } from './backlog'
 import { createRedisCache } from './cache'
 import { RuntimeEvent, startVariant, Treatment, VariantRuntime } from './start-variant'
 import { VARIANT_IDS, VariantId } from './variants'
 import { spawnWorker } from './worker'
 
-export interface VariantScenarioResult {
+/** `missing`, `unexpected` and `deduplicated` as storedReport counts them against what was sent. */
+export interface VariantScenarioResult extends Omit<StoredReport, 'expected'> {
     scenario: string
     variant: VariantId
     /** Events sent through onEvent (nudges included). */
     sent: number
     stored: number
-    /** Sent events Intercom does not have. */
-    missing: number
-    /** Of those, the ones the runtime or the plugin reported (error recorded, skipped or dropped with a reason). */
+    /** Of the missing, those the runtime or the plugin reported (an error, or skipped or dropped with a reason). */
     reported: number
     /** Missing and reported by nobody. */
     lost: number
-    /** Retries Intercom deduplicated: allowed (at least once). */
-    deduplicated: number
-    unexpected: number
     /** Final statuses of onEvent (delivered, queued, skipped, failed…). */
     statuses: Record<string, number>
     /** Reasons for what was not delivered: runtime errors and the plugin's drop reasons, masked of numbers. */
@@ -54,13 +50,6 @@ export interface VariantScenarioResult {
     failedRateLimit: number
     rateLimited: number
     durationMs: number
-}
-
-export interface VariantRunOptions {
-    /** Use the scenario's reduced size (npm test). */
-    small?: boolean
-    /** Overrides the scenario's event count. */
-    events?: number
 }
 
 interface Run {
@@ -128,36 +117,30 @@ function exited(child: ChildProcess): Promise<number | null> {
 
 /** Parks a backlog, lets a worker process drain it, kills it with SIGKILL at 35 %, and lets another finish. */
 async function killMidDrain(run: Run): Promise<Tally> {
+    const { emulator, redis } = run
     const dir = mkdtempSync(path.join(tmpdir(), 'faults-kill-'))
     try {
         await withRuntime(run, async (runtime) => {
-            await park(runtime, run.emulator, run.events)
+            await park(runtime, emulator, run.events)
             return { sent: run.events, treatments: [] }
         })
         // Variant 4 drains only when events arrive: both workers get the same stream of new events.
         const sent = nudges(run, Math.ceil(run.events.length / 20) + 10)
         const file = path.join(dir, 'nudges.jsonl')
         writeFileSync(file, sent.map((event) => JSON.stringify(event)).join('\n'))
-        const args = [
-            '--variant',
-            String(run.variant),
-            '--emulator',
-            run.emulator.url,
-            '--redis',
-            run.redis.url,
-        ]
+        const args = ['--variant', String(run.variant), '--emulator', emulator.url, '--redis', redis.url]
         const drainArgs = [...args, '--events', file, '--minutes', '50']
-        run.emulator.configure({ latencyMs: 5 })
+        emulator.configure({ latencyMs: 5 })
         const first = spawnWorker(drainArgs)
         // 35 %: not a multiple of a drain batch, so a batch is in flight when the worker dies.
         const target = Math.floor(run.events.length * 0.35)
-        const stop = run.emulator.onRequest(() => {
-            if (run.emulator.events().length >= target) first.kill('SIGKILL')
+        const stop = emulator.onRequest(() => {
+            if (emulator.events().length >= target) first.kill('SIGKILL')
         })
         await exited(first)
         stop()
-        run.emulator.configure({ latencyMs: 0 })
-        const cache = createRedisCache({ redisUrl: run.redis.url })
+        emulator.configure({ latencyMs: 0 })
+        const cache = createRedisCache({ redisUrl: redis.url })
         await expireVolatileKeys(cache) // the dead worker's lock outlives it until its TTL
         await cache.close()
         await exited(spawnWorker(drainArgs))
@@ -199,10 +182,11 @@ function reasons(tally: Tally): Record<string, number> {
     return counts
 }
 
+/** One scenario in one variant; `small`: its reduced size (npm test); `events` overrides its event count. */
 export async function runVariantScenario(
     scenario: VariantScenario,
     variant: VariantId,
-    options: VariantRunOptions = {}
+    options: { small?: boolean; events?: number } = {}
 ): Promise<VariantScenarioResult> {
     const count = options.events ?? (options.small ? scenario.smallEvents : scenario.events)
     const rateLimit = (options.small ? scenario.smallRateLimit : scenario.rateLimit) ?? 1_000_000

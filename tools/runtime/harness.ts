@@ -1,16 +1,11 @@
-/**
- * Runs a plugin the way PostHog runs it, to measure what it delivers under each runtime:
- *
- * - `plugin-server` (vm2, 2021-2025): meta `{config, global, cache, storage, attachments, jobs,
- *   metrics, geoip}` shared by every call of a worker; node-fetch is the HTTP client; logs go
- *   through the sandbox console; `runEveryMinute` runs on a clock on one worker (PostHog ran
- *   scheduled tasks on the single server holding the schedule lock); a RetryError from onEvent
- *   is retried up to 5 attempts after 5, 10, 20, 40 s, unless `retries: false` (2024-2025).
- * - `cdp` (legacy plugin executor): meta `{config, global, logger, geoip, fetch}` (fetch as a
- *   plain-object adapter), `person` on the event, no cache, no storage, no schedule, no retries.
- *
- * Workers each load their own copy of the plugin (own sandbox, own `global`); in plugin-server
- * mode they share one cache (./cache.ts), in memory or in Redis (`redisUrl` or `REDIS_URL`).
+/** Runs a plugin the way PostHog runs it, to measure what it delivers under each runtime:
+ * - `plugin-server` (vm2, 2021-2025): one meta `{config, global, cache, storage, attachments, jobs, metrics,
+ *   geoip}` per worker; node-fetch; logs through the sandbox console; `runEveryMinute` on a clock on one
+ *   worker (PostHog's schedule lock); a RetryError from onEvent retried up to 5 attempts after 5, 10, 20,
+ *   40 s, unless `retries: false` (2024-2025).
+ * - `cdp` (legacy plugin executor): meta `{config, global, logger, geoip, fetch}` (a plain-object fetch),
+ *   `person` on the event; no cache, storage, schedule or retries.
+ * Each worker loads its own plugin (own sandbox and `global`); in plugin-server mode they share one cache.
  */
 import { RetryError } from '@posthog/plugin-scaffold'
 import { randomUUID } from 'node:crypto'
@@ -18,7 +13,6 @@ import { format } from 'node:util'
 
 import { createMemoryStore, createPluginCache, createRedisStore, PluginCache } from './cache'
 import { legacyLogger } from './cdp-executor'
-import { undiciLikeFetch } from './fetch'
 import {
     cdpFetch,
     consoleTo,
@@ -29,11 +23,10 @@ import {
     PluginEventArg,
     PluginExports,
     PluginMeta,
-    RedirectedCall,
     RedirectingFetch,
     redirectingFetch,
 } from './load-plugin'
-import { createSleeper, Sleeper, Slots, withTimeout } from './sleeper'
+import { createSleeper, Slots, withTimeout } from './sleeper'
 import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
 
 // The cache's store, for the fault campaign's cache audit.
@@ -64,8 +57,6 @@ export interface HarnessOptions {
     emulatorUrl?: EmulatorTarget
     /** The HTTP client underneath the redirect; replaces the redirect when `emulatorUrl` is unset. */
     fetch?: FetchFn
-    /** plugin-server client: `node-fetch` (2021-23, honours `timeout`) or `undici` (2024-25, own 10 s timeout). */
-    httpClient?: 'node-fetch' | 'undici'
     /** Concurrent workers, each with its own plugin instance. Default 1. */
     workers?: number
     /** Events in flight per worker. Default 8. */
@@ -74,8 +65,6 @@ export interface HarnessOptions {
     distribute?: 'round-robin' | 'distinct_id'
     /** Length of a "minute" for runEveryMinute, in ms. Default 60000; 0 turns the clock off. */
     minuteMs?: number
-    /** Which workers run runEveryMinute: PostHog ran it on one. Default 'one'. */
-    scheduleOn?: 'one' | 'all'
     /** Factor applied to the 5/10/20/40 s retry delays (e.g. 0.01). Default 1. */
     delayScale?: number
     /** plugin-server only: false reproduces the 2024-2025 runtime, which never retries. Default true. */
@@ -84,12 +73,8 @@ export interface HarnessOptions {
     taskTimeoutMs?: number
     /** Redis for the shared cache; defaults to the REDIS_URL environment variable, else in memory. */
     redisUrl?: string
-    /** Prefix of cache keys; defaults to a fresh namespace per harness. */
-    cacheNamespace?: string
     /** Pass `person` to onEvent. Default: true in cdp mode, false in plugin-server mode. */
     withPerson?: boolean
-    /** Also give plugin-server meta a `logger` (PostHog did not). Default false. */
-    metaLogger?: boolean
     /** Log lines kept in the summary (the rest are only counted). Default 10000. */
     maxLogLines?: number
     /** Called for every log line as it happens. */
@@ -106,7 +91,7 @@ export interface LogLine {
     text: string
 }
 
-/** onEvent's reported status ('delivered', 'skipped', 'queued', …), 'done' without one, 'failed' when it threw for good. */
+/** onEvent's reported status ('delivered', 'skipped', 'queued', …); 'done' without one; 'failed' if it threw. */
 export type OutcomeStatus = string
 
 /** What happened to one event in the end. */
@@ -124,7 +109,7 @@ const MINUTE_COUNTS = ['delivered', 'retried', 'dropped', 'remaining'] as const
 /** What runEveryMinute may resolve to; undefined means "nothing left". */
 export type MinuteReport = Partial<Record<(typeof MINUTE_COUNTS)[number], number>>
 
-/** runEveryMinute's runs, failures and summed counts; `remaining` sums what each scheduled worker last said. */
+/** runEveryMinute's runs, failures and summed counts; `remaining` is what the plugin last said. */
 export type MinuteSummary = Required<MinuteReport> & { runs: number; failed: Record<string, number> }
 
 export interface HarnessSummary {
@@ -153,37 +138,15 @@ export interface HarnessSummary {
     logsDropped: number
 }
 
-export interface DrainOptions {
-    /** Give up after this many runEveryMinute rounds. Default 20. */
-    maxRounds?: number
-    /** Pause between rounds; defaults to the harness minute. */
-    intervalMs?: number
-}
+/** `maxRounds`: give up after this many runEveryMinute rounds (default 20); `intervalMs`: the pause between
+ * rounds (default: the harness minute). */
+export type DrainOptions = { maxRounds?: number; intervalMs?: number }
 
 export interface DrainResult {
     rounds: number
     /** True when the plugin reported an empty queue before the bound. */
     empty: boolean
     remaining: number
-}
-
-export interface Harness {
-    readonly mode: HarnessMode
-    readonly workers: number
-    /** Processes events to their final outcome (retries included); resolves to the running summary. */
-    run(events: Iterable<HarnessEvent>): Promise<HarnessSummary>
-    /** Processes one event and returns its record. */
-    send(event: HarnessEvent): Promise<EventRecord>
-    /** Runs runEveryMinute once on the scheduled worker(s), outside the clock. */
-    runMinute(): Promise<MinuteReport | undefined>
-    /** Calls runEveryMinute until the plugin reports an empty queue or `maxRounds` is reached. */
-    drain(options?: DrainOptions): Promise<DrainResult>
-    summary(): HarnessSummary
-    records(): readonly EventRecord[]
-    /** Requests that reached the emulator, when the harness does the redirecting. */
-    intercomCalls(): readonly RedirectedCall[]
-    /** Stops the clock, calls teardownPlugin, closes Redis. */
-    close(): Promise<void>
 }
 
 /** The plugin server of 2022-23 (variant 2): 5 attempts, 5, 10, 20, 40 s apart. */
@@ -231,17 +194,7 @@ export function describeError(error: unknown): string {
 export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson: boolean): PluginEventArg {
     const properties = structuredClone(event.properties ?? {})
     const teamId = event.team_id ?? 1
-    const person =
-        withPerson && event.person
-            ? {
-                  uuid: event.person.uuid ?? randomUUID(),
-                  team_id: teamId,
-                  properties: structuredClone(event.person.properties),
-                  // The cdp executor no longer has the person's creation time; elsewhere the event's stands in.
-                  created_at: mode === 'cdp' ? '' : event.timestamp,
-              }
-            : undefined
-    return {
+    const pluginEvent: PluginEventArg = {
         distinct_id: event.distinct_id,
         ip: event.ip ?? (typeof properties.$ip === 'string' ? properties.$ip : null),
         team_id: teamId,
@@ -251,17 +204,21 @@ export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson
         $set: properties.$set,
         $set_once: properties.$set_once,
         uuid: event.uuid,
-        ...(person ? { person } : {}),
     }
+    if (withPerson && event.person)
+        pluginEvent.person = {
+            uuid: event.person.uuid ?? randomUUID(),
+            team_id: teamId,
+            properties: structuredClone(event.person.properties),
+            // The cdp executor no longer has the person's creation time; elsewhere the event's stands in.
+            created_at: mode === 'cdp' ? '' : event.timestamp,
+        }
+    return pluginEvent
 }
 
 /** What `node-fetch` gives the plugin: the emulator redirect over the chosen client, or the caller's fetch. */
 function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: RedirectingFetch } {
-    const underlying =
-        options.fetch ??
-        (options.mode === 'plugin-server' && options.httpClient === 'undici'
-            ? undiciLikeFetch(hostNodeFetch)
-            : hostNodeFetch)
+    const underlying = options.fetch ?? hostNodeFetch
     if (options.emulatorUrl !== undefined) {
         const redirect = redirectingFetch(options.emulatorUrl, underlying)
         return { fetch: redirect, redirect }
@@ -272,13 +229,6 @@ function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: R
 }
 
 type Tally = Omit<HarnessSummary, 'mode' | 'workers' | 'intercomHosts'>
-
-function emptyTally(): Tally {
-    const counts = { events: 0, delivered: 0, done: 0, queued: 0, retried: 0, logsDropped: 0 }
-    const tables = { queuedByReason: {}, skipped: {}, statuses: {}, failed: {}, logLevels: {} }
-    const minute = { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} }
-    return { ...counts, ...tables, minute, setupFailures: [], logs: [] }
-}
 
 function increment(counts: Record<string, number>, key: string): void {
     counts[key] = (counts[key] ?? 0) + 1
@@ -303,17 +253,12 @@ function outcomeOf(value: unknown): { status: OutcomeStatus; reason?: string } {
     return { status, reason: typeof reason === 'string' ? reason : undefined }
 }
 
-/** The numbers runEveryMinute resolved to, if it resolved to an object. */
+/** The counts runEveryMinute resolved to (0 where it gave none), if it resolved to an object. */
 function minuteReportOf(value: unknown): MinuteReport | undefined {
     if (typeof value !== 'object' || value === null) return undefined
     const report = value as Record<string, unknown>
-    const numberAt = (name: string) =>
-        typeof report[name] === 'number' ? (report[name] as number) : undefined
-    return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, numberAt(name)])) as MinuteReport
-}
-
-function sum(values: number[]): number {
-    return values.reduce((total, value) => total + value, 0)
+    const count = (name: string) => (typeof report[name] === 'number' ? (report[name] as number) : 0)
+    return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, count(name)]))
 }
 
 /** What the harness's parts (workers, the event path, the minute schedule) share. */
@@ -322,26 +267,13 @@ interface Run {
     mode: HarnessMode
     timeoutMs: number
     tally: Tally
-    sleeper: Sleeper
+    sleeper: ReturnType<typeof createSleeper>
     closed: boolean
     log(line: Omit<LogLine, 'worker'>, worker: number): void
-}
-
-/** What every worker shares: the sandbox's fetch, the cache and `meta.storage`. */
-interface Shared {
+    /** What every worker shares: the sandbox's fetch, the cache and `meta.storage`. */
     fetch: FetchFn
     cache?: PluginCache
     storage: object
-}
-
-interface Worker {
-    index: number
-    plugin: PluginExports
-    /** plugin-server: the one meta object of the VM. cdp: copied for each call, as the executor did. */
-    meta: PluginMeta
-    slots: Slots
-    /** Resolves when setupPlugin has finished; rejects with its failure. */
-    ready: Promise<void>
 }
 
 /** A RetryError the runtime tries again: plugin-server with retries on, attempts left, harness open. */
@@ -350,35 +282,38 @@ function retries(run: Run, error: unknown, attempt: number): boolean {
     return retrying && error instanceof RetryError && attempt < MAX_ATTEMPTS && !run.closed
 }
 
-function startWorker(run: Run, index: number, shared: Shared): Worker {
+/** A worker: its own plugin instance and meta, its slots, and `ready` once setupPlugin is done (or failed). */
+function startWorker(run: Run, index: number) {
     const logTo = (source: LogLine['source']) => (level: LogLevel, args: unknown[]) =>
         run.log({ level, source, text: format(...args) }, index)
     const plugin = loadPlugin({
         file: run.options.pluginFile,
-        fetch: shared.fetch,
+        fetch: run.fetch,
         console: consoleTo(logTo('console')),
     })
     const config = { ...run.options.config }
     const logger = legacyLogger(logTo('logger'))
+    // plugin-server: the one meta object of the VM. cdp: copied for each call, as the executor did.
     const meta: PluginMeta =
         run.mode === 'cdp'
-            ? { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(shared.fetch) }
+            ? { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(run.fetch) }
             : {
                   config,
                   global: {},
                   attachments: {},
-                  cache: shared.cache,
-                  storage: shared.storage,
+                  cache: run.cache,
+                  storage: run.storage,
                   geoip: { locate: async () => null },
                   jobs: {},
                   metrics: {},
-                  ...(run.options.metaLogger ? { logger } : {}),
               }
     const ready = setUp(run, plugin, meta)
     // A failed setup is reported per event and in the summary, never as an unhandled rejection.
     ready.catch((error: unknown) => run.tally.setupFailures.push(describeError(error)))
     return { index, plugin, meta, ready, slots: new Slots(run.options.concurrency ?? 8) }
 }
+
+type Worker = ReturnType<typeof startWorker>
 
 /** plugin-server retried a setupPlugin RetryError like an event; cdp calls it once. */
 async function setUp(run: Run, plugin: PluginExports, meta: PluginMeta): Promise<void> {
@@ -472,24 +407,22 @@ function eventPath(
     }
 }
 
-/**
- * The minute schedule: runEveryMinute on one worker (PostHog ran scheduled tasks on the server
- * holding the schedule lock) or all, on a clock, by hand, or until the queue drains.
- */
+/** The minute schedule: runEveryMinute on a clock, by hand, or until the queue drains. */
 function minuteSchedule(run: Run, pool: Worker[]) {
-    /** What each scheduled worker last said was left in its queue. */
-    const lastRemaining = new Map<number, number>()
     const minute = run.tally.minute
     let inFlight: Promise<MinuteReport | undefined> | undefined
     let clock: NodeJS.Timeout | undefined
     const minuteMs = run.options.minuteMs ?? 60_000
 
-    const scheduled = (): Worker[] => {
-        if (run.mode !== 'plugin-server') return []
-        const withTask = pool.filter((worker) => typeof worker.plugin.runEveryMinute === 'function')
-        return run.options.scheduleOn === 'all' ? withTask : withTask.slice(0, 1)
-    }
-    const runOn = async (worker: Worker): Promise<MinuteReport | undefined> => {
+    /** PostHog ran scheduled tasks on the one server holding the schedule lock: here the first worker. */
+    const scheduled = (): Worker | undefined =>
+        run.mode === 'plugin-server'
+            ? pool.find((worker) => typeof worker.plugin.runEveryMinute === 'function')
+            : undefined
+    /** One run on the scheduled worker; undefined when it reported nothing. */
+    const round = async (): Promise<MinuteReport | undefined> => {
+        const worker = scheduled()
+        if (!worker) return undefined
         minute.runs++
         try {
             await worker.ready
@@ -497,23 +430,15 @@ function minuteSchedule(run: Run, pool: Worker[]) {
                 worker.plugin.runEveryMinute?.(worker.meta)
             )
             const report = minuteReportOf(value)
-            lastRemaining.set(worker.index, report?.remaining ?? 0)
             for (const name of ['delivered', 'retried', 'dropped'] as const)
                 minute[name] += report?.[name] ?? 0
-            minute.remaining = sum([...lastRemaining.values()])
+            minute.remaining = report?.remaining ?? 0
             return report
         } catch (error) {
             increment(minute.failed, describeError(error))
             // A failed run leaves the queue as it was.
-            return { remaining: lastRemaining.get(worker.index) ?? 0 }
+            return { delivered: 0, retried: 0, dropped: 0, remaining: minute.remaining }
         }
-    }
-    /** One round on each scheduled worker; undefined when no worker reported anything. */
-    const round = async (): Promise<MinuteReport | undefined> => {
-        const reports = (await Promise.all(scheduled().map(runOn))).filter((report) => report !== undefined)
-        if (reports.length === 0) return undefined
-        const total = (name: keyof MinuteReport) => sum(reports.map((report) => report[name] ?? 0))
-        return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, total(name)])) as MinuteReport
     }
     const runMinute = (): Promise<MinuteReport | undefined> => {
         inFlight = round().finally(() => (inFlight = undefined))
@@ -522,7 +447,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
     return {
         runMinute,
         start(): void {
-            if (minuteMs <= 0 || scheduled().length === 0) return
+            if (minuteMs <= 0 || !scheduled()) return
             // PostHog did not start a scheduled task while the previous run was still going.
             clock = setInterval(() => {
                 if (!inFlight) void runMinute()
@@ -532,7 +457,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
         async drain(options: DrainOptions = {}): Promise<DrainResult> {
             const maxRounds = options.maxRounds ?? 20
             let remaining = 0
-            if (scheduled().length === 0) return { rounds: 0, empty: true, remaining }
+            if (!scheduled()) return { rounds: 0, empty: true, remaining }
             for (let rounds = 1; rounds <= maxRounds && !run.closed; rounds++) {
                 await inFlight
                 remaining = (await runMinute())?.remaining ?? 0
@@ -549,15 +474,18 @@ function minuteSchedule(run: Run, pool: Worker[]) {
 }
 
 /** Loads the plugin on every worker and runs setupPlugin; the harness is ready for events. */
-export async function createHarness(options: HarnessOptions): Promise<Harness> {
+export async function createHarness(options: HarnessOptions) {
     const mode = options.mode
     const workers = Math.max(1, options.workers ?? 1)
-    const namespace = options.cacheNamespace ?? `@plugin/harness-${randomUUID()}/1/`
+    const namespace = `@plugin/harness-${randomUUID()}/1/`
     const redisUrl = options.redisUrl ?? process.env.REDIS_URL
     const store =
         mode === 'plugin-server' ? (redisUrl ? createRedisStore(redisUrl) : createMemoryStore()) : undefined
     const { fetch, redirect } = sandboxFetchOf(options)
-    const tally = emptyTally()
+    const counts = { events: 0, delivered: 0, done: 0, queued: 0, retried: 0, logsDropped: 0 }
+    const tables = { queuedByReason: {}, skipped: {}, statuses: {}, failed: {}, logLevels: {} }
+    const minute = { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} }
+    const tally: Tally = { ...counts, ...tables, minute, setupFailures: [], logs: [] }
     const run: Run = {
         options,
         mode,
@@ -565,6 +493,10 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
         tally,
         sleeper: createSleeper(),
         closed: false,
+        fetch,
+        cache: store && createPluginCache(store, namespace),
+        // Postgres-backed in PostHog, so shared by every worker like the cache.
+        storage: createMemoryStorage(),
         log(line, worker) {
             const full = { ...line, worker }
             increment(tally.logLevels, line.level)
@@ -582,20 +514,24 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
         for (const call of redirect?.calls ?? []) increment(intercomHosts, call.host)
         return structuredClone({ mode, workers, ...tally, intercomHosts })
     }
-    const harness: Harness = {
+    const harness = {
         mode,
         workers,
-        run: async (events) => {
+        /** Processes events to their final outcome (retries included); resolves to the running summary. */
+        run: async (events: Iterable<HarnessEvent>): Promise<HarnessSummary> => {
             await Promise.all(Array.from(events, processEvent))
             return summary()
         },
+        /** Processes one event and returns its record. */
         send: processEvent,
+        /** Runs runEveryMinute once on the scheduled worker, outside the clock. */
         runMinute: schedule.runMinute,
+        /** Calls runEveryMinute until the plugin reports an empty queue or `maxRounds` is reached. */
         drain: schedule.drain,
         summary,
-        records: () => records,
-        intercomCalls: () => redirect?.calls ?? [],
-        async close() {
+        records: (): readonly EventRecord[] => records,
+        /** Stops the clock, calls teardownPlugin, closes Redis. */
+        async close(): Promise<void> {
             if (run.closed) return
             run.closed = true
             run.sleeper.cancelAll()
@@ -607,13 +543,7 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
     }
     try {
         await store?.clear(namespace)
-        // Postgres-backed in PostHog, so shared by every worker like the cache.
-        const shared = {
-            fetch,
-            cache: store && createPluginCache(store, namespace),
-            storage: createMemoryStorage(),
-        }
-        for (let index = 0; index < workers; index++) pool.push(startWorker(run, index, shared))
+        for (let index = 0; index < workers; index++) pool.push(startWorker(run, index))
         await Promise.all(pool.map((worker) => worker.ready.catch(() => undefined)))
         schedule.start()
     } catch (error) {
@@ -622,3 +552,5 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
     }
     return harness
 }
+
+export type Harness = Awaited<ReturnType<typeof createHarness>>

@@ -1,17 +1,12 @@
 /** Host-side timing for the runtime models: sleeps that teardown can end at once, time limits, and slots. */
 import { sleep } from '../lib/sleep'
 
-export interface Sleeper {
-    sleep(ms: number): Promise<void>
-    /** Resolves every pending sleep now. */
-    cancelAll(): void
-}
-
-export function createSleeper(): Sleeper {
+/** Sleeps that teardown can end at once: `cancelAll` resolves every pending sleep now. */
+export function createSleeper() {
     let cancel = new AbortController()
     return {
-        sleep: (ms) => sleep(ms, cancel.signal),
-        cancelAll() {
+        sleep: (ms: number) => sleep(ms, cancel.signal),
+        cancelAll(): void {
             cancel.abort()
             cancel = new AbortController()
         },

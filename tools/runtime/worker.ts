@@ -1,5 +1,4 @@
-/**
- * One PostHog runtime in a process of its own, so tests and the fault campaign can `kill -9` it mid-run.
+/** One PostHog runtime in a process of its own, so tests and the fault campaign can `kill -9` it mid-run.
  * Reads events (JSON Lines) from a file or stdin, sends each through the variant's onEvent, then calls
  * runEveryMinute (where the variant has it) until the plugin reports nothing left. Writes one JSON line
  * per result on stdout: counts and statuses only, never event contents.
@@ -74,9 +73,7 @@ export function spawnWorker(args: readonly string[]): ChildProcess {
     })
 }
 
-function emit(line: object): void {
-    process.stdout.write(`${JSON.stringify(line)}\n`)
-}
+const emit = (line: object): void => void process.stdout.write(`${JSON.stringify(line)}\n`)
 
 /** The status the plugin reported, if any (index.ts resolves onEvent to `{status, reason}`). */
 function reported(treatment: Treatment): string | undefined {
@@ -89,11 +86,6 @@ async function* readEvents(source: string): AsyncGenerator<RuntimeEvent> {
     for await (const line of createInterface({ input, crlfDelay: Infinity })) {
         if (line.trim()) yield JSON.parse(line) as RuntimeEvent
     }
-}
-
-function remainingOf(treatment: Treatment): number {
-    const remaining = (treatment.value as { remaining?: unknown } | undefined)?.remaining
-    return typeof remaining === 'number' ? remaining : 0
 }
 
 export async function runWorker(args: WorkerArgs): Promise<void> {
@@ -120,7 +112,9 @@ export async function runWorker(args: WorkerArgs): Promise<void> {
     for (let minute = 0; runtime.runEveryMinute && minute < args.minutes; minute++) {
         const treatment = await runtime.runEveryMinute()
         emit({ kind: 'minute', status: treatment.status, value: treatment.value, error: treatment.error })
-        if (treatment.status === 'ok' && remainingOf(treatment) === 0) break
+        // Done once the plugin says nothing is left (or says nothing about it).
+        const remaining = (treatment.value as { remaining?: unknown } | undefined)?.remaining
+        if (treatment.status === 'ok' && (typeof remaining !== 'number' || remaining === 0)) break
     }
     await runtime.teardown()
     emit({ kind: 'done' })
