@@ -23,7 +23,8 @@ import {
     WindowGate,
 } from '../../tools/replay/fetch'
 import { detectInput, expandInputs, InputRecord, openInput } from '../../tools/replay/input'
-import { Pacer, Slots } from '../../tools/replay/pace'
+import { Slots } from '../../tools/lib/slots'
+import { Pacer } from '../../tools/replay/pace'
 import { csvValue, normalizeTimestamp, toExportRow, unflattenColumns } from '../../tools/replay/rows'
 
 const FIXTURES = path.join(__dirname, '..', 'fixtures', 'replay')

@@ -12,7 +12,8 @@ import { checkpointPaths, FailedEvent, FileState, fingerprint, otherCheckpoints 
 import { WindowGate } from './fetch'
 import type { ReplayOptions } from './index'
 import { detectInput, InputError, InputRecord, InputSource, openInput } from './input'
-import { Pacer, Slots } from './pace'
+import { Slots } from '../lib/slots'
+import { Pacer } from './pace'
 import type { FileSummary, ReplayTargetKind } from './report'
 import { countFailure, countSkip, createProgress, emptyFileSummary, failedByKind, outcomeOf } from './report'
 

@@ -4,7 +4,7 @@
  */
 import type { Emulator } from '../intercom/emulator'
 import type { RedisCache } from './cache'
-import { Slots } from './sleeper'
+import { Slots } from '../lib/slots'
 import type { RuntimeEvent, Treatment, VariantRuntime } from './start-variant'
 
 export const BACKLOG_EMAIL = 'ada@example.com'

@@ -26,7 +26,8 @@ import {
     RedirectingFetch,
     redirectingFetch,
 } from './load-plugin'
-import { createSleeper, Slots, withTimeout } from './sleeper'
+import { Slots } from '../lib/slots'
+import { createSleeper, withTimeout } from './sleeper'
 import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
 
 // The cache's store, for the fault campaign's cache audit.
