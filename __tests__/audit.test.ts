@@ -1,4 +1,6 @@
-/** Leak and reach audit: no log line, outcome reason or thrown message of the plugin holds the API key, an
+/** Leak and reach audit of the plugin: what it logs, caches and calls.
+ *
+ * No log line, outcome reason or thrown message of the plugin holds the API key, an
  * email or a property value (canaries make them findable), the cache holds neither key nor email in clear,
  * and requests only ever go to Intercom's three hosts over https, whatever the config says.
  */

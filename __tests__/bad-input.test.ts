@@ -1,4 +1,6 @@
-/** The bad-input corpus against index.ts in PostHog's sandbox, in both plugin runtimes, with a recording
+/** The bad-input corpus run against index.ts: every bad event and config skipped with a reason.
+ *
+ * The corpus runs in PostHog's sandbox, in both plugin runtimes, with a recording
  * fake of Intercom that checks every request body against Intercom's rules: each bad event gets a
  * documented reason (or is delivered with a valid body), each bad config a setup error naming the field,
  * and nothing crashes. Cases that hit a known plugin bug are `test.failing` until index.ts is fixed.

@@ -1,5 +1,6 @@
-/** End to end: the real index.ts, loaded as PostHog loads it (harness), against the local Intercom
- * emulator on loopback. The three cases the core issue names: a lead, revenue, and a retry after 429.
+/** End-to-end tests: the real index.ts against the local Intercom emulator.
+ *
+ * The plugin is loaded as PostHog loads it (harness), and the emulator runs on loopback. The three cases the core issue names: a lead, revenue, and a retry after 429.
  */
 import { createHarness, Harness, HarnessEvent, HarnessMode } from '../tools/runtime/harness'
 import { Emulator, startEmulator } from '../tools/intercom/emulator'

@@ -1,4 +1,6 @@
-/** The fault campaign of tools/faults/faults.ts, reduced to 60 events a run, inside `npm test`: every scenario in
+/** The fault campaign (tools/faults/faults.ts), reduced to 60 events a run, inside `npm test`.
+ *
+ * Every scenario in
  * every PostHog runtime, end to end through the harness and the Intercom emulator, with seeded faults.
  * Whatever the runtime allows to be delivered is stored exactly once; everything else is reported with a
  * reason; nothing is lost, duplicated, retried without bound, leaked or sent off Intercom; every run ends.

@@ -1,4 +1,6 @@
-/** The plugin's form as PostHog's 2024–25 UI renders it from plugin.json: which fields show, which are
+/** The plugin's form as PostHog's 2024–25 UI renders it from plugin.json.
+ *
+ * Which fields show, which are
  * required, and that what the form requires is what the code needs. The model follows PostHog's
  * `PipelinePluginConfiguration.tsx` and `configUtils.ts` (PostHog/posthog, frontend/src/scenes/pipeline).
  */

@@ -1,4 +1,6 @@
-/** The runtime check: the real index.ts, transpiled by Babel as PostHog does and run in a sandbox
+/** The runtime check: index.ts loads and delivers in a sandbox shaped like PostHog's.
+ *
+ * The real index.ts, transpiled by Babel as PostHog does and run in a sandbox
  * with no timers and no `process` whose `require` knows only the four modules PostHog provides,
  * loads and delivers an event, with both HTTP clients PostHog has handed plugins: the imported
  * node-fetch (plugin server) and `meta.fetch` returning a plain object (cdp executor).

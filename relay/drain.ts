@@ -1,4 +1,6 @@
-/** Draining the plugin's retry queue from the relay: on a timer, under a lock shared by all instances. A crash
+/** Drains the plugin's retry queue from the relay, on a timer, under a shared lock.
+ *
+ * The lock is shared by all instances. A crash
  * mid-drain loses nothing: the plugin removes a queued event only after Intercom accepted it, and Intercom
  * counts an event sent twice once (it deduplicates on contact, event name and created_at).
  */

@@ -1,4 +1,6 @@
-/** PostHog's webhook payload → the event the plugin expects. The HTTP Webhook destination (`template-webhook`)
+/** Turns PostHog's webhook payload into the event the plugin expects.
+ *
+ * The HTTP Webhook destination (`template-webhook`)
  * posts its JSON body, by default `{"event": "{event}", "person": "{person}"}` rendered from CDP's invocation
  * globals: event {uuid, event, distinct_id, properties, elements_chain, timestamp, url}, person {id,
  * properties, name, url} or null. The event is built as PostHog's legacy plugin executor builds it.

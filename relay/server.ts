@@ -1,4 +1,6 @@
-/** The relay: an HTTP endpoint for PostHog's HTTP Webhook destination that runs the plugin (index.ts) as an
+/** The relay's HTTP server: PostHog's webhook destination in, the plugin's outcomes out.
+ *
+ * An HTTP endpoint for PostHog's HTTP Webhook destination that runs the plugin (index.ts) as an
  * ordinary module. It answers 2xx only once every event of a request is delivered, parked in Redis or
  * refused for good, and 503 otherwise, so that PostHog retries (CDP retries 408/429/5xx and network errors).
  */

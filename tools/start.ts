@@ -1,8 +1,5 @@
 /** `npm start`: the plugin on bundled sample events against a local Intercom emulator, no token needed. */
-// Starts the emulator on a free loopback port, seeds the Intercom contacts of the sample, runs index.ts
-// through the PostHog host harness (plugin-server mode, then a short cdp section), and prints what happened:
-// delivered, skipped by reason, queued and retried, Intercom calls by route, and what Intercom stored.
-// Every server it starts is closed before it returns; the API key is a random one and is never printed.
+// index.ts runs in the PostHog host harness: plugin-server mode, then a short cdp section, each on a fresh emulator.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import * as path from 'node:path'
@@ -10,7 +7,7 @@ import * as path from 'node:path'
 import manifest from '../plugin.json'
 import { Emulator, startEmulator } from './intercom/emulator'
 import { SAMPLE_CONTACTS } from './intercom/sample-contacts'
-import { numberFlag, parseFlags, printedHelp, runCli } from './lib/flags'
+import { flagTable, numberFlag, parseFlags, printedHelp, runCli } from './lib/flags'
 import {
     formatCount,
     formatPairs,
@@ -69,65 +66,24 @@ export interface StartOptions {
     token?: string
 }
 
-/** One event as Intercom stored it, with the contact it landed on. */
-interface ReceivedEvent {
-    eventName: string
-    role: string
-    contactName: string
-    metadata: Record<string, unknown>
-}
+/** What one run did, as the harness and the emulator saw it. */
+export type RunReport = ReturnType<typeof reportOf>
 
-export interface RunReport {
-    mode: HarnessMode
-    workers: number
-    events: number
-    /** Delivered by onEvent, plus by runEveryMinute from the retry queue. */
-    delivered: number
-    deliveredFromQueue: number
-    /** Events the emulator stored (deduplicated like Intercom): must equal `delivered`. */
-    stored: number
-    skipped: Record<string, number>
-    /** Not a triggering event, but the person was synced. */
-    synced: number
-    queued: number
-    failed: Record<string, number>
-    setupFailures: string[]
-    /** GET /me, once per worker at setup; `eventCalls` are all the others. */
-    setupCalls: number
-    eventCalls: number
-    callsByRoute: Record<string, number>
-    /** What the emulator answered while it was failing on purpose. */
-    outageStatuses: number[]
-    contactsCreated: number
-    contactsUpdated: number
-    attributesCreated: string[]
-    received: ReceivedEvent[]
-    /** The plugin's log lines above debug level, as PostHog would show them. */
-    logs: string[]
-}
-
-export interface StartSummary {
-    ok: boolean
-    problems: string[]
-    runs: RunReport[]
-    /** Everything printed, line by line (the token must appear nowhere in it). */
-    output: string[]
-}
+/** What main() printed (line by line; the token must appear nowhere in it) and measured. */
+export type StartSummary = Awaited<ReturnType<typeof main>>
 
 /** The events of a PostHog export (JSON Lines), read as the replay reads them, as the harness takes them. */
 export function readSampleEvents(file = SAMPLE_EVENTS_FILE): HarnessEvent[] {
-    const lines = readFileSync(file, 'utf8').split('\n')
-    return lines
+    const lines = readFileSync(file, 'utf8')
+        .split('\n')
         .filter((line) => line.trim() !== '')
-        .map((line, index) => {
-            const row = toExportRow(JSON.parse(line))
-            if (typeof row === 'string') throw new Error(`${file}, event ${index + 1}: ${row}`)
-            const { person_properties: properties, timestamp = '', ...event } = row
-            return { ...event, timestamp, ...(properties ? { person: { properties } } : {}) }
-        })
+    return lines.map((line, index) => {
+        const row = toExportRow(JSON.parse(line))
+        if (typeof row === 'string') throw new Error(`${file}, event ${index + 1}: ${row}`)
+        const { person_properties: properties, timestamp = '', ...event } = row
+        return { ...event, timestamp, ...(properties ? { person: { properties } } : {}) }
+    })
 }
-
-// --- One run: a fresh emulator and harness for one runtime mode
 
 /** The events in order, one at a time, so each person's events happen in the order PostHog saw them. */
 async function feed(harness: Harness, emulator: Emulator, events: HarnessEvent[]): Promise<void> {
@@ -143,41 +99,42 @@ async function feed(harness: Harness, emulator: Emulator, events: HarnessEvent[]
     if (harness.mode === 'plugin-server') await harness.runMinute()
 }
 
-function reportOf(summary: HarnessSummary, emulator: Emulator): RunReport {
+function reportOf(summary: HarnessSummary, emulator: Emulator) {
     const stats = emulator.stats()
     const setupCalls = stats.byRoute[SETUP_ROUTE] ?? 0
     const contacts = new Map(emulator.contacts().map((contact) => [contact.id, contact]))
+    const outage = emulator.requests().filter((request) => request.status >= 500)
+    const logs = summary.logs.filter((line) => line.level !== 'debug')
     return {
         mode: summary.mode,
         workers: summary.workers,
         events: summary.events,
+        // By onEvent, plus by runEveryMinute from the retry queue: must equal what the emulator stored.
         delivered: summary.delivered + summary.minute.delivered,
         deliveredFromQueue: summary.minute.delivered,
         stored: emulator.events().length,
         skipped: summary.skipped,
-        synced: summary.statuses.synced ?? 0,
+        synced: summary.statuses.synced ?? 0, // not a triggering event, but the person was synced
         queued: summary.queued,
         failed: summary.failed,
         setupFailures: summary.setupFailures,
-        setupCalls,
+        setupCalls, // GET /me, once per worker
         eventCalls: stats.calls - setupCalls,
         callsByRoute: stats.byRoute,
-        outageStatuses: emulator
-            .requests()
-            .filter((request) => request.status >= 500)
-            .map((request) => request.status),
+        // What the emulator answered while it was failing on purpose.
+        outageStatuses: outage.map((request) => request.status),
         contactsCreated: stats.contactsCreated,
         contactsUpdated: stats.contactsUpdated,
         attributesCreated: emulator.dataAttributes().map((attribute) => attribute.name),
+        // Each event as Intercom stored it, with the contact it landed on.
         received: emulator.events().map((event) => ({
             eventName: event.event_name,
             role: contacts.get(event.contact_id)?.role ?? '?',
             contactName: contacts.get(event.contact_id)?.name ?? event.contact_id,
             metadata: event.metadata,
         })),
-        logs: summary.logs
-            .filter((line) => line.level !== 'debug')
-            .map((line) => `${line.level}: ${line.text}`),
+        // The plugin's log lines above debug level, as PostHog would show them.
+        logs: logs.map((line) => `${line.level}: ${line.text}`),
     }
 }
 
@@ -203,8 +160,6 @@ async function runMode(mode: HarnessMode, workers: number, events: HarnessEvent[
     }
 }
 
-// --- Printing
-
 function introduction(events: HarnessEvent[], workers: number): string[] {
     const people = new Set(SAMPLE_CONTACTS.map((contact) => contact.email)).size
     return [
@@ -229,26 +184,22 @@ function introduction(events: HarnessEvent[], workers: number): string[] {
     ]
 }
 
-function countLines(counts: Record<string, number>): Array<[string, string]> {
-    return sortedCounts(counts).map(([key, count]) => [`    ${key}`, formatCount(count)])
+/** `label, count` pairs, largest first, indented under the line above them. */
+function countLines(counts: Record<string, number>, indent = '    '): Array<[string, string]> {
+    return sortedCounts(counts).map(([key, count]) => [`${indent}${key}`, formatCount(count)])
 }
 
 function deliveryLines(run: RunReport): string[] {
-    const queuedNote =
-        run.queued > 0
-            ? `  (Intercom answered ${[...new Set(run.outageStatuses)].join('/')}; delivered later by runEveryMinute: ${run.deliveredFromQueue})`
-            : ''
-    const synced: Array<[string, string]> =
-        run.synced > 0 ? [['Synced only (no event sent)', formatCount(run.synced)]] : []
+    const fromQueue = run.deliveredFromQueue
+    const delivered = `${formatCount(run.delivered)}  (${run.delivered - fromQueue} at once, ${fromQueue} from the retry queue)`
+    const outage = `Intercom answered ${[...new Set(run.outageStatuses)].join('/')}; delivered later by runEveryMinute`
+    const queuedNote = run.queued > 0 ? `  (${outage}: ${fromQueue})` : ''
     return formatPairs([
         ['Events', formatCount(run.events)],
-        [
-            'Delivered to Intercom',
-            `${formatCount(run.delivered)}  (${run.delivered - run.deliveredFromQueue} at once, ${run.deliveredFromQueue} from the retry queue)`,
-        ],
+        ['Delivered to Intercom', delivered],
         ['Skipped, by reason', formatCount(sumCounts(run.skipped))],
         ...countLines(run.skipped),
-        ...synced,
+        ...(run.synced > 0 ? countLines({ 'Synced only (no event sent)': run.synced }, '') : []),
         ['Queued for retry', `${formatCount(run.queued)}${queuedNote}`],
         ['Failed', formatCount(sumCounts(run.failed))],
         ...countLines(run.failed),
@@ -256,28 +207,23 @@ function deliveryLines(run: RunReport): string[] {
 }
 
 function callLines(run: RunReport): string[] {
-    const routes = { ...run.callsByRoute }
-    delete routes[SETUP_ROUTE]
+    const { [SETUP_ROUTE]: setup, ...routes } = run.callsByRoute
+    const perEvent = `${formatRatio(run.eventCalls, run.delivered)}  (${run.eventCalls} calls after setup ÷ ${run.delivered} delivered, sync included)`
+    const contacts = `${run.contactsCreated} created, ${run.contactsUpdated} updated; custom attributes created: ${run.attributesCreated.join(', ') || 'none'}`
     return [
         ...formatPairs([
             ['Intercom calls', formatCount(run.setupCalls + run.eventCalls)],
-            [`    ${SETUP_ROUTE} (setup)`, `${run.setupCalls}  (one per worker, at start)`],
+            [`    ${SETUP_ROUTE} (setup)`, `${setup ?? 0}  (one per worker, at start)`],
             ...countLines(routes),
-            [
-                'Calls per delivered event',
-                `${formatRatio(run.eventCalls, run.delivered)}  (${run.eventCalls} calls after setup ÷ ${run.delivered} delivered, sync included)`,
-            ],
-            [
-                'Contacts',
-                `${run.contactsCreated} created, ${run.contactsUpdated} updated; custom attributes created: ${run.attributesCreated.join(', ') || 'none'}`,
-            ],
+            ['Calls per delivered event', perEvent],
+            ['Contacts', contacts],
         ]),
         '  Most people in this sample have one to three events, so lookups and sync weigh; at 20 events a',
         '  person the cached lookup brings calls per delivered event to about 1.05 (see npm run bench).',
     ]
 }
 
-const RECEIVED_COLUMNS: ItemColumn<ReceivedEvent>[] = [
+const RECEIVED_COLUMNS: ItemColumn<RunReport['received'][number]>[] = [
     { header: 'event', cell: (event) => event.eventName },
     { header: 'role', cell: (event) => event.role },
     { header: 'contact', cell: (event) => event.contactName },
@@ -306,9 +252,8 @@ function pluginServerSection(run: RunReport): string[] {
 function cdpSection(run: RunReport, reference: RunReport): string[] {
     const skipped = sortedCounts(run.skipped)
     const sameSkips = JSON.stringify(skipped) === JSON.stringify(sortedCounts(reference.skipped))
-    const skippedNote = sameSkips
-        ? 'same reasons as above'
-        : skipped.map(([reason, n]) => `${reason}: ${n}`).join(', ')
+    const reasons = skipped.map(([reason, n]) => `${reason}: ${n}`).join(', ')
+    const skippedNote = sameSkips ? 'same reasons as above' : reasons
     return [
         ...heading("cdp mode (PostHog's current executor): no cache, no runEveryMinute"),
         `  Same events, fresh emulator, ${run.workers} worker; the plugin keeps its lookups in its own memory.`,
@@ -322,30 +267,22 @@ function cdpSection(run: RunReport, reference: RunReport): string[] {
         '  plugin first tries again in place for about 3 s, and the newest executor runs a RetryError twice more',
         '  (README, Reliability); this outage outlasts all of it. Delivery is idempotent (created_at), so a',
         '  replay of the event is safe.',
-        ...formatPairs([
-            [
-                'Intercom calls',
-                `${run.setupCalls + run.eventCalls} (${run.setupCalls} setup) → ${formatRatio(run.eventCalls, run.delivered)} per delivered event`,
-            ],
-        ]),
+        `  Intercom calls  ${run.setupCalls + run.eventCalls} (${run.setupCalls} setup) → ${formatRatio(run.eventCalls, run.delivered)} per delivered event`,
     ]
 }
 
-// --- Checks and entry point
-
 function problemsOf(runs: RunReport[]): string[] {
-    return runs.flatMap((run, index) => [
-        ...(run.delivered !== run.stored
-            ? [`${run.mode}: delivered ${run.delivered} but the emulator stored ${run.stored}`]
-            : []),
-        ...(run.setupFailures.length > 0
-            ? [`${run.mode}: setup failed: ${run.setupFailures.join('; ')}`]
-            : []),
-        // The cdp run is expected to fail the event sent during the outage.
-        ...(index === 0 && sumCounts(run.failed) > 0
-            ? [`${run.mode}: ${sumCounts(run.failed)} events failed`]
-            : []),
-    ])
+    return runs.flatMap((run, index) => {
+        const failed = sumCounts(run.failed)
+        const problems = [
+            run.delivered !== run.stored &&
+                `delivered ${run.delivered} but the emulator stored ${run.stored}`,
+            run.setupFailures.length > 0 && `setup failed: ${run.setupFailures.join('; ')}`,
+            // The cdp run is expected to fail the event sent during the outage.
+            index === 0 && failed > 0 && `${failed} events failed`,
+        ]
+        return problems.flatMap((problem) => (problem ? [`${run.mode}: ${problem}`] : []))
+    })
 }
 
 function checkLines(runs: RunReport[], problems: string[]): string[] {
@@ -362,13 +299,11 @@ function checkLines(runs: RunReport[], problems: string[]): string[] {
 }
 
 /** Runs the demo and returns what it printed and measured; the CLI exits 0 when `ok`. */
-export async function main(options: StartOptions = {}): Promise<StartSummary> {
+export async function main(options: StartOptions = {}) {
     const output: string[] = []
     const print = (lines: string[]): void => {
-        for (const line of lines) {
-            output.push(line)
-            ;(options.print ?? console.log)(line)
-        }
+        output.push(...lines)
+        lines.forEach((line) => (options.print ?? console.log)(line))
     }
     const events = readSampleEvents(options.eventsFile)
     const workers = options.workers ?? 2
@@ -398,12 +333,7 @@ account, no token, nothing leaves the machine. Exit code 0 when every check pass
   --no-cdp           skip the section in PostHog's current executor
   --help             this text`
 
-const FLAGS = {
-    events: { type: 'string' },
-    workers: { type: 'string' },
-    'no-cdp': { type: 'boolean' },
-    help: { type: 'boolean' },
-} as const
+const FLAGS = flagTable(['events', 'workers'], ['no-cdp', 'help'])
 
 /** Flags → the demo's options; `help` asks for the usage only. */
 export function parseCli(argv: string[]): StartOptions & { help?: boolean } {

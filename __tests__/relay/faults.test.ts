@@ -1,4 +1,6 @@
-/** Faults, with real processes: kill -9 of an instance under load, Redis restarted mid-run, two instances on one
+/** Relay fault tests with real processes: kill -9, Redis restarts, two instances.
+ *
+ * Kill -9 of an instance under load, Redis restarted mid-run, two instances on one
  * Redis. Each ends by counting what was acknowledged (2xx) against what Intercom (the emulator) received.
  */
 import Redis from 'ioredis'

@@ -1,5 +1,6 @@
-/** How each runtime treats a hook's outcome: the CDP executor's meta, fetch and test-function answers
- * (variants 5-6), and the RetryError policies (variant 2's 5 tries, variant 6's 3 runs, none elsewhere).
+/** How each runtime treats a hook's outcome (CDP meta, fetch, test runs, RetryError).
+ *
+ * The CDP executor's meta, fetch and test-function answers (variants 5-6), and the RetryError policies (variant 2's 5 tries, variant 6's 3 runs, none elsewhere).
  */
 import nock from 'nock'
 import { readFileSync } from 'node:fs'

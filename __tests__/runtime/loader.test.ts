@@ -1,5 +1,7 @@
-/** The variant 1-4 loader: PostHog's Babel transforms and vm2 VM, checked with small fixture plugins
- * (imports refused, loop and promise timeouts, the globals given, the 2021 guard's double evaluation).
+/** The variant 1-4 loader (PostHog's Babel transforms on vm2), checked with fixture plugins.
+ *
+ * Small fixture plugins check the imports refused, loop and promise timeouts, the globals given and the 2021
+ * guard's double evaluation.
  */
 import nock from 'nock'
 import { readFileSync } from 'node:fs'

@@ -1,5 +1,6 @@
-/** The emulator against a real loopback server: every rule the plugin's end-to-end tests rely on, asserted on
- * status, body and counters. A manual clock makes rate-limit windows and search lag deterministic.
+/** The Intercom emulator over loopback: every rule the plugin's tests rely on.
+ *
+ * Each rule the plugin's end-to-end tests rely on is asserted on status, body and counters. A manual clock makes rate-limit windows and search lag deterministic.
  */
 import { Emulator, EmulatorOptions, SeedContact, startEmulator } from '../../tools/intercom/emulator'
 import { parseCliArgs, parseSeedFile } from '../../tools/intercom/emulator-cli'

@@ -1,4 +1,6 @@
-/** The command lines: the replay's flags and exit codes, and the shared flags helper (tools/lib/flags.ts) as every
+/** The command lines: the replay's flags and exit codes, and the shared flags helper.
+ *
+ * The shared helper is tools/lib/flags.ts, as every
  * tool uses it: --help, unknown flags refused with the flag named, every mistake a non-zero exit.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'

@@ -1,4 +1,6 @@
-/** The replay tool end to end: export formats, dry run (nothing leaves the process), delivery to the emulator,
+/** The replay tool end to end, from export files to the emulator.
+ *
+ * Export formats, dry run (nothing leaves the process), delivery to the emulator,
  * checkpoints keyed by target and config, failed events retried by the next run, many files, and the rate-limit
  * gate. The emulator runs on loopback inside the test; every other connection is refused by nock.
  */
@@ -20,9 +22,9 @@ import {
     routeOf,
     WindowGate,
 } from '../../tools/replay/fetch'
-import { expandInputs } from '../../tools/replay/files'
-import { detectInput, InputRecord, openInput } from '../../tools/replay/input'
-import { Pacer, Slots } from '../../tools/replay/pace'
+import { detectInput, expandInputs, InputRecord, openInput } from '../../tools/replay/input'
+import { Slots } from '../../tools/lib/slots'
+import { Pacer } from '../../tools/replay/pace'
 import { csvValue, normalizeTimestamp, toExportRow, unflattenColumns } from '../../tools/replay/rows'
 
 const FIXTURES = path.join(__dirname, '..', 'fixtures', 'replay')

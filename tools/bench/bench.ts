@@ -1,59 +1,49 @@
 /** `npm run bench`: what the plugin costs Intercom and the host, against the local emulator. */
-//   npm run bench                                  # 10,000 events from 500 people, every scenario (~8 min)
-//   npm run bench -- --quick                       # 1,000 events from 100 people, three scenarios (< 1 min)
-//   npm run bench -- --scenarios replay            # the replay's use of Intercom's rate limit
-//   npm run bench -- --scenarios plugin-server,no-cache --minute-ms 60000 --out /tmp/bench.json
-//
-// Scenarios (scenarios.ts), each against a fresh emulator at its default rate limit (1,666 calls per 10 s
-// window, real time): `plugin-server`, `cdp`, `cdp-paced` (index.ts in the harness), `no-cache` (a reference
-// client making the old plugin's two calls per event), `replay` (tools/replay on the workload as an export)
-// and `cpu` (the plugin's own CPU per event). The emulator runs in a child process (emulator.ts), so the host
-// process's CPU is the plugin's and the emulator's is measured apart. The workload is in workload.ts, the
-// targets and tables in report.ts.
 import { writeFileSync } from 'node:fs'
 import * as path from 'node:path'
 
-import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
+import { choiceFlag, flagTable, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 import { formatCount, formatRatio } from '../lib/report'
 import { startBenchEmulator } from './emulator'
-import { BenchResults, evaluateTargets, printIntroduction, printResults, WINDOW_LIMIT } from './report'
-import {
-    BenchOptions,
-    Context,
-    runCpu,
-    runScenario,
-    SCENARIOS,
-    ScenarioName,
-    ScenarioResult,
-} from './scenarios'
+import { evaluateTargets, printIntroduction, printResults, WINDOW_LIMIT } from './report'
+import { Context, runCpu, runScenario, SCENARIOS, ScenarioName, ScenarioResult } from './scenarios'
 import { buildWorkload } from './workload'
 
-export type { BenchResults, ScenarioResult }
+export type { ScenarioResult }
+/** What runBench returns and writes to the JSON file. */
+export type BenchResults = Awaited<ReturnType<typeof runBench>>
 export { workloadFloor } from './report'
 export { buildWorkload }
 
-const DEFAULT_OPTIONS: BenchOptions = {
+/** Every option at its default; their type, BenchOptions, is read off this. */
+const DEFAULT_OPTIONS = {
     events: 10_000,
     people: 500,
+    /** Workers of each harness run (and, times `concurrency`, the reference client's parallel requests). */
     workers: 4,
     concurrency: 8,
+    // How harness runs spread events over workers: PostHog's plugin server did not keep a person on one, but
     // PostHog's ingestion partitions events by distinct_id, so one person's events meet one worker.
-    distribute: 'distinct_id',
+    distribute: 'distinct_id' as 'round-robin' | 'distinct_id',
+    /** How often the plugin-server harness runs runEveryMinute (PostHog: 60,000). */
     minuteMs: 10_000,
-    // 100/s averages 1,200 calls a window, but each cdp worker's first lookups of 500 people pushed one window
-    // to 1,653 calls (measured): 80/s stays clear of the limit while the caches fill.
+    // Events/s in cdp-paced. 100/s averages 1,200 calls a window, but each cdp worker's first lookups of 500
+    // people pushed one window to 1,653 calls (measured): 80/s stays clear of the limit while the caches fill.
     pacedRate: 80,
-    scenarios: [...SCENARIOS],
-    out: path.resolve(__dirname, '..', '..', 'bench-results.json'),
-    emulator: 'child',
+    scenarios: [...SCENARIOS] as ScenarioName[],
+    out: path.resolve(__dirname, '..', '..', 'bench-results.json') as string | null,
+    /** `child` keeps the emulator's CPU out of the host's measurement; `in-process` is for tests. */
+    emulator: 'child' as 'child' | 'in-process',
+    /** Passes of the `cpu` scenario whose median is reported (one more warms up). */
     cpuPasses: 3,
     progress: true,
     seed: 42,
-    print: (line) => console.log(line),
+    print: (line: string): void => console.log(line),
 }
+export type BenchOptions = typeof DEFAULT_OPTIONS
 
 /** Runs the chosen scenarios one after the other (so none steals CPU or rate limit from another). */
-export async function runBench(overrides: Partial<BenchOptions> = {}): Promise<BenchResults> {
+export async function runBench(overrides: Partial<BenchOptions> = {}) {
     const { print, out, progress, ...recorded } = { ...DEFAULT_OPTIONS, ...overrides }
     const options: BenchOptions = { ...recorded, print, out, progress }
     const workload = buildWorkload(options.events, options.people, options.seed)
@@ -73,7 +63,7 @@ export async function runBench(overrides: Partial<BenchOptions> = {}): Promise<B
             `  done: ${name}: ${formatCount(result.stored)} stored in ${result.wallSeconds.toFixed(1)} s, ${formatRatio(result.calls, result.stored, 3)} calls per delivered event`
         )
     }
-    const results: BenchResults = {
+    const results = {
         generatedAt: new Date().toISOString(),
         node: process.version,
         options: recorded,
@@ -117,19 +107,10 @@ per 10 s window). Prints tables and the targets, each judged against the workloa
   --seed <n>               seed of the workload (default ${DEFAULT_OPTIONS.seed})
   --help                   this text`
 
-const FLAGS = {
-    quick: { type: 'boolean' },
-    events: { type: 'string' },
-    people: { type: 'string' },
-    workers: { type: 'string' },
-    distribute: { type: 'string' },
-    'minute-ms': { type: 'string' },
-    'paced-rate': { type: 'string' },
-    scenarios: { type: 'string' },
-    out: { type: 'string' },
-    seed: { type: 'string' },
-    help: { type: 'boolean' },
-} as const
+const FLAGS = flagTable(
+    ['events', 'people', 'workers', 'distribute', 'minute-ms', 'paced-rate', 'scenarios', 'out', 'seed'],
+    ['quick', 'help']
+)
 
 function scenarioList(value: string | undefined): ScenarioName[] | undefined {
     const scenarios = value?.split(',').map((name) => name.trim())
@@ -164,8 +145,7 @@ export function parseCli(argv: string[]): Partial<BenchOptions> & { help?: boole
 export function main(argv: string[]): Promise<number> {
     return runCli('npm run bench --', async () => {
         const options = parseCli(argv)
-        if (printedHelp(options.help, USAGE)) return 0
-        await runBench(options)
+        if (!printedHelp(options.help, USAGE)) await runBench(options)
         return 0
     })
 }

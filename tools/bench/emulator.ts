@@ -1,26 +1,14 @@
 /** The bench's emulator, in a child process (so its CPU is measured apart) or in this one, and what it recorded. */
 import { fork } from 'node:child_process'
 
-import { Emulator, EmulatorOptions, EmulatorStats, SeedContact, startEmulator } from '../intercom/emulator'
+import { Emulator, EmulatorOptions, SeedContact, startEmulator } from '../intercom/emulator'
+import { findRoute } from '../intercom/rules'
+import { addCount } from '../lib/report'
 import { TOKEN } from './workload'
 
 export const SEARCH_ROUTE = 'POST /contacts/search'
 
-export interface EmulatorSnapshot {
-    stats: EmulatorStats
-    /** Events stored, deduplicated like Intercom. */
-    stored: number
-    /** Calls by route, then by the status answered. */
-    calls: Record<string, Record<string, number>>
-    /** Distinct emails among the searches answered 200. */
-    searchedEmails: number
-    /** For each repeated successful search of an email: ms since the previous search of that email. */
-    repeatGapsMs: number[]
-    /** Calls in each 10 s rate-limit window (aligned on the clock, as the emulator counts), from `since`. */
-    callsPerWindow: number[]
-    /** CPU of the emulator's process since it started (µs); null when it shares the host process. */
-    cpuMicros: number | null
-}
+export type EmulatorSnapshot = ReturnType<typeof takeSnapshot>
 
 export interface EmulatorHandle {
     url: string
@@ -32,9 +20,10 @@ export interface EmulatorHandle {
 /** Only plain data: the options cross to the child process as a message. */
 export type EmulatorOverrides = Pick<EmulatorOptions, 'rateLimit'>
 
-export function searchedEmail(body: unknown): string | null {
-    const value = (body as { query?: { value?: unknown } } | null)?.query?.value
-    return typeof value === 'string' ? value.toLowerCase() : null
+/** This process's CPU (user + system, µs) since `start`. */
+export function cpuSince(start?: NodeJS.CpuUsage): number {
+    const used = process.cpuUsage(start)
+    return used.user + used.system
 }
 
 /** Counts per window of the emulator's fixed, clock-aligned rate-limit windows, empty windows included. */
@@ -49,33 +38,31 @@ function countPerWindow(times: number[], windowMs: number): number[] {
     return counts
 }
 
-function takeSnapshot(emulator: Emulator, cpuMicros: number | null, since: number): EmulatorSnapshot {
+/** What the emulator recorded, with calls per rate-limit window counted from `since`. */
+function takeSnapshot(emulator: Emulator, cpuMicros: number | null, since: number) {
     const calls: Record<string, Record<string, number>> = {}
     const lastSearch = new Map<string, number>()
     const repeatGapsMs: number[] = []
     const requests = emulator.requests()
-    for (const request of requests) {
-        // `/contacts/<id>` → `/contacts/{id}`, so calls group by route like the emulator's stats.
-        const route = `${request.method} ${request.path.replace(/^\/contacts\/(?!search$)[^/]+/, '/contacts/{id}')}`
-        const byStatus = (calls[route] ??= {})
-        const status = request.status === 0 ? 'dropped' : String(request.status)
-        byStatus[status] = (byStatus[status] ?? 0) + 1
-        const email = request.status === 200 && route === SEARCH_ROUTE ? searchedEmail(request.body) : null
-        if (email === null) continue
+    for (const { method, path, status, body, at } of requests) {
+        const route = findRoute(method, path)?.name ?? `${method} ${path}`
+        addCount((calls[route] ??= {}), status === 0 ? 'dropped' : String(status))
+        const value = (body as { query?: { value?: unknown } } | null)?.query?.value
+        if (status !== 200 || route !== SEARCH_ROUTE || typeof value !== 'string') continue
+        const email = value.toLowerCase()
         const previous = lastSearch.get(email)
-        if (previous !== undefined) repeatGapsMs.push(request.at - previous)
-        lastSearch.set(email, request.at)
+        if (previous !== undefined) repeatGapsMs.push(at - previous)
+        lastSearch.set(email, at)
     }
     const times = requests.filter((request) => request.at >= since).map((request) => request.at)
     return {
         stats: emulator.stats(),
-        stored: emulator.events().length,
-        calls,
-        searchedEmails: lastSearch.size,
-        repeatGapsMs,
-        callsPerWindow:
-            times.length === 0 ? [] : countPerWindow(times, emulator.options.windowSeconds * 1000),
-        cpuMicros,
+        stored: emulator.events().length, // deduplicated like Intercom
+        calls, // by route, then by the status answered
+        searchedEmails: lastSearch.size, // distinct emails among the searches answered 200
+        repeatGapsMs, // for each repeated search of an email: ms since the previous one
+        callsPerWindow: countPerWindow(times, emulator.options.windowSeconds * 1000),
+        cpuMicros, // of the emulator's process; null when it shares the host process
     }
 }
 
@@ -87,12 +74,7 @@ export async function startBenchEmulator(
     overrides: EmulatorOverrides = {}
 ): Promise<EmulatorHandle> {
     // Every request must stay countable: the default record limit could be outgrown by a large run.
-    const options: EmulatorOptions = {
-        tokens: [TOKEN],
-        contacts,
-        recordLimit: Math.max(100_000, events * 5),
-        ...overrides,
-    }
+    const options = { tokens: [TOKEN], contacts, recordLimit: Math.max(100_000, events * 5), ...overrides }
     if (where === 'child') return childEmulator(options)
     const emulator = await startEmulator(options)
     return {
@@ -133,22 +115,18 @@ async function childEmulator(options: EmulatorOptions): Promise<EmulatorHandle> 
 }
 
 function serveEmulatorInChild(): void {
-    const cpuAtStart = process.cpuUsage()
     let emulator: Promise<Emulator> | undefined
     process.on('message', async (message: { options?: EmulatorOptions; since?: number }) => {
         if (message.options) {
             emulator = startEmulator(message.options)
             process.send?.((await emulator).url)
         } else if (emulator) {
-            const cpu = process.cpuUsage(cpuAtStart)
-            process.send?.(takeSnapshot(await emulator, cpu.user + cpu.system, message.since ?? 0))
+            process.send?.(takeSnapshot(await emulator, cpuSince(), message.since ?? 0))
         }
     })
     // Parent gone (finished, crashed or killed): nothing must outlive it.
     process.on('disconnect', () => {
-        void (emulator?.then((running) => running.close()) ?? Promise.resolve()).finally(() =>
-            process.exit(0)
-        )
+        void Promise.resolve(emulator?.then((running) => running.close())).finally(() => process.exit(0))
     })
 }
 

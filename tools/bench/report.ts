@@ -1,5 +1,7 @@
 /** The bench's report: the targets, judged against the workload's own floor, and the printed tables. */
 import {
+    addCount,
+    Column,
     formatCount,
     formatItems,
     formatPercent,
@@ -9,14 +11,8 @@ import {
     ItemColumn,
     sumCounts,
 } from '../lib/report'
-import {
-    BenchOptions,
-    CpuMeasurement,
-    CpuResult,
-    ScenarioName,
-    ScenarioResult,
-    SETUP_ROUTE,
-} from './scenarios'
+import type { BenchOptions, BenchResults } from './bench'
+import { CpuMeasurement, ScenarioName, ScenarioResult, SETUP_ROUTE } from './scenarios'
 
 export interface Target {
     label: string
@@ -24,18 +20,6 @@ export interface Target {
     met: boolean
     note: string
 }
-
-export interface BenchResults {
-    generatedAt: string
-    node: string
-    options: Omit<BenchOptions, 'print' | 'out' | 'progress'>
-    emulatorLimit: { calls: number; windowSeconds: number }
-    scenarios: ScenarioResult[]
-    cpu: CpuResult | null
-    targets: Target[]
-}
-
-// --- Targets
 
 /** The workload's own floor: every person searched once, every event posted once (1 + people/events). */
 export function workloadFloor(options: Pick<BenchOptions, 'events' | 'people'>): number {
@@ -106,22 +90,17 @@ export function evaluateTargets(results: ScenarioResult[], options: BenchOptions
     return targets
 }
 
-// --- Printing
-
 const micros = (value: number | null): string => (value === null ? 'n/a' : value.toFixed(0))
-const right = <T>(header: string, cell: (item: T) => string): ItemColumn<T> => ({
-    header,
-    align: 'right',
-    cell,
-})
+function right<T>(header: string, cell: (item: T) => string): ItemColumn<T> {
+    return { header, align: 'right', cell }
+}
 
 /** Calls answered 2xx per delivered event: what the client needed, 429s aside. */
 function okCallsPerDelivered(result: ScenarioResult): string {
-    const ok = Object.entries(result.callsByRoute)
-        .filter(([route]) => route !== SETUP_ROUTE)
-        .flatMap(([, statuses]) => Object.entries(statuses))
-        .filter(([status]) => status.startsWith('2'))
-        .reduce((sum, [, count]) => sum + count, 0)
+    const answers = Object.entries(result.callsByRoute).flatMap(([route, statuses]) =>
+        route === SETUP_ROUTE ? [] : Object.entries(statuses)
+    )
+    const ok = answers.reduce((sum, [status, count]) => sum + (status.startsWith('2') ? count : 0), 0)
     return formatRatio(ok, result.stored, 3)
 }
 
@@ -166,28 +145,27 @@ function routeTable(results: ScenarioResult[]): string[] {
                 return [result.name, label, formatCount(sumCounts(statuses)), answers.join(', ')]
             })
     )
-    const columns = [
+    const columns: Column[] = [
         { header: 'scenario' },
         { header: 'route' },
-        { header: 'calls', align: 'right' as const },
+        { header: 'calls', align: 'right' },
     ]
     return formatTable([...columns, { header: 'answers' }], rows, '  ')
 }
 
 function queueLines(result: ScenarioResult, options: BenchOptions): string[] {
-    if (!result.queueRuns || !result.queued) return []
-    const lines = [
-        `    First outcome of every event after ${result.feedSeconds.toFixed(1)} s: ${formatCount(result.delivered - result.deliveredFromQueue)} delivered at once, ${formatCount(result.queued)} parked in the retry queue.`,
-        `    runEveryMinute (every ${options.minuteMs / 1000} s here; 60 s in PostHog) delivered ${result.queueRuns.map(formatCount).join(', ')} per run:`,
-        `    at most one rate-limit window per run, so with PostHog's schedule this queue takes about ${result.queueRuns.length} minutes to drain.`,
+    const { queueRuns, queued, phaseCpuMicros: cpu } = result
+    if (!queueRuns || !queued) return []
+    return [
+        `    First outcome of every event after ${result.feedSeconds.toFixed(1)} s: ${formatCount(result.delivered - result.deliveredFromQueue)} delivered at once, ${formatCount(queued)} parked in the retry queue.`,
+        `    runEveryMinute (every ${options.minuteMs / 1000} s here; 60 s in PostHog) delivered ${queueRuns.map(formatCount).join(', ')} per run:`,
+        `    at most one rate-limit window per run, so with PostHog's schedule this queue takes about ${queueRuns.length} minutes to drain.`,
+        ...(cpu
+            ? [
+                  `    Host CPU: ${(cpu.feed / result.events).toFixed(0)} µs/event until every event had an outcome, then ${formatRatio(cpu.drain, result.deliveredFromQueue, 0)} µs per event delivered from the queue.`,
+              ]
+            : []),
     ]
-    const cpu = result.phaseCpuMicros
-    if (cpu) {
-        lines.push(
-            `    Host CPU: ${(cpu.feed / result.events).toFixed(0)} µs/event until every event had an outcome, then ${formatRatio(cpu.drain, result.deliveredFromQueue, 0)} µs per event delivered from the queue.`
-        )
-    }
-    return lines
 }
 
 function scenarioNotes(results: ScenarioResult[], options: BenchOptions): string[] {
@@ -198,27 +176,21 @@ function scenarioNotes(results: ScenarioResult[], options: BenchOptions): string
             : ''
         // Failure reasons with their timestamps masked, so "backing off until <time>" counts as one reason.
         const failures: Record<string, number> = {}
-        for (const [reason, count] of Object.entries(result.failed)) {
-            const key = reason.replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '…')
-            failures[key] = (failures[key] ?? 0) + count
-        }
+        for (const [reason, count] of Object.entries(result.failed))
+            addCount(failures, reason.replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '…'), count)
         return [
             `  ${result.name}: ${result.setup}.`,
             `    Calls per 10 s window (limit 1,666): ${result.callsPerWindow.map(formatCount).join(', ')}.`,
             `    Searches: ${formatCount(result.searchedEmails)} emails, ${formatCount(result.duplicateSearches)} searched again${timing}.`,
             ...queueLines(result, options),
-            ...(result.deduplicated > 0
-                ? [`    ${formatCount(result.deduplicated)} POSTs were repeats Intercom deduplicated.`]
-                : []),
-            ...(result.logLines > 0
-                ? [
-                      `    Plugin log: ${formatCount(result.logLines)} lines for ${formatCount(result.events)} events.`,
-                  ]
-                : []),
+            result.deduplicated > 0 &&
+                `    ${formatCount(result.deduplicated)} POSTs were repeats Intercom deduplicated.`,
+            result.logLines > 0 &&
+                `    Plugin log: ${formatCount(result.logLines)} lines for ${formatCount(result.events)} events.`,
             ...Object.entries(failures)
                 .sort(([, a], [, b]) => b - a)
                 .map(([reason, count]) => `    Failed ×${formatCount(count)}: ${reason}`),
-        ]
+        ].filter((line) => line !== false)
     })
 }
 
@@ -265,8 +237,7 @@ export function printResults(results: BenchResults, options: BenchOptions): void
         ...cpuLines(results, options),
         ...heading('Targets'),
         ...results.targets.map(
-            (target) =>
-                `  ${target.met ? 'met    ' : 'NOT MET'} ${target.label}: ${target.value}  (${target.note})`
+            ({ met, label, value, note }) => `  ${met ? 'met    ' : 'NOT MET'} ${label}: ${value}  (${note})`
         ),
     ]
     for (const line of lines) options.print(line)

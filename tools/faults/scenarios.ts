@@ -1,22 +1,15 @@
-/**
- * The data of the fault campaign (tools/faults/faults.ts runs it): the PostHog runtimes, the table of fault
- * scenarios, the workload each one sends, the bad-input corpus (hand-written cases plus fast-check
- * arbitraries) and the known plugin bugs. Pure functions and constants only: no I/O (Intercom's request rules
- * are tools/intercom/rules.ts).
- *
- * Canary values (a token, a marker inside every email, a marker inside property values) let the leak
- * audit grep every log line and error message for things that must never be there.
+/** The fault campaign's data (faults.ts runs it): runtimes, scenarios, workloads, bad-input corpus, known bugs.
+ * No I/O. Canary values (a token, a marker in every email and in every property value) make leaks greppable.
  */
 import fc from 'fast-check'
 
 import { BAD_CONFIGS, badConfig, errorAnywhere } from '../../__tests__/fixtures/bad-configs'
+import { QUEUE_MAX_LENGTH } from '../../index'
 import type { EmulatorOptions } from '../intercom/emulator'
 import { RuleCode, ruleOf } from '../intercom/rules'
 import type { HarnessEvent, HarnessMode } from '../runtime/harness'
 
-// ---------------------------------------------------------------------------------------------------
-// Canaries
-// ---------------------------------------------------------------------------------------------------
+// --- Canaries ---
 
 /** The API key of every run: it must reach Intercom's Authorization header and nothing else. */
 export const CANARY_TOKEN = 'tok_canary_S3CRET_7f1e09'
@@ -28,9 +21,7 @@ export const VALUE_MARK = 'canaryvalue'
 /** Any email-shaped text; the plugin logs none, whatever the marker. */
 export const EMAIL_SHAPE = /[^\s@<>"'`]+@[^\s@<>"'`]+\.[a-z]{2,}/i
 
-// ---------------------------------------------------------------------------------------------------
-// Runtimes: the three ways PostHog has run plugins (see REFERENCE.md)
-// ---------------------------------------------------------------------------------------------------
+// --- Runtimes: the three ways PostHog has run plugins (see REFERENCE.md) ---
 
 export type RuntimeName = 'plugin-server' | 'plugin-server-2024' | 'cdp'
 
@@ -39,7 +30,6 @@ export type ClientName = 'undici' | 'node-fetch'
 
 export interface Runtime {
     name: RuntimeName
-    label: string
     mode: HarnessMode
     /** Does PostHog retry a RetryError from onEvent? */
     retries: boolean
@@ -48,44 +38,19 @@ export interface Runtime {
 
 // prettier-ignore
 export const RUNTIMES: readonly Runtime[] = [
-    { name: 'plugin-server', label: 'plugin server 2021-23', mode: 'plugin-server', retries: true, client: 'node-fetch' },
-    { name: 'plugin-server-2024', label: 'plugin server 2024-25', mode: 'plugin-server', retries: false, client: 'undici' },
-    { name: 'cdp', label: 'cdp executor', mode: 'cdp', retries: false, client: 'undici' },
+    { name: 'plugin-server', mode: 'plugin-server', retries: true, client: 'node-fetch' },
+    { name: 'plugin-server-2024', mode: 'plugin-server', retries: false, client: 'undici' },
+    { name: 'cdp', mode: 'cdp', retries: false, client: 'undici' },
 ]
 
-// ---------------------------------------------------------------------------------------------------
-// Time scale: the campaign compresses time so that it runs in seconds
-// ---------------------------------------------------------------------------------------------------
-
-/** The plugin asks for a 10 s timeout; the campaign's HTTP client cuts it to this. */
+/** The plugin asks for a 10 s timeout; in the 'timeout' scenarios the campaign's HTTP client cuts it to this. */
 export const CLIENT_TIMEOUT_MS = 300
+/** Every other scenario keeps 10 s: a short limit would inject timeouts of its own on a loaded machine. */
+export const FULL_TIMEOUT_MS = 10_000
 /** Latency of the "slow Intercom" phase: just over the client timeout. */
-export const SLOW_LATENCY_MS = 450
-/** runEveryMinute's "minute". */
-export const MINUTE_MS = 100
-/** Scale of PostHog's 5/10/20/40 s RetryError delays. */
-export const DELAY_SCALE = 0.002
-/** Events in flight per worker. */
-export const CONCURRENCY = 4
-/**
- * Drain rounds before giving up. A 429 whose X-RateLimit-Reset has already passed makes the plugin wait
- * its 10 s default, so the bound must cover ~100 rounds of MINUTE_MS; 400 leaves room and still ends.
- */
-export const MAX_DRAIN_ROUNDS = 400
+const SLOW_LATENCY_MS = 450
 
-/** The plugin's own limits (index.ts), used to bound retries. */
-export const QUEUE_MAX_ATTEMPTS = 10
-/** The plugin retries a dropped connection once, at once. */
-export const CALLS_PER_TRY = 2
-
-// ---------------------------------------------------------------------------------------------------
-// Fault scenarios
-// ---------------------------------------------------------------------------------------------------
-
-export interface MidRunChange {
-    share: number
-    patch: Partial<EmulatorOptions>
-}
+// --- Fault scenarios ---
 
 /** What a scenario must visibly inflict, so that a run that injected nothing cannot pass for a proof. */
 export type FaultKind = '5xx' | '429' | 'timeout' | 'dropped' | 'created' | '401' | '422' | 'none'
@@ -98,7 +63,7 @@ export interface FaultScenario {
     /** Emulator faults from the first event on (setupPlugin's GET /me runs before them). */
     faults: Partial<EmulatorOptions>
     /** Each applied once the emulator has seen `share` × events requests: things change mid-run. */
-    midRun?: readonly MidRunChange[]
+    midRun?: readonly { share: number; patch: Partial<EmulatorOptions> }[]
     /** Applied after the events, before the retry queue is drained; faults not named here persist. */
     recover?: Partial<EmulatorOptions>
     workers: number
@@ -106,16 +71,13 @@ export interface FaultScenario {
     waves: number
     /** `seeded`: every email is an Intercom user (some also a lead); `unknown`: none exists yet. */
     contacts: 'seeded' | 'unknown'
-    /** Distinct PostHog event names. */
+    /** Distinct PostHog event names, and extra plugin config. */
     eventNames: number
-    /** Extra plugin config. */
     config?: Record<string, string>
     /** Failures here are permanent (401, 422): an event is tried at most once. */
     permanent?: boolean
     /** Upper bound of POST /contacts/search per distinct email, when the scenario is about lookups. */
     searchesPerEmail?: number
-    /** The scenario is about the rate limit: report how many calls came after a 429 in its window. */
-    rateLimited?: boolean
 }
 
 // prettier-ignore
@@ -123,7 +85,7 @@ export const SCENARIOS: readonly FaultScenario[] = [
     { name: '5xx-burst', fault: '5xx', workers: 2, waves: 2, contacts: 'seeded', eventNames: 4,
         summary: '20% of calls answer 500/502/503 while events come in; the burst is over when the queue drains',
         faults: { errorRate: 0.2 }, recover: { errorRate: 0 } },
-    { name: '429-storm', fault: '429', workers: 3, waves: 1, contacts: 'seeded', eventNames: 3, rateLimited: true,
+    { name: '429-storm', fault: '429', workers: 3, waves: 1, contacts: 'seeded', eventNames: 3,
         summary: '20 calls a 1 s window shared by 3 workers: 429s with X-RateLimit-Reset',
         faults: { rateLimit: 20, windowSeconds: 1 } },
     // Mid-run, once contacts are cached, so that event POSTs time out after Intercom stored them.
@@ -145,9 +107,7 @@ export const SCENARIOS: readonly FaultScenario[] = [
         summary: '4 workers, one shared cache, no faults: one contact lookup per email', faults: {} },
 ]
 
-// ---------------------------------------------------------------------------------------------------
-// Workload: the events of one scenario run, and what Intercom should hold afterwards
-// ---------------------------------------------------------------------------------------------------
+// --- Workload: the events of one scenario run, and what Intercom should hold afterwards ---
 
 export const IGNORED_DOMAIN = 'ignored.example'
 
@@ -168,12 +128,8 @@ export function eventNames(count: number): string[] {
     return Array.from({ length: count }, (_, i) => `evt_${i}`)
 }
 
-/** The name Intercom stores, after the mapping of campaignConfig. */
-export function intercomName(name: string): string {
-    return name === 'evt_0' ? 'renamed_evt_0' : name
-}
-
-export type EventKind = 'valid' | 'no-email' | 'ignored-domain'
+/** A valid event, or the reason the plugin must skip it with. */
+export type EventKind = 'valid' | 'no valid email' | 'ignored email domain'
 
 export interface PlannedEvent {
     event: HarnessEvent
@@ -192,99 +148,63 @@ export interface Workload {
     emailsWithLead: string[]
 }
 
-/**
- * About one person per 6 events, coprime with 6 so that round-robin spreads each person's events over
- * every worker (2, 3 or 4 of them): lookups and caches are then shared, not per worker.
- */
+/** About one person per 6 events, coprime with 6 so that round-robin spreads each person's events over every
+ * worker (2, 3 or 4 of them): lookups and caches are then shared, not per worker. */
 export function peopleFor(size: number): number {
     let people = Math.max(5, Math.round(size / 6))
     while (people % 2 === 0 || people % 3 === 0) people++
     return people
 }
 
-export function campaignEmail(index: number): string {
-    return `person${index}.${EMAIL_MARK}@example.com`
-}
-
-function uuidOf(index: number): string {
-    return `018f0000-0000-7000-8000-${index.toString(16).padStart(12, '0')}`
-}
-
 /** Every 20th event has no email and every 25th an ignored domain: they must be skipped, never sent. */
 function kindOf(index: number): EventKind {
-    if (index % 20 === 19) return 'no-email'
-    if (index % 25 === 24) return 'ignored-domain'
+    if (index % 20 === 19) return 'no valid email'
+    if (index % 25 === 24) return 'ignored email domain'
     return 'valid'
 }
 
-function emailFor(kind: EventKind, emailIndex: number, emails: string[]): string | undefined {
-    if (kind === 'no-email') return undefined
-    if (kind === 'ignored-domain') return `person${emailIndex}.${EMAIL_MARK}@mail.${IGNORED_DOMAIN}`
-    return emails[emailIndex]
-}
-
 /**
- * `size` events over about size/6 people (peopleFor), each with its own created_at (recent, so that Intercom's
- * search lag is worth waiting for), so that each stored event maps back to exactly one sent event.
+ * `size` events over peopleFor(size) people, each with its own created_at (recent, so that Intercom's search
+ * lag is worth waiting for), so that each stored event maps back to exactly one sent event.
  */
 export function buildWorkload(scenario: FaultScenario, size: number, nowMs: number): Workload {
-    const emails = Array.from({ length: peopleFor(size) }, (_, i) => campaignEmail(i))
+    const emails = Array.from({ length: peopleFor(size) }, (_, i) => `person${i}.${EMAIL_MARK}@example.com`)
     const names = eventNames(scenario.eventNames)
     const firstSecond = Math.floor(nowMs / 1000) - size - 5
     const events = Array.from({ length: size }, (_, i): PlannedEvent => {
         const kind = kindOf(i)
-        const emailIndex = i % emails.length
-        const email = emailFor(kind, emailIndex, emails)
+        const person = i % emails.length
+        const ignored = `person${person}.${EMAIL_MARK}@mail.${IGNORED_DOMAIN}`
+        const email = kind === 'no valid email' ? undefined : kind === 'valid' ? emails[person] : ignored
         const name = names[i % names.length]
         const createdAt = firstSecond + i
-        const properties: Record<string, unknown> = {
-            plan: 'pro',
-            note: `${VALUE_MARK}-${i}`,
-            revenue: 19.99,
-            currency: 'eur',
-            ...(email ? { email } : {}),
-        }
+        const properties = { plan: 'pro', note: `${VALUE_MARK}-${i}`, revenue: 19.99, currency: 'eur' }
         const event: HarnessEvent = {
-            uuid: uuidOf(i),
+            uuid: `018f0000-0000-7000-8000-${i.toString(16).padStart(12, '0')}`,
             event: name,
-            distinct_id: `person-${emailIndex}`,
+            distinct_id: `person-${person}`,
             timestamp: new Date(createdAt * 1000).toISOString(),
-            properties,
+            properties: { ...properties, ...(email ? { email } : {}) },
         }
+        // A valid event's `name` is the one Intercom stores, after the mapping of campaignConfig.
         return kind === 'valid'
-            ? { event, kind, email, name: intercomName(name), createdAt }
+            ? { event, kind, email, name: name === 'evt_0' ? 'renamed_evt_0' : name, createdAt }
             : { event, kind }
     })
     return { events, emails, emailsWithLead: emails.filter((_, i) => i % 5 === 2) }
 }
 
-export const EXPECTED_SKIP: Record<Exclude<EventKind, 'valid'>, string> = {
-    'no-email': 'no valid email',
-    'ignored-domain': 'ignored email domain',
-}
+// --- Known plugin bugs found by this campaign: rules they break, so that tests can mark them ---
 
-// ---------------------------------------------------------------------------------------------------
-// Known plugin bugs found by this campaign: rules they break, so that tests can mark them
-// ---------------------------------------------------------------------------------------------------
+/** Plugin bugs the corpus hits, by the rules they break: none (huge numbers, far-off timestamps, odd names fixed). */
+export const KNOWN_BUGS: readonly { id: string; summary: string; rules: RuleCode[] }[] = []
 
-export interface KnownBug {
-    id: string
-    summary: string
-    /** Violation codes the bug produces. */
-    rules: RuleCode[]
-}
-
-/** Plugin bugs the corpus currently hits: none (huge numbers, far-future timestamps and non-string names are fixed). */
-export const KNOWN_BUGS: readonly KnownBug[] = []
-
-export function knownBugOf(text: string): KnownBug | undefined {
+export function knownBugOf(text: string) {
     const rule = ruleOf(text)
     return rule ? KNOWN_BUGS.find((bug) => bug.rules.includes(rule)) : undefined
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Bad-input corpus: events
-// ---------------------------------------------------------------------------------------------------
+// --- Bad-input corpus: events ---
 
 /** Skip reasons the plugin documents (README, "What is skipped, and why"). */
 export const SKIP_REASONS = [
@@ -364,19 +284,20 @@ function deeplyNested(depth: number): Record<string, unknown> {
     return value
 }
 
-function manyProperties(count: number): Record<string, unknown> {
-    const props: Record<string, unknown> = { email: GOOD_EMAIL }
-    for (let i = 0; i < count; i++) props[`p${i}`] = `${VALUE_MARK}-${i}`
-    return props
-}
+const manyProperties = (count: number) => ({
+    email: GOOD_EMAIL,
+    ...Object.fromEntries(Array.from({ length: count }, (_, i) => [`p${i}`, `${VALUE_MARK}-${i}`])),
+})
 
 /** JSON.parse makes `__proto__` an own key, as PostHog's event parsing would. */
 const protoKeys = JSON.parse(
     `{"email":"${GOOD_EMAIL}","__proto__":{"polluted":"${VALUE_MARK}"},"constructor":"${VALUE_MARK}-c","prototype":"${VALUE_MARK}-p","hasOwnProperty":"${VALUE_MARK}-h","toString":"${VALUE_MARK}-t"}`
 ) as Record<string, unknown>
 
+/** The hand-written corpus: every case names what it probes and what must come of it. */
 // prettier-ignore
-const EMAIL_CASES: BadEventCase[] = [
+export const BAD_EVENT_CASES: readonly BadEventCase[] = [
+    // Emails: where they are, what they look like.
     { name: 'email missing', event: withProps({ plan: 'x' }), expect: skipped('no valid email') },
     { name: 'email empty', event: withEmail(''), expect: skipped('no valid email') },
     { name: 'email whitespace', event: withEmail(' \t\n '), expect: skipped('no valid email') },
@@ -416,10 +337,7 @@ const EMAIL_CASES: BadEventCase[] = [
     { name: '$set is a string', event: withProps({ $set: `${VALUE_MARK}` }, { $set: `${VALUE_MARK}` }), expect: skipped('no valid email') },
     { name: '$set is an array', event: withProps({ $set: [GOOD_EMAIL] }, { $set: [GOOD_EMAIL] }), expect: skipped('no valid email') },
     { name: '$set is null', event: withProps({ $set: null }, { $set: null }), expect: skipped('no valid email') },
-]
-
-// prettier-ignore
-const PROPERTY_CASES: BadEventCase[] = [
+    // Property keys and values, money among them.
     { name: 'properties null', event: corpusEvent({ properties: null, distinct_id: GOOD_EMAIL }), expect: delivered },
     { name: 'properties missing', event: corpusEvent({ properties: undefined, distinct_id: GOOD_EMAIL }), expect: delivered },
     { name: 'properties a string', event: corpusEvent({ properties: `${VALUE_MARK}`, distinct_id: GOOD_EMAIL }), expect: delivered },
@@ -456,10 +374,7 @@ const PROPERTY_CASES: BadEventCase[] = [
     { name: '_date key 1e300', event: withProps({ email: GOOD_EMAIL, signup_date: 1e300 }), expect: delivered },
     { name: 'rich-link-shaped object', event: withProps({ email: GOOD_EMAIL, link: { url: 'javascript:alert(1)', value: `${VALUE_MARK}` } }), expect: delivered },
     { name: 'URL values', event: withProps({ email: GOOD_EMAIL, $current_url: 'https://evil.example/x', site: 'http://evil.example' }), expect: delivered },
-]
-
-// prettier-ignore
-const TIMESTAMP_CASES: BadEventCase[] = [
+    // Timestamps.
     { name: 'timestamp missing', event: corpusEvent({ timestamp: undefined }), expect: delivered },
     { name: 'timestamp null', event: corpusEvent({ timestamp: null }), expect: delivered },
     { name: 'timestamp empty', event: corpusEvent({ timestamp: '' }), expect: delivered },
@@ -480,10 +395,7 @@ const TIMESTAMP_CASES: BadEventCase[] = [
     { name: 'timestamp year 3000', event: corpusEvent({ timestamp: '3000-01-01T00:00:00Z' }), expect: skipped('invalid timestamp') },
     { name: 'timestamp 9.9e10 seconds', event: corpusEvent({ timestamp: 99_000_000_000 }), expect: skipped('invalid timestamp') },
     { name: 'timestamp 1e300', event: corpusEvent({ timestamp: 1e300 }), expect: skipped('invalid timestamp') },
-]
-
-// prettier-ignore
-const NAME_CASES: BadEventCase[] = [
+    // Event names, uuids, and contact sync.
     { name: 'unknown event name', event: corpusEvent({ event: 'not_listed' }), expect: skipped('not a triggering event') },
     { name: 'event name with spaces around', event: corpusEvent({ event: ' signed_up ' }), expect: skipped('not a triggering event') },
     { name: 'event name in other case', event: corpusEvent({ event: 'SIGNED_UP' }), expect: skipped('not a triggering event') },
@@ -503,49 +415,28 @@ const NAME_CASES: BadEventCase[] = [
     { name: 'explicit metadata list with odd keys', event: withProps(protoKeys), config: { metadataProperties: '__proto__,constructor,a.b:x.y,$current_url:$url,email' }, expect: delivered },
 ]
 
-/** The hand-written corpus: every case names what it probes and what must come of it. */
-export const BAD_EVENT_CASES: readonly BadEventCase[] = [
-    ...EMAIL_CASES,
-    ...PROPERTY_CASES,
-    ...TIMESTAMP_CASES,
-    ...NAME_CASES,
-]
+// --- Bad-input corpus: generated events ---
 
-// --- generated events ---------------------------------------------------------------------------
+/** Emails the plugin must refuse or trim. */
+const ODD_EMAILS = ['', ' ', `${EMAIL_MARK}@`, `@${EMAIL_MARK}.com`, `${EMAIL_MARK}@x`, ` ${GOOD_EMAIL} `]
+const EMAIL_DOMAINS = ['example.com', 'example.com', 'example.com', 'bücher.de', IGNORED_DOMAIN]
+const wellFormedEmail = fc
+    .tuple(fc.stringMatching(/^[a-z0-9._+-]{1,20}$/), fc.constantFrom(...EMAIL_DOMAINS))
+    .map(([local, domain]) => `${local}${EMAIL_MARK}@${domain}`)
+const notAString = fc.oneof(
+    fc.integer(),
+    fc.double(),
+    fc.boolean(),
+    fc.constant(null),
+    fc.constant(undefined)
+)
 
 /** Weighted so that about half the generated events get past the filters and build a request. */
 const emailArbitrary: fc.Arbitrary<unknown> = fc.oneof(
-    {
-        weight: 12,
-        arbitrary: fc
-            .tuple(
-                fc.stringMatching(/^[a-z0-9._+-]{1,20}$/),
-                fc.constantFrom('example.com', 'example.com', 'example.com', 'bücher.de', IGNORED_DOMAIN)
-            )
-            .map(([local, domain]) => `${local}${EMAIL_MARK}@${domain}`),
-    },
+    { weight: 12, arbitrary: wellFormedEmail },
     { weight: 1, arbitrary: fc.string({ unit: 'grapheme', maxLength: 40 }).map((s) => `${s}${EMAIL_MARK}`) },
-    {
-        weight: 1,
-        arbitrary: fc.constantFrom(
-            '',
-            ' ',
-            `${EMAIL_MARK}@`,
-            `@${EMAIL_MARK}.com`,
-            `${EMAIL_MARK}@x`,
-            ` ${GOOD_EMAIL} `
-        ),
-    },
-    {
-        weight: 1,
-        arbitrary: fc.oneof(
-            fc.integer(),
-            fc.double(),
-            fc.boolean(),
-            fc.constant(null),
-            fc.constant(undefined)
-        ),
-    },
+    { weight: 1, arbitrary: fc.constantFrom(...ODD_EMAILS) },
+    { weight: 1, arbitrary: notAString },
     { weight: 1, arbitrary: fc.array(fc.constant(GOOD_EMAIL), { maxLength: 2 }) }
 )
 
@@ -559,31 +450,28 @@ const keyArbitrary: fc.Arbitrary<string> = fc.oneof(
     fc.constantFrom('', ' ', ...RISKY_KEYS.split(' '))
 )
 
+const ODD_VALUES = ['eur', 'JPY', 'kwd', 'usd', '2024-01-01T00:00:00Z', `${VALUE_MARK}${'z'.repeat(300)}`]
 const valueArbitrary: fc.Arbitrary<unknown> = fc.oneof(
     fc.string({ unit: 'grapheme', maxLength: 300 }).map((s) => `${VALUE_MARK}${s}`),
     fc.double(),
     fc.integer(),
     fc.boolean(),
     fc.constant(null),
-    fc.constantFrom('eur', 'JPY', 'kwd', 'usd', '2024-01-01T00:00:00Z', `${VALUE_MARK}${'z'.repeat(300)}`),
+    fc.constantFrom(...ODD_VALUES),
     fc.array(fc.oneof(fc.integer(), fc.constant(VALUE_MARK)), { maxLength: 80 }),
     fc.object({ maxDepth: 3, maxKeys: 4 })
 )
 
+const isoDate = fc
+    .date({ min: new Date('1960-01-01'), max: new Date('2200-01-01'), noInvalidDate: true })
+    .map((d) => d.toISOString())
+const ODD_TIMESTAMPS = [undefined, null, '', 'now', '2024-02-30T00:00:00Z', NaN, Infinity]
 const timestampArbitrary: fc.Arbitrary<unknown> = fc.oneof(
-    {
-        weight: 5,
-        arbitrary: fc
-            .date({ min: new Date('1960-01-01'), max: new Date('2200-01-01'), noInvalidDate: true })
-            .map((d) => d.toISOString()),
-    },
+    { weight: 5, arbitrary: isoDate },
     { weight: 1, arbitrary: fc.integer({ min: -1e6, max: 4e12 }) },
     { weight: 1, arbitrary: fc.double({ min: -1e3, max: 1e10 }) },
     { weight: 1, arbitrary: fc.string({ maxLength: 25 }) },
-    {
-        weight: 1,
-        arbitrary: fc.constantFrom(undefined, null, '', 'now', '2024-02-30T00:00:00Z', NaN, Infinity),
-    }
+    { weight: 1, arbitrary: fc.constantFrom(...ODD_TIMESTAMPS) }
 )
 
 const nameArbitrary: fc.Arbitrary<unknown> = fc.oneof(
@@ -592,14 +480,19 @@ const nameArbitrary: fc.Arbitrary<unknown> = fc.oneof(
     { weight: 1, arbitrary: fc.string({ maxLength: 15 }) }
 )
 
-/** Where the generated email goes: PostHog events carry it in any of these places. */
+/** Where the generated email goes: PostHog events carry it in any of these places ('property' twice as often). */
 type EmailPlace = 'property' | '$set' | 'properties.$set' | '$set_once' | 'distinct_id' | 'nowhere'
+const PLACES: EmailPlace[] = [
+    'property',
+    'property',
+    '$set',
+    'properties.$set',
+    '$set_once',
+    'distinct_id',
+    'nowhere',
+]
 
-function placeEmail(
-    place: EmailPlace,
-    email: unknown,
-    properties: Record<string, unknown>
-): Record<string, unknown> {
+function placeEmail(place: EmailPlace, email: unknown, properties: Record<string, unknown>) {
     switch (place) {
         case 'property':
             return { properties: { ...properties, email } }
@@ -621,15 +514,7 @@ export const generatedEventArbitrary: fc.Arbitrary<Record<string, unknown>> = fc
     .record({
         event: nameArbitrary,
         email: emailArbitrary,
-        place: fc.constantFrom<EmailPlace>(
-            'property',
-            'property',
-            '$set',
-            'properties.$set',
-            '$set_once',
-            'distinct_id',
-            'nowhere'
-        ),
+        place: fc.constantFrom(...PLACES),
         properties: fc.dictionary(keyArbitrary, valueArbitrary, { maxKeys: 25 }),
         timestamp: timestampArbitrary,
     })
@@ -646,9 +531,7 @@ export function generatedEventCases(seed: number, count: number): BadEventCase[]
     }))
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Bad-input corpus: config
-// ---------------------------------------------------------------------------------------------------
+// --- Bad-input corpus: config ---
 
 export interface BadConfigCase {
     name: string
@@ -691,9 +574,7 @@ export const BAD_CONFIG_CASES: readonly BadConfigCase[] = [
     { name: 'unknown keys naming hosts', config: { ...base, host: 'evil.example.com', url: EVIL, baseUrl: EVIL, apiUrl: EVIL, proxy: EVIL }, expect: { host: US_HOST } },
 ]
 
-// ---------------------------------------------------------------------------------------------------
-// Variant scenarios: PostHog's six real runtimes (tools/runtime) as columns, with a real Redis
-// ---------------------------------------------------------------------------------------------------
+// --- Variant scenarios: PostHog's six real runtimes (tools/runtime) as columns, with a real Redis ---
 
 export type VariantScenarioName =
     'backlog-1000' | 'kill-9-mid-drain' | 'redis-restart' | 'queue-full-10000' | 'burst-10000-rate-limit'
@@ -707,17 +588,13 @@ export interface VariantScenario {
     events: number
     /** Events of the reduced run inside `npm test`; 0: not run there. */
     smallEvents: number
-    /** Emulator rate limit per window, when the scenario is about it (Intercom: 1,666 per 10 s). */
+    /** Emulator rate limit per window (Intercom: 1,666 per 10 s), and the reduced run's, which a few events meet. */
     rateLimit?: number
-    /** The rate limit of the reduced run, so that a few events still meet it. */
     smallRateLimit?: number
     windowSeconds?: number
     /** Events in flight; the burst uses the benchmark's 4 workers × 8. */
     concurrency: number
 }
-
-/** The retry queue's length bound in index.ts: past it an event is refused with a reason. */
-export const QUEUE_MAX_LENGTH = 10_000
 
 // prettier-ignore
 export const VARIANT_SCENARIOS: readonly VariantScenario[] = [

@@ -1,21 +1,9 @@
-/**
- * Runs the Intercom emulator by hand, to point the plugin or a tool at it:
- *
- *   npx tsx tools/intercom/emulator-cli.ts --port 4010 --rate-limit 1666 --error-rate 0.2 --seed-file contacts.json
- *
- * Prints the URL and the token, logs one line per request (method, path, status; never bodies), and prints
- * the stats when stopped with Ctrl-C.
+/** Runs the Intercom emulator by hand, to point the plugin or a tool at it (flags: USAGE).
+ * Prints the URL and token, logs one line per request (method, path, status; never bodies), and prints the
+ * stats on Ctrl-C.
  */
 import { readFileSync } from 'node:fs'
-import {
-    Emulator,
-    EmulatorOptions,
-    LongStringPolicy,
-    Region,
-    REGIONS,
-    SeedContact,
-    startEmulator,
-} from './emulator'
+import { EmulatorOptions, LongStringPolicy, Region, REGIONS, SeedContact, startEmulator } from './emulator'
 import { choiceFlag, FlagTable, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 
 export const USAGE = `Usage: npx tsx tools/intercom/emulator-cli.ts [options]
@@ -37,24 +25,14 @@ export const USAGE = `Usage: npx tsx tools/intercom/emulator-cli.ts [options]
   --quiet                  do not log requests
   --help                   show this help`
 
-export interface CliSettings {
-    options: EmulatorOptions
-    quiet: boolean
-    help: boolean
-}
-
-function isSeedContact(value: unknown): value is SeedContact {
-    if (typeof value !== 'object' || value === null) return false
-    const { email, role } = value as Record<string, unknown>
-    return typeof email === 'string' && (role === 'user' || role === 'lead')
-}
-
 /** Accepts `[contact, …]` or `{ "contacts": [contact, …] }`; each needs an email and a role. */
 export function parseSeedFile(text: string, path: string): SeedContact[] {
     const parsed: unknown = JSON.parse(text)
     const list = Array.isArray(parsed) ? parsed : (parsed as { contacts?: unknown } | null)?.contacts
     if (!Array.isArray(list)) throw new Error(`${path}: expected a list of contacts or {"contacts": [...]}`)
-    const bad = list.findIndex((item) => !isSeedContact(item))
+    const valid = (c?: SeedContact) =>
+        typeof c?.email === 'string' && (c.role === 'user' || c.role === 'lead')
+    const bad = list.findIndex((item) => !valid(item))
     if (bad !== -1)
         throw new Error(`${path}: contact #${bad + 1} needs an "email" and a "role" of user or lead`)
     return list as SeedContact[]
@@ -84,10 +62,7 @@ export function readSeedFile(file: string, readFile: (path: string) => string): 
 }
 
 /** Flags to emulator options; throws with a message naming the flag on bad input. */
-export function parseCliArgs(
-    argv: string[],
-    readFile = (path: string) => readFileSync(path, 'utf8')
-): CliSettings {
+export function parseCliArgs(argv: string[], readFile = (path: string) => readFileSync(path, 'utf8')) {
     const values = parseFlags(argv, FLAGS).values as Record<string, string | string[] | boolean | undefined>
     const text = (name: string) => values[name] as string | undefined
     const numbers = Object.entries(NUMBER_FLAGS).map(([flag, option]) => [
@@ -95,30 +70,16 @@ export function parseCliArgs(
         numberFlag(flag, text(flag)),
     ])
     const seedFile = text('seed-file')
+    const policies: LongStringPolicy[] = ['reject', 'truncate']
     const options: EmulatorOptions = {
         ...Object.fromEntries(numbers),
         host: text('host'),
         tokens: values.token as string[] | undefined,
         region: choiceFlag<Region>('region', text('region'), REGIONS),
-        longStrings: choiceFlag<LongStringPolicy>('long-strings', text('long-strings'), [
-            'reject',
-            'truncate',
-        ]),
+        longStrings: choiceFlag('long-strings', text('long-strings'), policies),
         contacts: seedFile === undefined ? undefined : readSeedFile(seedFile, readFile),
     }
     return { options, quiet: Boolean(values.quiet), help: Boolean(values.help) }
-}
-
-function printBanner(emulator: Emulator): void {
-    const token = emulator.options.tokens[0]
-    console.log(`Intercom emulator listening on ${emulator.url}`)
-    console.log(
-        `token: ${token}   region: ${emulator.options.region}   contacts: ${emulator.contacts().length}`
-    )
-    console.log(
-        `try:   curl -H 'Authorization: Bearer ${token}' -H 'Accept: application/json' ${emulator.url}/me`
-    )
-    console.log('Ctrl-C to stop')
 }
 
 /** Serves until Ctrl-C; resolves at once (exit 0) for --help. */
@@ -126,7 +87,12 @@ async function serve(argv: string[]): Promise<number> {
     const settings = parseCliArgs(argv)
     if (printedHelp(settings.help, USAGE)) return 0
     const emulator = await startEmulator(settings.options)
-    printBanner(emulator)
+    const { url, options } = emulator
+    const [token, contacts] = [options.tokens[0], emulator.contacts().length]
+    console.log(`Intercom emulator listening on ${url}`)
+    console.log(`token: ${token}   region: ${options.region}   contacts: ${contacts}`)
+    console.log(`try:   curl -H 'Authorization: Bearer ${token}' -H 'Accept: application/json' ${url}/me`)
+    console.log('Ctrl-C to stop')
     if (!settings.quiet) {
         emulator.onRequest((r) =>
             console.log(`${new Date(r.at).toISOString()} ${r.method} ${r.path} ${r.status || 'dropped'}`)

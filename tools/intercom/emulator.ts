@@ -1,8 +1,9 @@
-/**
- * The Intercom model (model.ts) served over HTTP on loopback, for end-to-end tests, the demo run, the benchmark
- * and the fault campaign: a thin server that reads each request, lets the model answer it, and writes the answer.
+/** The Intercom model (model.ts) served over HTTP on loopback.
+ * For end-to-end tests, the demo run, the benchmark and the fault campaign: a thin server that reads each
+ * request, lets the model answer it, and writes the answer.
  */
-import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http'
+import { once } from 'node:events'
+import { createServer, IncomingMessage, ServerResponse } from 'node:http'
 import { AddressInfo } from 'node:net'
 
 import { EmulatorOptions, Intercom } from './model'
@@ -13,37 +14,16 @@ export type { DataAttribute, SeedContact, StoredCompany, StoredContact, StoredEv
 export type { LongStringPolicy } from './rules'
 
 /** The model's controls (configure, addContact, contacts(), events(), requests(), stats()…) plus the server. */
-export interface Emulator extends Omit<
-    Intercom,
-    'answer' | 'rateLimitHeaders' | 'delay' | 'stop' | 'fetch' | 'workspace'
-> {
+export interface Emulator extends Omit<Intercom, 'fetch' | 'workspace'> {
     url: string
     port: number
     close(): Promise<void>
 }
 
-function readRawBody(req: IncomingMessage): Promise<string> {
-    return new Promise((resolve, reject) => {
-        const chunks: Buffer[] = []
-        req.on('data', (chunk: Buffer) => chunks.push(chunk))
-        req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
-        req.on('error', reject)
-    })
-}
-
-function plainHeaders(req: IncomingMessage): Record<string, string> {
-    const entries = Object.entries(req.headers).filter(
-        (entry): entry is [string, string | string[]] => entry[1] !== undefined
-    )
-    return Object.fromEntries(
-        entries.map(([name, value]) => [name, Array.isArray(value) ? value.join(', ') : value])
-    )
-}
-
 class EmulatorServer extends Intercom implements Emulator {
     url = ''
     port = 0
-    private readonly server: Server = createServer()
+    private readonly server = createServer()
     private closed = false
 
     async listen(): Promise<void> {
@@ -52,41 +32,41 @@ class EmulatorServer extends Intercom implements Emulator {
                 // A bug in the emulator must still answer, or the caller would hang until its timeout.
                 const message = error instanceof Error ? error.message : String(error)
                 console.error(`intercom emulator: internal error: ${message}`)
-                this.write(res, 500, { type: 'error.list', errors: [{ code: 'server_error', message }] })
+                this.write(res, {
+                    status: 500,
+                    body: { type: 'error.list', errors: [{ code: 'server_error', message }] },
+                })
             })
         })
-        await new Promise<void>((resolve, reject) => {
-            this.server.once('error', reject)
-            this.server.listen(this.options.port, this.options.host, () => {
-                this.server.off('error', reject)
-                resolve()
-            })
-        })
+        // once() rejects if 'error' comes first (port taken).
+        await once(this.server.listen(this.options.port, this.options.host), 'listening')
         this.port = (this.server.address() as AddressInfo).port
         const host = this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host
         this.url = `http://${host}:${this.port}`
     }
 
     private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
-        const raw = await readRawBody(req)
-        const url = new URL(req.url ?? '/', 'http://emulator.invalid')
-        const outcome = this.answer({ method: req.method ?? 'GET', url, headers: plainHeaders(req), raw })
-        if (outcome.kind === 'drop') {
-            req.socket.destroy()
-            return
-        }
-        if (outcome.delayed && this.options.latencyMs > 0) await this.delay(this.options.latencyMs)
-        this.write(res, outcome.reply.status, outcome.reply.body)
+        const chunks: Buffer[] = []
+        for await (const chunk of req) chunks.push(chunk as Buffer)
+        // Repeated headers (an array in node) joined as fetch's Headers would.
+        const headers = Object.entries(req.headers).flatMap(([name, value]) =>
+            value === undefined ? [] : [[name, [value].flat().join(', ')]]
+        )
+        const outcome = this.answer({
+            method: req.method ?? 'GET',
+            url: new URL(req.url ?? '/', 'http://emulator.invalid'),
+            headers: Object.fromEntries(headers),
+            raw: Buffer.concat(chunks).toString('utf8'),
+        })
+        if (outcome.kind === 'drop') return void req.socket.destroy()
+        await this.latency(outcome)
+        this.write(res, outcome.reply)
     }
 
-    private write(res: ServerResponse, status: number, body: unknown): void {
+    private write(res: ServerResponse, reply: { status: number; body?: unknown }): void {
         if (res.destroyed || res.headersSent) return
-        const text = body === undefined ? '' : JSON.stringify(body)
-        res.writeHead(status, {
-            'Content-Type': 'application/json; charset=utf-8',
-            'Content-Length': Buffer.byteLength(text),
-            ...this.rateLimitHeaders(),
-        })
+        const { status, text, headers } = this.wire(reply)
+        res.writeHead(status, { 'Content-Length': Buffer.byteLength(text), ...headers })
         res.end(text)
     }
 

@@ -1,10 +1,10 @@
-/**
- * The one Intercom model every stand-in uses: `createIntercom(options)` gives the workspace, the gates (auth,
- * rate limit, seeded faults), the routes, and a `fetch` that answers in the process. The emulator serves the
- * same model over HTTP; the fault campaign's fake, the replay's dry run and the bench use it in-process.
+/** The one Intercom model every stand-in uses: workspace, gates (auth, rate limit, seeded faults), routes.
+ * `createIntercom(options)` answers through an in-process `fetch` (the fault campaign's fake, the replay's
+ * dry run, the bench); the emulator serves the same model over HTTP.
  */
 import type { FetchFn, FetchInit } from '../runtime/load-plugin'
 import { seededRandom } from '../lib/random'
+import { addCount } from '../lib/report'
 import { randomUUID } from 'node:crypto'
 import {
     acceptViolations,
@@ -12,31 +12,22 @@ import {
     EVENT_IDENTIFIERS,
     findRoute,
     isRecord,
-    LongStringPolicy,
     MAX_METADATA_KEYS,
     MAX_STRING,
-    Pagination,
     paginationOf,
     parseBody,
-    RouteMatch,
-    RouteName,
-    SearchNode,
-    Violation,
 } from './rules'
-import {
-    ApiError,
-    APP_ID,
+import type { LongStringPolicy, Pagination, RouteMatch, RouteName, SearchNode, Violation } from './rules'
+import { ApiError, APP_ID, STANDARD_ATTRIBUTES, Workspace } from './workspace'
+import type {
     AttributeModel,
     AttributeRecord,
     ContactInput,
-    createWorkspace,
     DataAttribute,
     SeedContact,
     StoredCompany,
     StoredContact,
     StoredEvent,
-    STANDARD_ATTRIBUTES,
-    Workspace,
     WorkspaceCounters,
 } from './workspace'
 
@@ -45,34 +36,23 @@ export const REGIONS: readonly Region[] = ['US', 'Europe', 'AU']
 
 /** Every option with its default. */
 const DEFAULT_OPTIONS = {
-    /** Only loopback addresses are accepted (the HTTP emulator's). */
-    host: '127.0.0.1',
-    /** 0: a free port. */
-    port: 0,
-    /** Accepted Bearer tokens; '*' accepts any. */
-    tokens: ['test-token'] as string[],
-    /** GET /me's app.region. */
-    region: 'US' as Region,
+    host: '127.0.0.1', // the HTTP emulator's; only loopback addresses are accepted
+    port: 0, // 0: a free port
+    tokens: ['test-token'] as string[], // accepted Bearer tokens; '*' accepts any
+    region: 'US' as Region, // GET /me's app.region
     /** Calls per window (Intercom: 10,000 a minute, enforced in 10 s windows). */
     rateLimit: 1666,
     windowSeconds: 10,
-    /** Share 0..1 of requests answered 500/502/503. */
-    errorRate: 0,
-    /** Added delay per response. */
-    latencyMs: 0,
-    /** Share 0..1 of requests whose connection is closed without an answer. */
-    dropRate: 0,
+    errorRate: 0, // share 0..1 of requests answered 500/502/503
+    latencyMs: 0, // added delay per response
+    dropRate: 0, // share 0..1 of requests whose connection is closed without an answer
     /** Contacts created through POST /contacts become searchable only after this delay. */
     searchLagMs: 0,
     maxEventNames: 120,
-    /** Seed of the deterministic PRNG used for faults. */
-    seed: 1,
-    /** Metadata strings over 255 characters are rejected or truncated. */
-    longStrings: 'reject' as LongStringPolicy,
-    /** The clock in ms (rate-limit windows, search lag, timestamps). */
-    clock: (): number => Date.now(),
-    /** How many recorded requests are kept (the oldest go first). */
-    recordLimit: 100_000,
+    seed: 1, // of the deterministic PRNG used for faults
+    longStrings: 'reject' as LongStringPolicy, // metadata strings over 255 characters: rejected or truncated
+    clock: (): number => Date.now(), // ms (rate-limit windows, search lag, timestamps)
+    recordLimit: 100_000, // recorded requests kept (the oldest go first)
     /** Every searched email or external id is a user; any custom attribute exists, of any type. */
     openWorld: false,
 }
@@ -88,17 +68,17 @@ export const STAND_IN_OPTIONS: EmulatorOptions = {
     recordLimit: 1,
 }
 
+/**
+ * A request as recorded: `path` without the query string; `status` 0 when the connection was dropped; `body`
+ * parsed JSON, the raw text when not JSON, or null when none; `at` the clock (ms) on arrival; `headers`
+ * lower-case, without `authorization`.
+ */
 export interface RecordedRequest {
     method: string
-    /** Path without the query string. */
     path: string
-    /** HTTP status answered; 0 when the connection was dropped. */
     status: number
-    /** Parsed JSON body, the raw text when it was not JSON, or null when there was none. */
     body: unknown
-    /** Clock time (ms) when the request arrived. */
     at: number
-    /** Request headers, lower-case, without `authorization`. */
     headers: Record<string, string>
 }
 
@@ -111,17 +91,9 @@ export interface EmulatorStats extends WorkspaceCounters {
 }
 
 /** A request as the model reads it: header names lower-case. */
-export interface IntercomRequest {
-    method: string
-    url: URL
-    headers: Record<string, string>
-    raw: string
-}
+export type IntercomRequest = { method: string; url: URL; headers: Record<string, string>; raw: string }
 
-interface Reply {
-    status: number
-    body?: unknown
-}
+type Reply = { status: number; body?: unknown }
 
 /** Once through the gates: an answer (`delayed`: latency applies), or a connection closed without one. */
 export type Outcome = { kind: 'reply'; reply: Reply; delayed: boolean } | { kind: 'drop' }
@@ -130,49 +102,35 @@ const FAULT_STATUSES = [500, 502, 503]
 
 // --- options ------------------------------------------------------------------------------------------
 
-function checkPositive(name: string, value: number, integer: boolean): void {
-    if (!(value > 0) || !Number.isFinite(value) || (integer && !Number.isInteger(value))) {
-        throw new RangeError(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${value}`)
-    }
-}
+/** Positive options, and whether each must be whole. */
+const POSITIVE = { rateLimit: true, windowSeconds: false, maxEventNames: true, recordLimit: true } as const
 
 /** Throws on values that would make the model misbehave silently; it must never listen beyond loopback. */
-function validateOptions(options: ResolvedOptions): void {
-    if (
-        !['127.0.0.1', '::1', 'localhost'].includes(options.host) &&
-        !/^127(\.\d{1,3}){3}$/.test(options.host)
-    ) {
-        throw new RangeError(`the emulator only listens on loopback, not on '${options.host}'`)
+function validateOptions(o: ResolvedOptions): void {
+    const check = (ok: boolean, message: string) => {
+        if (!ok) throw new RangeError(message)
     }
-    if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
-        throw new RangeError(`port must be an integer 0..65535, got ${options.port}`)
+    const loopback = ['127.0.0.1', '::1', 'localhost'].includes(o.host) || /^127(\.\d{1,3}){3}$/.test(o.host)
+    check(loopback, `the emulator only listens on loopback, not on '${o.host}'`)
+    const portOk = Number.isInteger(o.port) && o.port >= 0 && o.port <= 65535
+    check(portOk, `port must be an integer 0..65535, got ${o.port}`)
+    const tokensOk = Array.isArray(o.tokens) && o.tokens.every((t) => typeof t === 'string' && t !== '')
+    check(tokensOk, 'tokens must be a list of non-empty strings')
+    check(REGIONS.includes(o.region), `region must be one of ${REGIONS.join(', ')}`)
+    for (const [name, integer] of Object.entries(POSITIVE)) {
+        const value = o[name as keyof typeof POSITIVE]
+        const ok = value > 0 && Number.isFinite(value) && (!integer || Number.isInteger(value))
+        check(ok, `${name} must be a positive ${integer ? 'integer' : 'number'}, got ${value}`)
     }
-    if (!Array.isArray(options.tokens) || options.tokens.some((t) => typeof t !== 'string' || t === '')) {
-        throw new RangeError('tokens must be a list of non-empty strings')
-    }
-    if (!REGIONS.includes(options.region)) throw new RangeError(`region must be one of ${REGIONS.join(', ')}`)
-    checkPositive('rateLimit', options.rateLimit, true)
-    checkPositive('windowSeconds', options.windowSeconds, false)
-    checkPositive('maxEventNames', options.maxEventNames, true)
-    checkPositive('recordLimit', options.recordLimit, true)
-    for (const name of ['errorRate', 'dropRate'] as const) {
-        const value = options[name]
-        if (!(value >= 0 && value <= 1)) throw new RangeError(`${name} must be between 0 and 1, got ${value}`)
-    }
-    if (!(options.latencyMs >= 0) || !(options.searchLagMs >= 0)) {
-        throw new RangeError('latencyMs and searchLagMs must be >= 0')
-    }
-    if (options.longStrings !== 'reject' && options.longStrings !== 'truncate') {
-        throw new RangeError("longStrings must be 'reject' or 'truncate'")
-    }
+    for (const name of ['errorRate', 'dropRate'] as const)
+        check(o[name] >= 0 && o[name] <= 1, `${name} must be between 0 and 1, got ${o[name]}`)
+    check(o.latencyMs >= 0 && o.searchLagMs >= 0, 'latencyMs and searchLagMs must be >= 0')
+    check(['reject', 'truncate'].includes(o.longStrings), "longStrings must be 'reject' or 'truncate'")
 }
 
 /** Only the keys actually given, so that `{ port: undefined }` keeps the default. */
-function definedOnly(patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> {
-    return Object.fromEntries(
-        Object.entries(patch).filter(([key, value]) => key !== 'contacts' && value !== undefined)
-    )
-}
+const definedOnly = (patch: Partial<EmulatorOptions>): Partial<ResolvedOptions> =>
+    Object.fromEntries(Object.entries(patch).filter(([k, v]) => k !== 'contacts' && v !== undefined))
 
 function emptyStats(): EmulatorStats {
     const counters = { eventsAccepted: 0, eventsDeduplicated: 0, contactsCreated: 0, contactsUpdated: 0 }
@@ -181,12 +139,7 @@ function emptyStats(): EmulatorStats {
 
 // --- routes -------------------------------------------------------------------------------------------
 
-interface RouteInput {
-    body: Record<string, unknown>
-    params: string[]
-    query: URLSearchParams
-    options: ResolvedOptions
-}
+type RouteInput = { body: Record<string, unknown>; params: string[]; query: URLSearchParams; region: Region }
 
 const ok = (body: unknown): Reply => ({ status: 200, body })
 
@@ -204,34 +157,24 @@ function me(region: Region): Reply {
 function pageOf(contacts: StoredContact[], { perPage, offset }: Pagination): Reply {
     const page = Math.floor(offset / perPage) + 1
     const next = offset + perPage
-    const pages: Record<string, unknown> = {
-        type: 'pages',
-        page,
-        per_page: perPage,
-        total_pages: Math.ceil(contacts.length / perPage),
-    }
-    if (next < contacts.length) {
+    const total_pages = Math.ceil(contacts.length / perPage)
+    const pages: Record<string, unknown> = { type: 'pages', page, per_page: perPage, total_pages }
+    if (next < contacts.length)
         pages.next = { page: page + 1, starting_after: Buffer.from(String(next)).toString('base64') }
-    }
     return ok({ type: 'list', data: contacts.slice(offset, next), total_count: contacts.length, pages })
 }
 
+/** A data attribute as GET /data_attributes lists it: standard ones have no id and no dates. */
 function attributeBody(attribute: DataAttribute & Partial<AttributeRecord>, custom: boolean): unknown {
-    const dates = custom ? { created_at: attribute.created_at, updated_at: attribute.created_at } : {}
+    const { name, data_type, model, description = '', messenger_writable = false, created_at } = attribute
     return {
         ...(custom ? { id: attribute.id } : {}),
         type: 'data_attribute',
-        name: attribute.name,
-        full_name: custom ? `custom_attributes.${attribute.name}` : attribute.name,
-        label: attribute.name,
-        description: attribute.description ?? '',
-        data_type: attribute.data_type,
-        ...{
-            api_writable: true,
-            ui_writable: false,
-            messenger_writable: attribute.messenger_writable ?? false,
-        },
-        ...{ custom, archived: false, ...dates, model: attribute.model },
+        name,
+        full_name: custom ? `custom_attributes.${name}` : name,
+        label: name,
+        ...{ description, data_type, api_writable: true, ui_writable: false, messenger_writable, custom },
+        ...{ archived: false, ...(custom ? { created_at, updated_at: created_at } : {}), model },
     }
 }
 
@@ -240,8 +183,7 @@ function listDataAttributes(ws: Workspace, { query }: RouteInput): Reply {
     if (model !== null && model !== 'contact' && model !== 'company' && model !== 'conversation') {
         throw new ApiError(400, 'parameter_invalid', 'model must be one of contact, company, conversation')
     }
-    const models: AttributeModel[] =
-        model === null ? ['contact', 'company'] : model === 'conversation' ? [] : [model]
+    const models: AttributeModel[] = model === 'conversation' ? [] : model ? [model] : ['contact', 'company']
     const standard = models.flatMap((m) =>
         Object.entries(STANDARD_ATTRIBUTES[m]).map(([name, type]) =>
             attributeBody({ name, data_type: type, model: m }, false)
@@ -254,12 +196,11 @@ function listDataAttributes(ws: Workspace, { query }: RouteInput): Reply {
 /** Stores the first 10 metadata keys, like Intercom ("we ignore any further keys"); long strings cut. */
 function trackEvent(ws: Workspace, { body }: RouteInput): Reply {
     const kind = EVENT_IDENTIFIERS.find((key) => body[key] !== undefined && body[key] !== null) ?? 'id'
+    const cut = (value: unknown) =>
+        typeof value === 'string' ? [...value].slice(0, MAX_STRING).join('') : value
     const metadata = Object.entries(isRecord(body.metadata) ? body.metadata : {})
         .slice(0, MAX_METADATA_KEYS)
-        .map(([key, value]) => [
-            key,
-            typeof value === 'string' ? [...value].slice(0, MAX_STRING).join('') : value,
-        ])
+        .map(([key, value]) => [key, cut(value)])
     ws.events.track({
         event_name: body.event_name as string,
         created_at: body.created_at as number,
@@ -271,7 +212,7 @@ function trackEvent(ws: Workspace, { body }: RouteInput): Reply {
 
 /** Each route's answer, once its body passed the rules (so the casts hold). */
 const HANDLERS: Record<RouteName, (ws: Workspace, input: RouteInput) => Reply> = {
-    'GET /me': (_, { options }) => me(options.region),
+    'GET /me': (_, { region }) => me(region),
     'POST /contacts/search': (ws, { body }) =>
         pageOf(ws.contacts.search(body.query as SearchNode), paginationOf(body.pagination) as Pagination),
     'POST /contacts': (ws, { body }) => ok(ws.contacts.create(body as ContactInput)),
@@ -282,9 +223,7 @@ const HANDLERS: Record<RouteName, (ws: Workspace, input: RouteInput) => Reply> =
     'POST /companies': (ws, { body }) => ok(ws.companies.upsert(body)),
     'GET /data_attributes': listDataAttributes,
     'POST /data_attributes': (ws, { body }) => {
-        const { name, model, data_type, description } = body as unknown as DataAttribute & {
-            description?: string
-        }
+        const { name, model, data_type, description } = body as unknown as AttributeRecord
         return ok(attributeBody(ws.attributes.define({ name, model, data_type }, description ?? ''), true))
     },
     'POST /events': trackEvent,
@@ -299,14 +238,12 @@ class FixedWindowLimiter {
 
     constructor(private readonly options: ResolvedOptions) {}
 
+    /** Starts a new window once the clock has left the current one; returns the window's end (ms). */
     private roll(): number {
         const windowMs = this.options.windowSeconds * 1000
         const start = Math.floor(this.options.clock() / windowMs) * windowMs
-        if (start !== this.windowStart) {
-            this.windowStart = start
-            this.used = 0
-        }
-        return windowMs
+        if (start !== this.windowStart) [this.windowStart, this.used] = [start, 0]
+        return start + windowMs
     }
 
     /** Counts one call; false when the window's budget is already spent. */
@@ -318,24 +255,22 @@ class FixedWindowLimiter {
     }
 
     headers(): Record<string, string> {
-        const windowMs = this.roll()
+        const end = this.roll()
         const limit = this.options.rateLimit
         return {
             'X-RateLimit-Limit': String(limit),
             'X-RateLimit-Remaining': String(Math.max(0, limit - this.used)),
-            'X-RateLimit-Reset': String(Math.ceil((this.windowStart + windowMs) / 1000)),
+            'X-RateLimit-Reset': String(Math.ceil(end / 1000)),
         }
-    }
-
-    clear(): void {
-        this.windowStart = Number.NaN
-        this.used = 0
     }
 }
 
 function errorReply({ status, code, message }: Pick<Violation, 'status' | 'code' | 'message'>): Reply {
     return { status, body: { type: 'error.list', request_id: randomUUID(), errors: [{ code, message }] } }
 }
+
+/** An answer; `delayed`: the configured latency applies (not to a 401). */
+const replied = (reply: Reply, delayed = true): Outcome => ({ kind: 'reply', reply, delayed })
 
 function recordedBody(raw: string): unknown {
     if (raw === '') return null
@@ -346,13 +281,11 @@ function recordedBody(raw: string): unknown {
     }
 }
 
-// --- the model ----------------------------------------------------------------------------------------
-
 export class Intercom {
     readonly options: ResolvedOptions
     readonly workspace: Workspace
     private readonly counters = emptyStats()
-    private readonly limiter: FixedWindowLimiter
+    private limiter: FixedWindowLimiter
     private readonly listeners = new Set<(request: RecordedRequest) => void>()
     private readonly timers = new Set<NodeJS.Timeout>()
     private recorded: RecordedRequest[] = []
@@ -362,41 +295,38 @@ export class Intercom {
         this.options = { ...DEFAULT_OPTIONS, ...definedOnly(options) }
         this.options.tokens = [...this.options.tokens]
         validateOptions(this.options)
-        this.workspace = createWorkspace(this.options, this.counters)
+        this.workspace = new Workspace(this.options, this.counters)
         this.limiter = new FixedWindowLimiter(this.options)
         this.random = seededRandom(this.options.seed)
         for (const contact of options.contacts ?? []) this.addContact(contact)
     }
 
     /** Answers one request as Intercom would, and counts and records it. */
-    answer(request: IntercomRequest): Outcome {
+    protected answer(request: IntercomRequest): Outcome {
         const { method, url, headers, raw } = request
         const at = this.options.clock()
         const found = findRoute(method, url.pathname)
         const outcome = this.decide(request, found)
         const status = outcome.kind === 'drop' ? 0 : outcome.reply.status
         this.counters.calls += 1
-        const increment = (counts: Record<string, number>, key: string) =>
-            (counts[key] = (counts[key] ?? 0) + 1)
-        increment(this.counters.byRoute, found?.name ?? 'unknown')
-        increment(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
+        addCount(this.counters.byRoute, found?.name ?? 'unknown')
+        addCount(this.counters.byStatus, status === 0 ? 'dropped' : String(status))
         const kept = Object.fromEntries(Object.entries(headers).filter(([name]) => name !== 'authorization'))
-        this.record({ method, path: url.pathname, status, body: recordedBody(raw), at, headers: kept })
+        const recorded = { method, path: url.pathname, status, body: recordedBody(raw), at, headers: kept }
+        this.recorded.push(recorded)
+        if (this.recorded.length > this.options.recordLimit) this.recorded.shift()
+        for (const listener of this.listeners) listener(recorded)
         return outcome
     }
 
     /** The gates in order: auth, then the rate limit, then injected faults, then the request itself. */
-    private decide({ method, url, headers, raw }: IntercomRequest, found: RouteMatch | undefined): Outcome {
-        const [unauthorized] = authViolations(headers, this.options.tokens)
-        if (unauthorized) return { kind: 'reply', reply: errorReply(unauthorized), delayed: false }
+    private decide(request: IntercomRequest, found: RouteMatch | undefined): Outcome {
+        const [unauthorized] = authViolations(request.headers, this.options.tokens)
+        if (unauthorized) return replied(errorReply(unauthorized), false)
         if (!this.limiter.take()) {
             this.counters.rateLimited += 1
             const message = `Exceeded rate limit of ${this.options.rateLimit} in ${this.options.windowSeconds}_seconds`
-            return {
-                kind: 'reply',
-                reply: errorReply({ status: 429, code: 'rate_limit_exceeded', message }),
-                delayed: true,
-            }
+            return replied(errorReply({ status: 429, code: 'rate_limit_exceeded', message }))
         }
         // Three draws per request whatever the rates, so a seed replays the same sequence when rates change.
         const [dropDraw, errorDraw, statusDraw] = [this.random(), this.random(), this.random()]
@@ -404,32 +334,20 @@ export class Intercom {
         if (errorDraw < this.options.errorRate) {
             const status = FAULT_STATUSES[Math.floor(statusDraw * FAULT_STATUSES.length)]
             const message = 'Sorry, the API service is temporarily unavailable'
-            return {
-                kind: 'reply',
-                reply: errorReply({ status, code: 'service_unavailable', message }),
-                delayed: true,
-            }
+            return replied(errorReply({ status, code: 'service_unavailable', message }))
         }
-        return { kind: 'reply', reply: this.dispatch({ method, url, headers, raw }, found), delayed: true }
+        return replied(this.dispatch(request, found))
     }
 
     private dispatch({ method, url, headers, raw }: IntercomRequest, found: RouteMatch | undefined): Reply {
         const { body, problems } = parseBody(raw, headers)
-        const checks = [
-            ...acceptViolations(headers),
-            ...problems,
-            ...(found?.check?.(body, this.options.longStrings) ?? []),
-        ]
-        const refusal = checks.find((violation) => !violation.auditOnly)
+        const enforced = found?.check?.(body, this.options.longStrings) ?? []
+        const refusal = [...acceptViolations(headers), ...problems, ...enforced].find((v) => !v.auditOnly)
         if (refusal) return errorReply(refusal)
-        if (!found)
-            return errorReply({
-                status: 404,
-                code: 'not_found',
-                message: `Resource Not Found: ${method} ${url.pathname}`,
-            })
+        const message = `Resource Not Found: ${method} ${url.pathname}`
+        if (!found) return errorReply({ status: 404, code: 'not_found', message })
         try {
-            const input = { body, params: found.params, query: url.searchParams, options: this.options }
+            const input = { body, params: found.params, query: url.searchParams, region: this.options.region }
             return HANDLERS[found.name](this.workspace, input)
         } catch (error) {
             if (error instanceof ApiError) return errorReply(error)
@@ -437,23 +355,26 @@ export class Intercom {
         }
     }
 
-    /** X-RateLimit-* of the current window, as on every answer. */
-    rateLimitHeaders(): Record<string, string> {
-        return this.limiter.headers()
+    /** A reply as written on the wire, once its latency is over: JSON text ('' for none) and headers. */
+    protected wire({ status, body }: Reply) {
+        const text = body === undefined ? '' : JSON.stringify(body)
+        const headers = { 'Content-Type': 'application/json; charset=utf-8', ...this.limiter.headers() }
+        return { status, text, headers }
     }
 
-    /** A wait that stop() cancels. */
-    delay(ms: number): Promise<void> {
-        return new Promise((resolve) => {
+    /** Waits out the latency of an outcome that has one; stop() cancels the wait. */
+    protected async latency(outcome: Outcome): Promise<void> {
+        if (outcome.kind === 'drop' || !outcome.delayed || this.options.latencyMs <= 0) return
+        await new Promise<void>((resolve) => {
             const timer = setTimeout(() => {
                 this.timers.delete(timer)
                 resolve()
-            }, ms)
+            }, this.options.latencyMs)
             this.timers.add(timer)
         })
     }
 
-    stop(): void {
+    protected stop(): void {
         for (const timer of this.timers) clearTimeout(timer)
         this.timers.clear()
     }
@@ -463,22 +384,12 @@ export class Intercom {
         const headers = Object.fromEntries(
             new Headers(init.headers as ConstructorParameters<typeof Headers>[0])
         )
-        const request = { method: (init.method ?? 'GET').toUpperCase(), url: new URL(String(input)), headers }
-        const outcome = this.answer({ ...request, raw: init.body ?? '' })
+        const method = (init.method ?? 'GET').toUpperCase()
+        const outcome = this.answer({ method, url: new URL(String(input)), headers, raw: init.body ?? '' })
         if (outcome.kind === 'drop') throw new TypeError('fetch failed: connection closed without an answer')
-        if (outcome.delayed && this.options.latencyMs > 0) await this.delay(this.options.latencyMs)
-        const text = outcome.reply.body === undefined ? null : JSON.stringify(outcome.reply.body)
-        const responseHeaders = {
-            'Content-Type': 'application/json; charset=utf-8',
-            ...this.rateLimitHeaders(),
-        }
-        return new Response(text, { status: outcome.reply.status, headers: responseHeaders })
-    }
-
-    private record(request: RecordedRequest): void {
-        this.recorded.push(request)
-        if (this.recorded.length > this.options.recordLimit) this.recorded.shift()
-        for (const listener of this.listeners) listener(request)
+        await this.latency(outcome)
+        const { status, text, headers: sent } = this.wire(outcome.reply)
+        return new Response(text || null, { status, headers: sent })
     }
 
     /** Change faults, tokens, limits… mid-run (e.g. revoke the token: 401 from now on). */
@@ -504,11 +415,8 @@ export class Intercom {
     stats = (): EmulatorStats => structuredClone(this.counters)
 
     /** Custom data attributes only (standard ones never matter for validation). */
-    dataAttributes(): DataAttribute[] {
-        return this.workspace.attributes
-            .list()
-            .map(({ name, data_type, model }) => ({ name, data_type, model }))
-    }
+    dataAttributes = (): DataAttribute[] =>
+        this.workspace.attributes.list().map(({ name, data_type, model }) => ({ name, data_type, model }))
 
     /** Called after each request is answered (or dropped); returns an unsubscribe function. */
     onRequest(listener: (request: RecordedRequest) => void): () => void {
@@ -521,7 +429,7 @@ export class Intercom {
         this.recorded = []
         Object.assign(this.counters, emptyStats())
         this.workspace.events.clear()
-        this.limiter.clear()
+        this.limiter = new FixedWindowLimiter(this.options)
         this.random = seededRandom(this.options.seed)
     }
 }

@@ -1,10 +1,8 @@
-/**
- * Intercom's request rules, once: pure checks returning every violation of a request (status, Intercom error
- * code, message, and the rule code the fault audit reports). The emulator answers the first one it enforces;
- * the audit (`requestViolations`) reports them all, including `auditOnly` ones: what Intercom accepts but the
- * plugin promises not to send. Where Intercom's documentation is silent, the stricter reading is enforced.
- *
- * Spec: https://developers.intercom.com/docs/references/2.11/rest-api (intercom-openapi-2.11.yaml)
+/** Intercom's request rules, once: pure checks returning every violation of a request.
+ * A violation has a status, Intercom's error code, a message and the audit's rule code. The emulator answers
+ * the first enforced one; the audit (`requestViolations`) reports them all, `auditOnly` ones too (Intercom
+ * accepts them, the plugin promises not to send them). Where the spec is silent the stricter reading is
+ * enforced: https://developers.intercom.com/docs/references/2.11/rest-api
  */
 
 export const API_VERSION = '2.11'
@@ -29,60 +27,51 @@ export type RuleCode =
     | 'metadata.shape' | 'metadata.key' | 'metadata.string' | 'metadata.nested' | 'money.integer' | 'date.integer'
     | 'attribute.value' | 'search'
 
+/** `code`: Intercom's error code, e.g. parameter_invalid; `auditOnly`: Intercom accepts it, the audit not. */
 export interface Violation {
     rule: RuleCode
     status: number
-    /** Intercom's error code, e.g. parameter_invalid. */
     code: string
     message: string
-    /** Intercom accepts it; only the audit refuses it. */
     auditOnly?: boolean
 }
 
 type JsonObject = Record<string, unknown>
+type HeaderMap = Record<string, string>
 
 function invalid(rule: RuleCode, message: string, status = 400, code = 'parameter_invalid'): Violation {
     return { rule, status, code, message }
 }
+const missing = (rule: RuleCode, name: string, message = `${name} is required`) =>
+    invalid(rule, message, 400, 'parameter_not_found')
+const auditOnly = (rule: RuleCode, message: string): Violation => ({
+    ...invalid(rule, message),
+    auditOnly: true,
+})
 
-function missing(rule: RuleCode, name: string, message = `${name} is required`): Violation {
-    return { rule, status: 400, code: 'parameter_not_found', message }
-}
-
-function auditOnly(rule: RuleCode, message: string): Violation {
-    return { ...invalid(rule, message), auditOnly: true }
-}
-
-export function isRecord(value: unknown): value is JsonObject {
-    return typeof value === 'object' && value !== null && !Array.isArray(value)
-}
-
-export function isInteger(value: unknown): value is number {
-    return typeof value === 'number' && Number.isSafeInteger(value)
-}
-
+export const isRecord = (value: unknown): value is JsonObject =>
+    typeof value === 'object' && value !== null && !Array.isArray(value)
+export const isInteger = (value: unknown): value is number =>
+    typeof value === 'number' && Number.isSafeInteger(value)
 /** Counts code points, as a person reading "255 characters" would, not UTF-16 units. */
-export function charLength(text: string): number {
-    return [...text].length
-}
-
+const charLength = (text: string): number => [...text].length
 const absent = (value: unknown): value is null | undefined => value === undefined || value === null
 
 // --- headers and body ---------------------------------------------------------------------------------
 
 /** A well-formed `Authorization: Bearer <token>` whose token is in `tokens` ('*': any) when they are given. */
-export function authViolations(headers: Record<string, string>, tokens?: readonly string[]): Violation[] {
+export function authViolations(headers: HeaderMap, tokens?: readonly string[]): Violation[] {
     const token = /^Bearer (\S+)$/.exec(headerOf(headers, 'authorization') ?? '')?.[1]
     const ok = token !== undefined && (!tokens || tokens.includes(token) || tokens.includes('*'))
     return ok ? [] : [{ rule: 'headers', status: 401, code: 'unauthorized', message: 'Access Token Invalid' }]
 }
 
-function headerOf(headers: Record<string, string>, name: string): string | undefined {
+function headerOf(headers: HeaderMap, name: string): string | undefined {
     return Object.entries(headers).find(([key]) => key.toLowerCase() === name)?.[1]
 }
 
 /** No Accept header means "anything" in HTTP; one that excludes JSON gets Intercom's 406. */
-export function acceptViolations(headers: Record<string, string>): Violation[] {
+export function acceptViolations(headers: HeaderMap): Violation[] {
     const accept = headerOf(headers, 'accept')
     const types = (accept ?? '').split(',').map((part) => part.split(';')[0].trim().toLowerCase())
     if (accept?.trim() && !types.some((t) => ['application/json', 'application/*', '*/*'].includes(t))) {
@@ -92,14 +81,10 @@ export function acceptViolations(headers: Record<string, string>): Violation[] {
 }
 
 /** The body as a JSON object ({} when blank), or why not; the Content-Type must say JSON. */
-export function parseBody(
-    raw: string | undefined,
-    headers: Record<string, string>
-): { body: JsonObject; problems: Violation[] } {
-    if (raw === undefined || raw.trim() === '') return { body: {}, problems: [] }
-    const problems = /[/+]json\b/i.test(headerOf(headers, 'content-type') ?? '')
-        ? []
-        : [invalid('headers', 'Content-Type must be application/json')]
+export function parseBody(raw: string, headers: HeaderMap): { body: JsonObject; problems: Violation[] } {
+    if (raw.trim() === '') return { body: {}, problems: [] }
+    const typed = /[/+]json\b/i.test(headerOf(headers, 'content-type') ?? '')
+    const problems = typed ? [] : [invalid('headers', 'Content-Type must be application/json')]
     let parsed: unknown
     try {
         parsed = JSON.parse(raw)
@@ -112,46 +97,35 @@ export function parseBody(
 
 // --- fields ---------------------------------------------------------------------------------------------
 
-interface Field {
-    ok: (value: unknown) => boolean
-    what: string
-}
+/** A field's type: `what` completes "<key> must be …". */
+type Field = { ok: (value: unknown) => boolean; what: string }
+const field = (what: string, ok: Field['ok']): Field => ({ ok, what })
 
-const STRING: Field = { ok: (v) => typeof v === 'string', what: 'a string' }
-const SHORT_STRING: Field = {
-    ok: (v) => typeof v === 'string' && charLength(v) <= MAX_STRING,
-    what: `a string of at most ${MAX_STRING} characters`,
-}
-const INTEGER: Field = { ok: isInteger, what: 'an integer' }
-const OBJECT: Field = { ok: isRecord, what: 'an object' }
+const STRING = field('a string', (v) => typeof v === 'string')
+const SHORT = field(
+    `a string of at most ${MAX_STRING} characters`,
+    (v) => STRING.ok(v) && charLength(v as string) <= MAX_STRING
+)
+const INTEGER = field('an integer', isInteger)
+const OBJECT = field('an object', isRecord)
+const ROLE = field("either 'user' or 'lead'", (v) => v === 'user' || v === 'lead')
+const BOOLEAN = field('a boolean', (v) => typeof v === 'boolean')
+const SPEND = field(
+    `a number up to ${MAX_MONTHLY_SPEND}`,
+    (v) => typeof v === 'number' && Number.isFinite(v) && v <= MAX_MONTHLY_SPEND
+)
 
-/** Body keys each route accepts: Intercom answers "bad 'x' parameter" to others (spec: POST /companies). */
+/** Body keys each route accepts, checked in this order: Intercom answers "bad 'x' parameter" to others. */
+// prettier-ignore
 const CONTACT_FIELDS: Record<string, Field> = {
-    role: { ok: (v) => v === 'user' || v === 'lead', what: "either 'user' or 'lead'" },
-    external_id: SHORT_STRING,
-    email: SHORT_STRING,
-    phone: SHORT_STRING,
-    name: SHORT_STRING,
-    avatar: STRING,
-    signed_up_at: INTEGER,
-    last_seen_at: INTEGER,
-    owner_id: INTEGER,
-    unsubscribed_from_emails: { ok: (v) => typeof v === 'boolean', what: 'a boolean' },
+    role: ROLE, external_id: SHORT, email: SHORT, phone: SHORT, name: SHORT, avatar: STRING,
+    signed_up_at: INTEGER, last_seen_at: INTEGER, owner_id: INTEGER, unsubscribed_from_emails: BOOLEAN,
     custom_attributes: OBJECT,
 }
+// prettier-ignore
 const COMPANY_FIELDS: Record<string, Field> = {
-    company_id: STRING,
-    name: STRING,
-    plan: STRING,
-    size: INTEGER,
-    website: STRING,
-    industry: STRING,
-    custom_attributes: OBJECT,
-    remote_created_at: INTEGER,
-    monthly_spend: {
-        ok: (v) => typeof v === 'number' && Number.isFinite(v) && v <= MAX_MONTHLY_SPEND,
-        what: `a number up to ${MAX_MONTHLY_SPEND}`,
-    },
+    company_id: STRING, name: STRING, plan: STRING, size: INTEGER, website: STRING, industry: STRING,
+    custom_attributes: OBJECT, remote_created_at: INTEGER, monthly_spend: SPEND,
 }
 const EVENT_KEYS = ['event_name', 'created_at', 'id', 'user_id', 'email', 'metadata']
 export const EVENT_IDENTIFIERS = ['id', 'user_id', 'email'] as const
@@ -176,15 +150,10 @@ function fieldViolations(body: JsonObject, fields: Record<string, Field>): Viola
 /** Flat values only; the audit also wants dates (`_at`, `_date`) as Unix seconds and strings within 255. */
 function attributeViolations(values: JsonObject): Violation[] {
     return Object.entries(values).flatMap(([name, value]): Violation[] => {
-        const flat =
-            absent(value) ||
-            typeof value === 'string' ||
-            typeof value === 'boolean' ||
-            (typeof value === 'number' && Number.isFinite(value))
-        if (!flat)
-            return [
-                invalid('attribute.value', `Custom attribute '${name}' must be a string, number or boolean`),
-            ]
+        if (!absent(value) && !STRING.ok(value) && !BOOLEAN.ok(value) && !Number.isFinite(value)) {
+            const message = `Custom attribute '${name}' must be a string, number or boolean`
+            return [invalid('attribute.value', message)]
+        }
         if (/(_at|_date)$/i.test(name) && value !== null && !(isInteger(value) && value >= 0)) {
             return [auditOnly('date.integer', `attribute '${name}' is not Unix seconds`)]
         }
@@ -213,9 +182,7 @@ function eventViolations(body: JsonObject, longStrings: LongStringPolicy): Viola
 /** Exactly one of id, user_id, email (the spec's three `anyOf` branches); null counts as absent. */
 function identifierViolations(body: JsonObject): Violation[] {
     const present = EVENT_IDENTIFIERS.filter((key) => !absent(body[key]))
-    if (present.length === 0) {
-        return [missing('identifier', '', 'One of id, user_id or email is required')]
-    }
+    if (present.length === 0) return [missing('identifier', '', 'One of id, user_id or email is required')]
     if (present.length > 1) {
         const got = present.join(' and ')
         return [
@@ -252,11 +219,7 @@ function metadataValueViolations(key: string, value: unknown, longStrings: LongS
     if (typeof value === 'string') {
         if (charLength(value) <= MAX_STRING) return []
         const message = `metadata '${key}' is longer than ${MAX_STRING} characters`
-        return [
-            longStrings === 'truncate'
-                ? auditOnly('metadata.string', message)
-                : invalid('metadata.string', message),
-        ]
+        return [(longStrings === 'truncate' ? auditOnly : invalid)('metadata.string', message)]
     }
     if (typeof value === 'number') {
         // Keys ending in _date hold Unix seconds (Intercom's date type).
@@ -264,56 +227,38 @@ function metadataValueViolations(key: string, value: unknown, longStrings: LongS
             ? [auditOnly('date.integer', `'${key}' is ${value}`)]
             : []
     }
-    if (typeof value === 'boolean' || isRichLink(value) || isMonetaryAmount(value)) return []
+    if (typeof value === 'boolean' || isRichValue(value)) return []
     const unsupported =
         `metadata '${key}' is not supported: nested objects and arrays are not allowed, ` +
         'only rich links {url, value} and monetary amounts {amount, currency}'
     return [invalid(hasKeys(value, 'amount,currency') ? 'money.integer' : 'metadata.nested', unsupported)]
 }
 
-function hasKeys(value: unknown, sortedKeys: string): value is JsonObject {
-    return isRecord(value) && Object.keys(value).sort().join() === sortedKeys
-}
+const hasKeys = (value: unknown, sortedKeys: string): value is JsonObject =>
+    isRecord(value) && Object.keys(value).sort().join() === sortedKeys
 
-export function isRichLink(value: unknown): value is { url: string; value: string } {
-    return (
-        hasKeys(value, 'url,value') &&
-        typeof value.url === 'string' &&
-        /^https?:\/\//i.test(value.url) &&
-        typeof value.value === 'string'
-    )
-}
-
-export function isMonetaryAmount(value: unknown): value is { amount: number; currency: string } {
-    return (
-        hasKeys(value, 'amount,currency') &&
-        isInteger(value.amount) &&
-        typeof value.currency === 'string' &&
-        value.currency !== ''
-    )
+/** A rich link {url, value} or a monetary amount {amount, currency}: the only objects metadata may hold. */
+function isRichValue(value: unknown): boolean {
+    if (hasKeys(value, 'url,value'))
+        return /^https?:\/\//i.test(String(value.url)) && [value.url, value.value].every(STRING.ok)
+    if (!hasKeys(value, 'amount,currency')) return false
+    return isInteger(value.amount) && STRING.ok(value.currency) && value.currency !== ''
 }
 
 // --- POST /contacts/search --------------------------------------------------------------------------------
 
-export type SearchField = 'id' | 'email' | 'external_id' | 'role' | 'name' | 'phone'
-type SearchOperator = '=' | '!=' | 'IN' | 'NIN'
-export interface SearchFilter {
-    field: SearchField
-    operator: SearchOperator
+const SEARCH_FIELDS = ['id', 'email', 'external_id', 'role', 'name', 'phone'] as const
+const SEARCH_OPERATORS = ['=', '!=', 'IN', 'NIN'] as const
+type SearchFilter = {
+    field: (typeof SEARCH_FIELDS)[number]
+    operator: (typeof SEARCH_OPERATORS)[number]
     value: string | string[]
 }
-export interface SearchGroup {
-    operator: 'AND' | 'OR'
-    value: SearchNode[]
-}
+type SearchGroup = { operator: 'AND' | 'OR'; value: SearchNode[] }
 export type SearchNode = SearchFilter | SearchGroup
 
-const SEARCH_FIELDS: readonly SearchField[] = ['id', 'email', 'external_id', 'role', 'name', 'phone']
-const SEARCH_OPERATORS: readonly SearchOperator[] = ['=', '!=', 'IN', 'NIN']
-
-export function isGroup(node: SearchNode): node is SearchGroup {
-    return node.operator === 'AND' || node.operator === 'OR'
-}
+export const isGroup = (node: SearchNode): node is SearchGroup =>
+    node.operator === 'AND' || node.operator === 'OR'
 
 function searchNodeViolations(node: unknown): Violation[] {
     if (!isRecord(node)) return [invalid('search', 'query must be an object')]
@@ -327,30 +272,23 @@ function searchNodeViolations(node: unknown): Violation[] {
         }
         return value.flatMap(searchNodeViolations)
     }
-    if (!SEARCH_FIELDS.includes(field as SearchField)) {
+    if (!(SEARCH_FIELDS as readonly unknown[]).includes(field)) {
         const message = `The emulator can search on ${SEARCH_FIELDS.join(', ')}; not on '${String(field)}'`
         return [invalid('search', message)]
     }
-    if (!SEARCH_OPERATORS.includes(operator as SearchOperator)) {
+    if (!(SEARCH_OPERATORS as readonly unknown[]).includes(operator)) {
         const supported = SEARCH_OPERATORS.join(', ')
-        return [
-            invalid('search', `The emulator supports the operators ${supported}; not '${String(operator)}'`),
-        ]
+        const message = `The emulator supports the operators ${supported}; not '${String(operator)}'`
+        return [invalid('search', message)]
     }
     const list = operator === 'IN' || operator === 'NIN'
-    const ok = list
-        ? Array.isArray(value) && value.every((v) => typeof v === 'string')
-        : typeof value === 'string'
+    const ok = list ? Array.isArray(value) && value.every(STRING.ok) : STRING.ok(value)
     const expected = list ? 'a list of strings' : 'a string'
-    return ok
-        ? []
-        : [invalid('search', `The value for ${String(field)} ${String(operator)} must be ${expected}`)]
+    const message = `The value for ${String(field)} ${String(operator)} must be ${expected}`
+    return ok ? [] : [invalid('search', message)]
 }
 
-export interface Pagination {
-    perPage: number
-    offset: number
-}
+export type Pagination = { perPage: number; offset: number }
 
 /** `starting_after` is the opaque cursor of the previous page's `pages.next`; here a base64 offset. */
 export function paginationOf(value: unknown): Pagination | string {
@@ -367,15 +305,12 @@ export function paginationOf(value: unknown): Pagination | string {
 }
 
 /** The plugin looks people up by one `email` or `external_id`, nothing fancier. */
-function isPluginLookup(query: unknown): boolean {
-    return (
-        isRecord(query) &&
-        (query.field === 'email' || query.field === 'external_id') &&
-        query.operator === '=' &&
-        typeof query.value === 'string' &&
-        query.value !== ''
-    )
-}
+const isPluginLookup = (query: unknown) =>
+    isRecord(query) &&
+    ['email', 'external_id'].includes(query.field as string) &&
+    query.operator === '=' &&
+    STRING.ok(query.value) &&
+    query.value !== ''
 
 function searchViolations(body: JsonObject): Violation[] {
     const problems = unknownKeys(body, SEARCH_KEYS)
@@ -387,7 +322,7 @@ function searchViolations(body: JsonObject): Violation[] {
     return problems
 }
 
-// --- the other routes -------------------------------------------------------------------------------------
+// --- the other routes, and the table of routes ------------------------------------------------------------
 
 function companyViolations(body: JsonObject): Violation[] {
     const problems = fieldViolations(body, COMPANY_FIELDS)
@@ -395,22 +330,19 @@ function companyViolations(body: JsonObject): Violation[] {
     return absent(id) || id === '' ? [...problems, missing('attribute.value', 'company_id')] : problems
 }
 
+const NAME_RULE =
+    'Your name for this attribute must only contain alphanumeric characters, currency symbols, and hyphens'
+
 function dataAttributeViolations(body: JsonObject): Violation[] {
     const { name, model, data_type: dataType } = body
     const problems = unknownKeys(body, DATA_ATTRIBUTE_KEYS)
+    const wrong = (message: string) => problems.push(invalid('attribute.value', message))
     if (model !== 'contact' && model !== 'company')
-        problems.push(
-            invalid('attribute.value', 'The Data Attribute model field must be either contact or company')
-        )
-    if (!DATA_TYPES.includes(dataType as DataType))
-        problems.push(invalid('attribute.value', "Data Type isn't an option"))
-    if (typeof name !== 'string' || !/^[\p{L}\p{N}\p{Sc}_\- ]+$/u.test(name) || name.trim() === '') {
-        const message =
-            'Your name for this attribute must only contain alphanumeric characters, currency symbols, and hyphens'
-        problems.push(invalid('attribute.value', message))
-    }
-    if (!absent(body.description) && typeof body.description !== 'string')
-        problems.push(invalid('attribute.value', 'description must be a string'))
+        wrong('The Data Attribute model field must be either contact or company')
+    if (!DATA_TYPES.includes(dataType as DataType)) wrong("Data Type isn't an option")
+    const named = typeof name === 'string' && /^[\p{L}\p{N}\p{Sc}_\- ]+$/u.test(name) && name.trim() !== ''
+    if (!named) wrong(NAME_RULE)
+    if (!absent(body.description) && !STRING.ok(body.description)) wrong('description must be a string')
     return problems
 }
 
@@ -419,8 +351,6 @@ function attachViolations(body: JsonObject): Violation[] {
     if (absent(id) || id === '') return [missing('identifier', '', 'company not specified')]
     return typeof id === 'string' ? [] : [invalid('identifier', 'id must be a string')]
 }
-
-// --- routes -----------------------------------------------------------------------------------------------
 
 type BodyCheck = (body: JsonObject, longStrings: LongStringPolicy) => Violation[]
 const contactViolations: BodyCheck = (body) => fieldViolations(body, CONTACT_FIELDS)
@@ -445,12 +375,8 @@ const PATTERNS = Object.keys(ROUTES).map((name) => {
     return { name: name as RouteName, method, pattern: new RegExp(`^${path.replace(/\{id\}/g, '([^/]+)')}$`) }
 })
 
-export interface RouteMatch {
-    name: RouteName
-    /** Path parameters, percent-decoded. */
-    params: string[]
-    check?: BodyCheck
-}
+/** `params`: the path's `{id}` parameters, percent-decoded. */
+export type RouteMatch = { name: RouteName; params: string[]; check?: BodyCheck }
 
 export function findRoute(method: string, path: string): RouteMatch | undefined {
     for (const { name, method: routeMethod, pattern } of PATTERNS) {
@@ -468,13 +394,8 @@ export function findRoute(method: string, path: string): RouteMatch | undefined 
 // --- the audit ------------------------------------------------------------------------------------------
 
 /** Every rule a request breaks, as `[rule] message`; the body is checked as sent (JSON text). */
-export function requestViolations(
-    method: string,
-    path: string,
-    headers: Record<string, string>,
-    rawBody: string | undefined
-): string[] {
-    const { body, problems } = parseBody(rawBody ?? '', headers)
+export function requestViolations(method: string, path: string, headers: HeaderMap, raw?: string): string[] {
+    const { body, problems } = parseBody(raw ?? '', headers)
     const route = problems.some((p) => p.rule === 'json') ? undefined : findRoute(method, path)
     const version = headerOf(headers, 'intercom-version') === API_VERSION
     return [
@@ -486,7 +407,4 @@ export function requestViolations(
     ].map((v) => `[${v.rule}] ${v.message}`)
 }
 
-export function ruleOf(text: string): RuleCode | null {
-    const match = /^\[([^\]]+)\]/.exec(text)
-    return match ? (match[1] as RuleCode) : null
-}
+export const ruleOf = (text: string): RuleCode | null => (/^\[([^\]]+)\]/.exec(text)?.[1] as RuleCode) ?? null

@@ -1,9 +1,7 @@
-/**
- * The Intercom workspace the demo (`npm start`) starts from: the people of tools/sample-events.jsonl that
- * Intercom already knows. Fake names on reserved `.example` domains.
- *
- * Not here on purpose: Linus (created by contact sync when he identifies), the "ghost" (unknown to Intercom:
- * his event is skipped), staff on the ignored domain, and custom attributes (the plugin creates them).
+/** The Intercom workspace the demo (`npm start`) starts from.
+ * The people of tools/sample-events.jsonl that Intercom already knows, fake names on reserved `.example`
+ * domains. Not here on purpose: Linus (created by contact sync when he identifies), the "ghost" (unknown to
+ * Intercom: his event is skipped), staff on the ignored domain, custom attributes (the plugin creates them).
  */
 import { SeedContact } from './emulator'
 

@@ -4,24 +4,33 @@ import { parseArgs } from 'node:util'
 /** A mistake on the command line: the tool prints the message and a pointer to --help, and exits 2. */
 export class UsageError extends Error {}
 
-type FlagSpec = { type: 'string' | 'boolean'; multiple?: boolean; short?: string }
-export type FlagTable = Record<string, FlagSpec>
+export type FlagTable = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>
+
+/** A flag table from names: `strings` take a value, `switches` (list `help` too) do not. */
+export function flagTable<S extends string, B extends string>(strings: readonly S[], switches: readonly B[]) {
+    const entries = [
+        ...strings.map((name) => [name, { type: 'string' }]),
+        ...switches.map((name) => [name, { type: 'boolean' }]),
+    ]
+    return Object.fromEntries(entries) as Record<S, { type: 'string' }> & Record<B, { type: 'boolean' }>
+}
 
 /** parseArgs' own messages, rewritten to say which flag is wrong and where to look. */
 function usageMessage(error: unknown): string {
-    const { code, message } = error as { code?: string; message?: string }
-    const quoted = /'([^']+)'/.exec(message ?? '')?.[1] ?? ''
+    const { code, message = String(error) } = error as { code?: string; message?: string }
+    const quoted = /'([^']+)'/.exec(message)?.[1] ?? ''
+    const flag = quoted.split(' ')[0]
     switch (code) {
         case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
             return `Unknown option ${quoted}.`
         case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
-            return /does not take an argument/.test(message ?? '')
-                ? `${quoted.split(' ')[0]} takes no value.`
-                : `${quoted.split(' ')[0]} needs a value (one starting with a dash goes as ${quoted.split(' ')[0]}=-x).`
+            return /does not take an argument/.test(message)
+                ? `${flag} takes no value.`
+                : `${flag} needs a value (one starting with a dash goes as ${flag}=-x).`
         case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
             return `Unexpected argument '${quoted}': every input goes after a flag.`
         default:
-            return message ?? String(error)
+            return message
     }
 }
 
@@ -37,18 +46,11 @@ export function parseFlags<T extends FlagTable>(argv: string[], table: T, allowP
     }
 }
 
-export interface NumberRule {
-    integer?: boolean
-    /** Smallest value allowed (default: anything finite). */
-    min?: number
-    max?: number
-}
-
 /** A number flag: undefined when absent, a UsageError naming the flag when it is not a number in range. */
 export function numberFlag(
     name: string,
     value: string | undefined,
-    rule: NumberRule = {}
+    rule: { integer?: boolean; min?: number; max?: number } = {}
 ): number | undefined {
     if (value === undefined) return undefined
     const parsed = Number(value)
@@ -69,17 +71,13 @@ export function choiceFlag<T extends string>(
     value: string | undefined,
     allowed: readonly T[]
 ): T | undefined {
-    if (value === undefined) return undefined
-    if (!(allowed as readonly string[]).includes(value)) {
+    if (value !== undefined && !(allowed as readonly string[]).includes(value)) {
         throw new UsageError(`--${name} must be one of ${allowed.join(', ')}, not '${value}'.`)
     }
-    return value as T
+    return value as T | undefined
 }
 
-export interface CliStreams {
-    out: (text: string) => void
-    err: (text: string) => void
-}
+type CliStreams = Record<'out' | 'err', (text: string) => void>
 
 const PROCESS_STREAMS: CliStreams = {
     out: (text) => process.stdout.write(text),
@@ -98,21 +96,15 @@ export async function runCli(
     try {
         return await body()
     } catch (error) {
-        if (error instanceof UsageError) {
-            streams.err(`${error.message}\nRun \`${command} --help\` for the flags.\n`)
-            return 2
-        }
-        streams.err(`${error instanceof Error ? error.message : String(error)}\n`)
-        return 1
+        const usage = error instanceof UsageError
+        const message = error instanceof Error ? error.message : String(error)
+        streams.err(usage ? `${message}\nRun \`${command} --help\` for the flags.\n` : `${message}\n`)
+        return usage ? 2 : 1
     }
 }
 
 /** Prints `usage` and returns true when --help was given: the caller then exits 0 without doing anything. */
-export function printedHelp(
-    help: boolean | undefined,
-    usage: string,
-    streams: CliStreams = PROCESS_STREAMS
-): boolean {
-    if (help) streams.out(`${usage}\n`)
+export function printedHelp(help: boolean | undefined, usage: string): boolean {
+    if (help) PROCESS_STREAMS.out(`${usage}\n`)
     return Boolean(help)
 }

@@ -5,6 +5,8 @@ import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import * as path from 'node:path'
 
+import { sleep } from './sleep'
+
 export interface RedisServer {
     /** `redis://127.0.0.1:<port>`: what ioredis and REDIS_URL take. */
     readonly url: string
@@ -18,41 +20,35 @@ export interface RedisServer {
     start(): Promise<void>
 }
 
-export const REDIS_BINARY = process.env.REDIS_SERVER ?? 'redis-server'
+const REDIS_BINARY = process.env.REDIS_SERVER ?? 'redis-server'
+/** Loopback only, nothing written to disk. */
+const PRIVATE = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']
 
 /** True when Debian's redis-server can be run here (CI installs it; see .ci/run). */
 export function redisAvailable(): boolean {
     return spawnSync(REDIS_BINARY, ['--version'], { stdio: 'ignore' }).status === 0
 }
 
-function freePort(): number {
-    // A private range away from Redis's own 6379; collisions are retried by startRedis.
-    return 20_000 + Math.floor(Math.random() * 20_000)
-}
+/** A port in a private range away from Redis's own 6379; startRedis retries on a collision. */
+const freePort = (): number => 20_000 + Math.floor(Math.random() * 20_000)
 
-function waitForPort(port: number, timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs
-    return new Promise((resolve, reject) => {
-        const attempt = () => {
-            const socket = createConnection({ port, host: '127.0.0.1' })
-            socket.once('connect', () => {
-                socket.destroy()
-                resolve()
-            })
-            socket.once('error', () => {
-                socket.destroy()
-                if (Date.now() > deadline) reject(new Error(`redis-server did not listen on ${port}`))
-                else setTimeout(attempt, 25)
-            })
+function listening(port: number): Promise<boolean> {
+    return new Promise((resolve) => {
+        const socket = createConnection({ port, host: '127.0.0.1' })
+        const done = (connected: boolean) => {
+            socket.destroy()
+            resolve(connected)
         }
-        attempt()
+        socket.once('connect', () => done(true)).once('error', () => done(false))
     })
 }
 
-function exited(child: ChildProcess): Promise<void> {
-    return child.exitCode !== null || child.signalCode !== null
-        ? Promise.resolve()
-        : new Promise((resolve) => child.once('exit', () => resolve()))
+async function waitForPort(port: number, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    while (!(await listening(port))) {
+        if (Date.now() > deadline) throw new Error(`redis-server did not listen on ${port}`)
+        await sleep(25)
+    }
 }
 
 /** A redis-server on a private loopback port, no persistence, in a temporary folder. */
@@ -68,23 +64,8 @@ export async function startRedis(): Promise<RedisServer> {
 
     const launch = async (): Promise<void> => {
         for (let tries = 0; ; tries++) {
-            const proc = spawn(
-                REDIS_BINARY,
-                [
-                    '--port',
-                    String(port),
-                    '--bind',
-                    '127.0.0.1',
-                    '--save',
-                    '',
-                    '--appendonly',
-                    'no',
-                    '--dir',
-                    dir,
-                ],
-                { stdio: 'ignore' }
-            )
-            proc.on('error', () => undefined)
+            const args = ['--port', String(port), '--dir', dir, ...PRIVATE]
+            const proc = spawn(REDIS_BINARY, args, { stdio: 'ignore' }).on('error', () => undefined)
             try {
                 await waitForPort(port, 5000)
                 child = proc
@@ -99,9 +80,10 @@ export async function startRedis(): Promise<RedisServer> {
     const halt = async (signal: NodeJS.Signals): Promise<void> => {
         const proc = child
         child = null
-        if (!proc) return
+        if (!proc || proc.exitCode !== null || proc.signalCode !== null) return
+        const exited = new Promise((resolve) => proc.once('exit', resolve))
         proc.kill(signal)
-        await exited(proc)
+        await exited
     }
 
     await launch()
@@ -116,7 +98,7 @@ export async function startRedis(): Promise<RedisServer> {
         kill: () => halt('SIGKILL'),
         async restart({ downMs = 0 } = {}) {
             await halt('SIGKILL')
-            if (downMs > 0) await new Promise((resolve) => setTimeout(resolve, downMs))
+            await sleep(downMs)
             await launch()
         },
         async stop() {

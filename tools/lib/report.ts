@@ -1,43 +1,24 @@
-/** Plain-text tables and figures for the tools' reports: no colours, so a terminal, a CI log and a README agree. */
-
-export type Align = 'left' | 'right'
+/** Plain-text tables, figures and counts for the tools' reports (no colours: a terminal, a CI log, a README agree). */
 
 export interface Column {
     header: string
     /** Numbers read best right-aligned; default left. */
-    align?: Align
+    align?: 'left' | 'right'
     /** Longest rule under the header: a long last column need not draw a line across the screen. */
     ruleMax?: number
 }
 
-function pad(text: string, width: number, align: Align): string {
-    return align === 'right' ? text.padStart(width) : text.padEnd(width)
-}
-
-/**
- * A header row, a rule, then the rows. `plain`: columns two spaces apart, trailing spaces trimmed;
- * `markdown`: a `| a | b |` table with a `|---|---|` rule, as pasted into a README or an issue.
- */
-export function formatTable(
-    columns: Column[],
-    rows: string[][],
-    indent = '',
-    style: 'plain' | 'markdown' = 'plain'
-): string[] {
+/** A header row, a rule, then the rows: columns two spaces apart, trailing spaces trimmed. */
+export function formatTable(columns: Column[], rows: string[][], indent = ''): string[] {
     const widths = columns.map((column, i) =>
         Math.max(column.header.length, ...rows.map((row) => (row[i] ?? '').length))
     )
-    const cells = (row: string[]): string[] =>
-        columns.map((column, i) => pad(row[i] ?? '', widths[i], column.align ?? 'left'))
-    if (style === 'markdown') {
-        const line = (row: string[]): string => `${indent}| ${cells(row).join(' | ')} |`
-        const rule = `${indent}|${widths.map((width) => '-'.repeat(width + 2)).join('|')}|`
-        return [line(columns.map((column) => column.header)), rule, ...rows.map(line)]
-    }
-    const line = (row: string[]): string => (indent + cells(row).join('  ')).trimEnd()
-    const rule =
-        indent + widths.map((width, i) => '-'.repeat(Math.min(width, columns[i].ruleMax ?? width))).join('  ')
-    return [line(columns.map((column) => column.header)), rule, ...rows.map(line)]
+    const cell = (i: number, text = ''): string =>
+        columns[i].align === 'right' ? text.padStart(widths[i]) : text.padEnd(widths[i])
+    const line = (row: string[]): string =>
+        (indent + columns.map((_, i) => cell(i, row[i])).join('  ')).trimEnd()
+    const rule = widths.map((width, i) => '-'.repeat(Math.min(width, columns[i].ruleMax ?? width)))
+    return [line(columns.map((column) => column.header)), indent + rule.join('  '), ...rows.map(line)]
 }
 
 /** A column of a table with one row per item: its header and how an item's cell reads. */
@@ -46,14 +27,9 @@ export interface ItemColumn<T> extends Column {
 }
 
 /** One row per item, each cell from its column (see formatTable). */
-export function formatItems<T>(
-    columns: ItemColumn<T>[],
-    items: readonly T[],
-    indent = '',
-    style: 'plain' | 'markdown' = 'plain'
-): string[] {
+export function formatItems<T>(columns: ItemColumn<T>[], items: readonly T[], indent = ''): string[] {
     const rows = items.map((item) => columns.map((column) => String(column.cell(item))))
-    return formatTable(columns, rows, indent, style)
+    return formatTable(columns, rows, indent)
 }
 
 /** `label ........ value` lines with the values in one column. */
@@ -76,17 +52,20 @@ export function formatPercent(part: number, whole: number, digits = 2): string {
     return whole === 0 ? 'n/a' : `${((100 * part) / whole).toFixed(digits)}%`
 }
 
-/** The sum of a table of counts. */
+export function addCount(counts: Record<string, number>, key: string, n = 1): void {
+    counts[key] = (counts[key] ?? 0) + n
+}
+
 export function sumCounts(counts: Record<string, number> | undefined): number {
     return Object.values(counts ?? {}).reduce((sum, count) => sum + count, 0)
 }
 
-/** Counts by key, largest first, as `key: n` items. */
+/** Counts by key, largest first (ties by key), as `[key, n]` pairs. */
 export function sortedCounts(counts: Record<string, number>): Array<[string, number]> {
     return Object.entries(counts).sort(([a, x], [b, y]) => y - x || a.localeCompare(b))
 }
 
 /** A titled section: a blank line, the title, and a rule as long as the title. */
-export function heading(title: string, rule = '-'): string[] {
-    return ['', title, rule.repeat(title.length)]
+export function heading(title: string): string[] {
+    return ['', title, '-'.repeat(title.length)]
 }

@@ -1,18 +1,9 @@
 /** The replay's checkpoint: which events of one file are done for one target and config, which failed and why. */
-// Keyed by the file (path, size, first 64 KiB), the target (dry run, an emulator, or a real workspace: region
-// plus a hash of the token) and a digest of the plugin config, so a trial run never counts for a real one and
-// a changed config replays everything. Failed events are listed in a JSON Lines file next to it (line, uuid,
+// Keyed by the file, the target and the plugin config, so a trial run never counts for a real one and a
+// changed config replays everything. Failed events are listed in a JSON Lines file next to it (line, uuid,
 // reason; never an email or a property value) and are retried by the next run.
 import { createHash } from 'node:crypto'
-import {
-    existsSync,
-    mkdirSync,
-    readdirSync,
-    readFileSync,
-    renameSync,
-    statSync,
-    writeFileSync,
-} from 'node:fs'
+import * as fs from 'node:fs'
 import * as path from 'node:path'
 
 import { readHead } from './input'
@@ -26,7 +17,7 @@ interface FileFingerprint {
 }
 
 interface CheckpointKey extends FileFingerprint {
-    /** `dry-run`, `emulator <url>` or `intercom <region> <token hash>`. */
+    /** `emulator <url>` or `intercom <region> <token hash>` (see workspaceKey). */
     target: string
     /** SHA-256 of the plugin config without the token (the token is part of the target). */
     config: string
@@ -45,9 +36,8 @@ export interface FailedEvent {
 interface CheckpointFile {
     version: 2
     key: CheckpointKey
-    /** Every line up to this one is settled: done, or listed in the failed-events file. */
+    /** Every line up to this one is settled (done, or in the failed-events file); then those settled out of order. */
     settledThrough: number
-    /** Settled lines after `settledThrough` (events finished out of order). */
     settledAfter: number[]
     /** The file was read to its end and nothing was left unsettled. */
     readToEnd: boolean
@@ -59,19 +49,12 @@ export class CheckpointError extends Error {}
 const sha256 = (text: string | Buffer): string => createHash('sha256').update(text).digest('hex')
 
 export function fingerprint(file: string): FileFingerprint {
-    return { file: path.resolve(file), size: statSync(file).size, head: sha256(readHead(file)) }
+    return { file: path.resolve(file), size: fs.statSync(file).size, head: sha256(readHead(file)) }
 }
 
-/** Where the events go: the token itself is never stored, only enough of its hash to tell workspaces apart. */
-export function targetKey(
-    target:
-        | { kind: 'dry-run' }
-        | { kind: 'emulator'; url: string }
-        | { kind: 'intercom'; region: string; token: string }
-): string {
-    if (target.kind === 'dry-run') return 'dry-run'
-    if (target.kind === 'emulator') return `emulator ${target.url}`
-    return `intercom ${target.region} ${sha256(`posthog-intercom replay:${target.token}`).slice(0, 16)}`
+/** A real workspace's key: the token itself is never stored, only enough of its hash to tell workspaces apart. */
+export function workspaceKey(region: string, token: string): string {
+    return `intercom ${region} ${sha256(`posthog-intercom replay:${token}`).slice(0, 16)}`
 }
 
 /** The plugin config as it shapes what is sent: keys sorted, the token left out. */
@@ -82,39 +65,32 @@ export function configDigest(config: Record<string, string>): string {
     return sha256(JSON.stringify(entries))
 }
 
-function keyId(key: CheckpointKey): string {
-    return sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
-}
-
-interface CheckpointPaths {
-    checkpoint: string
-    failed: string
-}
-
-export function checkpointPaths(dir: string, key: CheckpointKey): CheckpointPaths {
-    const base = path.join(dir, `${path.basename(key.file)}.${keyId(key)}`)
+/** `<dir>/<file name>.<key hash>`: the checkpoint and its failed-events file. */
+export function checkpointPaths(dir: string, key: CheckpointKey): { checkpoint: string; failed: string } {
+    const id = sha256(JSON.stringify([key.file, key.size, key.head, key.target, key.config])).slice(0, 12)
+    const base = path.join(dir, `${path.basename(key.file)}.${id}`)
     return { checkpoint: `${base}.checkpoint.json`, failed: `${base}.failed.jsonl` }
 }
 
 /** Checkpoints of the same file name in `dir` written for another target, config or version of the file. */
 export function otherCheckpoints(dir: string, key: CheckpointKey): string[] {
-    if (!existsSync(dir)) return []
+    if (!fs.existsSync(dir)) return []
     const own = path.basename(checkpointPaths(dir, key).checkpoint)
     const prefix = `${path.basename(key.file)}.`
-    return readdirSync(dir).filter(
-        (name) => name.startsWith(prefix) && name.endsWith('.checkpoint.json') && name !== own
-    )
+    return fs
+        .readdirSync(dir)
+        .filter((name) => name.startsWith(prefix) && name.endsWith('.checkpoint.json') && name !== own)
 }
 
 function writeAtomically(file: string, text: string): void {
-    const temporary = `${file}.tmp`
-    writeFileSync(temporary, text)
-    renameSync(temporary, file)
+    fs.writeFileSync(`${file}.tmp`, text)
+    fs.renameSync(`${file}.tmp`, file)
 }
 
 function readFailed(file: string): FailedEvent[] {
-    if (!existsSync(file)) return []
-    return readFileSync(file, 'utf8')
+    if (!fs.existsSync(file)) return []
+    return fs
+        .readFileSync(file, 'utf8')
         .split('\n')
         .filter((line) => line.trim() !== '')
         .map((line, index) => {
@@ -128,25 +104,20 @@ function readFailed(file: string): FailedEvent[] {
         })
 }
 
-/**
- * Which lines of one file are settled for one key, and which of them failed. Lines settle out of order (events
- * run concurrently); `settledThrough` moves up as the gaps below it fill.
- */
+/** Which lines of one file are settled for one key, and which failed; lines settle out of order (concurrently). */
 export class FileState {
     private settledThrough = 0
     private readonly settledAfter = new Set<number>()
     private readonly failures = new Map<number, FailedEvent>()
     /** Lines whose earlier failure is retried in this run. */
     private readonly retrying = new Set<number>()
-    /** What the checkpoint said when the run began: only that decides which lines are skipped. */
-    private readonly earlier: { through: number; after: Set<number> } = { through: 0, after: new Set() }
     /** Whether an earlier run read the file to its end. */
     readonly wasReadToEnd: boolean
     readonly resumed: boolean
 
     constructor(
         readonly key: CheckpointKey,
-        readonly paths: CheckpointPaths | null,
+        readonly paths: ReturnType<typeof checkpointPaths> | null,
         restart = false
     ) {
         const saved = paths && !restart ? readCheckpointFile(paths.checkpoint, key) : null
@@ -155,17 +126,15 @@ export class FileState {
         if (!saved || !paths) return
         this.settledThrough = saved.settledThrough
         for (const line of saved.settledAfter) this.settledAfter.add(line)
-        this.earlier.through = saved.settledThrough
-        this.earlier.after = new Set(saved.settledAfter)
         for (const failure of readFailed(paths.failed)) {
             this.failures.set(failure.line, failure)
             if (failure.kind !== 'unreadable') this.retrying.add(failure.line)
         }
     }
 
-    /** Lines done (or unreadable) for this key by an earlier run: this run skips them. */
+    /** Lines done (or unreadable) by an earlier run, skipped; asked only of lines this run has not read yet. */
     isDone(line: number): boolean {
-        const settled = line <= this.earlier.through || this.earlier.after.has(line)
+        const settled = line <= this.settledThrough || this.settledAfter.has(line)
         return settled && !this.retrying.has(line)
     }
 
@@ -199,7 +168,7 @@ export class FileState {
     /** Written whole, failed events first: a crash between the two leaves a checkpoint that is behind, never ahead. */
     save(readToEnd: boolean): void {
         if (!this.paths) return
-        mkdirSync(path.dirname(this.paths.checkpoint), { recursive: true })
+        fs.mkdirSync(path.dirname(this.paths.checkpoint), { recursive: true })
         const failed = this.failed().map((failure) => JSON.stringify(failure))
         writeAtomically(this.paths.failed, failed.length ? `${failed.join('\n')}\n` : '')
         const saved: CheckpointFile = {
@@ -215,12 +184,12 @@ export class FileState {
 }
 
 function readCheckpointFile(file: string, key: CheckpointKey): CheckpointFile | null {
-    if (!existsSync(file)) return null
-    let parsed: Partial<CheckpointFile> | null
+    if (!fs.existsSync(file)) return null
+    let parsed: Partial<CheckpointFile> | null = null
     try {
-        parsed = JSON.parse(readFileSync(file, 'utf8')) as Partial<CheckpointFile>
+        parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<CheckpointFile>
     } catch {
-        parsed = null
+        // not JSON: refused below
     }
     const valid =
         parsed?.version === 2 &&

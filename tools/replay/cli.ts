@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs'
 import manifest from '../../plugin.json'
 import { ConfigError } from '../../index'
 import { readSeedFile } from '../intercom/emulator-cli'
+import { isRecord } from '../intercom/rules'
 import { describeError } from '../runtime/harness'
 import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 import { CheckpointError } from './checkpoint'
@@ -69,7 +70,8 @@ Exit code: 0 when every event is delivered or refused for good with a reason (se
 events are left to deliver (run the same command again); 2 for a usage or config error; 130 when
 interrupted (Ctrl-C: events in flight finish and the checkpoints are written).`
 
-const FLAG_KEYS: Record<string, string> = {
+/** The flags that set one plugin.json key each. */
+const CONFIG_FLAGS = {
     events: 'triggeringEvents',
     metadata: 'metadataProperties',
     map: 'eventNameMapping',
@@ -77,47 +79,28 @@ const FLAG_KEYS: Record<string, string> = {
     'ignore-domains': 'ignoredEmailDomains',
     region: 'region',
     token: 'intercomApiKey',
-}
+} as const
 
 const CONFIG_KEYS = new Set(
-    manifest.config
-        .map((field) => ('key' in field ? field.key : undefined))
-        .filter((key): key is string => Boolean(key))
+    manifest.config.flatMap((field) => ('key' in field && field.key ? [field.key] : []))
 )
 
+/** parseArgs' table: every flag of one type, named once. */
+function typed<K extends string, T extends 'string' | 'boolean'>(type: T, names: readonly K[]) {
+    return Object.fromEntries(names.map((name) => [name, { type }])) as Record<K, { type: T }>
+}
+
 const FLAGS = {
+    ...typed('string', Object.keys(CONFIG_FLAGS) as Array<keyof typeof CONFIG_FLAGS>),
+    ...typed('string', ['format', 'seed-contacts', 'emulator-url', 'config', 'checkpoint-dir'] as const),
+    ...typed('string', ['limit', 'rate', 'concurrency'] as const),
+    ...typed('boolean', ['emulator', 'dry-run', 'restart', 'no-progress', 'verbose', 'help'] as const),
     file: { type: 'string', multiple: true },
-    format: { type: 'string' },
-    emulator: { type: 'boolean' },
-    'seed-contacts': { type: 'string' },
-    'dry-run': { type: 'boolean' },
-    'emulator-url': { type: 'string' },
-    token: { type: 'string' },
-    region: { type: 'string' },
-    events: { type: 'string' },
-    metadata: { type: 'string' },
-    map: { type: 'string' },
-    'email-property': { type: 'string' },
-    'ignore-domains': { type: 'string' },
-    config: { type: 'string' },
     set: { type: 'string', multiple: true },
-    limit: { type: 'string' },
-    rate: { type: 'string' },
-    concurrency: { type: 'string' },
-    'checkpoint-dir': { type: 'string' },
-    restart: { type: 'boolean' },
-    'no-progress': { type: 'boolean' },
-    verbose: { type: 'boolean' },
-    help: { type: 'boolean' },
 } as const
 
 type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>['values']
-
-interface CliRequest {
-    help: boolean
-    verbose: boolean
-    options: ReplayOptions
-}
+type Read = (path: string) => string
 
 function configKey(key: string, source: string): string {
     if (!CONFIG_KEYS.has(key)) {
@@ -129,14 +112,14 @@ function configKey(key: string, source: string): string {
 }
 
 /** --config file: plugin.json keys; values become strings, as PostHog stores them. */
-function readConfigFile(path: string, read: (path: string) => string): Record<string, string> {
+function readConfigFile(path: string, read: Read): Record<string, string> {
     let parsed: unknown
     try {
         parsed = JSON.parse(read(path))
     } catch (error) {
         throw new UsageError(`--config ${path}: ${(error as Error).message}`)
     }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    if (!isRecord(parsed)) {
         throw new UsageError(`--config ${path}: expected a JSON object of plugin.json keys.`)
     }
     return Object.fromEntries(
@@ -144,41 +127,30 @@ function readConfigFile(path: string, read: (path: string) => string): Record<st
     )
 }
 
-function setFlags(values: string[] | undefined): Record<string, string> {
-    return Object.fromEntries(
-        (values ?? []).map((pair) => {
-            const equals = pair.indexOf('=')
-            if (equals < 1) throw new UsageError(`--set needs key=value, not '${pair}'.`)
-            return [configKey(pair.slice(0, equals).trim(), '--set'), pair.slice(equals + 1)]
-        })
-    )
-}
-
 /** Environment, then --config, then flags: the most specific wins. */
-function buildConfig(
-    flags: Flags,
-    env: NodeJS.ProcessEnv,
-    read: (path: string) => string
-): Record<string, string> {
+function buildConfig(flags: Flags, env: NodeJS.ProcessEnv, read: Read): Record<string, string> {
     const config: Record<string, string> = {}
     if (env.INTERCOM_API_KEY) config.intercomApiKey = env.INTERCOM_API_KEY
     if (env.INTERCOM_REGION) config.region = env.INTERCOM_REGION
     if (flags.config) Object.assign(config, readConfigFile(flags.config, read))
-    for (const [flag, key] of Object.entries(FLAG_KEYS)) {
-        const value = flags[flag as keyof Flags]
-        if (typeof value === 'string') config[key] = value
+    for (const [flag, key] of Object.entries(CONFIG_FLAGS)) {
+        const value = flags[flag as keyof typeof CONFIG_FLAGS]
+        if (value !== undefined) config[key] = value
     }
-    return Object.assign(config, setFlags(flags.set))
+    for (const pair of flags.set ?? []) {
+        const equals = pair.indexOf('=')
+        if (equals < 1) throw new UsageError(`--set needs key=value, not '${pair}'.`)
+        config[configKey(pair.slice(0, equals).trim(), '--set')] = pair.slice(equals + 1)
+    }
+    return config
 }
 
 /** Only loopback: the token of the emulator must not travel anywhere else. */
 function emulatorUrl(value: string): string {
-    let url: URL
-    try {
-        url = new URL(value)
-    } catch {
+    if (!URL.canParse(value)) {
         throw new UsageError(`--emulator-url needs a URL such as http://127.0.0.1:4010, not '${value}'.`)
     }
+    const url = new URL(value)
     if (!['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
         throw new UsageError(
             `--emulator-url must be on this machine (127.0.0.1, localhost or [::1]), not ${url.hostname}.`
@@ -187,14 +159,9 @@ function emulatorUrl(value: string): string {
     return url.origin
 }
 
-function targetOf(flags: Flags, read: (path: string) => string): ReplayTarget {
-    const targets = [
-        flags['dry-run'] && '--dry-run',
-        flags.emulator && '--emulator',
-        flags['emulator-url'] && '--emulator-url',
-    ]
-    const chosen = targets.filter(Boolean)
-    if (chosen.length > 1) throw new UsageError(`Choose one target: ${chosen.join(' or ')}.`)
+function targetOf(flags: Flags, read: Read): ReplayTarget {
+    const chosen = (['dry-run', 'emulator', 'emulator-url'] as const).filter((flag) => flags[flag])
+    if (chosen.length > 1) throw new UsageError(`Choose one target: --${chosen.join(' or --')}.`)
     if (flags['seed-contacts'] && !flags.emulator)
         throw new UsageError('--seed-contacts goes with --emulator.')
     if (flags['emulator-url']) return { kind: 'emulator', url: emulatorUrl(flags['emulator-url']) }
@@ -208,8 +175,8 @@ function targetOf(flags: Flags, read: (path: string) => string): ReplayTarget {
 export function parseCli(
     argv: string[],
     env: NodeJS.ProcessEnv = process.env,
-    read: (path: string) => string = (path) => readFileSync(path, 'utf8')
-): CliRequest {
+    read: Read = (path) => readFileSync(path, 'utf8')
+): { help: boolean; verbose: boolean; options: ReplayOptions } {
     const { values: flags, positionals } = parseFlags(argv, FLAGS, true)
     const help = Boolean(flags.help)
     const inputs = [...(flags.file ?? []), ...positionals]
@@ -231,6 +198,8 @@ export function parseCli(
     return { help, verbose: Boolean(flags.verbose), options }
 }
 
+const SIGNALS = ['SIGINT', 'SIGTERM'] as const
+
 /** Ctrl-C once: stop reading, finish what is in flight, write the checkpoints. Twice: leave at once. */
 function interruptOnSignal(controller: AbortController): () => void {
     const onSignal = (): void => {
@@ -240,12 +209,8 @@ function interruptOnSignal(controller: AbortController): () => void {
         )
         controller.abort()
     }
-    process.on('SIGINT', onSignal)
-    process.on('SIGTERM', onSignal)
-    return () => {
-        process.off('SIGINT', onSignal)
-        process.off('SIGTERM', onSignal)
-    }
+    for (const signal of SIGNALS) process.on(signal, onSignal)
+    return () => SIGNALS.forEach((signal) => process.off(signal, onSignal))
 }
 
 /** Refused before anything was sent: the config, the token or a checkpoint needs changing (exit 2). */
@@ -253,7 +218,7 @@ function isUsageProblem(error: unknown): error is Error {
     return [UsageError, SetupError, CheckpointError, ConfigError].some((kind) => error instanceof kind)
 }
 
-async function runReplay(request: CliRequest, argv: string[]): Promise<number> {
+async function runReplay(request: ReturnType<typeof parseCli>, argv: string[]): Promise<number> {
     if (argv.some((arg) => arg === '--token' || arg.startsWith('--token='))) {
         process.stderr.write(
             'Note: a token given as a flag stays in shell history and ps; INTERCOM_API_KEY is safer.\n'

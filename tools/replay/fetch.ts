@@ -1,26 +1,12 @@
-/**
- * What stands between the sandboxed plugin and the network during a replay:
- *
- * - `intercomOnlyFetch`: the real Intercom, and nothing but the one host of the configured region, over https;
- * - `dryRunFetch`: an Intercom answered inside the process, which records what would have been written;
- * - `CallMeter` and `WindowGate`: count every call by route and spend each of Intercom's rate-limit windows
- *   up to the point where the plugin would back off, then wait for the reset.
- */
-import {
-    FetchFn,
-    FetchInit,
-    FetchResponse,
-    HeadersLike,
-    IntercomHost,
-    isIntercomHost,
-    regionNameOf,
-} from '../runtime/load-plugin'
-import { sleep } from './pace'
+/** What stands between the sandboxed plugin and the network in a replay: host guard, dry run, call meter and rate-limit gate. */
 import { createIntercom, Region, STAND_IN_OPTIONS } from '../intercom/model'
+import { isRecord, parseBody } from '../intercom/rules'
+import { addCount } from '../lib/report'
+import { sleep } from '../lib/sleep'
+import type { FetchFn, FetchInit, FetchResponse, HeadersLike, IntercomHost } from '../runtime/load-plugin'
+import { isIntercomHost, regionNameOf } from '../runtime/load-plugin'
 
-// ---------------------------------------------------------------------------------------------------
-// Routes and masking
-// ---------------------------------------------------------------------------------------------------
+// --- Routes and masking
 
 /** `POST /contacts/{id}` rather than one route per contact id. */
 export function routeOf(method: string, url: string): string {
@@ -45,32 +31,22 @@ export function redact(text: string, token?: string): string {
     return withoutToken.replace(EMAIL_IN_TEXT, (email) => maskEmail(email))
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Host guard for the real Intercom
-// ---------------------------------------------------------------------------------------------------
+// --- The real Intercom
 
 /** The token may only ever travel to this host: anything else is refused before a socket is opened. */
 export function intercomOnlyFetch(allowedHost: IntercomHost, base: FetchFn): FetchFn {
-    return (input, init) => {
+    return async (input, init) => {
         const url = new URL(String(input))
-        if (
-            url.protocol !== 'https:' ||
-            url.hostname !== allowedHost ||
-            (url.port !== '' && url.port !== '443')
-        ) {
-            return Promise.reject(
-                new Error(
-                    `Refused a request to ${url.protocol}//${url.host}: only https://${allowedHost} is called`
-                )
+        if (url.protocol !== 'https:' || url.hostname !== allowedHost || !['', '443'].includes(url.port)) {
+            throw new Error(
+                `Refused a request to ${url.protocol}//${url.host}: only https://${allowedHost} is called`
             )
         }
         return base(url.toString(), init)
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Call meter: counts, pacing, rate-limit headers
-// ---------------------------------------------------------------------------------------------------
+// --- Rate-limit windows and call counts
 
 /** Intercom's windows are 10 s; a window that says nothing of its reset is assumed to be one. */
 const DEFAULT_WINDOW_MS = 10_000
@@ -80,10 +56,8 @@ const MAX_PAUSE_MS = 60_000
 const RESET_MARGIN_MS = 25
 
 /**
- * Spends Intercom's rate-limit window to the last call the plugin can make without backing off. The plugin
- * stops for the rest of a window once a response says 2% or less of it is left (windowNearlySpent in
- * index.ts); the gate holds every call whose answer could say so, counting the calls in flight, and lets
- * them go when the window resets. So the plugin never backs off, and each window is used to about 98%.
+ * Spends each rate-limit window up to the plugin's threshold (it backs off once an answer says 2% or less is
+ * left: windowNearlySpent in index.ts): calls whose answer could say so, in-flight ones counted, wait for the reset.
  */
 export class WindowGate {
     private limit = NaN
@@ -92,6 +66,8 @@ export class WindowGate {
     /** When the current window resets, ms; 0 while none is known. */
     private resetAt = 0
     private inFlight = 0
+    /** The calls made through `wrap`, by route. */
+    readonly calls: CallCounts = { total: 0, byRoute: {} }
 
     constructor(
         private readonly signal?: AbortSignal,
@@ -138,6 +114,23 @@ export class WindowGate {
         }
         if (Number.isFinite(limit)) this.limit = limit
     }
+
+    /** `target` with every call counted by route and passed through the gate. */
+    wrap(target: FetchFn): FetchFn {
+        return async (input, init?: FetchInit): Promise<FetchResponse> => {
+            await this.acquire()
+            const route = routeOf(init?.method ?? 'GET', String(input))
+            this.calls.total++
+            addCount(this.calls.byRoute, route)
+            let response: FetchResponse | undefined
+            try {
+                response = await target(input, init)
+                return response
+            } finally {
+                this.release(response?.status ?? null, response?.headers)
+            }
+        }
+    }
 }
 
 export interface CallCounts {
@@ -145,101 +138,47 @@ export interface CallCounts {
     byRoute: Record<string, number>
 }
 
-/** Counts every call by route and passes each through the window gate. */
-export class CallMeter {
-    private readonly counts: CallCounts = { total: 0, byRoute: {} }
+// --- Dry run: Intercom answered in the process
 
-    constructor(readonly gate: WindowGate) {}
+const keysOf = (value: unknown): string[] => (isRecord(value) ? Object.keys(value) : [])
 
-    wrap(target: FetchFn): FetchFn {
-        return async (input, init?: FetchInit): Promise<FetchResponse> => {
-            await this.gate.acquire()
-            const route = routeOf(init?.method ?? 'GET', String(input))
-            this.counts.total++
-            this.counts.byRoute[route] = (this.counts.byRoute[route] ?? 0) + 1
-            let response: FetchResponse | undefined
-            try {
-                response = await target(input, init)
-                return response
-            } finally {
-                this.gate.release(response?.status ?? null, response?.headers)
-            }
-        }
-    }
-
-    snapshot(): CallCounts {
-        return { total: this.counts.total, byRoute: { ...this.counts.byRoute } }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Dry run: Intercom answered in the process
-// ---------------------------------------------------------------------------------------------------
-
-/** A write that the dry run did not make. `contact` is a masked email. */
-export interface DryRunWrite {
-    route: string
-    contact: string
-    eventName?: string
-    createdAt?: number
-    metadataKeys?: string[]
-    /** Custom attributes of a contact or company write, or the name of a data attribute. */
-    attributeKeys?: string[]
-}
-
-type JsonObject = Record<string, unknown>
-
-function jsonBody(init: FetchInit | undefined): JsonObject {
-    try {
-        const parsed: unknown = JSON.parse(init?.body ?? '{}')
-        return typeof parsed === 'object' && parsed !== null ? (parsed as JsonObject) : {}
-    } catch {
-        return {}
-    }
-}
-
-function keysOf(value: unknown): string[] {
-    return typeof value === 'object' && value !== null ? Object.keys(value) : []
-}
-
-/** What a write would have done, with the contact's email masked; undefined for reads. */
+/** A write the dry run did not make, in one line (route, event, created_at, masked contact, keys); undefined for reads. */
 function describeWrite(
     route: string,
-    body: JsonObject,
+    body: Record<string, unknown>,
     contactOf: (id: string) => string,
     pathId: string
-): DryRunWrite | undefined {
-    const attributeKeys = keysOf(body.custom_attributes)
+): string | undefined {
+    const listed = (label: string, keys: string[]) => (keys.length ? `${label}${keys.join(', ')}` : '')
+    const write = (contact: string, keys = keysOf(body.custom_attributes)): string =>
+        `${route}${contact ? ` contact ${contact}` : ''}${listed(' attributes: ', keys)}`
     switch (route) {
-        case 'POST /events':
-            return {
-                route,
-                contact: body.id ? contactOf(String(body.id)) : maskEmail(String(body.email ?? '')),
-                eventName: String(body.event_name),
-                createdAt: Number(body.created_at),
-                metadataKeys: keysOf(body.metadata),
-            }
+        case 'POST /events': {
+            const contact = body.id ? contactOf(String(body.id)) : maskEmail(String(body.email ?? ''))
+            const created = Number(body.created_at)
+            const iso = new Date(created * 1000).toISOString().replace('.000Z', 'Z')
+            const metadata = listed('', keysOf(body.metadata)) || '(none)'
+            return `${route} "${String(body.event_name)}" created_at ${created} (${iso}) contact ${contact} metadata: ${metadata}`
+        }
         case 'POST /contacts':
-            return { route, contact: body.email ? maskEmail(String(body.email)) : '(unknown)', attributeKeys }
+            return write(body.email ? maskEmail(String(body.email)) : '(unknown)')
         case 'PUT /contacts/{id}':
-            return { route, contact: contactOf(pathId), attributeKeys }
+            return write(contactOf(pathId))
         case 'POST /contacts/{id}/companies':
-            return { route, contact: contactOf(pathId) }
+            return write(contactOf(pathId), [])
         case 'POST /companies':
-            return { route, contact: '', attributeKeys }
+            return write('')
         case 'POST /data_attributes':
-            return { route, contact: '', attributeKeys: [String(body.name)] }
+            return write('', [String(body.name)])
     }
     return undefined
 }
 
 /**
- * Answers like Intercom without a network: the Intercom model in the process as a stand-in (every searched
- * person is a user, any token works), each write reported through `onWrite` with the contact's email masked.
- * Hosts other than Intercom's are refused, as they would be in a real run. Events are not kept: the memory of
- * a long dry run grows with the people, not with the events.
+ * Intercom without a network: the model as a stand-in (everyone a user, any token), each write described to
+ * `onWrite`, emails masked; other hosts refused. Events are not kept: memory grows with people, not events.
  */
-export function dryRunFetch(onWrite: (write: DryRunWrite) => void): FetchFn {
+export function dryRunFetch(onWrite: (write: string) => void): FetchFn {
     const intercom = createIntercom(STAND_IN_OPTIONS)
     const { contacts } = intercom.workspace
     const contactOf = (id: string) =>
@@ -251,8 +190,12 @@ export function dryRunFetch(onWrite: (write: DryRunWrite) => void): FetchFn {
         }
         intercom.configure({ region: regionNameOf(url.hostname) as Region })
         const route = routeOf(init?.method ?? 'GET', url.toString())
-        const pathId = url.pathname.split('/')[2] ?? ''
-        const write = describeWrite(route, jsonBody(init), contactOf, pathId)
+        const write = describeWrite(
+            route,
+            parseBody(init?.body ?? '', {}).body,
+            contactOf,
+            url.pathname.split('/')[2] ?? ''
+        )
         if (write) onWrite(write)
         const response = await intercom.fetch(url, init)
         intercom.reset()

@@ -1,44 +1,20 @@
-/** `replay()`: PostHog event exports replayed into Intercom through the plugin itself. */
-// index.ts is loaded as PostHog loads it (Babel, then a sandbox) and each row goes through its onEvent, so
-// what reaches Intercom is what PostHog would have sent. Targets: the real Intercom, a local emulator, or a
-// dry run answered inside the process. Each file has its own checkpoint of the events done, keyed by target
-// and config; the token and emails are never printed. The command line is in cli.ts.
+/** `replay()`: PostHog event exports replayed into Intercom through the plugin itself, loaded as PostHog loads it. */
+// Targets: the real Intercom, a local emulator, or a dry run answered inside the process. Each file has its
+// own checkpoint, keyed by target and config; the token and emails are never printed.
 import { AsyncLocalStorage } from 'node:async_hooks'
 
 import { parseConfig, parseRegion, REGION_HOSTS } from '../../index'
 import { Emulator, Region as EmulatorRegion, SeedContact, startEmulator } from '../intercom/emulator'
 import { UsageError } from '../lib/flags'
 import { createMemoryStorage, describeError } from '../runtime/harness'
-import {
-    consoleTo,
-    FetchFn,
-    hostNodeFetch,
-    IntercomHost,
-    loadPlugin,
-    PluginExports,
-    redirectingFetch,
-} from '../runtime/load-plugin'
-import {
-    checkpointPaths,
-    configDigest,
-    FileState,
-    fingerprint,
-    otherCheckpoints,
-    targetKey,
-} from './checkpoint'
-import { CallMeter, DryRunWrite, dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
-import { displayPath, expandInputs } from './files'
-import { detectInput, InputError, InputFormat, InputSource, openInput } from './input'
+import type { FetchFn, IntercomHost, PluginExports } from '../runtime/load-plugin'
+import { consoleTo, hostNodeFetch, loadPlugin, redirectingFetch, regionNameOf } from '../runtime/load-plugin'
+import { configDigest, workspaceKey } from './checkpoint'
+import { dryRunFetch, intercomOnlyFetch, redact, WindowGate } from './fetch'
+import { displayPath, expandInputs, InputFormat } from './input'
 import { Pacer } from './pace'
-import {
-    createProgress,
-    emptyFileSummary,
-    failedByKind,
-    FileSummary,
-    ReplaySummary,
-    ReplayTargetKind,
-} from './report'
-import { FileRun, RunPlugin, Shared } from './run'
+import { FileSummary, ReplaySummary } from './report'
+import { replayFile, RunPlugin, Shared } from './run'
 
 export { exitCode, formatSummary } from './report'
 export type { ReplaySummary } from './report'
@@ -56,14 +32,13 @@ export type ReplayTarget =
     /** The real Intercom of the configured region; the token is in `config.intercomApiKey`. */
     | { kind: 'intercom' }
     /**
-     * An Intercom emulator: `emulator` if given (left running, and checkpoints are kept for it), else one
-     * started on loopback for this run only. Contacts: `seedContacts`, and, unless `deriveContacts` is false,
-     * one user per email of the files (default: only when no seedContacts are given).
+     * An emulator: `emulator` (checkpoints kept), `url` (one already running, seeded there, its token in the
+     * config) or one started for this run. Contacts: `seedContacts`, plus one per email of the files when
+     * `deriveContacts` (default: when no seedContacts are given).
      */
     | {
           kind: 'emulator'
           emulator?: Emulator
-          /** An emulator already running (`npx tsx tools/intercom/emulator-cli.ts`), seeded there; its token in the config. */
           url?: string
           seedContacts?: SeedContact[]
           deriveContacts?: boolean
@@ -105,9 +80,6 @@ export interface ReplayOptions {
     onLog?: (level: string, text: string) => void
 }
 
-/** How GET /me names each region: Intercom (and so the emulator) says `Europe`, not `EU`. */
-const EMULATOR_REGIONS: Record<string, EmulatorRegion> = { US: 'US', EU: 'Europe', AU: 'AU' }
-
 /** The plugin's setupPlugin refused the config or the token: nothing was sent. */
 export class SetupError extends Error {}
 
@@ -118,26 +90,19 @@ function positive(name: string, value: number, integer = true): number {
     return value
 }
 
-/**
- * A bare access token only: one pasted inside a URL or a header would be half-used and could end up in
- * logs or shell history in that form. The message never repeats the value.
- */
+/** A bare access token only (one inside a URL or a header would be half-used); the message never repeats it. */
 export function checkToken(token: string | undefined): void {
     if (!token || token.trim() === '') {
         throw new UsageError('No Intercom token: set INTERCOM_API_KEY (or use --dry-run or --emulator).')
     }
-    if (
-        /:\/\/|^www\.|[?&][\w-]+=|@/i.test(token) ||
-        /^bearer\b/i.test(token.trim()) ||
-        /\s/.test(token.trim())
-    ) {
+    if (/:\/\/|^www\.|[?&][\w-]+=|@/i.test(token) || /^bearer\b|\s/i.test(token.trim())) {
         throw new UsageError(
             'The Intercom token must be the bare access token, not a URL, a header or anything around it.'
         )
     }
 }
 
-/** The config the plugin gets: the token swapped out away from the real Intercom, and checked there. */
+/** The config the plugin gets: the token checked for the real Intercom, swapped for the emulator's or a dummy elsewhere. */
 function pluginConfig(options: ReplayOptions): Record<string, string> {
     const config = { ...options.config }
     if (!config.triggeringEvents?.trim()) {
@@ -147,7 +112,11 @@ function pluginConfig(options: ReplayOptions): Record<string, string> {
     }
     const target = options.target
     if (target.kind === 'dry-run') config.intercomApiKey = 'dry-run-token'
-    if (target.kind === 'emulator') config.intercomApiKey = target.emulator?.options.tokens[0] ?? 'test-token'
+    if (target.kind === 'emulator') {
+        // A running emulator (`url`) expects the token it was started with: the config's, when given.
+        const own = target.emulator?.options.tokens[0] ?? (target.url ? config.intercomApiKey : undefined)
+        config.intercomApiKey = own || 'test-token'
+    }
     if (target.kind === 'intercom') checkToken(config.intercomApiKey)
     if (options.limit !== undefined && (!Number.isInteger(options.limit) || options.limit < 0)) {
         throw new UsageError(`limit must be a whole number, not ${options.limit}.`)
@@ -155,44 +124,34 @@ function pluginConfig(options: ReplayOptions): Record<string, string> {
     return config
 }
 
-// --- Targets: what the plugin's node-fetch reaches -------------------------------------------------
+// --- Targets: what the plugin's node-fetch reaches
 
-interface Target {
-    kind: ReplayTargetKind
-    fetch: FetchFn
-    /** The checkpoint key of the target; null when a checkpoint would be meaningless (dry run, a throw-away emulator). */
-    key: string | null
-    emulator?: Emulator
-    seed?: Shared['seed']
-    close?(): Promise<void>
-}
+type Target = Shared['target'] & { fetch: FetchFn; emulator?: Emulator; close?(): Promise<void> }
 
 async function emulatorTarget(
     target: Extract<ReplayTarget, { kind: 'emulator' }>,
-    region: string,
+    host: IntercomHost,
     base: FetchFn
 ): Promise<Target> {
-    // A running emulator's URL: its state outlives the run, so checkpoints are kept for it.
-    if (target.url) {
-        const key = targetKey({ kind: 'emulator', url: target.url })
-        return { kind: 'emulator', fetch: redirectingFetch(target.url, base), key }
-    }
+    // A running emulator outlives the run, so checkpoints are kept for it.
+    const key = (url: string): string => `emulator ${url}`
+    if (target.url)
+        return { kind: 'emulator', fetch: redirectingFetch(target.url, base), key: key(target.url) }
     const owned = !target.emulator
     const emulator =
         target.emulator ??
-        (await startEmulator({ region: EMULATOR_REGIONS[region], contacts: target.seedContacts }))
+        (await startEmulator({ region: regionNameOf(host) as EmulatorRegion, contacts: target.seedContacts }))
     if (!owned) for (const contact of target.seedContacts ?? []) emulator.addContact(contact)
     const known = new Set(emulator.contacts().map((contact) => contact.email))
     const seed = (email: string): void => {
-        if (known.has(email)) return
+        if (!known.has(email)) emulator.addContact({ email, role: 'user' })
         known.add(email)
-        emulator.addContact({ email, role: 'user' })
     }
     return {
         kind: 'emulator',
         fetch: redirectingFetch(emulator.url, base),
         // An emulator started for this run forgets everything when it stops: no checkpoint could apply to it.
-        key: owned ? null : targetKey({ kind: 'emulator', url: emulator.url }),
+        key: owned ? null : key(emulator.url),
         emulator,
         seed: (target.deriveContacts ?? !target.seedContacts) ? seed : undefined,
         close: async () => (owned ? emulator.close() : undefined),
@@ -202,46 +161,36 @@ async function emulatorTarget(
 function openTarget(
     options: ReplayOptions,
     config: Record<string, string>,
-    onWrite: (write: DryRunWrite) => void
+    onWrite: (write: string) => void
 ) {
     const base = options.fetch ?? hostNodeFetch
     const region = parseRegion(config.region, config.useEuropeanDataStorage)
-    if (options.target.kind === 'emulator') return emulatorTarget(options.target, region, base)
+    const host = new URL(REGION_HOSTS[region]).hostname as IntercomHost
+    if (options.target.kind === 'emulator') return emulatorTarget(options.target, host, base)
     if (options.target.kind === 'dry-run')
         return { kind: 'dry-run', fetch: dryRunFetch(onWrite), key: null } as const
-    const host = new URL(REGION_HOSTS[region]).hostname as IntercomHost
-    const key = targetKey({ kind: 'intercom', region, token: config.intercomApiKey })
+    const key = workspaceKey(region, config.intercomApiKey)
     return { kind: 'intercom', fetch: intercomOnlyFetch(host, base), key } as const
 }
 
-// --- The plugin, loaded as PostHog loads it --------------------------------------------------------
+// --- The plugin, loaded as PostHog loads it
 
-interface LoadedPlugin extends RunPlugin {
-    teardownPlugin?: PluginExports['teardownPlugin']
-}
+type LoadedPlugin = RunPlugin & Pick<PluginExports, 'teardownPlugin'>
+type Log = NonNullable<ReplayOptions['onLog']>
 
-/**
- * The meta of PostHog's current executor: no cache, so the plugin keeps no retry queue and every event's fate
- * is known when onEvent settles (the replay retries transient failures itself). Its contact lookups are
- * remembered in `global`, one search per person.
- */
-async function startPlugin(
-    config: Record<string, string>,
-    fetch: FetchFn,
-    log: (level: string, text: string) => void
-): Promise<LoadedPlugin> {
+/** PostHog's current executor's meta: no cache, so no retry queue, and each event's fate is known when onEvent settles. */
+async function startPlugin(config: Record<string, string>, fetch: FetchFn, log: Log): Promise<LoadedPlugin> {
     const console = consoleTo((level, args) =>
         log(level, args.map((arg) => (typeof arg === 'string' ? arg : describeError(arg))).join(' '))
     )
     const exports = loadPlugin({ fetch, console })
     const onEvent = exports.onEvent
     if (!onEvent) throw new SetupError('index.ts exports no onEvent: there is nothing to replay through.')
-    const storage = createMemoryStorage()
     const meta = {
         config,
         global: {},
         attachments: {},
-        storage,
+        storage: createMemoryStorage(),
         geoip: { locate: async () => null },
         jobs: {},
         metrics: {},
@@ -258,106 +207,23 @@ async function startPlugin(
     return { onEvent, teardownPlugin: exports.teardownPlugin, meta }
 }
 
-// --- replay() --------------------------------------------------------------------------------------
-
-/** One line per write a dry run did not make: row, route, event, created_at, masked contact, metadata keys. */
-function describeWrite(write: DryRunWrite, line: number | undefined): string {
-    const where = line === undefined ? 'setup' : `line ${line}`
-    if (write.eventName !== undefined) {
-        const created = write.createdAt ?? 0
-        const iso = new Date(created * 1000).toISOString().replace('.000Z', 'Z')
-        const keys = write.metadataKeys?.length ? write.metadataKeys.join(', ') : '(none)'
-        return `${where}: ${write.route} "${write.eventName}" created_at ${created} (${iso}) contact ${write.contact} metadata: ${keys}`
-    }
-    const attributes = write.attributeKeys?.length ? ` attributes: ${write.attributeKeys.join(', ')}` : ''
-    return `${where}: ${write.route}${write.contact ? ` contact ${write.contact}` : ''}${attributes}`
-}
-
-/** What every file of one replay shares, beyond what its run needs. */
-interface Session extends Shared {
-    options: ReplayOptions
-    target: Target
-    /** Notices name the file as the user typed it. */
-    notice: (file: string, line: string) => void
-    digest: string
-}
-
-/** The file's state for this target and config, with a notice saying where the run starts. */
-function openState(file: string, session: Session): FileState {
-    const { options, target, digest } = session
-    const dir = options.checkpointDir ?? DEFAULTS.checkpointDir
-    const key = { ...fingerprint(file), target: target.key ?? target.kind, config: digest }
-    const paths = dir === false || target.key === null ? null : checkpointPaths(dir, key)
-    const state = new FileState(key, paths, options.restart)
-    const others = paths && !state.resumed ? otherCheckpoints(dir as string, key).length : 0
-    if (others > 0) {
-        session.notice(
-            file,
-            `no checkpoint for this target and config, so every event is sent (${others} checkpoint(s) of another target, config or version of the file do not apply).`
-        )
-    }
-    return state
-}
-
-async function replayFile(path: string, session: Session): Promise<FileSummary> {
-    const { options, target } = session
-    const file = emptyFileSummary(path)
-    try {
-        file.kind = detectInput(path, options.format)
-    } catch (error) {
-        if (!(error instanceof InputError)) throw error
-        return { ...file, error: error.message, stoppedBecause: error.message }
-    }
-    if (file.kind.note) session.notice(path, `${file.kind.note}.`)
-    const state = openState(path, session)
-    file.checkpoint = state.paths?.checkpoint
-    file.failedFile = state.paths?.failed
-    file.retriedFromEarlier = state.toRetry
-    if (state.resumed && state.wasReadToEnd && state.toRetry === 0) {
-        session.notice(
-            path,
-            'every event was already delivered to this target with this config: nothing to do.'
-        )
-        return { ...file, failed: failedByKind(state.failed()), readToEnd: true, complete: true }
-    }
-    if (state.resumed) {
-        const retrying = state.toRetry > 0 ? `, retrying ${state.toRetry} earlier failure(s)` : ''
-        session.notice(path, `resuming from ${state.paths?.checkpoint}${retrying}.`)
-    }
-    let input: InputSource | undefined
-    const showProgress = options.progress ?? (Boolean(process.stderr.isTTY) && target.kind !== 'dry-run')
-    try {
-        input = openInput(path, file.kind)
-        const progress = createProgress(showProgress, input.size, file)
-        const end = await new FileRun(session, { state, file, progress, input })
-            .run()
-            .finally(() => progress.stop())
-        return {
-            ...file,
-            ...end,
-            failed: failedByKind(state.failed()),
-            complete: state.complete(end.readToEnd),
-        }
-    } finally {
-        input?.close()
-    }
-}
+// --- replay()
 
 /** Replays every file of `options.inputs` through the plugin, one after the other; resolves to the summary (see `exitCode`). */
 export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     const started = Date.now()
     const config = pluginConfig(options)
+    const setting = (name: 'concurrency' | 'stopAfterFailures' | 'checkpointEvery') =>
+        positive(name, options[name] ?? DEFAULTS[name])
     const run: Shared['run'] = {
         settings: parseConfig(config), // the plugin's own message for a config it would refuse
-        concurrency: positive('concurrency', options.concurrency ?? DEFAULTS.concurrency),
+        concurrency: setting('concurrency'),
         budget: { left: options.limit ?? Infinity },
         signal: options.signal,
         retryDelayScale: options.retryDelayScale ?? 1,
-        stopAfterFailures: positive(
-            'stopAfterFailures',
-            options.stopAfterFailures ?? DEFAULTS.stopAfterFailures
-        ),
-        checkpointEvery: positive('checkpointEvery', options.checkpointEvery ?? DEFAULTS.checkpointEvery),
+        stopAfterFailures: setting('stopAfterFailures'),
+        checkpointEvery: setting('checkpointEvery'),
+        checkpointDir: options.checkpointDir ?? DEFAULTS.checkpointDir,
     }
     const eventPacer =
         options.rate === undefined
@@ -368,27 +234,27 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     const notice = options.notice ?? ((line) => process.stderr.write(`${line}\n`))
     const redactText = (text: string): string => redact(text, config.intercomApiKey)
     const rowContext = new AsyncLocalStorage<number>()
-    const target: Target = await openTarget(options, config, (write) =>
-        print(describeWrite(write, rowContext.getStore()))
-    )
+    const target: Target = await openTarget(options, config, (write) => {
+        const line = rowContext.getStore()
+        print(`${line === undefined ? 'setup' : `line ${line}`}: ${write}`)
+    })
     try {
         const gate = new WindowGate(options.signal)
-        const meter = new CallMeter(gate)
-        const log = (level: string, text: string): void => options.onLog?.(level, redactText(text))
-        const plugin = await startPlugin(config, meter.wrap(target.fetch), log)
-        const session: Session = {
-            ...{ run, plugin, seed: target.seed, gate, eventPacer, rowContext, redactText, options, target },
+        const log: Log = (level, text) => options.onLog?.(level, redactText(text))
+        const plugin = await startPlugin(config, gate.wrap(target.fetch), log)
+        const shared: Shared = {
+            ...{ options, run, plugin, target, gate, eventPacer, rowContext, redactText },
             notice: (file, line) => notice(`${displayPath(file)}: ${line}`),
             digest: configDigest(config),
         }
         const summaries: FileSummary[] = []
-        for (const file of files) summaries.push(await replayFile(file, session))
+        for (const file of files) summaries.push(await replayFile(file, shared))
         await plugin.teardownPlugin?.(plugin.meta)
         const emulator = target.emulator
         return {
             target: target.kind,
             files: summaries,
-            intercomCalls: meter.snapshot(),
+            intercomCalls: gate.calls,
             emulator: emulator && {
                 url: emulator.url,
                 eventsStored: emulator.events().length,

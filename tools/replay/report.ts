@@ -1,11 +1,12 @@
 /** What a replay reports: the tally of each file, the summary with what to do next, the exit code, and the progress bar. */
 import { Presets, SingleBar } from 'cli-progress'
 
+import { isRecord } from '../intercom/rules'
+
 import type { FailedEvent, FailureKind } from './checkpoint'
 import type { CallCounts } from './fetch'
-import { sortedCounts, sumCounts } from '../lib/report'
-import { displayPath } from './files'
-import type { InputKind } from './input'
+import { addCount, sortedCounts, sumCounts } from '../lib/report'
+import { displayPath, InputKind } from './input'
 
 export type ReplayTargetKind = 'intercom' | 'emulator' | 'dry-run'
 
@@ -15,7 +16,6 @@ export interface FileSummary {
     kind?: InputKind
     /** Events done by earlier runs for this target and config, skipped. */
     doneEarlier: number
-    /** Earlier failures tried again in this run. */
     retriedFromEarlier: number
     /** Records handed to the plugin in this run. */
     rowsRead: number
@@ -47,7 +47,6 @@ export interface ReplaySummary {
     target: ReplayTargetKind
     files: FileSummary[]
     intercomCalls: CallCounts
-    /** Set when the replay ran against the emulator. */
     emulator?: { url: string; eventsStored: number; deduplicated: number }
     interrupted: boolean
     durationMs: number
@@ -80,25 +79,21 @@ export function exitCode(summary: ReplaySummary): 0 | 1 | 130 {
 
 const SHOWN_FAILURES = 5
 
-export type OutcomeStatus = 'delivered' | 'skipped' | 'queued' | 'synced' | 'unknown'
+const OUTCOMES = ['delivered', 'skipped', 'queued', 'synced'] as const
 
 /** `{status, reason}` of what onEvent resolved to (an Outcome in index.ts), read defensively. */
-export function outcomeOf(value: unknown): { status: OutcomeStatus; reason: string } {
-    const outcome = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>
-    const status = outcome.status
-    const known = status === 'delivered' || status === 'skipped' || status === 'queued' || status === 'synced'
-    return {
-        status: known ? status : 'unknown',
-        reason: typeof outcome.reason === 'string' ? outcome.reason : '',
-    }
+export function outcomeOf(value: unknown): { status: (typeof OUTCOMES)[number] | 'unknown'; reason: string } {
+    const { status, reason } = isRecord(value) ? value : {}
+    const known = OUTCOMES.find((name) => name === status)
+    return { status: known ?? 'unknown', reason: typeof reason === 'string' ? reason : '' }
 }
 
 export function countSkip(file: FileSummary, reason: string): void {
-    file.skipped[reason || 'no reason given'] = (file.skipped[reason || 'no reason given'] ?? 0) + 1
+    addCount(file.skipped, reason || 'no reason given')
 }
 
 export function countFailure(file: FileSummary, failure: FailedEvent): void {
-    file.reasons[failure.reason] = (file.reasons[failure.reason] ?? 0) + 1
+    addCount(file.reasons, failure.reason)
     if (file.firstFailures.length < SHOWN_FAILURES) file.firstFailures.push(failure)
 }
 
@@ -111,11 +106,10 @@ export function failedByKind(failures: FailedEvent[]): Record<FailureKind, numbe
 
 // --- Summary text
 
-function breakdown(counts: Record<string, number>): string {
-    return sortedCounts(counts)
+const breakdown = (counts: Record<string, number>): string =>
+    sortedCounts(counts)
         .map(([key, count]) => `${count} × ${key}`)
         .join('; ')
-}
 
 function row(label: string, count: number, detail = ''): string {
     return `  ${label.padEnd(18)}${String(count).padStart(8)}${detail ? `   ${detail}` : ''}`
@@ -144,7 +138,7 @@ function fileLines(file: FileSummary): string[] {
         file.doneEarlier > 0 || file.retriedFromEarlier > 0
             ? `${file.doneEarlier} done by earlier runs, ${file.retriedFromEarlier} earlier failures retried`
             : ''
-    const { unreadable, refused, failed } = file.failed
+    const notDelivered = sumCounts(file.failed)
     const lines = [
         `${displayPath(file.file)} (${kindLabel(file.kind)}): ${fileState(file)}`,
         row('rows read', file.rowsRead, earlier),
@@ -152,55 +146,42 @@ function fileLines(file: FileSummary): string[] {
         row('synced', file.synced),
         row('skipped', sumCounts(file.skipped), breakdown(file.skipped)),
         row('retried', file.retried, file.retried ? 'onEvent attempts repeated after a RetryError' : ''),
-        row('not delivered', unreadable + refused + failed, breakdown(file.reasons)),
+        row('not delivered', notDelivered, breakdown(file.reasons)),
     ]
     if (file.error) lines.push(`  ${file.error}`)
-    for (const failure of file.firstFailures) {
-        lines.push(
-            `  line ${failure.line}${failure.uuid ? ` (uuid ${failure.uuid})` : ''}: ${failure.kind}: ${failure.reason}`
-        )
+    for (const { line, uuid, kind, reason } of file.firstFailures) {
+        lines.push(`  line ${line}${uuid ? ` (uuid ${uuid})` : ''}: ${kind}: ${reason}`)
     }
     const more = sumCounts(file.reasons) - file.firstFailures.length
     if (more > 0) lines.push(`  ... and ${more} more`)
-    if (file.failedFile && unreadable + refused + failed > 0)
-        lines.push(`  all failed events: ${file.failedFile}`)
+    if (file.failedFile && notDelivered > 0) lines.push(`  all failed events: ${file.failedFile}`)
     return lines
 }
 
 /** What the user should do now, one line per situation, most urgent first. */
 function nextSteps(summary: ReplaySummary): string[] {
     const files = summary.files
-    const sum = (pick: (file: FileSummary) => number): number => files.reduce((n, file) => n + pick(file), 0)
-    const failed = sum((file) => file.failed.failed)
-    const refused = sum((file) => file.failed.refused)
-    const unreadable = sum((file) => file.failed.unreadable)
+    const sum = (kind: FailureKind): number => files.reduce((n, file) => n + file.failed[kind], 0)
+    const [failed, refused, unreadable] = [sum('failed'), sum('refused'), sum('unreadable')]
     const stopped = files.filter((file) => !file.readToEnd)
-    const steps: string[] = []
-    if (stopped.length > 0)
-        steps.push(
-            `${stopped.length} file(s) not read to the end (${stopped.map((file) => file.stoppedBecause ?? file.error ?? 'stopped').join('; ')}): run the same command again to go on from where each stopped.`
-        )
-    if (failed > 0)
-        steps.push(
-            `${failed} event(s) could not be delivered (reasons above; each with its line and uuid in the failed-events file): run the same command again once the cause is gone, and only they are retried.`
-        )
-    if (refused > 0)
-        steps.push(
-            `${refused} event(s) were refused for good (reasons above and in the failed-events file): fix the cause (Intercom's message says what) and run the same command to retry them, or leave them.`
-        )
-    if (unreadable > 0)
-        steps.push(
-            `${unreadable} row(s) could not be read (lines above): they are not retried; fix the export to send them.`
-        )
-    if (summary.target === 'dry-run')
-        steps.push('Dry run: nothing was sent. Run without --dry-run, with INTERCOM_API_KEY set, to send.')
-    else if (summary.target === 'emulator')
-        steps.push(
-            'Emulator run: nothing reached Intercom. Run without --emulator, with INTERCOM_API_KEY set, to send.'
-        )
-    if (steps.length === 0)
-        steps.push('Nothing left to do: every event was delivered or skipped for the reason shown.')
-    return steps
+    const target = summary.target
+    const steps = [
+        stopped.length > 0 &&
+            `${stopped.length} file(s) not read to the end (${stopped.map((file) => file.stoppedBecause ?? file.error ?? 'stopped').join('; ')}): run the same command again to go on from where each stopped.`,
+        failed > 0 &&
+            `${failed} event(s) could not be delivered (reasons above; each with its line and uuid in the failed-events file): run the same command again once the cause is gone, and only they are retried.`,
+        refused > 0 &&
+            `${refused} event(s) were refused for good (reasons above and in the failed-events file): fix the cause (Intercom's message says what) and run the same command to retry them, or leave them.`,
+        unreadable > 0 &&
+            `${unreadable} row(s) could not be read (lines above): they are not retried; fix the export to send them.`,
+        target === 'dry-run' &&
+            'Dry run: nothing was sent. Run without --dry-run, with INTERCOM_API_KEY set, to send.',
+        target === 'emulator' &&
+            'Emulator run: nothing reached Intercom. Run without --emulator, with INTERCOM_API_KEY set, to send.',
+    ].filter((step): step is string => Boolean(step))
+    return steps.length > 0
+        ? steps
+        : ['Nothing left to do: every event was delivered or skipped for the reason shown.']
 }
 
 export function formatSummary(summary: ReplaySummary): string {
@@ -210,15 +191,10 @@ export function formatSummary(summary: ReplaySummary): string {
         `Replay to ${TARGET_NAMES[summary.target]}: ${state} in ${seconds} s, ${summary.files.length} file(s)`,
     ]
     for (const file of summary.files) lines.push(...fileLines(file))
-    const calls = summary.intercomCalls
-    lines.push(
-        row(
-            summary.target === 'dry-run' ? 'Intercom calls *' : 'Intercom calls',
-            calls.total,
-            breakdown(calls.byRoute)
-        )
-    )
-    if (summary.target === 'dry-run') lines.push('  * answered in the process: no request left it')
+    const { total, byRoute } = summary.intercomCalls
+    const dryRun = summary.target === 'dry-run'
+    lines.push(row(dryRun ? 'Intercom calls *' : 'Intercom calls', total, breakdown(byRoute)))
+    if (dryRun) lines.push('  * answered in the process: no request left it')
     if (summary.emulator) {
         const { eventsStored, deduplicated } = summary.emulator
         lines.push(`  emulator: ${eventsStored} events stored, ${deduplicated} repeated posts deduplicated`)
@@ -229,21 +205,19 @@ export function formatSummary(summary: ReplaySummary): string {
 
 // --- Progress bar
 
-export interface Progress {
+interface Progress {
     update(bytes: number, file: FileSummary): void
     stop(): void
 }
 
 const SILENT: Progress = { update: () => undefined, stop: () => undefined }
 
-function payload(file: FileSummary): Record<string, number | string> {
-    return {
-        name: displayPath(file.file),
-        rows: file.rowsRead,
-        delivered: file.delivered,
-        failed: sumCounts(file.reasons),
-    }
-}
+const payload = (file: FileSummary) => ({
+    name: displayPath(file.file),
+    rows: file.rowsRead,
+    delivered: file.delivered,
+    failed: sumCounts(file.reasons),
+})
 
 /** A bar over the bytes of one file, on stderr; nothing at all when disabled. */
 export function createProgress(enabled: boolean, totalBytes: number, file: FileSummary): Progress {

@@ -24,9 +24,9 @@ function isObject(value: unknown): value is JsonObject {
     return typeof value === 'object' && value !== null && !Array.isArray(value) && !isDate(value)
 }
 
-/** `properties` and `person_properties` come as objects in JSON exports and as JSON text in CSV and Parquet. */
-function objectField(value: unknown, name: string): JsonObject | string {
-    if (value === undefined || value === null || value === '') return {}
+/** `properties` and `person_properties`: objects in JSON exports, JSON text in CSV and Parquet; undefined when empty. */
+function objectField(value: unknown, name: string): JsonObject | string | undefined {
+    if (value === undefined || value === null || value === '') return undefined
     if (isObject(value)) return value
     if (typeof value === 'string') {
         try {
@@ -42,9 +42,8 @@ function objectField(value: unknown, name: string): JsonObject | string {
 const CLICKHOUSE_TIMESTAMP = /^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2})(\.\d+)?$/
 
 /**
- * ClickHouse writes `2024-05-01 12:00:00.123456`, in UTC but without a zone, which Date.parse would read as
- * local time. PostHog turns it into ISO 8601 UTC before a plugin sees it (clickHouseTimestampToISO); so does
- * the replay. Parquet timestamps arrive as Dates. Anything else is passed on untouched for the plugin to judge.
+ * ClickHouse's `2024-05-01 12:00:00.123456` is UTC without a zone (Date.parse would read local time): PostHog
+ * makes it ISO 8601 UTC before a plugin sees it, and so does the replay. Anything else is left to the plugin.
  */
 export function normalizeTimestamp(value: unknown): string | undefined {
     if (isDate(value)) return Number.isNaN(value.getTime()) ? undefined : value.toISOString()
@@ -59,16 +58,12 @@ export function normalizeTimestamp(value: unknown): string | undefined {
 // --- The CSV of PostHog's UI: nested values flattened into dotted columns
 
 /**
- * PostHog's CSV exporter (posthog/tasks/exports/csv_exporter.py) flattens each row with rest_framework_csv's
- * CSVRenderer: nested keys joined with `.` (`properties.$set.email`), list items numbered (`tags.0`), and the
- * events table's `*` column prefixing everything (`*.properties.plan`). These three fields are rebuilt.
+ * PostHog's CSV exporter flattens each row: nested keys joined with `.` (`properties.$set.email`), list items
+ * numbered (`tags.0`), the events table's `*` column prefixing everything (`*.properties.plan`).
  */
 const NESTED_COLUMN = /^(properties|person_properties|person\.properties)\.(.+)$/
 
-/**
- * Every cell is text: Python's csv writer spells None as an empty cell, booleans `True`/`False`, and numbers
- * as `str()` does. A cell that reads back as the very same number becomes one (`19.99`, `3`); `007` stays text.
- */
+/** A cell as Python's csv writer spelled it: `True`/`False`, and numbers as `str()` writes them (`007` stays text). */
 export function csvValue(cell: string): unknown {
     if (cell === 'True' || cell === 'False') return cell === 'True'
     const number = Number(cell)
@@ -95,10 +90,7 @@ function setPath(target: JsonObject, path: string[], value: unknown): void {
 /** Flat CSV columns → the row's fields, with nested columns rebuilt into objects under the three fields above. */
 export function unflattenColumns(raw: Record<string, string>): JsonObject {
     const flat: JsonObject = {}
-    const nested: Record<'properties' | 'person_properties', JsonObject> = {
-        properties: {},
-        person_properties: {},
-    }
+    const nested = { properties: {} as JsonObject, person_properties: {} as JsonObject }
     for (const [name, cell] of Object.entries(raw)) {
         const column = name.startsWith('*.') ? name.slice(2) : name
         const inner = NESTED_COLUMN.exec(column)
@@ -112,7 +104,7 @@ export function unflattenColumns(raw: Record<string, string>): JsonObject {
     for (const field of ['properties', 'person_properties'] as const) {
         const rebuilt = restoreLists(nested[field]) as JsonObject
         if (Object.keys(rebuilt).length === 0) continue
-        const whole = objectField(flat[field], field)
+        const whole = objectField(flat[field], field) ?? {}
         flat[field] = typeof whole === 'string' ? whole : { ...whole, ...rebuilt }
     }
     return flat
@@ -125,22 +117,16 @@ function optionalString(value: unknown): string | undefined {
     return typeof value === 'number' || typeof value === 'bigint' ? String(value) : undefined
 }
 
-function personPropertiesOf(raw: JsonObject): JsonObject | string | undefined {
-    // Batch exports have `person_properties`; some tools nest them as `person.properties`.
-    const value = raw.person_properties ?? (isObject(raw.person) ? raw.person.properties : undefined)
-    return value === undefined || value === null || value === ''
-        ? undefined
-        : objectField(value, 'person_properties')
-}
-
 /** The export row as the replay needs it, or the reason it cannot be one. */
 export function toExportRow(raw: unknown): ExportRow | string {
     if (!isObject(raw)) return 'not a JSON object'
     const event = optionalString(raw.event)
     if (!event) return 'no event name'
-    const properties = objectField(raw.properties, 'properties')
+    const properties = objectField(raw.properties, 'properties') ?? {}
     if (typeof properties === 'string') return properties
-    const personProperties = personPropertiesOf(raw)
+    // Batch exports have `person_properties`; some tools nest them as `person.properties`.
+    const person = raw.person_properties ?? (isObject(raw.person) ? raw.person.properties : undefined)
+    const personProperties = objectField(person, 'person_properties')
     if (typeof personProperties === 'string') return personProperties
     const teamId = Number(raw.team_id)
     return {

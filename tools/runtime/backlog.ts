@@ -1,10 +1,10 @@
-/**
- * The queue contract, as steps a test or a fault scenario can run against any variant: park a backlog
- * while Intercom answers 5xx, drain it (runEveryMinute where the runtime calls it, else new events
- * through onEvent), and count what Intercom stored against what was sent.
+/** The queue contract, as steps a test or a fault scenario can run against any variant:
+ * park a backlog while Intercom answers 5xx, drain it (runEveryMinute where the runtime calls it, else new
+ * events through onEvent), and count what Intercom stored against what was sent.
  */
 import type { Emulator } from '../intercom/emulator'
 import type { RedisCache } from './cache'
+import { Slots } from '../lib/slots'
 import type { RuntimeEvent, Treatment, VariantRuntime } from './start-variant'
 
 export const BACKLOG_EMAIL = 'ada@example.com'
@@ -12,10 +12,7 @@ export const BACKLOG_EVENT = 'signed_up'
 export const BACKLOG_CONFIG = { intercomApiKey: 'test-token', triggeringEvents: BACKLOG_EVENT }
 
 /** `count` events of one contact, one second apart, two hours old (past Intercom's search lag). */
-export function backlogEvents(
-    count: number,
-    options: { offset?: number; prefix?: string } = {}
-): RuntimeEvent[] {
+export function backlogEvents(count: number, options: { offset?: number; prefix?: string } = {}) {
     const offset = options.offset ?? 0
     const start = Math.floor(Date.now() / 1000) - 2 * 3600
     return Array.from({ length: count }, (_, i) => ({
@@ -33,16 +30,8 @@ export async function runEvents(
     events: readonly RuntimeEvent[],
     concurrency = 10
 ): Promise<Treatment[]> {
-    const results: Treatment[] = new Array(events.length)
-    let next = 0
-    const lane = async (): Promise<void> => {
-        while (next < events.length) {
-            const index = next++
-            results[index] = await runtime.onEvent(events[index])
-        }
-    }
-    await Promise.all(Array.from({ length: Math.min(concurrency, events.length) }, lane))
-    return results
+    const slots = new Slots(concurrency)
+    return Promise.all(events.map((event) => slots.run(() => runtime.onEvent(event))))
 }
 
 /** What the plugin said about one event (index.ts resolves onEvent to `{status, reason}`). */
@@ -81,27 +70,13 @@ export interface DrainReport {
     errors: string[]
 }
 
-interface MinuteValue {
-    delivered?: number
-    dropped?: number
-    droppedByReason?: Record<string, number>
-    remaining?: number
-}
-
-function addReasons(into: Record<string, number>, from: Record<string, number> | undefined): void {
-    for (const [reason, count] of Object.entries(from ?? {})) into[reason] = (into[reason] ?? 0) + count
+function emptyReport(): DrainReport {
+    return { rounds: 0, delivered: 0, dropped: 0, droppedByReason: {}, remaining: -1, errors: [] }
 }
 
 /** Calls runEveryMinute until it reports nothing remaining, at most `maxRounds` times. */
 export async function drainByMinutes(runtime: VariantRuntime, maxRounds = 30): Promise<DrainReport> {
-    const report: DrainReport = {
-        rounds: 0,
-        delivered: 0,
-        dropped: 0,
-        droppedByReason: {},
-        remaining: -1,
-        errors: [],
-    }
+    const report = emptyReport()
     if (!runtime.runEveryMinute) throw new Error(`Variant ${runtime.variant.id} has no runEveryMinute`)
     while (report.rounds < maxRounds) {
         report.rounds++
@@ -110,10 +85,11 @@ export async function drainByMinutes(runtime: VariantRuntime, maxRounds = 30): P
             report.errors.push(treatment.error ?? 'failed')
             continue
         }
-        const value = (treatment.value ?? {}) as MinuteValue
+        const value = (treatment.value ?? {}) as Partial<Omit<DrainReport, 'rounds' | 'errors'>>
         report.delivered += value.delivered ?? 0
         report.dropped += value.dropped ?? 0
-        addReasons(report.droppedByReason, value.droppedByReason)
+        for (const [reason, n] of Object.entries(value.droppedByReason ?? {}))
+            report.droppedByReason[reason] = (report.droppedByReason[reason] ?? 0) + n
         report.remaining = value.remaining ?? 0
         if (report.remaining === 0) break
     }
@@ -126,39 +102,22 @@ export function queueLength(redis: RedisCache, key = 'intercom:retry-queue'): Pr
 }
 
 /**
- * Drains where runEveryMinute is never called (variant 4): new events arrive, one at a time, until
- * the queue is empty or `nudges` events have been sent. Returns the nudge events actually sent.
+ * Drains the variant's way: runEveryMinute where the runtime calls it, else (variant 4) new events,
+ * one at a time, until the queue is empty or every nudge is sent. `nudged`: the nudges actually sent.
  */
-export async function drainByEvents(
-    runtime: VariantRuntime,
-    nudges: readonly RuntimeEvent[]
-): Promise<RuntimeEvent[]> {
-    const sent: RuntimeEvent[] = []
-    for (const event of nudges) {
-        if (runtime.redis && (await queueLength(runtime.redis)) === 0) break
-        await runtime.onEvent(event)
-        sent.push(event)
-    }
-    return sent
-}
-
-/** Either way the variant offers. */
 export async function drain(
     runtime: VariantRuntime,
     nudges: readonly RuntimeEvent[] = []
 ): Promise<DrainReport & { nudged: RuntimeEvent[] }> {
     if (runtime.runEveryMinute) return { ...(await drainByMinutes(runtime)), nudged: [] }
-    const nudged = await drainByEvents(runtime, nudges)
-    const remaining = runtime.redis ? await queueLength(runtime.redis) : 0
-    return {
-        rounds: nudged.length,
-        delivered: 0,
-        dropped: 0,
-        droppedByReason: {},
-        remaining,
-        errors: [],
-        nudged,
+    const nudged: RuntimeEvent[] = []
+    for (const event of nudges) {
+        if (runtime.redis && (await queueLength(runtime.redis)) === 0) break
+        await runtime.onEvent(event)
+        nudged.push(event)
     }
+    const remaining = runtime.redis ? await queueLength(runtime.redis) : 0
+    return { ...emptyReport(), rounds: nudged.length, remaining, nudged }
 }
 
 export interface StoredReport {

@@ -1,16 +1,8 @@
-/**
- * PostHog's `meta.cache` extension (plugin-server `src/worker/vm/extensions/cache.ts` and the Redis
- * helpers of its `db.ts`), over a real Redis through ioredis or over an in-memory store that answers
- * as Redis does (for `npm start` without Redis):
- *
- * - keys `<namespace><key>`, PostHog's namespace being `@plugin/<plugin id>/<team id>/`; `set` stores
- *   JSON (unless `jsonSerialize: false`), with `SET … EX ttl` when a TTL is given; `get` parses it back,
- *   and a missing or empty value reads as null whatever default is given (ioredis answers null, PostHog
- *   only fell back on undefined);
- * - `lpush` takes one string or an array of at most 1,000 (IllegalOperationError past that), elements
- *   stored as raw strings; `lrange`, `llen`, `lrem`, `incr`, `expire` as Redis answers them;
- * - `lpop(key, count)` is Redis `LPOP key count`. In `redis-6.0` mode that command is refused with the
- *   error Redis 6.0 gives, as it has no count argument before 6.2.
+/** PostHog's `meta.cache` extension over a real Redis, or over an in-memory store that answers as Redis does.
+ * As plugin-server's `extensions/cache.ts` and the Redis helpers of its `db.ts`: keys are
+ * `@plugin/<plugin id>/<team id>/<key>`; a missing or empty value reads as null whatever default is given
+ * (ioredis answers null; PostHog only fell back on undefined). `redis-6.0` mode refuses `LPOP key count` as
+ * Redis did before 6.2.
  */
 import Redis from 'ioredis'
 
@@ -40,22 +32,7 @@ export interface CacheStore {
     close(): Promise<void>
 }
 
-export interface CacheOptions {
-    jsonSerialize?: boolean
-}
-
-/** The `meta.cache` a plugin sees. */
-export interface PluginCache {
-    set(key: string, value: unknown, ttlSeconds?: number, options?: CacheOptions): Promise<void>
-    get(key: string, defaultValue: unknown, options?: CacheOptions): Promise<unknown>
-    incr(key: string): Promise<number>
-    expire(key: string, ttlSeconds: number): Promise<boolean>
-    lpush(key: string, elementOrArray: unknown): Promise<number>
-    lrange(key: string, startIndex: number, endIndex: number): Promise<string[]>
-    llen(key: string): Promise<number>
-    lrem(key: string, count: number, elementKey: string): Promise<number>
-    lpop(key: string, count: number): Promise<string[] | null>
-}
+type CacheOptions = { jsonSerialize?: boolean }
 
 function lpushElements(elementOrArray: unknown): string[] {
     if (typeof elementOrArray === 'string') return [elementOrArray]
@@ -66,13 +43,14 @@ function lpushElements(elementOrArray: unknown): string[] {
     return elementOrArray.map((element) => String(element))
 }
 
-function expectNumber(value: unknown, message: string): void {
-    if (typeof value !== 'number') throw new Error(message)
+/** PostHog's check on `count` of lrem and lpop. */
+function expectCount(command: string, count: unknown): void {
+    if (typeof count !== 'number')
+        throw new Error(`cache.${command} expects a number for the "count" argument`)
 }
 
 function parseValue(value: string | null, jsonSerialize: boolean): unknown {
-    if (!value) return null
-    if (!jsonSerialize) return value
+    if (!value || !jsonSerialize) return value || null
     try {
         return JSON.parse(value)
     } catch {
@@ -80,54 +58,50 @@ function parseValue(value: string | null, jsonSerialize: boolean): unknown {
     }
 }
 
-/** The cache extension over a store, every key under `namespace`. */
-export function createPluginCache(store: CacheStore, namespace: string): PluginCache {
+/** The cache extension over a store, every key under `namespace`: the `meta.cache` a plugin sees. */
+export function createPluginCache(store: CacheStore, namespace: string) {
     const keyOf = (key: string): string => `${namespace}${key}`
     return {
-        async set(key, value, ttlSeconds, options = {}) {
+        async set(key: string, value: unknown, ttlSeconds?: number, options: CacheOptions = {}) {
             const stored = (options.jsonSerialize ?? true) ? JSON.stringify(value) : String(value)
             await store.set(keyOf(key), stored, ttlSeconds)
         },
-        async get(key, _defaultValue, options = {}) {
+        async get(key: string, _defaultValue: unknown, options: CacheOptions = {}): Promise<unknown> {
             return parseValue(await store.get(keyOf(key)), options.jsonSerialize ?? true)
         },
-        incr: (key) => store.incr(keyOf(key)),
-        expire: (key, ttlSeconds) => store.expire(keyOf(key), ttlSeconds),
-        lpush: async (key, elementOrArray) => store.lpush(keyOf(key), lpushElements(elementOrArray)),
-        async lrange(key, startIndex, endIndex) {
-            const message = 'cache.lrange expects a number for the start and end indexes'
-            expectNumber(startIndex, message)
-            expectNumber(endIndex, message)
+        incr: (key: string) => store.incr(keyOf(key)),
+        expire: (key: string, ttlSeconds: number) => store.expire(keyOf(key), ttlSeconds),
+        lpush: async (key: string, elementOrArray: unknown) =>
+            store.lpush(keyOf(key), lpushElements(elementOrArray)),
+        async lrange(key: string, startIndex: number, endIndex: number) {
+            if (typeof startIndex !== 'number' || typeof endIndex !== 'number')
+                throw new Error('cache.lrange expects a number for the start and end indexes')
             return store.lrange(keyOf(key), startIndex, endIndex)
         },
-        llen: (key) => store.llen(keyOf(key)),
-        async lrem(key, count, elementKey) {
-            expectNumber(count, 'cache.lrem expects a number for the "count" argument')
+        llen: (key: string) => store.llen(keyOf(key)),
+        async lrem(key: string, count: number, elementKey: string) {
+            expectCount('lrem', count)
             return store.lrem(keyOf(key), count, elementKey)
         },
-        async lpop(key, count) {
-            expectNumber(count, 'cache.lpop expects a number for the "count" argument')
+        async lpop(key: string, count: number) {
+            expectCount('lpop', count)
             return store.lpop(keyOf(key), count)
         },
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Stores
-// ---------------------------------------------------------------------------------------------
 
 const WRONG_TYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
 
 /** Removes `count` occurrences like LREM: from the head if positive, the tail if negative, all if 0. */
 function removeOccurrences(list: string[], count: number, value: string): number {
     const indexes = list.map((item, index) => (item === value ? index : -1)).filter((index) => index >= 0)
-    const chosen = (count < 0 ? indexes.reverse() : indexes).slice(
-        0,
-        count === 0 ? Infinity : Math.abs(count)
-    )
+    const limit = count === 0 ? Infinity : Math.abs(count)
+    const chosen = (count < 0 ? indexes.reverse() : indexes).slice(0, limit)
     for (const index of [...chosen].sort((a, b) => b - a)) list.splice(index, 1)
     return chosen.length
 }
+
+export type PluginCache = ReturnType<typeof createPluginCache>
 
 /** An in-process stand-in for Redis with the same answers, TTLs checked on access. */
 export function createMemoryStore(now: () => number = Date.now): CacheStore {
@@ -190,23 +164,18 @@ export function createMemoryStore(now: () => number = Date.now): CacheStore {
     }
 }
 
-/** A Redis client that gives up on a command after one reconnection try, as a pool with a timeout would. */
-export function connectRedis(redisUrl: string): Redis {
+/** The store on a real Redis, so workers share it the way PostHog's servers did. */
+export function createRedisStore(
+    redisUrl: string,
+    mode: RedisMode = 'redis-7'
+): CacheStore & { client: Redis } {
+    // A command gives up after one reconnection try, as a pool with a timeout would.
     const client = new Redis(redisUrl, {
         maxRetriesPerRequest: 1,
         retryStrategy: (times) => Math.min(times * 100, 1000),
     })
     // A Redis that is down shows in the commands' rejections; the connection's own errors are noise.
     client.on('error', () => undefined)
-    return client
-}
-
-/** The store on a real Redis, so workers share it the way PostHog's servers did. */
-export function createRedisStore(
-    redisUrl: string,
-    mode: RedisMode = 'redis-7'
-): CacheStore & { client: Redis } {
-    const client = connectRedis(redisUrl)
     return {
         client,
         get: (key) => client.get(key),
@@ -233,19 +202,8 @@ export function createRedisStore(
                 cursor = next
             } while (cursor !== '0')
         },
-        close: async () => {
-            client.disconnect()
-        },
+        close: async () => client.disconnect(),
     }
-}
-
-export interface RedisCache {
-    cache: PluginCache
-    /** The full Redis key of a plugin key, for tests and fault scenarios. */
-    keyOf(key: string): string
-    /** The underlying client (tests read raw keys and TTLs with it). */
-    client: Redis
-    close(): Promise<void>
 }
 
 /** PostHog's cache of one plugin of one team, on a real Redis. */
@@ -254,14 +212,18 @@ export function createRedisCache(options: {
     pluginId?: number
     teamId?: number
     mode?: RedisMode
-}): RedisCache {
-    const { pluginId = 1, teamId = 1 } = options
-    const store = createRedisStore(options.redisUrl, options.mode)
+}) {
+    const { redisUrl, pluginId = 1, teamId = 1, mode } = options
+    const store = createRedisStore(redisUrl, mode)
     const namespace = `@plugin/${pluginId}/${teamId}/`
     return {
         cache: createPluginCache(store, namespace),
-        keyOf: (key) => `${namespace}${key}`,
+        /** The full Redis key of a plugin key, for tests and fault scenarios. */
+        keyOf: (key: string) => `${namespace}${key}`,
+        /** The underlying client (tests read raw keys and TTLs with it). */
         client: store.client,
         close: store.close,
     }
 }
+
+export type RedisCache = ReturnType<typeof createRedisCache>

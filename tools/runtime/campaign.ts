@@ -1,8 +1,7 @@
-/**
- * The fault campaign's variant matrix: each scenario of VARIANT_SCENARIOS (tools/faults/scenarios.ts) run in
- * each of PostHog's six runtimes it applies to, with the real loader (tools/runtime), a private real
- * Redis and the Intercom emulator, and for kill -9 a real worker process. Counts only: what Intercom
- * stored against what was sent, what the runtime or plugin reported, and what is lost (neither).
+/** The fault campaign's variant matrix: each of VARIANT_SCENARIOS in each PostHog runtime it applies to.
+ * Each runs with the real loader (tools/runtime), a private real Redis and the Intercom emulator, and for
+ * kill -9 a real worker process. Counts only: what Intercom stored against what was sent, what the runtime
+ * or plugin reported, and what is lost (neither).
  */
 import { ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -19,32 +18,30 @@ import {
     backlogEvents,
     countBy,
     drain,
+    DrainReport,
     expireVolatileKeys,
     park,
     reportedStatus,
     runEvents,
     storedReport,
+    StoredReport,
 } from './backlog'
 import { createRedisCache } from './cache'
 import { RuntimeEvent, startVariant, Treatment, VariantRuntime } from './start-variant'
-import { VariantId } from './variants'
+import { VARIANT_IDS, VariantId } from './variants'
 import { spawnWorker } from './worker'
 
-export interface VariantScenarioResult {
+/** `missing`, `unexpected` and `deduplicated` as storedReport counts them against what was sent. */
+export interface VariantScenarioResult extends Omit<StoredReport, 'expected'> {
     scenario: string
     variant: VariantId
     /** Events sent through onEvent (nudges included). */
     sent: number
     stored: number
-    /** Sent events Intercom does not have. */
-    missing: number
-    /** Of those, the ones the runtime or the plugin reported (error recorded, skipped or dropped with a reason). */
+    /** Of the missing, those the runtime or the plugin reported (an error, or skipped or dropped with a reason). */
     reported: number
     /** Missing and reported by nobody. */
     lost: number
-    /** Retries Intercom deduplicated: allowed (at least once). */
-    deduplicated: number
-    unexpected: number
     /** Final statuses of onEvent (delivered, queued, skipped, failed…). */
     statuses: Record<string, number>
     /** Reasons for what was not delivered: runtime errors and the plugin's drop reasons, masked of numbers. */
@@ -55,41 +52,32 @@ export interface VariantScenarioResult {
     durationMs: number
 }
 
-export interface VariantRunOptions {
-    /** Use the scenario's reduced size (npm test). */
-    small?: boolean
-    /** Overrides the scenario's event count. */
-    events?: number
-}
-
 interface Run {
     scenario: VariantScenario
     variant: VariantId
-    events: number
+    /** The scenario's events (uuids prefixed with its name). */
+    events: RuntimeEvent[]
     emulator: Emulator
     redis: RedisServer
 }
 
+/** What a run sent and how the runtime treated it; `drained` where it ended with a drain. */
 interface Tally {
     sent: RuntimeEvent[]
     treatments: Treatment[]
-    dropped: number
-    dropReasons: Record<string, number>
+    drained?: DrainReport
 }
 
-const reasonOf = (text: string): string => text.replace(/\d+/g, 'N').slice(0, 120)
+/** `count` new events that come after the scenario's, to make a runtime without runEveryMinute drain. */
+const nudges = (run: Run, count: number) =>
+    backlogEvents(count, { prefix: 'nudge', offset: run.events.length + 10 })
 
-function start(run: Run, pluginId = 1): Promise<VariantRuntime> {
-    return startVariant(run.variant, {
+async function withRuntime(run: Run, body: (runtime: VariantRuntime) => Promise<Tally>): Promise<Tally> {
+    const runtime = await startVariant(run.variant, {
         config: BACKLOG_CONFIG,
         emulatorUrl: run.emulator.url,
         redisUrl: run.redis.url,
-        pluginId,
     })
-}
-
-async function withRuntime(run: Run, body: (runtime: VariantRuntime) => Promise<Tally>): Promise<Tally> {
-    const runtime = await start(run)
     try {
         return await body(runtime)
     } finally {
@@ -100,40 +88,24 @@ async function withRuntime(run: Run, body: (runtime: VariantRuntime) => Promise<
 /** Parks the events while Intercom fails, then drains them the variant's way. */
 function backlog(run: Run): Promise<Tally> {
     return withRuntime(run, async (runtime) => {
-        const events = backlogEvents(run.events, { prefix: run.scenario.name })
         run.emulator.configure({ errorRate: 1 })
-        const treatments = await runEvents(runtime, events, run.scenario.concurrency)
+        const treatments = await runEvents(runtime, run.events, run.scenario.concurrency)
         run.emulator.configure({ errorRate: 0 })
-        const nudges = backlogEvents(Math.ceil(run.events / 10) + 5, {
-            prefix: 'nudge',
-            offset: run.events + 10,
-        })
-        const drained = await drain(runtime, nudges)
-        return {
-            sent: [...events, ...drained.nudged],
-            treatments,
-            dropped: drained.dropped,
-            dropReasons: drained.droppedByReason,
-        }
+        const drained = await drain(runtime, nudges(run, Math.ceil(run.events.length / 10) + 5))
+        return { sent: [...run.events, ...drained.nudged], treatments, drained }
     })
 }
 
 /** Events flow to a healthy Intercom; a third of the way in, Redis is killed and restarted empty. */
 function redisRestart(run: Run): Promise<Tally> {
     return withRuntime(run, async (runtime) => {
-        const events = backlogEvents(run.events, { prefix: run.scenario.name })
-        const third = Math.floor(run.events / 3)
-        const before = await runEvents(runtime, events.slice(0, third), run.scenario.concurrency)
+        const third = Math.floor(run.events.length / 3)
+        const before = await runEvents(runtime, run.events.slice(0, third), run.scenario.concurrency)
         const restart = run.redis.restart({ downMs: 500 })
-        const during = await runEvents(runtime, events.slice(third), run.scenario.concurrency)
+        const during = await runEvents(runtime, run.events.slice(third), run.scenario.concurrency)
         await restart
-        const drained = await drain(runtime, backlogEvents(20, { prefix: 'nudge', offset: run.events + 10 }))
-        return {
-            sent: [...events, ...drained.nudged],
-            treatments: [...before, ...during],
-            dropped: drained.dropped,
-            dropReasons: drained.droppedByReason,
-        }
+        const drained = await drain(runtime, nudges(run, 20))
+        return { sent: [...run.events, ...drained.nudged], treatments: [...before, ...during], drained }
     })
 }
 
@@ -145,46 +117,34 @@ function exited(child: ChildProcess): Promise<number | null> {
 
 /** Parks a backlog, lets a worker process drain it, kills it with SIGKILL at 35 %, and lets another finish. */
 async function killMidDrain(run: Run): Promise<Tally> {
+    const { emulator, redis } = run
     const dir = mkdtempSync(path.join(tmpdir(), 'faults-kill-'))
     try {
-        const events = backlogEvents(run.events, { prefix: run.scenario.name })
-        const parked = await withRuntime(run, async (runtime) => ({
-            sent: events,
-            treatments: await park(runtime, run.emulator, events).then(() => []),
-            dropped: 0,
-            dropReasons: {},
-        }))
-        // Variant 4 drains only when events arrive: both workers get the same stream of new events.
-        const nudges = backlogEvents(Math.ceil(run.events / 20) + 10, {
-            prefix: 'nudge',
-            offset: run.events + 10,
+        await withRuntime(run, async (runtime) => {
+            await park(runtime, emulator, run.events)
+            return { sent: run.events, treatments: [] }
         })
+        // Variant 4 drains only when events arrive: both workers get the same stream of new events.
+        const sent = nudges(run, Math.ceil(run.events.length / 20) + 10)
         const file = path.join(dir, 'nudges.jsonl')
-        writeFileSync(file, nudges.map((event) => JSON.stringify(event)).join('\n'))
-        const args = [
-            '--variant',
-            String(run.variant),
-            '--emulator',
-            run.emulator.url,
-            '--redis',
-            run.redis.url,
-        ]
+        writeFileSync(file, sent.map((event) => JSON.stringify(event)).join('\n'))
+        const args = ['--variant', String(run.variant), '--emulator', emulator.url, '--redis', redis.url]
         const drainArgs = [...args, '--events', file, '--minutes', '50']
-        run.emulator.configure({ latencyMs: 5 })
+        emulator.configure({ latencyMs: 5 })
         const first = spawnWorker(drainArgs)
         // 35 %: not a multiple of a drain batch, so a batch is in flight when the worker dies.
-        const target = Math.floor(run.events * 0.35)
-        const stop = run.emulator.onRequest(() => {
-            if (run.emulator.events().length >= target) first.kill('SIGKILL')
+        const target = Math.floor(run.events.length * 0.35)
+        const stop = emulator.onRequest(() => {
+            if (emulator.events().length >= target) first.kill('SIGKILL')
         })
         await exited(first)
         stop()
-        run.emulator.configure({ latencyMs: 0 })
-        const cache = createRedisCache({ redisUrl: run.redis.url })
+        emulator.configure({ latencyMs: 0 })
+        const cache = createRedisCache({ redisUrl: redis.url })
         await expireVolatileKeys(cache) // the dead worker's lock outlives it until its TTL
         await cache.close()
         await exited(spawnWorker(drainArgs))
-        return { ...parked, sent: [...events, ...nudges] }
+        return { sent: [...run.events, ...sent], treatments: [] }
     } finally {
         rmSync(dir, { recursive: true, force: true })
     }
@@ -192,11 +152,10 @@ async function killMidDrain(run: Run): Promise<Tally> {
 
 /** Many events at once at Intercom's rate limit, the benchmark's concurrency. */
 function burst(run: Run): Promise<Tally> {
-    return withRuntime(run, async (runtime) => {
-        const events = backlogEvents(run.events, { prefix: run.scenario.name })
-        const treatments = await runEvents(runtime, events, run.scenario.concurrency)
-        return { sent: events, treatments, dropped: 0, dropReasons: {} }
-    })
+    return withRuntime(run, async (runtime) => ({
+        sent: run.events,
+        treatments: await runEvents(runtime, run.events, run.scenario.concurrency),
+    }))
 }
 
 const RUNNERS: Record<VariantScenario['name'], (run: Run) => Promise<Tally>> = {
@@ -209,22 +168,27 @@ const RUNNERS: Record<VariantScenario['name'], (run: Run) => Promise<Tally>> = {
 
 function reasons(tally: Tally): Record<string, number> {
     const counts: Record<string, number> = {}
-    const add = (reason: string, n = 1) => (counts[reasonOf(reason)] = (counts[reasonOf(reason)] ?? 0) + n)
+    const add = (text: string, n = 1) => {
+        const reason = text.replace(/\d+/g, 'N').slice(0, 120) // masked of numbers, so alike reasons add up
+        counts[reason] = (counts[reason] ?? 0) + n
+    }
     for (const treatment of tally.treatments) {
         if (treatment.status === 'failed') add(treatment.error ?? 'failed')
         const value = treatment.value as { status?: string; reason?: string } | undefined
         if (value?.status === 'skipped') add(`skipped: ${value.reason ?? '?'}`)
     }
-    for (const [reason, n] of Object.entries(tally.dropReasons)) add(`dropped: ${reason}`, n)
+    for (const [reason, n] of Object.entries(tally.drained?.droppedByReason ?? {}))
+        add(`dropped: ${reason}`, n)
     return counts
 }
 
+/** One scenario in one variant; `small`: its reduced size (npm test); `events` overrides its event count. */
 export async function runVariantScenario(
     scenario: VariantScenario,
     variant: VariantId,
-    options: VariantRunOptions = {}
+    options: { small?: boolean; events?: number } = {}
 ): Promise<VariantScenarioResult> {
-    const events = options.events ?? (options.small ? scenario.smallEvents : scenario.events)
+    const count = options.events ?? (options.small ? scenario.smallEvents : scenario.events)
     const rateLimit = (options.small ? scenario.smallRateLimit : scenario.rateLimit) ?? 1_000_000
     const startedAt = Date.now()
     const [emulator, redis] = await Promise.all([
@@ -237,10 +201,12 @@ export async function runVariantScenario(
     ])
     try {
         emulator.addContact({ email: BACKLOG_EMAIL, role: 'user' })
+        const events = backlogEvents(count, { prefix: scenario.name })
         const tally = await RUNNERS[scenario.name]({ scenario, variant, events, emulator, redis })
         const stored = storedReport(emulator, tally.sent)
         const statusCounts = countBy(tally.treatments, reportedStatus)
-        const reported = (statusCounts.failed ?? 0) + (statusCounts.skipped ?? 0) + tally.dropped
+        const reported =
+            (statusCounts.failed ?? 0) + (statusCounts.skipped ?? 0) + (tally.drained?.dropped ?? 0)
         return {
             scenario: scenario.name,
             variant,
@@ -266,7 +232,6 @@ export async function runVariantScenario(
 
 /** The matrix: one row per scenario, one column per variant, what was lost and reported of what was sent. */
 export function formatVariantMatrix(results: readonly VariantScenarioResult[]): string {
-    const variants = [1, 2, 3, 4, 5, 6]
     const cell = (scenario: string, variant: number): string => {
         const r = results.find((x) => x.scenario === scenario && x.variant === variant)
         if (!r) return '-'
@@ -274,9 +239,9 @@ export function formatVariantMatrix(results: readonly VariantScenarioResult[]): 
         return `${r.lost} lost, ${r.missing - r.lost} reported / ${r.sent}${extra}`
     }
     const scenarios = [...new Set(results.map((r) => r.scenario))]
-    const columns = [{ header: 'scenario' }, ...variants.map((v) => ({ header: `variant ${v}` }))]
+    const columns = [{ header: 'scenario' }, ...VARIANT_IDS.map((v) => ({ header: `variant ${v}` }))]
     return formatTable(
         columns,
-        scenarios.map((s) => [s, ...variants.map((v) => cell(s, v))])
+        scenarios.map((s) => [s, ...VARIANT_IDS.map((v) => cell(s, v))])
     ).join('\n')
 }

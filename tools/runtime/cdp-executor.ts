@@ -1,24 +1,21 @@
-/**
- * A model of PostHog's CDP legacy plugin executor (`nodejs/src/cdp/services/legacy-plugin-executor
- * .service.ts`), variants 5 and 6. The plugin is an ordinary module compiled into PostHog's Node app
- * (no sandbox: timers and `process` exist). Per destination, setupPlugin runs once with
- * `{config: inputs, global: {}, logger, geoip, fetch}` and its promise (a rejection too) is kept. Each
- * run calls `onEvent(event, {...meta, logger, fetch, person})` with the event rebuilt from the
- * invocation's globals (`ip: null`, `$set`/`$set_once` from the properties, properties copied).
+/** A model of PostHog's CDP legacy plugin executor (variants 5 and 6).
  *
- * A "test function" run (PostHog's in-app test) answers every non-GET request after 200 ms with
- * `{status: 200, headers: {}, json: {status: 'OK', message: 'Test function'}}`. The newest version
- * puts a run that threw RetryError back on its queue: 3 runs in all, the n-th re-run after
- * min(1000·n + random·1000, 30000) ms. Delays here are scaled by `delayScale` so tests stay fast.
+ * Read from `nodejs/src/cdp/services/legacy-plugin-executor.service.ts`. The plugin is an ordinary module of PostHog's Node app (timers and
+ * `process` exist). Per destination setupPlugin runs once with `{config: inputs, global: {}, logger,
+ * geoip, fetch}` and its promise (a rejection too) is kept. Each run calls `onEvent(event, {...meta,
+ * logger, fetch, person})`, the event rebuilt from the invocation's globals (`ip: null`, `$set` and
+ * `$set_once` from the properties). A "test function" run (PostHog's in-app test) answers every non-GET
+ * request after 200 ms with `{status: 'OK', message: 'Test function'}`. The newest version re-queues a
+ * run that threw RetryError (see variants.ts). Delays are scaled by `delayScale` so tests stay fast.
  */
 import { RetryError } from '@posthog/plugin-scaffold'
 import * as vm from 'node:vm'
 
-import type { CdpFullFetch, CdpFullResponse } from './fetch'
-import { hostModules } from './load-plugin'
+import type { CdpFullFetch } from './fetch'
+import { hostModules, levelledLog } from './load-plugin'
 import { createSleeper } from './sleeper'
 import { posthogBabel } from './transforms'
-import { maxRuns, RetryPolicy, retryDelayMs } from './variants'
+import { RetryPolicy, retryDelayMs } from './variants'
 
 /** The id under which PostHog already runs a port of the original Intercom app. */
 export const INTERCOM_TEMPLATE_ID = 'plugin-posthog-intercom-plugin'
@@ -26,12 +23,11 @@ export const INTERCOM_TEMPLATE_ID = 'plugin-posthog-intercom-plugin'
 export const TEST_FUNCTION_ANSWER = { status: 'OK', message: 'Test function' } as const
 const TEST_FUNCTION_DELAY_MS = 200
 
-export type CdpLogLevel = 'debug' | 'info' | 'warn' | 'error'
+/** The `storage` one 2025 version passed instead of `person`: nothing is ever stored. */
+const NO_STORAGE = { get: async (_key: string, fallback: unknown) => fallback, set: async () => undefined }
 
-export interface CdpLog {
-    level: CdpLogLevel
-    message: string
-}
+type CdpLogLevel = 'debug' | 'info' | 'warn' | 'error'
+type CdpLog = { level: CdpLogLevel; message: string }
 
 /** The invocation's globals, as far as the executor reads them. */
 export interface CdpGlobals {
@@ -54,14 +50,7 @@ export interface CdpRunResult {
     logs: CdpLog[]
 }
 
-export interface CdpOutcome {
-    runs: CdpRunResult[]
-    /** The last run's error, when every run failed. */
-    error?: unknown
-    value?: unknown
-}
-
-export interface CdpExecutorOptions {
+interface CdpExecutorOptions {
     /** index.ts itself, or a port package as PostHog's repository holds it (see loadPort). */
     source: string | PortPackage
     inputs: Record<string, unknown>
@@ -80,37 +69,21 @@ export interface CdpExecutorOptions {
 }
 
 type Hook = (...args: unknown[]) => Promise<unknown>
+type PluginModule = { setupPlugin?: Hook; onEvent?: Hook; teardownPlugin?: Hook }
 
-interface PluginModule {
-    setupPlugin?: Hook
-    onEvent?: Hook
-    teardownPlugin?: Hook
-}
-
-function refusedFetch(): never {
+const HOST_MODULES: Record<string, unknown> = hostModules(() => {
     throw new Error('A ported plugin must use meta.fetch: node-fetch is not wired to the network here')
-}
-
-const HOST_MODULES: Record<string, unknown> = hostModules(refusedFetch)
+})
 
 /** Compiles index.ts as a module of the host app (TypeScript stripped, CommonJS), in the host realm. */
-export function loadModule(source: string, modules: Record<string, unknown> = HOST_MODULES): PluginModule {
-    const code = posthogBabel(source)
-    const wrapper = `(function (exports, require, module) {\n${code}\n})`
-    const factory = new vm.Script(wrapper, { filename: 'index.ts' }).runInThisContext() as (
-        exports: object,
-        require: (name: string) => unknown,
-        module: { exports: object }
-    ) => void
+function loadModule(source: string, modules: Record<string, unknown> = HOST_MODULES): PluginModule {
+    const wrapper = `(function (exports, require, module) {\n${posthogBabel(source)}\n})`
     const module = { exports: {} as PluginModule }
-    factory(
-        module.exports,
-        (name) => {
-            if (!(name in modules)) throw new Error(`Cannot find module '${name}'`)
-            return modules[name]
-        },
-        module
-    )
+    const require = (name: string) => {
+        if (!(name in modules)) throw new Error(`Cannot find module '${name}'`)
+        return modules[name]
+    }
+    new vm.Script(wrapper, { filename: 'index.ts' }).runInThisContext()(module.exports, require, module)
     return module.exports
 }
 
@@ -123,7 +96,7 @@ export class PostHogRetryError extends Error {
 }
 
 /** `_destinations/<name>/{index.ts,template.ts}`: what `npm run port` writes. */
-export interface PortPackage {
+interface PortPackage {
     index: string
     template: string
     /** The export of template.ts holding the plugin. */
@@ -134,7 +107,7 @@ export interface PortPackage {
  * Loads a port package the way PostHog compiles it into its app: template.ts's `./index` is index.ts,
  * `~/plugin-scaffold` is PostHog's own scaffold, and only a RetryError of that class is re-queued.
  */
-export function loadPort(port: PortPackage): PluginModule {
+function loadPort(port: PortPackage): PluginModule {
     const index = loadModule(port.index)
     const modules = { './index': index, '~/plugin-scaffold': { RetryError: PostHogRetryError } }
     const template = loadModule(port.template, modules) as Record<string, unknown>
@@ -147,34 +120,16 @@ function describe(error: unknown): string {
     return typeof message === 'string' ? message : String(error)
 }
 
-function isRetryError(error: unknown): boolean {
-    return error instanceof RetryError || (error as { name?: unknown } | null)?.name === 'RetryError'
-}
-
-function testFunctionAnswer(): CdpFullResponse {
-    return {
-        status: 200,
-        headers: {},
-        json: async () => ({ ...TEST_FUNCTION_ANSWER }),
-        text: async () => JSON.stringify(TEST_FUNCTION_ANSWER),
-        dump: async () => undefined,
-    }
-}
-
 /** PostHog's LegacyPluginLogger: no `info`; `log` is written at level info. */
 export function legacyLogger(write: (level: CdpLogLevel, args: unknown[]) => void) {
-    const at =
-        (level: CdpLogLevel) =>
-        (...args: unknown[]) =>
-            write(level, args)
-    return { debug: at('debug'), log: at('info'), warn: at('warn'), error: at('error') }
+    return levelledLog({ debug: 'debug', log: 'info', warn: 'warn', error: 'error' } as const, write)
 }
 
 export interface CdpExecutor {
     /** One run, as `execute()` does it. */
     execute(globals: CdpGlobals, run?: number): Promise<CdpRunResult>
     /** Runs again while the policy re-queues a RetryError. */
-    invoke(globals: CdpGlobals): Promise<CdpOutcome>
+    invoke(globals: CdpGlobals): Promise<{ runs: CdpRunResult[]; error?: unknown; value?: unknown }>
     /** Ends pending re-run delays. */
     close(): void
 }
@@ -183,8 +138,11 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
     const port = typeof options.source === 'string' ? null : options.source
     const plugin = port ? loadPort(port) : loadModule(options.source as string)
     // PostHog re-queues only its own RetryError class; for index.ts alone the name stands in (realms differ).
-    const retries = (error: unknown) => (port ? error instanceof PostHogRetryError : isRetryError(error))
-    const templateId = options.templateId ?? INTERCOM_TEMPLATE_ID
+    const retries = (error: unknown) =>
+        port
+            ? error instanceof PostHogRetryError
+            : error instanceof RetryError || (error as { name?: unknown } | null)?.name === 'RetryError'
+    const { retry, fetch, templateId = INTERCOM_TEMPLATE_ID } = options
     const scale = options.delayScale ?? 1
     const sleeper = createSleeper()
     const sleep = options.sleep ?? sleeper.sleep
@@ -198,33 +156,33 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
             options.onLog?.({ level, message })
         })
     const geoip = { locate: () => null }
-    const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip }
-
-    const startSetup = (): Promise<unknown> => {
-        // Setup receives the real fetch, never the test-function stand-in; its result is kept for good.
-        setup ??= Promise.resolve().then(() => plugin.setupPlugin?.({ ...baseMeta, fetch: options.fetch }))
-        return setup
-    }
+    const baseMeta = { config: options.inputs, global: {}, logger: loggerInto(setupLogs), geoip, fetch }
 
     const execute = async (globals: CdpGlobals, run = 1): Promise<CdpRunResult> => {
         const logs: CdpLog[] = []
         const logger = loggerInto(logs)
         try {
-            try {
-                await startSetup()
-            } catch (error) {
+            // Setup receives the real fetch, never the test-function stand-in; its result is kept for good.
+            setup ??= Promise.resolve().then(() => plugin.setupPlugin?.({ ...baseMeta }))
+            await setup.catch((error: unknown) => {
                 throw Object.assign(new Error(`Plugin ${templateId} setup failed: ${describe(error)}`), {
                     cause: error,
                 })
-            }
+            })
             const request: CdpFullFetch = async (input, init) => {
                 const method = typeof init?.method === 'string' ? init.method : 'GET'
                 if (options.testFunction && method.toUpperCase() !== 'GET') {
                     logger.log('Fetch called but mocked due to test function')
                     await sleep(TEST_FUNCTION_DELAY_MS * scale)
-                    return testFunctionAnswer()
+                    return {
+                        status: 200,
+                        headers: {},
+                        json: async () => ({ ...TEST_FUNCTION_ANSWER }),
+                        text: async () => JSON.stringify(TEST_FUNCTION_ANSWER),
+                        dump: async () => undefined,
+                    }
                 }
-                return options.fetch(input, init)
+                return fetch(input, init)
             }
             const { event } = globals
             const properties = event.properties ?? {}
@@ -239,14 +197,8 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
                 $set_once: properties.$set_once,
                 uuid: event.uuid,
             }
-            const meta: Record<string, unknown> = { ...baseMeta, logger, fetch: request }
-            if (options.person) meta.person = globals.person ?? null
-            else
-                meta.storage = {
-                    get: async (_key: string, fallback: unknown) => fallback,
-                    set: async () => undefined,
-                }
-            const value = await plugin.onEvent?.(processed, meta)
+            const extra = options.person ? { person: globals.person ?? null } : { storage: NO_STORAGE }
+            const value = await plugin.onEvent?.(processed, { ...baseMeta, logger, fetch: request, ...extra })
             return { run, value, logs }
         } catch (error) {
             logger.error(`Plugin execution failed: ${describe(error)}`)
@@ -262,12 +214,9 @@ export function createCdpExecutor(options: CdpExecutorOptions): CdpExecutor {
                 const result = await execute(globals, run)
                 runs.push(result)
                 if (result.error === undefined) return { runs, value: result.value }
-                const again =
-                    retries(result.error) &&
-                    run < maxRuns(options.retry) &&
-                    options.retry.kind === 'cdp-requeue'
+                const again = retry.kind === 'cdp-requeue' && run < retry.runs && retries(result.error)
                 if (!again) return { runs, error: result.error }
-                await sleep(retryDelayMs(options.retry, run, options.random) * scale)
+                await sleep(retryDelayMs(retry, run, options.random) * scale)
             }
         },
         close: sleeper.cancelAll,

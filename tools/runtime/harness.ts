@@ -1,16 +1,11 @@
-/**
- * Runs a plugin the way PostHog runs it, to measure what it delivers under each runtime:
- *
- * - `plugin-server` (vm2, 2021-2025): meta `{config, global, cache, storage, attachments, jobs,
- *   metrics, geoip}` shared by every call of a worker; node-fetch is the HTTP client; logs go
- *   through the sandbox console; `runEveryMinute` runs on a clock on one worker (PostHog ran
- *   scheduled tasks on the single server holding the schedule lock); a RetryError from onEvent
- *   is retried up to 5 attempts after 5, 10, 20, 40 s, unless `retries: false` (2024-2025).
- * - `cdp` (legacy plugin executor): meta `{config, global, logger, geoip, fetch}` (fetch as a
- *   plain-object adapter), `person` on the event, no cache, no storage, no schedule, no retries.
- *
- * Workers each load their own copy of the plugin (own sandbox, own `global`); in plugin-server
- * mode they share one cache (./cache.ts), in memory or in Redis (`redisUrl` or `REDIS_URL`).
+/** Runs a plugin the way PostHog runs it, to measure what it delivers under each runtime:
+ * - `plugin-server` (vm2, 2021-2025): one meta `{config, global, cache, storage, attachments, jobs, metrics,
+ *   geoip}` per worker; node-fetch; logs through the sandbox console; `runEveryMinute` on a clock on one
+ *   worker (PostHog's schedule lock); a RetryError from onEvent retried up to 5 attempts after 5, 10, 20,
+ *   40 s, unless `retries: false` (2024-2025).
+ * - `cdp` (legacy plugin executor): meta `{config, global, logger, geoip, fetch}` (a plain-object fetch),
+ *   `person` on the event; no cache, storage, schedule or retries.
+ * Each worker loads its own plugin (own sandbox and `global`); in plugin-server mode they share one cache.
  */
 import { RetryError } from '@posthog/plugin-scaffold'
 import { randomUUID } from 'node:crypto'
@@ -18,7 +13,6 @@ import { format } from 'node:util'
 
 import { createMemoryStore, createPluginCache, createRedisStore, PluginCache } from './cache'
 import { legacyLogger } from './cdp-executor'
-import { undiciLikeFetch } from './fetch'
 import {
     cdpFetch,
     consoleTo,
@@ -29,11 +23,11 @@ import {
     PluginEventArg,
     PluginExports,
     PluginMeta,
-    RedirectedCall,
     RedirectingFetch,
     redirectingFetch,
 } from './load-plugin'
-import { createSleeper, Sleeper, Slots, withTimeout } from './sleeper'
+import { Slots } from '../lib/slots'
+import { createSleeper, withTimeout } from './sleeper'
 import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
 
 // The cache's store, for the fault campaign's cache audit.
@@ -64,11 +58,6 @@ export interface HarnessOptions {
     emulatorUrl?: EmulatorTarget
     /** The HTTP client underneath the redirect; replaces the redirect when `emulatorUrl` is unset. */
     fetch?: FetchFn
-    /**
-     * plugin-server HTTP client: `node-fetch` (2021-2023, honours `timeout`) or `undici` (2024-2025:
-     * the standard fetch with its own 10 s timeout, `timeout` ignored).
-     */
-    httpClient?: 'node-fetch' | 'undici'
     /** Concurrent workers, each with its own plugin instance. Default 1. */
     workers?: number
     /** Events in flight per worker. Default 8. */
@@ -77,8 +66,6 @@ export interface HarnessOptions {
     distribute?: 'round-robin' | 'distinct_id'
     /** Length of a "minute" for runEveryMinute, in ms. Default 60000; 0 turns the clock off. */
     minuteMs?: number
-    /** Which workers run runEveryMinute: PostHog ran it on one. Default 'one'. */
-    scheduleOn?: 'one' | 'all'
     /** Factor applied to the 5/10/20/40 s retry delays (e.g. 0.01). Default 1. */
     delayScale?: number
     /** plugin-server only: false reproduces the 2024-2025 runtime, which never retries. Default true. */
@@ -87,12 +74,8 @@ export interface HarnessOptions {
     taskTimeoutMs?: number
     /** Redis for the shared cache; defaults to the REDIS_URL environment variable, else in memory. */
     redisUrl?: string
-    /** Prefix of cache keys; defaults to a fresh namespace per harness. */
-    cacheNamespace?: string
     /** Pass `person` to onEvent. Default: true in cdp mode, false in plugin-server mode. */
     withPerson?: boolean
-    /** Also give plugin-server meta a `logger` (PostHog did not). Default false. */
-    metaLogger?: boolean
     /** Log lines kept in the summary (the rest are only counted). Default 10000. */
     maxLogLines?: number
     /** Called for every log line as it happens. */
@@ -109,10 +92,7 @@ export interface LogLine {
     text: string
 }
 
-/**
- * 'delivered' | 'skipped' | 'queued' as onEvent reported them, 'done' when it resolved without a
- * status, 'failed' when it threw for good; any other status string the plugin reports is kept.
- */
+/** onEvent's reported status ('delivered', 'skipped', 'queued', …); 'done' without one; 'failed' if it threw. */
 export type OutcomeStatus = string
 
 /** What happened to one event in the end. */
@@ -130,7 +110,7 @@ const MINUTE_COUNTS = ['delivered', 'retried', 'dropped', 'remaining'] as const
 /** What runEveryMinute may resolve to; undefined means "nothing left". */
 export type MinuteReport = Partial<Record<(typeof MINUTE_COUNTS)[number], number>>
 
-/** runEveryMinute's runs, failures and summed counts; `remaining` sums what each scheduled worker last said. */
+/** runEveryMinute's runs, failures and summed counts; `remaining` is what the plugin last said. */
 export type MinuteSummary = Required<MinuteReport> & { runs: number; failed: Record<string, number> }
 
 export interface HarnessSummary {
@@ -159,12 +139,9 @@ export interface HarnessSummary {
     logsDropped: number
 }
 
-export interface DrainOptions {
-    /** Give up after this many runEveryMinute rounds. Default 20. */
-    maxRounds?: number
-    /** Pause between rounds; defaults to the harness minute. */
-    intervalMs?: number
-}
+/** `maxRounds`: give up after this many runEveryMinute rounds (default 20); `intervalMs`: the pause between
+ * rounds (default: the harness minute). */
+export type DrainOptions = { maxRounds?: number; intervalMs?: number }
 
 export interface DrainResult {
     rounds: number
@@ -172,29 +149,6 @@ export interface DrainResult {
     empty: boolean
     remaining: number
 }
-
-export interface Harness {
-    readonly mode: HarnessMode
-    readonly workers: number
-    /** Processes events to their final outcome (retries included); resolves to the running summary. */
-    run(events: Iterable<HarnessEvent>): Promise<HarnessSummary>
-    /** Processes one event and returns its record. */
-    send(event: HarnessEvent): Promise<EventRecord>
-    /** Runs runEveryMinute once on the scheduled worker(s), outside the clock. */
-    runMinute(): Promise<MinuteReport | undefined>
-    /** Calls runEveryMinute until the plugin reports an empty queue or `maxRounds` is reached. */
-    drain(options?: DrainOptions): Promise<DrainResult>
-    summary(): HarnessSummary
-    records(): readonly EventRecord[]
-    /** Requests that reached the emulator, when the harness does the redirecting. */
-    intercomCalls(): readonly RedirectedCall[]
-    /** Stops the clock, calls teardownPlugin, closes Redis. */
-    close(): Promise<void>
-}
-
-// ---------------------------------------------------------------------------------------------
-// The runtime's constants and what the plugin sees
-// ---------------------------------------------------------------------------------------------
 
 /** The plugin server of 2022-23 (variant 2): 5 attempts, 5, 10, 20, 40 s apart. */
 const RETRY = VARIANTS[2].retry
@@ -223,12 +177,8 @@ export function createMemoryStorage() {
             const stored = values.get(key)
             return stored === undefined ? defaultValue : JSON.parse(stored)
         },
-        set: async (key: string, value: unknown): Promise<void> => {
-            values.set(key, JSON.stringify(value))
-        },
-        del: async (key: string): Promise<void> => {
-            values.delete(key)
-        },
+        set: async (key: string, value: unknown) => void values.set(key, JSON.stringify(value)),
+        del: async (key: string) => void values.delete(key),
     }
 }
 
@@ -245,17 +195,7 @@ export function describeError(error: unknown): string {
 export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson: boolean): PluginEventArg {
     const properties = structuredClone(event.properties ?? {})
     const teamId = event.team_id ?? 1
-    const person =
-        withPerson && event.person
-            ? {
-                  uuid: event.person.uuid ?? randomUUID(),
-                  team_id: teamId,
-                  properties: structuredClone(event.person.properties),
-                  // The cdp executor no longer has the person's creation time; elsewhere the event's stands in.
-                  created_at: mode === 'cdp' ? '' : event.timestamp,
-              }
-            : undefined
-    return {
+    const pluginEvent: PluginEventArg = {
         distinct_id: event.distinct_id,
         ip: event.ip ?? (typeof properties.$ip === 'string' ? properties.$ip : null),
         team_id: teamId,
@@ -265,17 +205,21 @@ export function toPluginEvent(event: HarnessEvent, mode: HarnessMode, withPerson
         $set: properties.$set,
         $set_once: properties.$set_once,
         uuid: event.uuid,
-        ...(person ? { person } : {}),
     }
+    if (withPerson && event.person)
+        pluginEvent.person = {
+            uuid: event.person.uuid ?? randomUUID(),
+            team_id: teamId,
+            properties: structuredClone(event.person.properties),
+            // The cdp executor no longer has the person's creation time; elsewhere the event's stands in.
+            created_at: mode === 'cdp' ? '' : event.timestamp,
+        }
+    return pluginEvent
 }
 
 /** What `node-fetch` gives the plugin: the emulator redirect over the chosen client, or the caller's fetch. */
 function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: RedirectingFetch } {
-    const underlying =
-        options.fetch ??
-        (options.mode === 'plugin-server' && options.httpClient === 'undici'
-            ? undiciLikeFetch(hostNodeFetch)
-            : hostNodeFetch)
+    const underlying = options.fetch ?? hostNodeFetch
     if (options.emulatorUrl !== undefined) {
         const redirect = redirectingFetch(options.emulatorUrl, underlying)
         return { fetch: redirect, redirect }
@@ -285,30 +229,7 @@ function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: R
     return { fetch: options.fetch ?? refuse }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Tallies: what happened, for the summary
-// ---------------------------------------------------------------------------------------------
-
 type Tally = Omit<HarnessSummary, 'mode' | 'workers' | 'intercomHosts'>
-
-function emptyTally(): Tally {
-    return {
-        events: 0,
-        delivered: 0,
-        done: 0,
-        queued: 0,
-        queuedByReason: {},
-        skipped: {},
-        statuses: {},
-        retried: 0,
-        failed: {},
-        setupFailures: [],
-        minute: { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} },
-        logLevels: {},
-        logs: [],
-        logsDropped: 0,
-    }
-}
 
 function increment(counts: Record<string, number>, key: string): void {
     counts[key] = (counts[key] ?? 0) + 1
@@ -333,49 +254,27 @@ function outcomeOf(value: unknown): { status: OutcomeStatus; reason?: string } {
     return { status, reason: typeof reason === 'string' ? reason : undefined }
 }
 
-/** The numbers runEveryMinute resolved to, if it resolved to an object. */
+/** The counts runEveryMinute resolved to (0 where it gave none), if it resolved to an object. */
 function minuteReportOf(value: unknown): MinuteReport | undefined {
     if (typeof value !== 'object' || value === null) return undefined
     const report = value as Record<string, unknown>
-    const numberAt = (name: string) =>
-        typeof report[name] === 'number' ? (report[name] as number) : undefined
-    return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, numberAt(name)])) as MinuteReport
+    const count = (name: string) => (typeof report[name] === 'number' ? (report[name] as number) : 0)
+    return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, count(name)]))
 }
 
-function sum(values: number[]): number {
-    return values.reduce((total, value) => total + value, 0)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The harness, by part: workers (loading, meta, setup, teardown), the event path with its
-// retries, and the minute schedule with its drain. `Run` is what they share.
-// ---------------------------------------------------------------------------------------------
-
+/** What the harness's parts (workers, the event path, the minute schedule) share. */
 interface Run {
     options: HarnessOptions
     mode: HarnessMode
     timeoutMs: number
     tally: Tally
-    sleeper: Sleeper
+    sleeper: ReturnType<typeof createSleeper>
     closed: boolean
     log(line: Omit<LogLine, 'worker'>, worker: number): void
-}
-
-/** What every worker shares: the sandbox's fetch, the cache and `meta.storage`. */
-interface Shared {
+    /** What every worker shares: the sandbox's fetch, the cache and `meta.storage`. */
     fetch: FetchFn
     cache?: PluginCache
     storage: object
-}
-
-interface Worker {
-    index: number
-    plugin: PluginExports
-    /** plugin-server: the one meta object of the VM. cdp: copied for each call, as the executor did. */
-    meta: PluginMeta
-    slots: Slots
-    /** Resolves when setupPlugin has finished; rejects with its failure. */
-    ready: Promise<void>
 }
 
 /** A RetryError the runtime tries again: plugin-server with retries on, attempts left, harness open. */
@@ -384,46 +283,38 @@ function retries(run: Run, error: unknown, attempt: number): boolean {
     return retrying && error instanceof RetryError && attempt < MAX_ATTEMPTS && !run.closed
 }
 
-function metaFor(run: Run, index: number, shared: Shared): PluginMeta {
-    const config = { ...run.options.config }
-    const logger = legacyLogger((level, args) =>
-        run.log({ level, source: 'logger', text: format(...args) }, index)
-    )
-    if (run.mode === 'cdp')
-        return { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(shared.fetch) }
-    return {
-        config,
-        global: {},
-        attachments: {},
-        cache: shared.cache,
-        storage: shared.storage,
-        geoip: { locate: async () => null },
-        jobs: {},
-        metrics: {},
-        ...(run.options.metaLogger ? { logger } : {}),
-    }
-}
-
-function startWorker(run: Run, index: number, shared: Shared): Worker {
+/** A worker: its own plugin instance and meta, its slots, and `ready` once setupPlugin is done (or failed). */
+function startWorker(run: Run, index: number) {
+    const logTo = (source: LogLine['source']) => (level: LogLevel, args: unknown[]) =>
+        run.log({ level, source, text: format(...args) }, index)
     const plugin = loadPlugin({
         file: run.options.pluginFile,
-        fetch: shared.fetch,
-        console: consoleTo((level, args) =>
-            run.log({ level, source: 'console', text: format(...args) }, index)
-        ),
+        fetch: run.fetch,
+        console: consoleTo(logTo('console')),
     })
-    const meta = metaFor(run, index, shared)
-    const worker = {
-        index,
-        plugin,
-        meta,
-        slots: new Slots(run.options.concurrency ?? 8),
-        ready: setUp(run, plugin, meta),
-    }
+    const config = { ...run.options.config }
+    const logger = legacyLogger(logTo('logger'))
+    // plugin-server: the one meta object of the VM. cdp: copied for each call, as the executor did.
+    const meta: PluginMeta =
+        run.mode === 'cdp'
+            ? { config, global: {}, logger, geoip: { locate: () => null }, fetch: cdpFetch(run.fetch) }
+            : {
+                  config,
+                  global: {},
+                  attachments: {},
+                  cache: run.cache,
+                  storage: run.storage,
+                  geoip: { locate: async () => null },
+                  jobs: {},
+                  metrics: {},
+              }
+    const ready = setUp(run, plugin, meta)
     // A failed setup is reported per event and in the summary, never as an unhandled rejection.
-    worker.ready.catch((error: unknown) => run.tally.setupFailures.push(describeError(error)))
-    return worker
+    ready.catch((error: unknown) => run.tally.setupFailures.push(describeError(error)))
+    return { index, plugin, meta, ready, slots: new Slots(run.options.concurrency ?? 8) }
 }
+
+type Worker = ReturnType<typeof startWorker>
 
 /** plugin-server retried a setupPlugin RetryError like an event; cdp calls it once. */
 async function setUp(run: Run, plugin: PluginExports, meta: PluginMeta): Promise<void> {
@@ -455,33 +346,27 @@ async function tearDown(run: Run, worker: Worker): Promise<void> {
     }
 }
 
-type AttemptResult = { kind: 'outcome'; value: unknown } | { kind: 'error'; error: unknown }
-
-async function attempt(
-    run: Run,
-    worker: Worker,
-    event: PluginEventArg,
-    attempt: number
-): Promise<AttemptResult> {
+/** One call of onEvent once the worker is set up; rejects with the call's error. */
+async function attempt(run: Run, worker: Worker, event: PluginEventArg, n: number): Promise<unknown> {
     const { onEvent } = worker.plugin
-    if (!onEvent) return { kind: 'outcome', value: undefined }
-    try {
-        await worker.ready
-    } catch (error) {
-        return { kind: 'error', error: new Error(`setup failed: ${describeError(error)}`) }
-    }
+    if (!onEvent) return undefined
+    await worker.ready.catch((error: unknown) => {
+        throw new Error(`setup failed: ${describeError(error)}`)
+    })
     const meta = callMeta(run, worker.meta)
     try {
-        return { kind: 'outcome', value: await guarded('onEvent', run.timeoutMs, () => onEvent(event, meta)) }
+        return await guarded('onEvent', run.timeoutMs, () => onEvent(event, meta))
     } catch (error) {
         if (error instanceof RetryError) {
             // The plugin server told the error which attempt it ended.
-            error._attempt = attempt
+            error._attempt = n
             error._maxAttempts = MAX_ATTEMPTS
         }
-        return { kind: 'error', error }
+        throw error
     }
 }
+
+const failure = (error: unknown) => ({ status: 'failed', reason: describeError(error) })
 
 /** The event path: each event to its final outcome, the worker's slot held only while onEvent runs. */
 function eventPath(
@@ -497,52 +382,48 @@ function eventPath(
             hash = (hash * 31 + event.distinct_id.charCodeAt(i)) >>> 0
         return pool[hash % pool.length]
     }
-    const record = (uuid: string, worker: number, attempts: number, result: AttemptResult): EventRecord => {
-        const outcome =
-            result.kind === 'error'
-                ? { status: 'failed', reason: describeError(result.error) }
-                : outcomeOf(result.value)
-        const done: EventRecord = { uuid, worker, attempts, ...outcome }
-        records.push(done)
-        countOutcome(run.tally, done)
-        return done
-    }
     return async (event) => {
         run.tally.events++
         const worker = pick(event)
         const pluginEvent = toPluginEvent(event, run.mode, run.options.withPerson ?? run.mode === 'cdp')
+        const record = (attempts: number, outcome: Pick<EventRecord, 'status' | 'reason'>): EventRecord => {
+            const done: EventRecord = { uuid: event.uuid, worker: worker.index, attempts, ...outcome }
+            records.push(done)
+            countOutcome(run.tally, done)
+            return done
+        }
         for (let n = 1; ; n++) {
-            const result = await worker.slots.run(() => attempt(run, worker, pluginEvent, n))
-            if (result.kind !== 'error' || !retries(run, result.error, n))
-                return record(event.uuid, worker.index, n, result)
+            try {
+                return record(
+                    n,
+                    outcomeOf(await worker.slots.run(() => attempt(run, worker, pluginEvent, n)))
+                )
+            } catch (error) {
+                if (!retries(run, error, n)) return record(n, failure(error))
+            }
             run.tally.retried++
             await run.sleeper.sleep(retryDelayMs(n, run.options.delayScale))
-            if (run.closed) {
-                const error = new Error('harness closed before the retry')
-                return record(event.uuid, worker.index, n, { kind: 'error', error })
-            }
+            if (run.closed) return record(n, failure(new Error('harness closed before the retry')))
         }
     }
 }
 
-/**
- * The minute schedule: runEveryMinute on one worker (PostHog ran scheduled tasks on the server
- * holding the schedule lock) or all, on a clock, by hand, or until the queue drains.
- */
+/** The minute schedule: runEveryMinute on a clock, by hand, or until the queue drains. */
 function minuteSchedule(run: Run, pool: Worker[]) {
-    /** What each scheduled worker last said was left in its queue. */
-    const lastRemaining = new Map<number, number>()
     const minute = run.tally.minute
     let inFlight: Promise<MinuteReport | undefined> | undefined
     let clock: NodeJS.Timeout | undefined
     const minuteMs = run.options.minuteMs ?? 60_000
 
-    const scheduled = (): Worker[] => {
-        if (run.mode !== 'plugin-server') return []
-        const withTask = pool.filter((worker) => typeof worker.plugin.runEveryMinute === 'function')
-        return run.options.scheduleOn === 'all' ? withTask : withTask.slice(0, 1)
-    }
-    const runOn = async (worker: Worker): Promise<MinuteReport | undefined> => {
+    /** PostHog ran scheduled tasks on the one server holding the schedule lock: here the first worker. */
+    const scheduled = (): Worker | undefined =>
+        run.mode === 'plugin-server'
+            ? pool.find((worker) => typeof worker.plugin.runEveryMinute === 'function')
+            : undefined
+    /** One run on the scheduled worker; undefined when it reported nothing. */
+    const round = async (): Promise<MinuteReport | undefined> => {
+        const worker = scheduled()
+        if (!worker) return undefined
         minute.runs++
         try {
             await worker.ready
@@ -550,24 +431,15 @@ function minuteSchedule(run: Run, pool: Worker[]) {
                 worker.plugin.runEveryMinute?.(worker.meta)
             )
             const report = minuteReportOf(value)
-            lastRemaining.set(worker.index, report?.remaining ?? 0)
-            minute.delivered += report?.delivered ?? 0
-            minute.retried += report?.retried ?? 0
-            minute.dropped += report?.dropped ?? 0
-            minute.remaining = sum([...lastRemaining.values()])
+            for (const name of ['delivered', 'retried', 'dropped'] as const)
+                minute[name] += report?.[name] ?? 0
+            minute.remaining = report?.remaining ?? 0
             return report
         } catch (error) {
             increment(minute.failed, describeError(error))
             // A failed run leaves the queue as it was.
-            return { remaining: lastRemaining.get(worker.index) ?? 0 }
+            return { delivered: 0, retried: 0, dropped: 0, remaining: minute.remaining }
         }
-    }
-    /** One round on each scheduled worker; undefined when no worker reported anything. */
-    const round = async (): Promise<MinuteReport | undefined> => {
-        const reports = (await Promise.all(scheduled().map(runOn))).filter((report) => report !== undefined)
-        if (reports.length === 0) return undefined
-        const total = (name: keyof MinuteReport) => sum(reports.map((report) => report[name] ?? 0))
-        return Object.fromEntries(MINUTE_COUNTS.map((name) => [name, total(name)])) as MinuteReport
     }
     const runMinute = (): Promise<MinuteReport | undefined> => {
         inFlight = round().finally(() => (inFlight = undefined))
@@ -576,7 +448,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
     return {
         runMinute,
         start(): void {
-            if (minuteMs <= 0 || scheduled().length === 0) return
+            if (minuteMs <= 0 || !scheduled()) return
             // PostHog did not start a scheduled task while the previous run was still going.
             clock = setInterval(() => {
                 if (!inFlight) void runMinute()
@@ -586,7 +458,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
         async drain(options: DrainOptions = {}): Promise<DrainResult> {
             const maxRounds = options.maxRounds ?? 20
             let remaining = 0
-            if (scheduled().length === 0) return { rounds: 0, empty: true, remaining }
+            if (!scheduled()) return { rounds: 0, empty: true, remaining }
             for (let rounds = 1; rounds <= maxRounds && !run.closed; rounds++) {
                 await inFlight
                 remaining = (await runMinute())?.remaining ?? 0
@@ -603,15 +475,18 @@ function minuteSchedule(run: Run, pool: Worker[]) {
 }
 
 /** Loads the plugin on every worker and runs setupPlugin; the harness is ready for events. */
-export async function createHarness(options: HarnessOptions): Promise<Harness> {
+export async function createHarness(options: HarnessOptions) {
     const mode = options.mode
     const workers = Math.max(1, options.workers ?? 1)
-    const namespace = options.cacheNamespace ?? `@plugin/harness-${randomUUID()}/1/`
+    const namespace = `@plugin/harness-${randomUUID()}/1/`
     const redisUrl = options.redisUrl ?? process.env.REDIS_URL
     const store =
         mode === 'plugin-server' ? (redisUrl ? createRedisStore(redisUrl) : createMemoryStore()) : undefined
     const { fetch, redirect } = sandboxFetchOf(options)
-    const tally = emptyTally()
+    const counts = { events: 0, delivered: 0, done: 0, queued: 0, retried: 0, logsDropped: 0 }
+    const tables = { queuedByReason: {}, skipped: {}, statuses: {}, failed: {}, logLevels: {} }
+    const minute = { runs: 0, delivered: 0, retried: 0, dropped: 0, remaining: 0, failed: {} }
+    const tally: Tally = { ...counts, ...tables, minute, setupFailures: [], logs: [] }
     const run: Run = {
         options,
         mode,
@@ -619,6 +494,10 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
         tally,
         sleeper: createSleeper(),
         closed: false,
+        fetch,
+        cache: store && createPluginCache(store, namespace),
+        // Postgres-backed in PostHog, so shared by every worker like the cache.
+        storage: createMemoryStorage(),
         log(line, worker) {
             const full = { ...line, worker }
             increment(tally.logLevels, line.level)
@@ -636,20 +515,24 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
         for (const call of redirect?.calls ?? []) increment(intercomHosts, call.host)
         return structuredClone({ mode, workers, ...tally, intercomHosts })
     }
-    const harness: Harness = {
+    const harness = {
         mode,
         workers,
-        run: async (events) => {
+        /** Processes events to their final outcome (retries included); resolves to the running summary. */
+        run: async (events: Iterable<HarnessEvent>): Promise<HarnessSummary> => {
             await Promise.all(Array.from(events, processEvent))
             return summary()
         },
+        /** Processes one event and returns its record. */
         send: processEvent,
+        /** Runs runEveryMinute once on the scheduled worker, outside the clock. */
         runMinute: schedule.runMinute,
+        /** Calls runEveryMinute until the plugin reports an empty queue or `maxRounds` is reached. */
         drain: schedule.drain,
         summary,
-        records: () => records,
-        intercomCalls: () => redirect?.calls ?? [],
-        async close() {
+        records: (): readonly EventRecord[] => records,
+        /** Stops the clock, calls teardownPlugin, closes Redis. */
+        async close(): Promise<void> {
             if (run.closed) return
             run.closed = true
             run.sleeper.cancelAll()
@@ -661,13 +544,7 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
     }
     try {
         await store?.clear(namespace)
-        // Postgres-backed in PostHog, so shared by every worker like the cache.
-        const shared = {
-            fetch,
-            cache: store && createPluginCache(store, namespace),
-            storage: createMemoryStorage(),
-        }
-        for (let index = 0; index < workers; index++) pool.push(startWorker(run, index, shared))
+        for (let index = 0; index < workers; index++) pool.push(startWorker(run, index))
         await Promise.all(pool.map((worker) => worker.ready.catch(() => undefined)))
         schedule.start()
     } catch (error) {
@@ -676,3 +553,5 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
     }
     return harness
 }
+
+export type Harness = Awaited<ReturnType<typeof createHarness>>

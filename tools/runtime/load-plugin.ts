@@ -1,23 +1,13 @@
-/**
- * Loads a plugin file the way PostHog's plugin server does, so tests and tools exercise the
- * plugin inside the same walls it meets in production:
+/** Loads a plugin the way PostHog's plugin server does, so tests and tools meet production's walls:
+ * Babel with preset-typescript and preset-env for this Node, filename `index.ts`, no config files;
+ * imports other than `@posthog/plugin-scaffold`, `node-fetch`, `crypto` and `url` refused at load time
+ * with PostHog's message; a fresh `node:vm` context whose only host globals are `console`, `URL`,
+ * `Buffer` and `RetryError` (vm2 froze the same set); `node-fetch` is the caller's fetch, so no test
+ * reaches the network by accident (`redirectingFetch` sends Intercom's hosts to an emulator, refuses others).
  *
- * - Babel with `@babel/preset-typescript` and `@babel/preset-env` targeting the running Node,
- *   filename `index.ts`, no babelrc/config file (PostHog's `transformCode`).
- * - Imports other than `@posthog/plugin-scaffold`, `node-fetch`, `crypto` and `url` fail at load
- *   time with the message PostHog shows ("Cannot import 'x'! This package is not provided by
- *   PostHog in plugins.").
- * - The code runs in a fresh `node:vm` context whose only host globals are `console`, `URL`,
- *   `Buffer` and `RetryError` (vm2 froze the same set into its sandbox): no timers, no `process`,
- *   no `AbortController`, `TextEncoder`, `URLSearchParams` or `fetch`.
- * - `node-fetch` resolves to a fetch function given by the caller, so no test ever reaches the
- *   network by accident: `redirectingFetch` points the three Intercom hosts at an emulator and
- *   refuses every other host.
- *
- * Known difference: PostHog rewrites imports into lookups on a host object, while this loader
- * keeps Babel's CommonJS output and gates `require`. Both resolve named imports and the default
- * import of `node-fetch` the same way; `legacyImportHazards` reports the import forms that the
- * 2021-2023 plugin server resolved to `undefined`.
+ * Known difference: PostHog rewrites imports into lookups on a host object; this loader keeps Babel's
+ * CommonJS output and gates `require`. Both resolve named imports and node-fetch's default import alike;
+ * `legacyImportHazards` reports the forms the 2021-2023 plugin server resolved to `undefined`.
  */
 import * as babel from '@babel/core'
 import * as scaffold from '@posthog/plugin-scaffold'
@@ -81,26 +71,17 @@ export interface FetchResponse {
 
 export type FetchFn = (input: string | URL, init?: FetchInit) => Promise<FetchResponse>
 
-/**
- * node-fetch 2 as a FetchFn. The cast is needed because its typings accept fewer header forms
- * than FetchInit names; the adapters here only ever hand it plain header records.
- */
+/** node-fetch 2 as a FetchFn (its typings accept fewer header forms than FetchInit; it only gets records). */
 export const hostNodeFetch = nodeFetch as unknown as FetchFn
 
 /** Options of PostHog's cdp `meta.fetch`. */
-export interface CdpFetchOptions {
-    method?: string
+export type CdpFetchOptions = Pick<FetchInit, 'method' | 'body' | 'timeoutMs'> & {
     headers?: Record<string, string>
-    body?: string
-    timeoutMs?: number
 }
 
 /** The plain response of PostHog's cdp `meta.fetch`: no `ok`, no `headers.get`. */
-export interface CdpResponse {
-    status: number
+export interface CdpResponse extends Pick<FetchResponse, 'status' | 'json' | 'text'> {
     headers: Record<string, string>
-    json(): Promise<unknown>
-    text(): Promise<string>
 }
 
 export type CdpFetchFn = (input: string, options?: CdpFetchOptions) => Promise<CdpResponse>
@@ -117,6 +98,18 @@ export interface PluginExports {
     [name: string]: unknown
 }
 
+/** Logging methods named by `levels`, each handing its level and arguments to `write`. */
+export function levelledLog<M extends string, L extends string>(
+    levels: Record<M, L>,
+    write: (level: L, args: unknown[]) => void
+): Record<M, (...args: unknown[]) => void> {
+    const methods = Object.entries<L>(levels).map(([method, level]) => [
+        method,
+        (...args: unknown[]) => write(level, args),
+    ])
+    return Object.fromEntries(methods) as Record<M, (...args: unknown[]) => void>
+}
+
 type ConsoleLevel = 'log' | 'info' | 'warn' | 'error' | 'debug'
 
 /** The console the sandbox sees; PostHog routed it to the plugin's log. */
@@ -124,17 +117,12 @@ export type ConsoleLike = Record<ConsoleLevel, (...args: unknown[]) => void>
 
 /** A sandbox console whose every call goes to `write`, with its level and arguments. */
 export function consoleTo(write: (level: ConsoleLevel, args: unknown[]) => void): ConsoleLike {
-    const at =
-        (level: ConsoleLevel) =>
-        (...args: unknown[]): void =>
-            write(level, args)
-    return { log: at('log'), info: at('info'), warn: at('warn'), error: at('error'), debug: at('debug') }
+    return levelledLog({ log: 'log', info: 'info', warn: 'warn', error: 'error', debug: 'debug' }, write)
 }
 
 interface LoadPluginOptions {
-    /** Plugin file to load; defaults to the repository's index.ts. Ignored when `source` is given. */
+    /** The plugin's file (default: the repository's index.ts), or its `source` text instead. */
     file?: string
-    /** Plugin source text, instead of reading `file`. */
     source?: string
     /** What `import fetch from 'node-fetch'` resolves to; by default every request is refused. */
     fetch?: FetchFn
@@ -142,146 +130,91 @@ interface LoadPluginOptions {
     console?: ConsoleLike
 }
 
-type ImportForm = 'default' | 'namespace' | 'named' | 'require' | 'dynamic'
-
 /** One import the plugin makes, as written in its source. */
-interface ImportUse {
-    source: string
-    forms: ImportForm[]
-}
+type ImportUse = { source: string; forms: Array<'default' | 'namespace' | 'named' | 'require' | 'dynamic'> }
 
-interface TranspiledPlugin {
-    code: string
-    imports: ImportUse[]
-}
+/** The import form each kind of specifier writes. */
+const FORM = {
+    ImportDefaultSpecifier: 'default',
+    ImportNamespaceSpecifier: 'namespace',
+    ImportSpecifier: 'named',
+} as const
 
 function isAllowedImport(name: string): name is AllowedImport {
     return (ALLOWED_IMPORTS as readonly string[]).includes(name)
 }
 
-function importFormsOf(node: babel.types.ImportDeclaration): ImportForm[] {
-    return node.specifiers.map((specifier) => {
-        if (specifier.type === 'ImportDefaultSpecifier') return 'default'
-        if (specifier.type === 'ImportNamespaceSpecifier') return 'namespace'
-        return 'named'
-    })
-}
-
-function stringArgument(node: babel.types.CallExpression): string | undefined {
-    const [first] = node.arguments
-    return node.arguments.length === 1 && first.type === 'StringLiteral' ? first.value : undefined
-}
-
 /**
- * A Babel plugin that records every import and refuses the ones PostHog does not provide, at
- * transpile time, as PostHog's own import rewriting did. `require()` and `import()` written by
- * hand are gated too; the `require` calls Babel itself generates only ever name allowed modules
- * because their import declarations passed this gate first.
+ * A Babel plugin that records every import and refuses those PostHog does not provide, at transpile
+ * time as PostHog's import rewriting did. Hand-written `require()` and `import()` are gated too; the
+ * `require` calls Babel generates name only modules whose import declarations passed this gate.
  */
 function importGate(recorded: ImportUse[]): babel.PluginObj {
-    const record = (source: string, forms: ImportForm[]): void => {
+    const record = (source: string, forms: ImportUse['forms']): void => {
         if (!isAllowedImport(source)) throw importRefusal(source)
         recorded.push({ source, forms })
     }
     return {
         name: 'posthog-import-gate',
         visitor: {
-            ImportDeclaration(nodePath) {
-                record(nodePath.node.source.value, importFormsOf(nodePath.node))
+            ImportDeclaration({ node }) {
+                record(
+                    node.source.value,
+                    node.specifiers.map((specifier) => FORM[specifier.type])
+                )
             },
-            ExportAllDeclaration(nodePath) {
-                record(nodePath.node.source.value, ['namespace'])
+            ExportAllDeclaration({ node }) {
+                record(node.source.value, ['namespace'])
             },
-            ExportNamedDeclaration(nodePath) {
-                if (nodePath.node.source) record(nodePath.node.source.value, ['named'])
+            ExportNamedDeclaration({ node }) {
+                if (node.source) record(node.source.value, ['named'])
             },
-            CallExpression(nodePath) {
-                const { node } = nodePath
+            CallExpression({ node }) {
                 // Calls Babel generated have no source location: they come from gated imports.
-                if (!node.loc) return
                 const isRequire = node.callee.type === 'Identifier' && node.callee.name === 'require'
-                const isDynamicImport = node.callee.type === 'Import'
-                if (!isRequire && !isDynamicImport) return
-                const source = stringArgument(node)
-                if (source === undefined)
+                if (!node.loc || (!isRequire && node.callee.type !== 'Import')) return
+                const [first] = node.arguments
+                if (node.arguments.length !== 1 || first.type !== 'StringLiteral')
                     throw new Error('Cannot import a module whose name is computed at run time')
-                record(source, [isRequire ? 'require' : 'dynamic'])
+                record(first.value, [isRequire ? 'require' : 'dynamic'])
             },
         },
     }
 }
 
-const transpileCache = new Map<string, TranspiledPlugin>()
+const transpileCache = new Map<string, { code: string; imports: ImportUse[] }>()
 
-/** Transpiles plugin source exactly as PostHog's plugin server configures Babel. */
-export function transpilePlugin(source: string): TranspiledPlugin {
-    const cached = transpileCache.get(source)
-    if (cached) return cached
+/** Transpiles plugin source exactly as PostHog's plugin server configures Babel (once per source). */
+export function transpilePlugin(source: string): { code: string; imports: ImportUse[] } {
     const imports: ImportUse[] = []
-    const transpiled = { code: posthogBabel(source, [() => importGate(imports)]), imports }
-    transpileCache.set(source, transpiled)
-    return transpiled
+    if (!transpileCache.has(source))
+        transpileCache.set(source, { code: posthogBabel(source, [() => importGate(imports)]), imports })
+    return transpileCache.get(source)!
 }
 
 /**
- * Import forms that PostHog's plugin server of 2021-2023 resolved to `undefined`: it turned a
- * default or namespace import into `module.default`, which `crypto` and the scaffold lack.
- * Named imports (`import { createHash } from 'crypto'`) work in every runtime.
+ * Import forms that PostHog's plugin server of 2021-2023 resolved to `undefined`: it turned a default
+ * or namespace import into `module.default`, which `crypto` and the scaffold lack. Named imports
+ * (`import { createHash } from 'crypto'`) work in every runtime.
  */
 export function legacyImportHazards(imports: readonly ImportUse[]): string[] {
-    const withoutDefault = new Set(['crypto', '@posthog/plugin-scaffold'])
-    return imports
-        .filter((use) => withoutDefault.has(use.source))
-        .flatMap((use) =>
-            use.forms
-                .filter((form) => form === 'default' || form === 'namespace')
-                .map(
-                    (form) => `${form} import of '${use.source}' is undefined in the 2021-2023 plugin server`
-                )
-        )
+    const withoutDefault = ['crypto', '@posthog/plugin-scaffold']
+    return imports.flatMap(({ source, forms }) =>
+        forms
+            .filter((form) => withoutDefault.includes(source) && (form === 'default' || form === 'namespace'))
+            .map((form) => `${form} import of '${source}' is undefined in the 2021-2023 plugin server`)
+    )
 }
 
 /** node-fetch's module shape: the function, with itself as `.default`. */
 export function nodeFetchModule(fetch: FetchFn): FetchFn & { default: FetchFn } {
-    const module = ((input, init) => fetch(input, init)) as FetchFn & { default: FetchFn }
-    module.default = module
-    return module
+    const module: FetchFn = (input, init) => fetch(input, init)
+    return Object.assign(module, { default: module })
 }
 
 /** The modules a plugin may import, as Node gives them; `node-fetch` is the given fetch. */
 export function hostModules(fetch: FetchFn): Record<AllowedImport, unknown> {
     return { '@posthog/plugin-scaffold': scaffold, 'node-fetch': nodeFetchModule(fetch), crypto, url }
-}
-
-function refusingFetch(): Promise<FetchResponse> {
-    return Promise.reject(
-        new Error('Network access is disabled in the plugin sandbox: pass `fetch` to loadPlugin')
-    )
-}
-
-/**
- * A context with the host globals vm2 gave plugins and nothing else. V8's own builtins (Date,
- * JSON, Promise, Map, Intl, ...) exist in every context; Node's additions (timers, process,
- * fetch, TextEncoder, URLSearchParams, AbortController, structuredClone) do not.
- */
-function createSandbox(options: LoadPluginOptions): vm.Context {
-    const modules = hostModules(options.fetch ?? refusingFetch)
-    const context = vm.createContext(
-        {
-            console: options.console ?? console,
-            URL,
-            Buffer,
-            RetryError,
-            require: (name: string) => {
-                if (!isAllowedImport(name)) throw importRefusal(name)
-                return modules[name]
-            },
-        },
-        { name: 'posthog-plugin', codeGeneration: { strings: true, wasm: false } }
-    )
-    // vm2 exposed the sandbox's global object as `global`, as Node does.
-    context.global = vm.runInContext('globalThis', context)
-    return context
 }
 
 /**
@@ -291,20 +224,36 @@ function createSandbox(options: LoadPluginOptions): vm.Context {
 export const EXPORT_PLACES = `((places) => (places.some((d) => Object.keys(d).length > 0) ? places : [...places, globalThis]))(
     [exports, exports.default, module.exports].filter((d) => typeof d === 'object' && d !== null))`
 
-/** Transpiles and evaluates a plugin in the sandbox; returns its exported hooks. */
+/**
+ * Transpiles and evaluates a plugin in a context with the host globals vm2 gave plugins and nothing else
+ * (V8's builtins such as Date, JSON, Promise and Intl exist in every context; Node's additions such as
+ * timers, process and fetch do not). Returns its exported hooks.
+ */
 export function loadPlugin(options: LoadPluginOptions = {}): PluginExports {
     const source = options.source ?? readFileSync(options.file ?? DEFAULT_PLUGIN_FILE, 'utf8')
     const { code } = transpilePlugin(source)
-    const context = createSandbox(options)
-    // Same preamble as PostHog's VM: the plugin's CommonJS output writes into these two.
-    vm.runInContext(`const module = { exports: {} };\nlet exports = {};\n${code}`, context, {
-        filename: 'index.ts',
-    })
-    const collected: PluginExports = {}
-    for (const place of (vm.runInContext(EXPORT_PLACES, context) as PluginExports[]).reverse()) {
-        for (const [name, value] of Object.entries(place)) if (value) collected[name] = value
+    const refuse = () =>
+        Promise.reject(
+            new Error('Network access is disabled in the plugin sandbox: pass `fetch` to loadPlugin')
+        )
+    const modules = hostModules(options.fetch ?? refuse)
+    const require = (name: string) => {
+        if (!isAllowedImport(name)) throw importRefusal(name)
+        return modules[name]
     }
-    return collected
+    const globals = { console: options.console ?? console, URL, Buffer, RetryError, require }
+    const context = vm.createContext(globals, {
+        name: 'posthog-plugin',
+        codeGeneration: { strings: true, wasm: false },
+    })
+    // vm2 exposed the sandbox's global object as `global`, as Node does.
+    context.global = vm.runInContext('globalThis', context)
+    // Same preamble as PostHog's VM: the plugin's CommonJS output writes into these two.
+    const preamble = 'const module = { exports: {} };\nlet exports = {};\n'
+    vm.runInContext(preamble + code, context, { filename: 'index.ts' })
+    // The first place holding a hook wins.
+    const places = (vm.runInContext(EXPORT_PLACES, context) as PluginExports[]).reverse()
+    return Object.fromEntries(places.flatMap((place) => Object.entries(place).filter(([, value]) => value)))
 }
 
 /** Where the three Intercom hosts go: one emulator for all, or one URL per host. */
@@ -320,9 +269,7 @@ export interface RedirectedCall {
     forwardedTo: string
 }
 
-export interface RedirectingFetch extends FetchFn {
-    readonly calls: RedirectedCall[]
-}
+export type RedirectingFetch = FetchFn & { readonly calls: RedirectedCall[] }
 
 export function isIntercomHost(host: string): host is IntercomHost {
     return (INTERCOM_HOSTS as readonly string[]).includes(host)
@@ -330,17 +277,13 @@ export function isIntercomHost(host: string): host is IntercomHost {
 
 /** Copies any accepted header form into a plain object (names kept as given). */
 export function toHeaderRecord(headers: HeadersInit | undefined): Record<string, string> {
+    if (!headers || Array.isArray(headers)) return Object.fromEntries(headers ?? [])
+    if (typeof headers.forEach !== 'function' || typeof headers.get !== 'function')
+        return { ...(headers as Record<string, string>) }
     const record: Record<string, string> = {}
-    if (!headers) return record
-    if (Array.isArray(headers)) {
-        for (const [name, value] of headers) record[name] = value
-    } else if (typeof headers.forEach === 'function' && typeof headers.get === 'function') {
-        ;(headers as HeadersLike).forEach((value, name) => {
-            record[name] = value
-        })
-    } else {
-        Object.assign(record, headers)
-    }
+    ;(headers as HeadersLike).forEach((value, name) => {
+        record[name] = value
+    })
     return record
 }
 
@@ -369,30 +312,10 @@ export function redirectingFetch(emulator: EmulatorTarget, realFetch: FetchFn): 
     return Object.assign(redirect, { calls })
 }
 
-/** Lower-case header names: the header object of PostHog's cdp fetch. */
-function plainHeaders(headers: HeadersLike): Record<string, string> {
-    const plain: Record<string, string> = {}
-    headers.forEach((value, name) => {
-        plain[name.toLowerCase()] = value
-    })
-    return plain
-}
-
-/** Like undici's body: readable once, whichever of text() and json() reads it. */
-function onceReadableBody(response: FetchResponse): Pick<CdpResponse, 'json' | 'text'> {
-    let consumed = false
-    const text = async (): Promise<string> => {
-        if (consumed) throw new TypeError('Body is unusable: Body has already been read')
-        consumed = true
-        return response.text()
-    }
-    return { text, json: async () => JSON.parse(await text()) as unknown }
-}
-
 /**
- * Adapts a node-fetch style fetch to the shape of PostHog's cdp `meta.fetch`: a plain response
- * object, redirects not followed, `timeoutMs` honoured (through both node-fetch's `timeout` and
- * an abort signal, so either kind of fetch stops in time).
+ * Adapts a node-fetch style fetch to PostHog's cdp `meta.fetch`: a plain response with lower-case
+ * header names, redirects not followed, `timeoutMs` honoured (through node-fetch's `timeout` and an
+ * abort signal, so either kind of fetch stops in time), and a body readable once, as undici's is.
  */
 export function cdpFetch(realFetch: FetchFn): CdpFetchFn {
     return async (input, options = {}) => {
@@ -405,10 +328,21 @@ export function cdpFetch(realFetch: FetchFn): CdpFetchFn {
             timeout: timeoutMs,
             signal: AbortSignal.timeout(timeoutMs),
         })
+        const headers: Record<string, string> = {}
+        response.headers.forEach((value, name) => {
+            headers[name.toLowerCase()] = value
+        })
+        let consumed = false
+        const text = async (): Promise<string> => {
+            if (consumed) throw new TypeError('Body is unusable: Body has already been read')
+            consumed = true
+            return response.text()
+        }
         return {
             status: response.status,
-            headers: plainHeaders(response.headers),
-            ...onceReadableBody(response),
+            headers,
+            text,
+            json: async () => JSON.parse(await text()) as unknown,
         }
     }
 }

@@ -1,13 +1,11 @@
-/**
- * PostHog's plugin VM for variants 1-4 (plugin-server `src/worker/vm/vm.ts`, 2021-2025), rebuilt on
- * vm2's `VM` (not NodeVM): the code goes through PostHog's Babel transforms (./transforms), then runs
- * in a VM whose only host globals are the frozen ones PostHog gave: `console`, `posthog`, `fetch`,
- * `RetryError`, `URL`, `__pluginHostImports`, `__asyncGuard` (and `google` in 2021). No timers, no
- * `process`, no `AbortController`, `TextEncoder` or `URLSearchParams`.
+/** PostHog's plugin VM for variants 1-4, on vm2.
  *
- * Hooks get `meta` appended as their last argument; meta is the variant's host objects plus a fresh
- * `global: {}` made inside the VM. setupPlugin/teardownPlugin/onEvent are wrapped in the guard (the
- * task timeout); `runEvery*` functions are collected as scheduled tasks, unwrapped, as PostHog did.
+ * Plugin-server `src/worker/vm/vm.ts`, 2021-2025, on vm2's `VM`
+ * (not NodeVM): the code goes through PostHog's Babel transforms, then runs with only the frozen host
+ * globals PostHog gave: `console`, `posthog`, `fetch`, `RetryError`, `URL`, `__pluginHostImports`,
+ * `__asyncGuard` (and `google` in 2021); no timers, `process`, `AbortController` or `TextEncoder`.
+ * Hooks get `meta` (the variant's host objects plus a `global: {}` made in the VM) as last argument;
+ * setupPlugin/teardownPlugin/onEvent run inside the guard, `runEvery*` tasks unguarded, as in PostHog.
  */
 import * as scaffold from '@posthog/plugin-scaffold'
 import { RetryError } from '@posthog/plugin-scaffold'
@@ -18,35 +16,24 @@ import { VM } from 'vm2'
 import { ALLOWED_IMPORTS, ConsoleLike, EXPORT_PLACES, FetchFn, nodeFetchModule } from './load-plugin'
 import { withTimeout } from './sleeper'
 import { transformPluginCode } from './transforms'
-import { TASK_TIMEOUT_SECONDS, VariantSpec } from './variants'
-
-/** PostHog's guard timeout: a plain Error in 2021, a RetryError from 2022 on. */
-export function timeoutErrorClass(isRetryError: boolean): new (message: string) => Error {
-    const Base = (isRetryError ? RetryError : Error) as new (message: string) => Error
-    return class TimeoutError extends Base {
-        name = 'TimeoutError'
-    }
-}
-
-export interface GuardClock {
-    /** Clears the guard timers still pending (PostHog left them to fire; here jest must exit). */
-    clear(): void
-}
+import { GlobalFetch, TASK_TIMEOUT_SECONDS, VariantSpec } from './variants'
 
 /**
- * `__asyncGuard`: races the value against the task timeout. Its timer is cleared once the value
- * settles, which changes nothing a plugin can observe (the race is already decided).
+ * `__asyncGuard`: races the value against the task timeout, failing with PostHog's TimeoutError (a plain
+ * Error in 2021, a RetryError from 2022 on). A timer is cleared once its value settles, which no plugin
+ * can observe; `clear` ends those still pending (PostHog left them to fire; here jest must exit).
  */
-export function createAsyncGuard(
-    timeoutMs: number,
-    TimeoutError: new (message: string) => Error
-): { guard: (value: unknown, name?: unknown) => Promise<unknown> } & GuardClock {
+function createAsyncGuard(seconds: number, isRetryError: boolean) {
+    const Base = (isRetryError ? RetryError : Error) as new (message: string) => Error
+    class TimeoutError extends Base {
+        name = 'TimeoutError'
+    }
     const pending = new Set<NodeJS.Timeout>()
-    const seconds = timeoutMs / 1000
     const message = (name: unknown) =>
         `Script execution timed out after promise waited for ${seconds} second${seconds === 1 ? '' : 's'} (name: ${String(name)})`
     return {
-        guard: (value, name) => withTimeout(value, timeoutMs, () => new TimeoutError(message(name)), pending),
+        guard: (value: unknown, name?: unknown) =>
+            withTimeout(value, seconds * 1000, () => new TimeoutError(message(name)), pending),
         clear: () => {
             for (const timer of pending) clearTimeout(timer)
             pending.clear()
@@ -54,9 +41,8 @@ export function createAsyncGuard(
     }
 }
 
-function withoutDefault(module: object): Record<string, unknown> {
-    return Object.fromEntries(Object.entries(module).filter(([name]) => name !== 'default'))
-}
+const withoutDefault = (module: object) =>
+    Object.fromEntries(Object.entries(module).filter(([k]) => k !== 'default'))
 
 /**
  * The host table as PostHog's imports.ts built it (compiled by tsc with esModuleInterop): `import
@@ -64,7 +50,7 @@ function withoutDefault(module: object): Record<string, unknown> {
  * `.default` is the module. That is what 2021's `table[x].default` read. `RetryError` is the VM's own
  * (see `SANDBOX_RETRY_ERROR`).
  */
-export function hostImports(fetch: FetchFn, retryError: unknown): Record<string, unknown> {
+function hostImports(fetch: FetchFn, retryError: unknown): Record<string, unknown> {
     const namespace = (module: object, extra: Record<string, unknown> = {}) => {
         const plain = { ...withoutDefault(module), ...extra }
         return Object.freeze({ ...plain, default: plain })
@@ -96,11 +82,11 @@ export function isRetryErrorFromVm(error: unknown, variant: VariantSpec): boolea
     )
 }
 
-/** 2025's global `fetch` was `vmFetch` itself, a function of the plugin config returning the fetch. */
-function globalFetchOf(variant: VariantSpec, fetch: FetchFn): unknown {
-    if (variant.globalFetch === 'curried-vm-fetch')
-        return () => (input: string, init?: object) => fetch(input, init)
-    return variant.globalFetch === 'node-fetch' ? nodeFetchModule(fetch) : undefined
+/** The global `fetch` frozen into the VM; 2025's `vmFetch` took the plugin config and returned the fetch. */
+const GLOBAL_FETCH: Record<GlobalFetch, (fetch: FetchFn) => unknown> = {
+    'node-fetch': nodeFetchModule,
+    'curried-vm-fetch': (fetch) => () => (input: string, init?: object) => fetch(input, init),
+    none: () => undefined,
 }
 
 export type Hook = (...args: unknown[]) => Promise<unknown>
@@ -114,7 +100,7 @@ export interface SandboxedPlugin {
     dispose(): void
 }
 
-export interface SandboxOptions {
+interface SandboxOptions {
     source: string
     variant: VariantSpec
     /** What `node-fetch` resolves to. */
@@ -142,12 +128,6 @@ const COLLECT_EXPORTS = `(function (guard) {
     return { methods, tasks, meta }
 })`
 
-function pick(source: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
-    return Object.fromEntries(
-        keys.filter((key) => key !== 'global' && key in source).map((key) => [key, source[key]])
-    )
-}
-
 export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
     const { variant } = options
     if (variant.sandbox !== 'vm2' || !variant.guard || !variant.imports)
@@ -159,11 +139,11 @@ export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
         imports: variant.imports,
         loopTimeoutSeconds: seconds,
     })
-    const clock = createAsyncGuard(seconds * 1000, timeoutErrorClass(variant.timeoutIsRetryError))
+    const clock = createAsyncGuard(seconds, variant.timeoutIsRetryError)
     const vm = new VM({ timeout: seconds * 1000 + 1, sandbox: {}, wasm: false })
     vm.freeze(options.console, 'console')
     vm.freeze({ capture: async () => undefined }, 'posthog')
-    const globalFetch = globalFetchOf(variant, options.fetch)
+    const globalFetch = GLOBAL_FETCH[variant.globalFetch](options.fetch)
     if (globalFetch) vm.freeze(globalFetch, 'fetch')
     if (variant.guard === 'callee-2021') vm.freeze({}, 'google')
     const retryError = vm.run(SANDBOX_RETRY_ERROR)
@@ -171,7 +151,9 @@ export function loadSandboxed(options: SandboxOptions): SandboxedPlugin {
     vm.freeze(retryError, 'RetryError')
     vm.freeze(URL, 'URL')
     vm.freeze(clock.guard, '__asyncGuard')
-    vm.freeze(pick(options.meta, variant.metaKeys), '__pluginHostMeta')
+    // Only the variant's meta keys; `global` is made inside the VM.
+    const hostMeta = variant.metaKeys.filter((key) => key !== 'global' && key in options.meta)
+    vm.freeze(Object.fromEntries(hostMeta.map((key) => [key, options.meta[key]])), '__pluginHostMeta')
 
     vm.run(`const module = { exports: {} };\nlet exports = {};\n${code};`, 'index.ts')
     const collect = vm.run(COLLECT_EXPORTS) as (guard: unknown) => Omit<SandboxedPlugin, 'dispose'>

@@ -1,27 +1,14 @@
-/** Host-side timing for the runtime models: sleeps that teardown can end at once, time limits, and slots. */
-export interface Sleeper {
-    sleep(ms: number): Promise<void>
-    /** Resolves every pending sleep now. */
-    cancelAll(): void
-}
+/** Host-side timing for the runtime models: sleeps that teardown can end at once and time limits. */
+import { sleep } from '../lib/sleep'
 
-export function createSleeper(): Sleeper {
-    const pending = new Map<NodeJS.Timeout, () => void>()
+/** Sleeps that teardown can end at once: `cancelAll` resolves every pending sleep now. */
+export function createSleeper() {
+    let cancel = new AbortController()
     return {
-        sleep: (ms) =>
-            new Promise<void>((resolve) => {
-                const timer = setTimeout(() => {
-                    pending.delete(timer)
-                    resolve()
-                }, ms)
-                pending.set(timer, resolve)
-            }),
-        cancelAll() {
-            for (const [timer, resolve] of pending) {
-                clearTimeout(timer)
-                resolve()
-            }
-            pending.clear()
+        sleep: (ms: number) => sleep(ms, cancel.signal),
+        cancelAll(): void {
+            cancel.abort()
+            cancel = new AbortController()
         },
     }
 }
@@ -43,26 +30,5 @@ export async function withTimeout<T>(
     } finally {
         clearTimeout(timer)
         if (timer) timers?.delete(timer)
-    }
-}
-
-/** Limits how many calls run at once. */
-export class Slots {
-    private active = 0
-    private readonly waiting: Array<() => void> = []
-
-    constructor(private readonly limit: number) {}
-
-    async run<T>(task: () => Promise<T>): Promise<T> {
-        if (this.active < this.limit) this.active++
-        // A freed slot is handed straight to the next waiter, so `active` never exceeds the limit.
-        else await new Promise<void>((resolve) => this.waiting.push(resolve))
-        try {
-            return await task()
-        } finally {
-            const next = this.waiting.shift()
-            if (next) next()
-            else this.active--
-        }
     }
 }

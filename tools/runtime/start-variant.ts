@@ -1,9 +1,7 @@
-/**
- * One entry point to PostHog's six runtimes: `startVariant(id, options)` loads index.ts (or a fixture)
- * the way that runtime did, runs setupPlugin, and answers for each event how THE RUNTIME treated it:
- * ok, an error recorded, or retried n times then ok or failed. `runEveryMinute` exists only where the
- * variant calls it; the cache is PostHog's extension over a real Redis where the variant has one.
- * Used by the runtime tests, the fault campaign and tools/runtime/worker.ts (a child process).
+/** One entry point to PostHog's six runtimes: `startVariant(id, options)` loads a plugin as that runtime did.
+ * It runs setupPlugin and answers for each event how THE RUNTIME treated it: ok, an error recorded, or
+ * retried n times then ok or failed. `runEveryMinute` exists only where the variant calls it; the cache is
+ * PostHog's extension over a real Redis where the variant has one.
  */
 import { readFileSync } from 'node:fs'
 import { format } from 'node:util'
@@ -11,9 +9,9 @@ import { format } from 'node:util'
 import { createMemoryStorage, describeError } from './harness'
 import { consoleTo, DEFAULT_PLUGIN_FILE, EmulatorTarget, FetchFn } from './load-plugin'
 import { createRedisCache, PluginCache, RedisCache, RedisMode } from './cache'
-import { CdpExecutor, CdpRunResult, createCdpExecutor } from './cdp-executor'
+import { CdpExecutor, createCdpExecutor } from './cdp-executor'
 import { fetchesFor } from './fetch'
-import { Hook, isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from './sandbox'
+import { isRetryErrorFromVm, loadSandboxed, SandboxedPlugin } from './sandbox'
 import { createSleeper } from './sleeper'
 import { maxRuns, retryDelayMs, VARIANTS, VariantId, VariantSpec } from './variants'
 
@@ -33,7 +31,6 @@ export interface Treatment {
     status: 'ok' | 'failed'
     /** Calls of the hook: 1, or more where the runtime retried a RetryError. */
     runs: number
-    /** `runs - 1`. */
     retried: number
     /** What the hook resolved to, when it did. */
     value?: unknown
@@ -41,10 +38,7 @@ export interface Treatment {
     error?: string
 }
 
-export interface RuntimeLog {
-    level: string
-    message: string
-}
+export type RuntimeLog = { level: string; message: string }
 
 export interface StartOptions {
     /** Plugin config, every value a string as PostHog stores it. */
@@ -84,9 +78,7 @@ export interface VariantRuntime {
     teardown(): Promise<void>
 }
 
-function ok(runs: number, value: unknown): Treatment {
-    return { status: 'ok', runs, retried: runs - 1, value }
-}
+const ok = (runs: number, value: unknown): Treatment => ({ status: 'ok', runs, retried: runs - 1, value })
 
 function failed(runs: number, error: unknown): Treatment {
     return { status: 'failed', runs, retried: Math.max(runs - 1, 0), error: describeError(error) }
@@ -108,28 +100,20 @@ function processedEvent(event: RuntimeEvent): Record<string, unknown> {
     }
 }
 
-interface Common {
-    variant: VariantSpec
-    options: StartOptions
-    source: string
-    logs: RuntimeLog[]
+/** How each kind of runtime starts: all of VariantRuntime but the parts startVariant adds. */
+type Starter = (
+    variant: VariantSpec,
+    options: StartOptions,
+    source: string,
     log: (log: RuntimeLog) => void
-}
+) => Promise<Omit<VariantRuntime, 'variant' | 'logs'>>
 
-async function startSandboxed(common: Common): Promise<VariantRuntime> {
-    const { variant, options, logs, log } = common
-    const redis =
-        variant.cache && options.redisUrl
-            ? createRedisCache({
-                  redisUrl: options.redisUrl,
-                  pluginId: options.pluginId,
-                  teamId: options.teamId,
-                  mode: options.redisMode,
-              })
-            : null
+const startSandboxed: Starter = async (variant, options, source, log) => {
+    const { redisUrl, pluginId, teamId, redisMode: mode } = options
+    const redis = variant.cache && redisUrl ? createRedisCache({ redisUrl, pluginId, teamId, mode }) : null
     const { imported } = fetchesFor(variant.fetch, options.emulatorUrl, options.fetch)
     const plugin: SandboxedPlugin = loadSandboxed({
-        source: common.source,
+        source,
         variant,
         fetch: imported!,
         console: consoleTo((level, args) => log({ level, message: format(...args) })),
@@ -146,7 +130,6 @@ async function startSandboxed(common: Common): Promise<VariantRuntime> {
         taskTimeoutSeconds: options.taskTimeoutSeconds,
     })
     const sleeper = createSleeper()
-    const scale = options.delayScale ?? 1
     let setupError: string | null = null
     try {
         await plugin.methods.setupPlugin?.()
@@ -154,22 +137,21 @@ async function startSandboxed(common: Common): Promise<VariantRuntime> {
         setupError = describeError(error)
     }
 
-    /** Calls a hook, and again after a RetryError while the variant's policy allows. */
-    const withRetries = async (hook: Hook, args: unknown[]): Promise<Treatment> => {
+    /** onEvent, called again after a RetryError while the variant's policy allows. */
+    const onEvent = async (event: RuntimeEvent): Promise<Treatment> => {
+        const hook = plugin.methods.onEvent
+        if (setupError) return failed(0, new Error(`setupPlugin failed, plugin not loaded: ${setupError}`))
+        if (!hook) return ok(0, undefined)
+        const processed = processedEvent(event)
         for (let run = 1; ; run++) {
             try {
-                return ok(run, await hook(...args))
+                return ok(run, await hook(processed))
             } catch (error) {
                 if (!isRetryErrorFromVm(error, variant) || run >= maxRuns(variant.retry))
                     return failed(run, error)
-                await sleeper.sleep(retryDelayMs(variant.retry, run) * scale)
+                await sleeper.sleep(retryDelayMs(variant.retry, run) * (options.delayScale ?? 1))
             }
         }
-    }
-    const onEvent = async (event: RuntimeEvent): Promise<Treatment> => {
-        if (setupError) return failed(0, new Error(`setupPlugin failed, plugin not loaded: ${setupError}`))
-        if (!plugin.methods.onEvent) return ok(0, undefined)
-        return withRetries(plugin.methods.onEvent, [processedEvent(event)])
     }
     const minute = plugin.tasks.runEveryMinute
     const runEveryMinute =
@@ -183,13 +165,11 @@ async function startSandboxed(common: Common): Promise<VariantRuntime> {
               }
             : undefined
     return {
-        variant,
         setupError,
         onEvent,
         runEveryMinute,
         cache: redis?.cache ?? null,
         redis,
-        logs,
         async teardown() {
             sleeper.cancelAll()
             try {
@@ -203,22 +183,10 @@ async function startSandboxed(common: Common): Promise<VariantRuntime> {
     }
 }
 
-function cdpGlobals(event: RuntimeEvent) {
-    const person = event.person
-        ? { id: event.person.id ?? event.distinct_id, properties: event.person.properties, name: '', url: '' }
-        : null
-    return { event, person }
-}
-
-function treatmentOf(runs: CdpRunResult[], error: unknown, value: unknown): Treatment {
-    return error === undefined ? ok(runs.length, value) : failed(runs.length, error)
-}
-
-async function startCdp(common: Common): Promise<VariantRuntime> {
-    const { variant, options, logs, log } = common
+const startCdp: Starter = async (variant, options, source, log) => {
     const { cdp } = fetchesFor(variant.fetch, options.emulatorUrl, options.fetch)
     const executor: CdpExecutor = createCdpExecutor({
-        source: common.source,
+        source,
         inputs: options.config,
         fetch: cdp!,
         retry: variant.retry,
@@ -230,16 +198,20 @@ async function startCdp(common: Common): Promise<VariantRuntime> {
         onLog: log,
     })
     return {
-        variant,
         // CDP runs setup lazily with the first invocation; a failure shows as each event's error.
         setupError: null,
         async onEvent(event) {
-            const outcome = await executor.invoke(cdpGlobals(event))
-            return treatmentOf(outcome.runs, outcome.error, outcome.value)
+            const { person } = event
+            const { runs, error, value } = await executor.invoke({
+                event,
+                person: person
+                    ? { id: person.id ?? event.distinct_id, properties: person.properties, name: '', url: '' }
+                    : null,
+            })
+            return error === undefined ? ok(runs.length, value) : failed(runs.length, error)
         },
         cache: null,
         redis: null,
-        logs,
         async teardown() {
             executor.close()
         },
@@ -255,6 +227,6 @@ export async function startVariant(id: VariantId, options: StartOptions): Promis
         options.onLog?.(line)
     }
     const source = options.source ?? readFileSync(DEFAULT_PLUGIN_FILE, 'utf8')
-    const common = { variant, options, source, logs, log }
-    return variant.sandbox === 'vm2' ? startSandboxed(common) : startCdp(common)
+    const start = variant.sandbox === 'vm2' ? startSandboxed : startCdp
+    return { variant, logs, ...(await start(variant, options, source, log)) }
 }

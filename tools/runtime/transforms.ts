@@ -1,17 +1,16 @@
-/**
- * PostHog's three Babel plugins for sandboxed plugin code, re-written from what their sources do
- * (PostHog/plugin-server `src/worker/vm/transforms/`, then PostHog/posthog
- * `plugin-server/src/worker/vm/transforms/`), plus the Babel call that applies them:
+/** PostHog's three Babel plugins for sandboxed plugin code, and the Babel call.
  *
- * - replace-imports: every `import` becomes a `const` reading a frozen host table
- *   (`__pluginHostImports`); a module not in the table throws "Cannot import 'x'! …". The 2021 code
- *   turned default and namespace imports into `table[x].default`; later code into `table[x]`.
- * - loop-timeout: before each `while`/`for`/`do` loop `const _LP = Date.now()`, and as the first
- *   statement of its body a check that throws after the task timeout (30 s in PostHog).
- * - promise-timeout: `await x` → `await __asyncGuard(x, name)` and `p.then` → `__asyncGuard(p, name).then`.
- *   In 2021 `name` was the callee EXPRESSION of `x` (`x.callee || x`), so the callee is evaluated a
- *   second time: `await a.b().c()` runs `a.b()` twice. Later versions pass a string
- *   (`"await on line L:C"`).
+ * Re-written from their
+ * sources (PostHog/plugin-server `src/worker/vm/transforms/`, later in PostHog/posthog `plugin-server/`):
+ *
+ * - replace-imports: each `import` becomes a `const` reading the frozen host table `__pluginHostImports`; a
+ *   module not in it throws "Cannot import 'x'! …". Default and namespace imports read `table[x].default`
+ *   in 2021, `table[x]` later.
+ * - loop-timeout: `const _LP = Date.now()` before each `while`/`for`/`do` loop, and first in its body a
+ *   check that throws after the task timeout (30 s in PostHog).
+ * - promise-timeout: `await x` → `await __asyncGuard(x, name)`, `p.then` → `__asyncGuard(p, name).then`.
+ *   In 2021 `name` was the callee EXPRESSION of `x` (`x.callee || x`), evaluated a second time:
+ *   `await a.b().c()` runs `a.b()` twice. Later versions pass a string (`"await on line L:C"`).
  */
 import * as babel from '@babel/core'
 import type { NodePath, PluginObj, types as BabelTypes } from '@babel/core'
@@ -19,7 +18,7 @@ import type { NodePath, PluginObj, types as BabelTypes } from '@babel/core'
 export type GuardStyle = 'callee-2021' | 'string-name'
 export type ImportStyle = 'default-member-2021' | 'module-itself'
 
-export interface TransformOptions {
+interface TransformOptions {
     /** Module names the host table provides. */
     importNames: readonly string[]
     guard: GuardStyle
@@ -43,24 +42,9 @@ function hostLookup(t: T, source: string, member: string | null): BabelTypes.Exp
     return member === null ? table : t.memberExpression(table, t.stringLiteral(member), true)
 }
 
-/** What each local name of one import declaration reads from the host table. */
-function importedMembers(
-    t: T,
-    node: BabelTypes.ImportDeclaration,
-    style: ImportStyle
-): Array<[string, string | null]> {
-    const whole = style === 'default-member-2021' ? 'default' : null
-    return node.specifiers.map((specifier): [string, string | null] => {
-        if (t.isImportSpecifier(specifier)) {
-            const imported = specifier.imported
-            return [specifier.local.name, t.isStringLiteral(imported) ? imported.value : imported.name]
-        }
-        return [specifier.local.name, whole]
-    })
-}
-
-export function replaceImports(options: TransformOptions): (api: { types: T }) => PluginObj {
+function replaceImports(options: TransformOptions): (api: { types: T }) => PluginObj {
     const known = new Set(options.importNames)
+    const whole = options.imports === 'default-member-2021' ? 'default' : null
     return ({ types: t }) => ({
         name: 'posthog-replace-imports',
         visitor: {
@@ -68,10 +52,14 @@ export function replaceImports(options: TransformOptions): (api: { types: T }) =
                 exit(path: NodePath<BabelTypes.ImportDeclaration>) {
                     const source = path.node.source.value
                     if (!known.has(source)) throw importRefusal(source)
-                    const declarators = importedMembers(t, path.node, options.imports).map(
-                        ([local, member]) =>
-                            t.variableDeclarator(t.identifier(local), hostLookup(t, source, member))
-                    )
+                    const declarators = path.node.specifiers.map((specifier) => {
+                        const { imported } = specifier as Partial<BabelTypes.ImportSpecifier>
+                        const named =
+                            imported && (t.isStringLiteral(imported) ? imported.value : imported.name)
+                        // A named import reads its member of the table; default and namespace ones `whole`.
+                        const lookup = hostLookup(t, source, named ?? whole)
+                        return t.variableDeclarator(t.identifier(specifier.local.name), lookup)
+                    })
                     if (declarators.length === 0) path.remove()
                     else path.replaceWith(t.variableDeclaration('const', declarators))
                 },
@@ -90,31 +78,21 @@ export function replaceImports(options: TransformOptions): (api: { types: T }) =
     })
 }
 
-function loopCheck(t: T, id: BabelTypes.Identifier, where: string, seconds: number): BabelTypes.Statement {
-    const elapsed = t.binaryExpression(
-        '-',
-        t.callExpression(t.memberExpression(t.identifier('Date'), t.identifier('now')), []),
-        id
-    )
-    const message = `Script execution timed out after looping for ${seconds} second${seconds === 1 ? '' : 's'} on line ${where}`
-    return t.ifStatement(
-        t.binaryExpression('>', elapsed, t.numericLiteral(seconds * 1000)),
-        t.throwStatement(t.newExpression(t.identifier('Error'), [t.stringLiteral(message)]))
-    )
-}
-
 type LoopPath = NodePath<BabelTypes.WhileStatement | BabelTypes.ForStatement | BabelTypes.DoWhileStatement>
 
-export function loopTimeout(options: TransformOptions): (api: { types: T }) => PluginObj {
+function loopTimeout(options: TransformOptions): (api: { types: T }) => PluginObj {
     const seconds = options.loopTimeoutSeconds ?? 30
     return ({ types: t }) => {
+        const now = () => t.callExpression(t.memberExpression(t.identifier('Date'), t.identifier('now')), [])
         const protect = (path: LoopPath): void => {
-            const start = path.node.loc?.start
-            if (!start) return // a loop Babel generated itself
+            if (!path.node.loc) return // a loop Babel generated itself
             const id = path.scope.generateUidIdentifier('LP')
-            const now = t.callExpression(t.memberExpression(t.identifier('Date'), t.identifier('now')), [])
-            path.insertBefore(t.variableDeclaration('const', [t.variableDeclarator(id, now)]))
-            const check = loopCheck(t, id, `${start.line}:${start.column}`, seconds)
+            path.insertBefore(t.variableDeclaration('const', [t.variableDeclarator(id, now())]))
+            const message = `Script execution timed out after looping for ${seconds} second${seconds === 1 ? '' : 's'} on line ${at(path.node)}`
+            const check = t.ifStatement(
+                t.binaryExpression('>', t.binaryExpression('-', now(), id), t.numericLiteral(seconds * 1000)),
+                t.throwStatement(t.newExpression(t.identifier('Error'), [t.stringLiteral(message)]))
+            )
             const body = path.get('body') as NodePath<BabelTypes.Statement>
             if (body.isBlockStatement()) body.unshiftContainer('body', check)
             else body.replaceWith(t.blockStatement([check, body.node]))
@@ -126,25 +104,12 @@ export function loopTimeout(options: TransformOptions): (api: { types: T }) => P
     }
 }
 
-function awaitName(
-    t: T,
-    style: GuardStyle,
-    argument: BabelTypes.Expression,
-    label: string
-): BabelTypes.Expression {
-    if (style === 'string-name') return t.stringLiteral(label)
-    // 2021: the callee itself, as an expression: evaluated again when the guard is called.
-    return t.isCallExpression(argument) && t.isExpression(argument.callee)
-        ? t.cloneNode(argument.callee, true)
-        : t.cloneNode(argument, true)
-}
-
 function at(node: BabelTypes.Node): string {
     const start = node.loc?.start
     return start ? `${start.line}:${start.column}` : '?'
 }
 
-export function promiseTimeout(options: TransformOptions): (api: { types: T }) => PluginObj {
+function promiseTimeout(options: TransformOptions): (api: { types: T }) => PluginObj {
     return ({ types: t }) => ({
         name: 'posthog-promise-timeout',
         visitor: {
@@ -170,7 +135,16 @@ export function promiseTimeout(options: TransformOptions): (api: { types: T }) =
                 exit(path: NodePath<BabelTypes.AwaitExpression>) {
                     const { node } = path
                     if (WRAPPED.has(node)) return
-                    const name = awaitName(t, options.guard, node.argument, `await on line ${at(node)}`)
+                    const { argument } = node
+                    const callee =
+                        t.isCallExpression(argument) && t.isExpression(argument.callee)
+                            ? argument.callee
+                            : argument
+                    // 2021: the callee itself, as an expression: evaluated again when the guard is called.
+                    const name =
+                        options.guard === 'string-name'
+                            ? t.stringLiteral(`await on line ${at(node)}`)
+                            : t.cloneNode(callee, true)
                     const guarded = t.awaitExpression(
                         t.callExpression(t.identifier('__asyncGuard'), [node.argument, name])
                     )
@@ -182,18 +156,18 @@ export function promiseTimeout(options: TransformOptions): (api: { types: T }) =
     })
 }
 
-/** Babel as PostHog configured it for plugins: presets typescript and env for this Node, filename index.ts. */
+/** No Babel config files; the plugin file named as PostHog names it. */
+const AS_INDEX_TS = { babelrc: false, configFile: false, filename: 'index.ts' }
+const TYPESCRIPT = require.resolve('@babel/preset-typescript')
+
+/** Babel as PostHog configured it for plugins: presets typescript and env for this Node. */
 export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): string {
+    const env = [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }]
     const result = babel.transformSync(source, {
+        ...AS_INDEX_TS,
         envName: 'production',
         code: true,
-        babelrc: false,
-        configFile: false,
-        filename: 'index.ts',
-        presets: [
-            require.resolve('@babel/preset-typescript'),
-            [require.resolve('@babel/preset-env'), { targets: { node: process.versions.node } }],
-        ],
+        presets: [TYPESCRIPT, env],
         plugins,
     })
     if (!result?.code) throw new Error('Babel produced no code for the plugin')
@@ -202,40 +176,22 @@ export function posthogBabel(source: string, plugins: babel.PluginItem[] = []): 
 
 const transformed = new Map<string, string>()
 
-/** PostHog's Babel call for sandboxed plugins: the presets plus its three plugins. */
+/** PostHog's Babel call for sandboxed plugins: the presets and its three plugins (memoized). */
 export function transformPluginCode(source: string, options: TransformOptions): string {
-    const memoKey = JSON.stringify([options, source])
-    const cached = transformed.get(memoKey)
-    if (cached !== undefined) return cached
-    const code = posthogBabel(source, [
-        replaceImports(options),
-        loopTimeout(options),
-        promiseTimeout(options),
-    ])
-    transformed.set(memoKey, code)
-    return code
-}
-
-/** An `await` whose callee the 2021 guard evaluates a second time, and that second time calls something. */
-export interface DoubleEvaluation {
-    line: number
-    /** The callee, as written: evaluated twice on 2021 images. */
-    callee: string
+    const key = JSON.stringify([options, source])
+    const plugins = [replaceImports(options), loopTimeout(options), promiseTimeout(options)]
+    if (!transformed.has(key)) transformed.set(key, posthogBabel(source, plugins))
+    return transformed.get(key)!
 }
 
 /**
- * Finds `await f().g()`-shaped awaits in plugin source: the 2021 promise-timeout passes the callee
- * (`f().g`) to the guard as an expression, so `f()` runs twice and the second result is dropped.
+ * Finds `await f().g()`-shaped awaits in plugin source, with their line and callee as written: the 2021
+ * promise-timeout passes the callee (`f().g`) to the guard as an expression, so `f()` runs twice.
  */
-export function doubleEvaluatedAwaits(source: string): DoubleEvaluation[] {
-    const ast = babel.parseSync(source, {
-        babelrc: false,
-        configFile: false,
-        filename: 'index.ts',
-        presets: [require.resolve('@babel/preset-typescript')],
-    })
+export function doubleEvaluatedAwaits(source: string): Array<{ line: number; callee: string }> {
+    const ast = babel.parseSync(source, { ...AS_INDEX_TS, presets: [TYPESCRIPT] })
     if (!ast) return []
-    const found: DoubleEvaluation[] = []
+    const found: Array<{ line: number; callee: string }> = []
     babel.traverse(ast, {
         AwaitExpression(path) {
             const argument = path.get('argument')
@@ -251,13 +207,9 @@ export function doubleEvaluatedAwaits(source: string): DoubleEvaluation[] {
                     inner.skip() // a function written there is created, not run
                 },
             })
-            if (calls) {
-                const { start, end } = callee.node
-                found.push({
-                    line: callee.node.loc?.start.line ?? 0,
-                    callee: source.slice(start ?? 0, end ?? 0),
-                })
-            }
+            if (!calls) return
+            const { start, end, loc } = callee.node
+            found.push({ line: loc?.start.line ?? 0, callee: source.slice(start ?? 0, end ?? 0) })
         },
     })
     return found

@@ -1,7 +1,7 @@
-/**
- * PostHog's six plugin runtimes as data, read from PostHog's sources (see ../shared/REFERENCE.md and
- * the report of issue 9 for where each fact comes from). Everything else in tools/runtime reads this
- * table instead of branching on variant numbers.
+/** PostHog's six plugin runtimes as data, which the rest of tools/runtime reads.
+ *
+ * Read from PostHog's sources (../shared/REFERENCE.md and the report of issue 9 say where each fact comes
+ * from), so that no other file branches on variant numbers.
  */
 import type { GuardStyle, ImportStyle } from './transforms'
 
@@ -10,8 +10,8 @@ export type VariantId = 1 | 2 | 3 | 4 | 5 | 6
 /** What the runtime does when onEvent throws a RetryError. */
 export type RetryPolicy =
     | { kind: 'none' }
-    /** plugin-server 2022-23: up to `tries` tries in all, `baseMs` · 2ⁿ apart (5, 10, 20, 40 s). */
-    | { kind: 'exponential'; tries: number; baseMs: number }
+    /** plugin-server 2022-23: up to `runs` tries in all, `baseMs` · 2ⁿ apart (5, 10, 20, 40 s). */
+    | { kind: 'exponential'; runs: number; baseMs: number }
     /**
      * CDP newest: the invocation goes back on the queue; `runs` runs in all, the n-th re-run after
      * min(baseMs·n + random·baseMs, maxMs) (CDP_FETCH_RETRIES 3, _BACKOFF_BASE_MS 1000, _MAX_MS 30000).
@@ -29,8 +29,8 @@ export type GlobalFetch = 'node-fetch' | 'curried-vm-fetch' | 'none'
 
 export interface VariantSpec {
     id: VariantId
+    /** Which PostHog code base, and when. */
     name: string
-    years: string
     /** vm2 `VM` with PostHog's Babel transforms, or a plain module compiled into PostHog (CDP). */
     sandbox: 'vm2' | 'module'
     /** promise-timeout's guard (vm2 only). */
@@ -45,8 +45,6 @@ export interface VariantSpec {
     globalFetch: GlobalFetch
     /** `meta.cache` over Redis. */
     cache: boolean
-    /** setTimeout & co. exist for the plugin. */
-    timers: boolean
     /** The guard's TimeoutError: a plain Error in 2021, a RetryError later. */
     timeoutIsRetryError: boolean
     /** CDP: `person` passed in meta (one 2025 version passed `storage` instead). */
@@ -54,9 +52,8 @@ export interface VariantSpec {
 }
 
 const PLUGIN_SERVER_META = ['cache', 'config', 'attachments', 'storage', 'geoip', 'jobs', 'metrics', 'global']
-const CDP_META = ['config', 'global', 'logger', 'geoip', 'fetch', 'person']
 
-type Shared = Omit<VariantSpec, 'id' | 'name' | 'years'>
+type Shared = Omit<VariantSpec, 'id' | 'name'>
 
 /** PostHog/posthog's plugin server, 2022 on: a string-named guard, imports read as the modules themselves. */
 const PLUGIN_SERVER: Shared = {
@@ -69,23 +66,21 @@ const PLUGIN_SERVER: Shared = {
     fetch: 'node-fetch-2',
     globalFetch: 'node-fetch',
     cache: true,
-    timers: false,
     timeoutIsRetryError: true,
     person: false,
 }
 
-/** The CDP legacy plugin executor: a module of PostHog's app, no cache, no schedule. */
+/** The CDP legacy plugin executor: a module of PostHog's app (timers exist), no cache, no schedule. */
 const CDP: Shared = {
     sandbox: 'module',
     guard: null,
     imports: null,
     retry: { kind: 'none' },
     runEveryMinute: false,
-    metaKeys: CDP_META,
+    metaKeys: ['config', 'global', 'logger', 'geoip', 'fetch', 'person'],
     fetch: 'cdp',
     globalFetch: 'none',
     cache: false,
-    timers: true,
     timeoutIsRetryError: false,
     person: true,
 }
@@ -95,7 +90,6 @@ export const VARIANTS: Readonly<Record<VariantId, VariantSpec>> = {
         ...PLUGIN_SERVER,
         id: 1,
         name: 'plugin-server 2021 (PostHog/plugin-server after PR 465)',
-        years: '2021',
         guard: 'callee-2021',
         imports: 'default-member-2021',
         metaKeys: PLUGIN_SERVER_META,
@@ -105,32 +99,23 @@ export const VARIANTS: Readonly<Record<VariantId, VariantSpec>> = {
         ...PLUGIN_SERVER,
         id: 2,
         name: 'plugin-server 2022-23 (PostHog/posthog)',
-        years: '2022-2023',
-        retry: { kind: 'exponential', tries: 5, baseMs: 5000 },
+        retry: { kind: 'exponential', runs: 5, baseMs: 5000 },
     },
-    3: {
-        ...PLUGIN_SERVER,
-        id: 3,
-        name: 'plugin-server 2024 - Feb 2025',
-        years: '2024-2025.02',
-        fetch: 'undici',
-    },
+    3: { ...PLUGIN_SERVER, id: 3, name: 'plugin-server 2024 - Feb 2025', fetch: 'undici' },
     4: {
         ...PLUGIN_SERVER,
         id: 4,
         name: 'plugin-server Mar - Dec 2025 (no scheduled tasks, PR 29352)',
-        years: '2025.03-2025.12',
         runEveryMinute: false,
         metaKeys: ['cache', 'config', 'attachments', 'storage', 'utils', 'global'],
         fetch: 'undici',
         globalFetch: 'curried-vm-fetch',
     },
-    5: { ...CDP, id: 5, name: 'CDP legacy plugin executor 2025', years: '2025' },
+    5: { ...CDP, id: 5, name: 'CDP legacy plugin executor 2025' },
     6: {
         ...CDP,
         id: 6,
-        name: 'CDP legacy plugin executor, newest (RetryError re-queued)',
-        years: '2026',
+        name: 'CDP legacy plugin executor, newest (2026, RetryError re-queued)',
         retry: { kind: 'cdp-requeue', runs: 3, baseMs: 1000, maxMs: 30_000 },
     },
 }
@@ -148,21 +133,13 @@ export function isVariantId(value: unknown): value is VariantId {
 }
 
 /** Delay before try `failedTries + 1` (0 when no further try is made). */
-export function retryDelayMs(
-    policy: RetryPolicy,
-    failedTries: number,
-    random: () => number = Math.random
-): number {
-    if (policy.kind === 'exponential')
-        return failedTries < policy.tries ? policy.baseMs * 2 ** (failedTries - 1) : 0
-    if (policy.kind === 'cdp-requeue') {
-        if (failedTries >= policy.runs) return 0
-        return Math.min(policy.baseMs * failedTries + Math.floor(random() * policy.baseMs), policy.maxMs)
-    }
-    return 0
+export function retryDelayMs(policy: RetryPolicy, failedTries: number, random = Math.random): number {
+    if (policy.kind === 'none' || failedTries >= policy.runs) return 0
+    if (policy.kind === 'exponential') return policy.baseMs * 2 ** (failedTries - 1)
+    return Math.min(policy.baseMs * failedTries + Math.floor(random() * policy.baseMs), policy.maxMs)
 }
 
 /** How many runs the runtime gives one event in all. */
 export function maxRuns(policy: RetryPolicy): number {
-    return policy.kind === 'exponential' ? policy.tries : policy.kind === 'cdp-requeue' ? policy.runs : 1
+    return policy.kind === 'none' ? 1 : policy.runs
 }

@@ -1,5 +1,4 @@
-/**
- * One PostHog runtime in a process of its own, so tests and the fault campaign can `kill -9` it mid-run.
+/** One PostHog runtime in a process of its own, so tests and the fault campaign can `kill -9` it mid-run.
  * Reads events (JSON Lines) from a file or stdin, sends each through the variant's onEvent, then calls
  * runEveryMinute (where the variant has it) until the plugin reports nothing left. Writes one JSON line
  * per result on stdout: counts and statuses only, never event contents.
@@ -8,9 +7,10 @@ import { ChildProcess, spawn } from 'node:child_process'
 import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
 
+import { BACKLOG_CONFIG } from './backlog'
 import { RedisMode } from './cache'
 import { RuntimeEvent, startVariant, Treatment } from './start-variant'
-import { isVariantId, VariantId } from './variants'
+import { isVariantId } from './variants'
 
 export const WORKER_USAGE = `Usage: tsx tools/runtime/worker.ts --variant <1-6> [options]
   --emulator URL        Intercom emulator the three Intercom hosts are sent to (required)
@@ -23,48 +23,18 @@ export const WORKER_USAGE = `Usage: tsx tools/runtime/worker.ts --variant <1-6> 
   --delay-scale F       factor on the runtime's retry delays (default 1)
   --plugin-id N         cache key namespace (default 1)`
 
-export interface WorkerArgs {
-    variant: VariantId
-    emulator: string
-    redis?: string
-    redisMode: RedisMode
-    events: string
-    config: Record<string, string>
-    minutes: number
-    concurrency: number
-    delayScale: number
-    pluginId: number
-}
-
-const DEFAULT_CONFIG = { intercomApiKey: 'test-token', triggeringEvents: 'signed_up' }
-
-function numberFlag(name: string, value: string | undefined, min: number): number {
-    const parsed = Number(value)
-    if (!Number.isFinite(parsed) || parsed < min) throw new Error(`${name} needs a number >= ${min}`)
-    return parsed
-}
+/** The flags are the ones the usage lists. */
+const KNOWN_FLAGS = [...WORKER_USAGE.matchAll(/--([a-z-]+)/g)].map((match) => match[1])
 
 /** Parses the command line; throws with a message for anything unknown or malformed. */
-export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
+export function parseWorkerArgs(argv: readonly string[]) {
     const flags = new Map<string, string>()
     for (let i = 0; i < argv.length; i += 2) {
         const [name, value] = [argv[i], argv[i + 1]]
         if (!name.startsWith('--') || value === undefined) throw new Error(`Unexpected argument '${name}'`)
         flags.set(name.slice(2), value)
     }
-    const known = [
-        'variant',
-        'emulator',
-        'redis',
-        'redis-mode',
-        'events',
-        'config',
-        'minutes',
-        'concurrency',
-        'delay-scale',
-        'plugin-id',
-    ]
-    const unknown = [...flags.keys()].find((name) => !known.includes(name))
+    const unknown = [...flags.keys()].find((name) => !KNOWN_FLAGS.includes(name))
     if (unknown) throw new Error(`Unknown flag --${unknown}`)
     const variant = Number(flags.get('variant'))
     if (!isVariantId(variant)) throw new Error('--variant must be 1 to 6')
@@ -73,6 +43,11 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
     const redisMode = (flags.get('redis-mode') ?? 'redis-7') as RedisMode
     if (redisMode !== 'redis-7' && redisMode !== 'redis-6.0')
         throw new Error('--redis-mode is redis-7 or redis-6.0')
+    const number = (name: string, fallback: number, min: number): number => {
+        const parsed = Number(flags.get(name) ?? fallback)
+        if (!Number.isFinite(parsed) || parsed < min) throw new Error(`--${name} needs a number >= ${min}`)
+        return parsed
+    }
     return {
         variant,
         emulator,
@@ -81,13 +56,15 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
         events: flags.get('events') ?? '-',
         config: flags.has('config')
             ? (JSON.parse(flags.get('config')!) as Record<string, string>)
-            : DEFAULT_CONFIG,
-        minutes: numberFlag('--minutes', flags.get('minutes') ?? '0', 0),
-        concurrency: numberFlag('--concurrency', flags.get('concurrency') ?? '1', 1),
-        delayScale: numberFlag('--delay-scale', flags.get('delay-scale') ?? '1', 0),
-        pluginId: numberFlag('--plugin-id', flags.get('plugin-id') ?? '1', 1),
+            : BACKLOG_CONFIG,
+        minutes: number('minutes', 0, 0),
+        concurrency: number('concurrency', 1, 1),
+        delayScale: number('delay-scale', 1, 0),
+        pluginId: number('plugin-id', 1, 1),
     }
 }
+
+export type WorkerArgs = ReturnType<typeof parseWorkerArgs>
 
 /** Starts the worker as a child process (one process: `node --import tsx`, so `kill -9` really kills it). */
 export function spawnWorker(args: readonly string[]): ChildProcess {
@@ -96,9 +73,7 @@ export function spawnWorker(args: readonly string[]): ChildProcess {
     })
 }
 
-function emit(line: object): void {
-    process.stdout.write(`${JSON.stringify(line)}\n`)
-}
+const emit = (line: object): void => void process.stdout.write(`${JSON.stringify(line)}\n`)
 
 /** The status the plugin reported, if any (index.ts resolves onEvent to `{status, reason}`). */
 function reported(treatment: Treatment): string | undefined {
@@ -111,11 +86,6 @@ async function* readEvents(source: string): AsyncGenerator<RuntimeEvent> {
     for await (const line of createInterface({ input, crlfDelay: Infinity })) {
         if (line.trim()) yield JSON.parse(line) as RuntimeEvent
     }
-}
-
-function remainingOf(treatment: Treatment): number {
-    const remaining = (treatment.value as { remaining?: unknown } | undefined)?.remaining
-    return typeof remaining === 'number' ? remaining : 0
 }
 
 export async function runWorker(args: WorkerArgs): Promise<void> {
@@ -131,14 +101,8 @@ export async function runWorker(args: WorkerArgs): Promise<void> {
     const inFlight = new Set<Promise<void>>()
     for await (const event of readEvents(args.events)) {
         const task = runtime.onEvent(event).then((treatment) => {
-            emit({
-                kind: 'event',
-                uuid: event.uuid,
-                status: treatment.status,
-                runs: treatment.runs,
-                reported: reported(treatment),
-                error: treatment.error,
-            })
+            const { status, runs, error } = treatment
+            emit({ kind: 'event', uuid: event.uuid, status, runs, reported: reported(treatment), error })
         })
         inFlight.add(task)
         void task.finally(() => inFlight.delete(task))
@@ -148,7 +112,9 @@ export async function runWorker(args: WorkerArgs): Promise<void> {
     for (let minute = 0; runtime.runEveryMinute && minute < args.minutes; minute++) {
         const treatment = await runtime.runEveryMinute()
         emit({ kind: 'minute', status: treatment.status, value: treatment.value, error: treatment.error })
-        if (treatment.status === 'ok' && remainingOf(treatment) === 0) break
+        // Done once the plugin says nothing is left (or says nothing about it).
+        const remaining = (treatment.value as { remaining?: unknown } | undefined)?.remaining
+        if (treatment.status === 'ok' && (typeof remaining !== 'number' || remaining === 0)) break
     }
     await runtime.teardown()
     emit({ kind: 'done' })
