@@ -20,25 +20,45 @@ export interface SeedContact {
 }
 
 /** A contact as Intercom answers it; times in Unix seconds. */
-// prettier-ignore
 export interface StoredContact {
-    type: 'contact'; id: string; workspace_id: string; role: ContactRole
-    external_id: string | null; email: string | null; name: string | null; phone: string | null
-    created_at: number; updated_at: number; signed_up_at: number | null; last_seen_at: number | null
+    type: 'contact'
+    id: string
+    workspace_id: string
+    role: ContactRole
+    external_id: string | null
+    email: string | null
+    name: string | null
+    phone: string | null
+    created_at: number
+    updated_at: number
+    signed_up_at: number | null
+    last_seen_at: number | null
     custom_attributes: Record<string, unknown>
     companies: {
-        type: 'list'; data: { type: 'company'; id: string; url: string }[]
-        url: string; total_count: number; has_more: boolean
+        type: 'list'
+        data: { type: 'company'; id: string; url: string }[]
+        url: string
+        total_count: number
+        has_more: boolean
     }
 }
 
 /** A company as Intercom answers it; `plan` is {} until one is set. */
-// prettier-ignore
 export interface StoredCompany {
-    type: 'company'; id: string; company_id: string; app_id: string
-    name: string | null; size: number | null; website: string | null; industry: string | null
-    remote_created_at: number | null; created_at: number; updated_at: number
-    monthly_spend: number; session_count: number; user_count: number
+    type: 'company'
+    id: string
+    company_id: string
+    app_id: string
+    name: string | null
+    size: number | null
+    website: string | null
+    industry: string | null
+    remote_created_at: number | null
+    created_at: number
+    updated_at: number
+    monthly_spend: number
+    session_count: number
+    user_count: number
     plan: { type: 'plan'; id: string; name: string } | Record<string, never>
     custom_attributes: Record<string, unknown>
 }
