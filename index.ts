@@ -1227,7 +1227,8 @@ async function readBody(response: HttpResponse): Promise<unknown> {
     }
 }
 
-function isTimeout(error: unknown): boolean {
+/** undici rejects with a TimeoutError (or AbortError), node-fetch with a FetchError of type request-timeout. */
+export function isTimeout(error: unknown): boolean {
     const name = String(propertyOf(error, 'name') ?? '')
     const type = String(propertyOf(error, 'type') ?? '')
     return name === 'TimeoutError' || name === 'AbortError' || type === 'request-timeout'

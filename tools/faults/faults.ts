@@ -41,7 +41,7 @@ import {
     toHeaderRecord,
 } from '../runtime/load-plugin'
 import { isVariantId, VARIANT_IDS, VariantId } from '../runtime/variants'
-import { QUEUE_MAX_ATTEMPTS } from '../../index'
+import { isTimeout, QUEUE_MAX_ATTEMPTS } from '../../index'
 import type { BadConfigCase, BadEventCase, ClientName, FaultKind, FaultScenario } from './scenarios'
 import type { PlannedEvent, Runtime, SandboxRuntime, Workload } from './scenarios'
 import {
@@ -96,12 +96,6 @@ function httpClient(client: ClientName, timeoutMs: number): FetchFn {
     }
 }
 
-/** undici rejects with a TimeoutError (or AbortError), node-fetch with a FetchError of type request-timeout. */
-function isTimeoutError(error: unknown): boolean {
-    const { name, type } = (error ?? {}) as { name?: unknown; type?: unknown }
-    return name === 'TimeoutError' || name === 'AbortError' || type === 'request-timeout'
-}
-
 /** Records the origin of every off-Intercom URL and counts timeouts; sends the rest to the emulator. */
 function auditedFetch(emulatorUrl: string, client: ClientName, timeoutMs: number) {
     const redirect = redirectingFetch(emulatorUrl, httpClient(client, timeoutMs))
@@ -112,7 +106,7 @@ function auditedFetch(emulatorUrl: string, client: ClientName, timeoutMs: number
         try {
             return await redirect(input, init)
         } catch (error) {
-            if (isTimeoutError(error)) audit.timeouts++
+            if (isTimeout(error)) audit.timeouts++
             throw error
         }
     }

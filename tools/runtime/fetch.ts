@@ -8,6 +8,7 @@
 import type { CdpFetchOptions, CdpResponse, EmulatorTarget, FetchFn } from './load-plugin'
 import { cdpFetch, hostNodeFetch, redirectingFetch } from './load-plugin'
 import { FETCH_TIMEOUT_MS, FetchKind } from './variants'
+import { isTimeout } from '../../index'
 
 /** undici as the 2024-2025 plugin server used it: `timeout` ignored, its own 10 s limit. */
 export function undiciLikeFetch(realFetch: FetchFn, timeoutMs = FETCH_TIMEOUT_MS): FetchFn {
@@ -18,11 +19,6 @@ export function undiciLikeFetch(realFetch: FetchFn, timeoutMs = FETCH_TIMEOUT_MS
 /** The CDP response also has `dump()`, which discards the body. */
 export type CdpFullResponse = CdpResponse & { dump(): Promise<void> }
 export type CdpFullFetch = (input: string, options?: CdpFetchOptions) => Promise<CdpFullResponse>
-
-function isTimeout(error: unknown): boolean {
-    const { name, type } = (error ?? {}) as { name?: string; type?: string }
-    return name === 'AbortError' || name === 'TimeoutError' || type === 'request-timeout'
-}
 
 /** CDP's fetch: connection errors retried once, a timeout throws TimeoutError, a `dump()` on the answer. */
 export function cdpFullFetch(realFetch: FetchFn): CdpFullFetch {
