@@ -4,6 +4,7 @@
  */
 import type { Emulator } from '../intercom/emulator'
 import type { RedisCache } from './cache'
+import { addCount } from '../lib/report'
 import { Slots } from '../lib/slots'
 import type { RuntimeEvent, Treatment, VariantRuntime } from './start-variant'
 
@@ -42,7 +43,7 @@ export function reportedStatus(treatment: Treatment): string {
 
 export function countBy<T>(items: readonly T[], key: (item: T) => string): Record<string, number> {
     const counts: Record<string, number> = {}
-    for (const item of items) counts[key(item)] = (counts[key(item)] ?? 0) + 1
+    for (const item of items) addCount(counts, key(item))
     return counts
 }
 
@@ -89,7 +90,7 @@ export async function drainByMinutes(runtime: VariantRuntime, maxRounds = 30): P
         report.delivered += value.delivered ?? 0
         report.dropped += value.dropped ?? 0
         for (const [reason, n] of Object.entries(value.droppedByReason ?? {}))
-            report.droppedByReason[reason] = (report.droppedByReason[reason] ?? 0) + n
+            addCount(report.droppedByReason, reason, n)
         report.remaining = value.remaining ?? 0
         if (report.remaining === 0) break
     }

@@ -10,7 +10,7 @@ import * as path from 'node:path'
 
 import { Emulator, startEmulator } from '../intercom/emulator'
 import { RedisServer, startRedis } from '../lib/redis-server'
-import { formatTable } from '../lib/report'
+import { addCount, formatTable } from '../lib/report'
 import type { VariantScenario } from '../faults/scenarios'
 import {
     BACKLOG_CONFIG,
@@ -170,7 +170,7 @@ function reasons(tally: Tally): Record<string, number> {
     const counts: Record<string, number> = {}
     const add = (text: string, n = 1) => {
         const reason = text.replace(/\d+/g, 'N').slice(0, 120) // masked of numbers, so alike reasons add up
-        counts[reason] = (counts[reason] ?? 0) + n
+        addCount(counts, reason, n)
     }
     for (const treatment of tally.treatments) {
         if (treatment.status === 'failed') add(treatment.error ?? 'failed')

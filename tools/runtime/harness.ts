@@ -26,6 +26,7 @@ import {
     RedirectingFetch,
     redirectingFetch,
 } from './load-plugin'
+import { addCount } from '../lib/report'
 import { Slots } from '../lib/slots'
 import { createSleeper, withTimeout } from './sleeper'
 import { maxRuns, retryDelayMs as policyDelayMs, VARIANTS } from './variants'
@@ -93,7 +94,7 @@ export interface LogLine {
 }
 
 /** onEvent's reported status ('delivered', 'skipped', 'queued', …); 'done' without one; 'failed' if it threw. */
-export type OutcomeStatus = string
+type OutcomeStatus = string
 
 /** What happened to one event in the end. */
 export interface EventRecord {
@@ -231,19 +232,15 @@ function sandboxFetchOf(options: HarnessOptions): { fetch: FetchFn; redirect?: R
 
 type Tally = Omit<HarnessSummary, 'mode' | 'workers' | 'intercomHosts'>
 
-function increment(counts: Record<string, number>, key: string): void {
-    counts[key] = (counts[key] ?? 0) + 1
-}
-
 function countOutcome(tally: Tally, { status, reason }: EventRecord): void {
-    increment(tally.statuses, status)
+    addCount(tally.statuses, status)
     if (status === 'delivered') tally.delivered++
     else if (status === 'done') tally.done++
     else if (status === 'queued') {
         tally.queued++
-        increment(tally.queuedByReason, reason ?? 'unspecified')
-    } else if (status === 'skipped') increment(tally.skipped, reason ?? 'unspecified')
-    else if (status === 'failed') increment(tally.failed, reason ?? 'unknown error')
+        addCount(tally.queuedByReason, reason ?? 'unspecified')
+    } else if (status === 'skipped') addCount(tally.skipped, reason ?? 'unspecified')
+    else if (status === 'failed') addCount(tally.failed, reason ?? 'unknown error')
 }
 
 /** Reads `{status, reason}` from what onEvent resolved to; no status string counts as 'done'. */
@@ -436,7 +433,7 @@ function minuteSchedule(run: Run, pool: Worker[]) {
             minute.remaining = report?.remaining ?? 0
             return report
         } catch (error) {
-            increment(minute.failed, describeError(error))
+            addCount(minute.failed, describeError(error))
             // A failed run leaves the queue as it was.
             return { delivered: 0, retried: 0, dropped: 0, remaining: minute.remaining }
         }
@@ -500,7 +497,7 @@ export async function createHarness(options: HarnessOptions) {
         storage: createMemoryStorage(),
         log(line, worker) {
             const full = { ...line, worker }
-            increment(tally.logLevels, line.level)
+            addCount(tally.logLevels, line.level)
             if (tally.logs.length < (options.maxLogLines ?? 10_000)) tally.logs.push(full)
             else tally.logsDropped++
             options.onLog?.(full)
@@ -512,7 +509,7 @@ export async function createHarness(options: HarnessOptions) {
     const schedule = minuteSchedule(run, pool)
     const summary = (): HarnessSummary => {
         const intercomHosts: Record<string, number> = {}
-        for (const call of redirect?.calls ?? []) increment(intercomHosts, call.host)
+        for (const call of redirect?.calls ?? []) addCount(intercomHosts, call.host)
         return structuredClone({ mode, workers, ...tally, intercomHosts })
     }
     const harness = {
