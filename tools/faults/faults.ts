@@ -11,7 +11,7 @@ import type { Emulator, RecordedRequest, StoredContact, StoredEvent } from '../i
 import { startEmulator } from '../intercom/emulator'
 import { createIntercom, STAND_IN_OPTIONS } from '../intercom/model'
 import { requestViolations } from '../intercom/rules'
-import { choiceFlag, FlagTable, numberFlag, parseFlags, printedHelp, UsageError } from '../lib/flags'
+import { choiceFlag, flagTable, numberFlag, parseFlags, printedHelp, UsageError } from '../lib/flags'
 import { addCount, formatItems } from '../lib/report'
 import { formatVariantMatrix, runVariantScenario, VariantScenarioResult } from '../runtime/campaign'
 import type { CacheStore, DrainResult, EventRecord, Harness, LogLine } from '../runtime/harness'
@@ -783,16 +783,7 @@ export const FAULTS_USAGE = `Usage: npm run faults -- [options]
 Harness scenarios: ${SCENARIOS.map((s) => s.name).join(', ')}
 Variant scenarios (PostHog's six runtimes, a real Redis): ${VARIANT_SCENARIOS.map((s) => s.name).join(', ')}`
 
-const FLAGS = {
-    help: { type: 'boolean' },
-    small: { type: 'boolean' },
-    events: { type: 'string' },
-    out: { type: 'string' },
-    client: { type: 'string' },
-    scenario: { type: 'string' },
-    variants: { type: 'string' },
-    generated: { type: 'string' },
-} satisfies FlagTable
+const FLAGS = flagTable(['events', 'out', 'client', 'scenario', 'variants', 'generated'], ['help', 'small'])
 
 /** Parses the command line; throws a clear message for an unknown flag, scenario or value. */
 export function parseFaultsArgs(argv: readonly string[]) {

@@ -4,7 +4,16 @@
  */
 import { readFileSync } from 'node:fs'
 import { EmulatorOptions, LongStringPolicy, Region, REGIONS, SeedContact, startEmulator } from './emulator'
-import { choiceFlag, FlagTable, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
+import {
+    choiceFlag,
+    FlagTable,
+    flagTable,
+    numberFlag,
+    parseFlags,
+    printedHelp,
+    runCli,
+    UsageError,
+} from '../lib/flags'
 
 export const USAGE = `Usage: npx tsx tools/intercom/emulator-cli.ts [options]
 
@@ -40,16 +49,23 @@ export function parseSeedFile(text: string, path: string): SeedContact[] {
 
 /** Number flags and the option each sets. */
 const NUMBER_FLAGS = {
-    ...{ port: 'port', 'rate-limit': 'rateLimit', 'window-seconds': 'windowSeconds', seed: 'seed' },
-    ...{ 'error-rate': 'errorRate', 'drop-rate': 'dropRate', 'latency-ms': 'latencyMs' },
-    ...{ 'search-lag-ms': 'searchLagMs', 'max-event-names': 'maxEventNames' },
+    port: 'port',
+    'rate-limit': 'rateLimit',
+    'window-seconds': 'windowSeconds',
+    seed: 'seed',
+    'error-rate': 'errorRate',
+    'drop-rate': 'dropRate',
+    'latency-ms': 'latencyMs',
+    'search-lag-ms': 'searchLagMs',
+    'max-event-names': 'maxEventNames',
 } as const
 
 const FLAGS: FlagTable = {
-    ...Object.fromEntries(Object.keys(NUMBER_FLAGS).map((name) => [name, { type: 'string' }])),
-    ...{ host: { type: 'string' }, token: { type: 'string', multiple: true }, region: { type: 'string' } },
-    ...{ 'long-strings': { type: 'string' }, 'seed-file': { type: 'string' } },
-    ...{ quiet: { type: 'boolean' }, help: { type: 'boolean' } },
+    ...flagTable(
+        [...Object.keys(NUMBER_FLAGS), 'host', 'region', 'long-strings', 'seed-file'],
+        ['quiet', 'help']
+    ),
+    token: { type: 'string', multiple: true },
 }
 
 /** A seed file read and checked; any problem is a UsageError naming the file. */

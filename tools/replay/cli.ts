@@ -6,7 +6,7 @@ import { ConfigError } from '../../index'
 import { readSeedFile } from '../intercom/emulator-cli'
 import { isRecord } from '../intercom/rules'
 import { describeError } from '../runtime/harness'
-import { choiceFlag, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
+import { choiceFlag, flagTable, numberFlag, parseFlags, printedHelp, runCli, UsageError } from '../lib/flags'
 import { CheckpointError } from './checkpoint'
 import { redact } from './fetch'
 import { DEFAULTS, exitCode, formatSummary, replay, ReplayOptions, ReplayTarget, SetupError } from './index'
@@ -85,16 +85,15 @@ const CONFIG_KEYS = new Set(
     manifest.config.flatMap((field) => ('key' in field && field.key ? [field.key] : []))
 )
 
-/** parseArgs' table: every flag of one type, named once. */
-function typed<K extends string, T extends 'string' | 'boolean'>(type: T, names: readonly K[]) {
-    return Object.fromEntries(names.map((name) => [name, { type }])) as Record<K, { type: T }>
-}
-
 const FLAGS = {
-    ...typed('string', Object.keys(CONFIG_FLAGS) as Array<keyof typeof CONFIG_FLAGS>),
-    ...typed('string', ['format', 'seed-contacts', 'emulator-url', 'config', 'checkpoint-dir'] as const),
-    ...typed('string', ['limit', 'rate', 'concurrency'] as const),
-    ...typed('boolean', ['emulator', 'dry-run', 'restart', 'no-progress', 'verbose', 'help'] as const),
+    ...flagTable(
+        [
+            ...(Object.keys(CONFIG_FLAGS) as Array<keyof typeof CONFIG_FLAGS>),
+            ...(['format', 'seed-contacts', 'emulator-url', 'config', 'checkpoint-dir'] as const),
+            ...(['limit', 'rate', 'concurrency'] as const),
+        ],
+        ['emulator', 'dry-run', 'restart', 'no-progress', 'verbose', 'help'] as const
+    ),
     file: { type: 'string', multiple: true },
     set: { type: 'string', multiple: true },
 } as const

@@ -23,8 +23,19 @@ export const WORKER_USAGE = `Usage: tsx tools/runtime/worker.ts --variant <1-6> 
   --delay-scale F       factor on the runtime's retry delays (default 1)
   --plugin-id N         cache key namespace (default 1)`
 
-/** The flags are the ones the usage lists. */
-const KNOWN_FLAGS = [...WORKER_USAGE.matchAll(/--([a-z-]+)/g)].map((match) => match[1])
+/** The flags WORKER_USAGE lists. */
+const KNOWN_FLAGS = [
+    'variant',
+    'emulator',
+    'redis',
+    'redis-mode',
+    'events',
+    'config',
+    'minutes',
+    'concurrency',
+    'delay-scale',
+    'plugin-id',
+]
 
 /** Parses the command line; throws with a message for anything unknown or malformed. */
 export function parseWorkerArgs(argv: readonly string[]) {
