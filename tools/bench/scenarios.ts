@@ -25,7 +25,6 @@ export type ScenarioResult = Awaited<ReturnType<typeof measure>>
 /** Host CPU per event in steady state (µs): index.ts, a plugin that only POSTs (harness and HTTP client), the
  * difference; `http` against the emulator (limit lifted), `stub` against an in-process stub (no sockets). */
 export type CpuMeasurement = Awaited<ReturnType<typeof measurePair>>
-export type CpuResult = Awaited<ReturnType<typeof runCpu>>
 
 export interface Context {
     options: BenchOptions
@@ -353,8 +352,14 @@ const STUB_TARGET: CpuTarget = { emulatorUrl: 'http://intercom-stub.invalid', fe
 async function cpuPerEvent(ctx: Context, pluginFile: string | undefined, target: CpuTarget): Promise<number> {
     const { workers, concurrency, cpuPasses } = ctx.options
     const harness = await createHarness({
-        ...{ mode: 'plugin-server', workers, concurrency, config: BENCH_CONFIG, pluginFile, ...target },
-        ...{ minuteMs: 0, maxLogLines: 0 },
+        mode: 'plugin-server',
+        workers,
+        concurrency,
+        config: BENCH_CONFIG,
+        pluginFile,
+        ...target,
+        minuteMs: 0,
+        maxLogLines: 0,
     })
     try {
         const samples: number[] = []

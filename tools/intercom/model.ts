@@ -146,7 +146,10 @@ const ok = (body: unknown): Reply => ({ status: 200, body })
 function me(region: Region): Reply {
     const app = { type: 'app', id_code: APP_ID, name: 'Intercom emulator', created_at: 1700000000 }
     return ok({
-        ...{ type: 'admin', id: '991200001', email: 'admin@example.test', name: 'Emulator Admin' },
+        type: 'admin',
+        id: '991200001',
+        email: 'admin@example.test',
+        name: 'Emulator Admin',
         email_verified: true,
         app: { ...app, secure: false, identity_verification: false, timezone: 'UTC', region },
         avatar: { type: 'avatar', image_url: null },
@@ -173,8 +176,15 @@ function attributeBody(attribute: DataAttribute & Partial<AttributeRecord>, cust
         name,
         full_name: custom ? `custom_attributes.${name}` : name,
         label: name,
-        ...{ description, data_type, api_writable: true, ui_writable: false, messenger_writable, custom },
-        ...{ archived: false, ...(custom ? { created_at, updated_at: created_at } : {}), model },
+        description,
+        data_type,
+        api_writable: true,
+        ui_writable: false,
+        messenger_writable,
+        custom,
+        archived: false,
+        ...(custom ? { created_at, updated_at: created_at } : {}),
+        model,
     }
 }
 

@@ -279,8 +279,14 @@ export class Contacts {
         const given = Object.fromEntries(SETTABLE.map((key) => [key, fields[key] ?? null]))
         const record: ContactRecord = {
             ...(given as Pick<ContactRecord, ContactField>),
-            ...{ id, role: fields.role ?? 'user', created_at: at, updated_at: at, seq: ++this.seq },
-            ...{ searchableAt, custom_attributes: { ...fields.custom_attributes }, companyIds: [] },
+            id,
+            role: fields.role ?? 'user',
+            created_at: at,
+            updated_at: at,
+            seq: ++this.seq,
+            searchableAt,
+            custom_attributes: { ...fields.custom_attributes },
+            companyIds: [],
         }
         this.byId.set(record.id, record)
         this.index(record, true)
@@ -370,8 +376,10 @@ export class Contacts {
         }))
         const url = `/contacts/${record.id}/companies`
         return {
-            ...{ type: 'contact', ...(shown as Pick<ContactRecord, (typeof SHOWN_FIELDS)[number]>) },
-            ...{ workspace_id: APP_ID, custom_attributes: structuredClone(record.custom_attributes) },
+            type: 'contact',
+            ...(shown as Pick<ContactRecord, (typeof SHOWN_FIELDS)[number]>),
+            workspace_id: APP_ID,
+            custom_attributes: structuredClone(record.custom_attributes),
             companies: { type: 'list', data, url, total_count: data.length, has_more: false },
         }
     }
@@ -418,10 +426,22 @@ export class Companies {
 
     private create(companyId: string, now: number): StoredCompany {
         const company: StoredCompany = {
-            ...{ type: 'company', id: this.ws.newId(), company_id: companyId, app_id: APP_ID },
-            ...{ name: null, remote_created_at: null, created_at: now, updated_at: now, monthly_spend: 0 },
-            ...{ session_count: 0, user_count: 0, size: null, website: null, industry: null },
-            ...{ plan: {}, custom_attributes: {} },
+            type: 'company',
+            id: this.ws.newId(),
+            company_id: companyId,
+            app_id: APP_ID,
+            name: null,
+            remote_created_at: null,
+            created_at: now,
+            updated_at: now,
+            monthly_spend: 0,
+            session_count: 0,
+            user_count: 0,
+            size: null,
+            website: null,
+            industry: null,
+            plan: {},
+            custom_attributes: {},
         }
         this.byId.set(company.id, company)
         this.byRemoteId.set(companyId, company)

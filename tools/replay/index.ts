@@ -243,7 +243,14 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
         const log: Log = (level, text) => options.onLog?.(level, redactText(text))
         const plugin = await startPlugin(config, gate.wrap(target.fetch), log)
         const shared: Shared = {
-            ...{ options, run, plugin, target, gate, eventPacer, rowContext, redactText },
+            options,
+            run,
+            plugin,
+            target,
+            gate,
+            eventPacer,
+            rowContext,
+            redactText,
             notice: (file, line) => notice(`${displayPath(file)}: ${line}`),
             digest: configDigest(config),
         }
