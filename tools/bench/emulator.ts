@@ -8,7 +8,7 @@ import { TOKEN } from './workload'
 
 export const SEARCH_ROUTE = 'POST /contacts/search'
 
-export type EmulatorSnapshot = ReturnType<typeof takeSnapshot>
+type EmulatorSnapshot = ReturnType<typeof takeSnapshot>
 
 export interface EmulatorHandle {
     url: string

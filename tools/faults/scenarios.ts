@@ -23,7 +23,7 @@ export const EMAIL_SHAPE = /[^\s@<>"'`]+@[^\s@<>"'`]+\.[a-z]{2,}/i
 
 // --- Runtimes: the three ways PostHog has run plugins (see REFERENCE.md) ---
 
-export type RuntimeName = 'plugin-server' | 'plugin-server-2024' | 'cdp'
+type RuntimeName = 'plugin-server' | 'plugin-server-2024' | 'cdp'
 
 /** The HTTP client under the plugin: node-fetch 2 (2021-23) or the standard, undici-based fetch. */
 export type ClientName = 'undici' | 'node-fetch'

@@ -41,7 +41,7 @@ export interface CdpGlobals {
     person?: { id: string; properties: Record<string, unknown>; name?: string; url?: string } | null
 }
 
-export interface CdpRunResult {
+interface CdpRunResult {
     /** Run number, 1-based. */
     run: number
     error?: unknown

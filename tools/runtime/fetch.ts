@@ -1,8 +1,7 @@
 /** The HTTP clients PostHog handed plugins, optionally redirected to the emulator.
  *
- * Redirected by
- * `redirectingFetch` (nock intercepts them when no emulator is given): node-fetch 2 (variants 1-2), an
- * undici-like fetch (3-4: a standard Response, its own 10 s timeout, `timeout` ignored) and the CDP
+ * `redirectingFetch` redirects them (nock intercepts them when no emulator is given): node-fetch 2
+ * (variants 1-2), an undici-like fetch (3-4: a standard Response, its own 10 s timeout, `timeout` ignored) and the CDP
  * `meta.fetch` (5-6: a plain object, `timeoutMs`).
  */
 import type { CdpFetchOptions, CdpResponse, EmulatorTarget, FetchFn } from './load-plugin'
@@ -11,13 +10,13 @@ import { FETCH_TIMEOUT_MS, FetchKind } from './variants'
 import { isTimeout } from '../../index'
 
 /** undici as the 2024-2025 plugin server used it: `timeout` ignored, its own 10 s limit. */
-export function undiciLikeFetch(realFetch: FetchFn, timeoutMs = FETCH_TIMEOUT_MS): FetchFn {
+function undiciLikeFetch(realFetch: FetchFn, timeoutMs = FETCH_TIMEOUT_MS): FetchFn {
     return (input, { timeout: _nodeFetchOnly, ...init } = {}) =>
         realFetch(input, { ...init, signal: init.signal ?? AbortSignal.timeout(timeoutMs) })
 }
 
 /** The CDP response also has `dump()`, which discards the body. */
-export type CdpFullResponse = CdpResponse & { dump(): Promise<void> }
+type CdpFullResponse = CdpResponse & { dump(): Promise<void> }
 export type CdpFullFetch = (input: string, options?: CdpFetchOptions) => Promise<CdpFullResponse>
 
 /** CDP's fetch: connection errors retried once, a timeout throws TimeoutError, a `dump()` on the answer. */

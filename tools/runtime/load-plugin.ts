@@ -84,7 +84,7 @@ export interface CdpResponse extends Pick<FetchResponse, 'status' | 'json' | 'te
     headers: Record<string, string>
 }
 
-export type CdpFetchFn = (input: string, options?: CdpFetchOptions) => Promise<CdpResponse>
+type CdpFetchFn = (input: string, options?: CdpFetchOptions) => Promise<CdpResponse>
 
 export type PluginMeta = Record<string, unknown>
 export type PluginEventArg = Record<string, unknown>
@@ -260,7 +260,7 @@ export function loadPlugin(options: LoadPluginOptions = {}): PluginExports {
 export type EmulatorTarget = string | Partial<Record<IntercomHost, string>>
 
 /** One request that the redirecting fetch let through. */
-export interface RedirectedCall {
+interface RedirectedCall {
     /** The Intercom host the plugin asked for: this is how tests assert the region. */
     host: IntercomHost
     method: string
