@@ -185,8 +185,8 @@ function introduction(events: HarnessEvent[], workers: number): string[] {
 }
 
 /** `label, count` pairs, largest first, indented under the line above them. */
-function countLines(counts: Record<string, number>, indent = '    '): Array<[string, string]> {
-    return sortedCounts(counts).map(([key, count]) => [`${indent}${key}`, formatCount(count)])
+function countLines(counts: Record<string, number>): Array<[string, string]> {
+    return sortedCounts(counts).map(([key, count]) => [`    ${key}`, formatCount(count)])
 }
 
 function deliveryLines(run: RunReport): string[] {
@@ -199,7 +199,9 @@ function deliveryLines(run: RunReport): string[] {
         ['Delivered to Intercom', delivered],
         ['Skipped, by reason', formatCount(sumCounts(run.skipped))],
         ...countLines(run.skipped),
-        ...(run.synced > 0 ? countLines({ 'Synced only (no event sent)': run.synced }, '') : []),
+        ...(run.synced > 0
+            ? [['Synced only (no event sent)', formatCount(run.synced)] as [string, string]]
+            : []),
         ['Queued for retry', `${formatCount(run.queued)}${queuedNote}`],
         ['Failed', formatCount(sumCounts(run.failed))],
         ...countLines(run.failed),

@@ -216,8 +216,11 @@ async function runFile(
         const reason = shared.redactText(describeError(error).replace(/^Error: /, ''))
         end = { readToEnd: false, stoppedBecause: `unreadable after line ${previous}: ${reason}` }
     }
-    await Promise.all(working)
-    progress.stop()
+    try {
+        await Promise.all(working)
+    } finally {
+        progress.stop() // a bar left drawn would garble the terminal after an error
+    }
     const readToEnd = end.readToEnd && !run.signal?.aborted
     state.save(readToEnd)
     return { ...end, readToEnd }
